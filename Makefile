@@ -1,0 +1,67 @@
+# crforge: make install | test | dataset | train | evaluate | publish | clean | distclean
+#
+# Variables (override on the command line, e.g. `make dataset MANIFEST=data_manifests/x.toml`):
+#   PYTHON       interpreter for the venv (default: python3.11, else python3; needs >= 3.11)
+#   TORCH_INDEX  pip index for torch, e.g. https://download.pytorch.org/whl/cpu
+#   MANIFEST     data set definition;  WORK  work directory (raw, labels, <name>.h5)
+#   RUNS, RUN    training runs directory and the run to evaluate/publish
+#   CRFORGE_ARGS extra arguments for every crforge call (e.g. --config x.toml --set k=v -v)
+
+SHELL := /bin/bash
+
+ifeq ($(origin PYTHON),undefined)
+PYTHON := $(shell command -v python3.11 2>/dev/null || command -v python3 2>/dev/null)
+endif
+
+VENV        := .venv
+STAMP       := $(VENV)/.installed
+TORCH_INDEX ?=
+MANIFEST    ?= data_manifests/synthetic-acs-wfc.toml
+WORK        ?= work
+NAME        ?= $(basename $(notdir $(MANIFEST)))
+DATA        ?= $(WORK)/$(NAME).h5
+RUNS        ?= runs
+RUN         ?= $(RUNS)/$(NAME)
+TEST_TIMEOUT ?= 900
+PYTEST_ARGS ?=
+CRFORGE_ARGS ?=
+CRFORGE     := $(VENV)/bin/crforge
+
+.PHONY: all install test dataset train evaluate publish clean distclean
+
+all: test
+
+$(STAMP): pyproject.toml
+	@test -n "$(PYTHON)" || { echo "no python3.11 or python3 found; set PYTHON=" >&2; exit 1; }
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
+	  { echo "crforge needs Python >= 3.11; PYTHON=$(PYTHON) is $$($(PYTHON) --version 2>&1)" >&2; exit 1; }
+	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/python -m pip install --upgrade pip
+	$(VENV)/bin/pip install torch==2.13.0 $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
+	$(VENV)/bin/pip install -e '.[test]'
+	touch $@
+
+install: $(STAMP)
+
+test: $(STAMP)
+	$(VENV)/bin/python -m pytest -q -p no:cacheprovider --timeout=$(TEST_TIMEOUT) $(PYTEST_ARGS)
+
+dataset: $(STAMP)
+	$(CRFORGE) dataset --manifest $(MANIFEST) --work $(WORK) $(CRFORGE_ARGS)
+
+train: $(STAMP)
+	$(CRFORGE) train --data $(DATA) --runs $(RUNS) $(CRFORGE_ARGS)
+
+evaluate: $(STAMP)
+	$(CRFORGE) evaluate --run $(RUN) --data $(DATA) $(CRFORGE_ARGS)
+
+publish: $(STAMP)
+	$(CRFORGE) publish --run $(RUN) $(CRFORGE_ARGS)
+
+clean:
+	rm -rf build dist .pytest_cache *.egg-info
+	find . -path ./$(VENV) -prune -o -path ./$(WORK) -prune -o \
+	  -type d -name __pycache__ -prune -exec rm -rf {} +
+
+distclean: clean
+	rm -rf $(VENV)

@@ -1,0 +1,343 @@
+"""Instrument tables: everything crforge knows about an HST imager lives here.
+
+Each imager is one :class:`Instrument` record in :data:`INSTRUMENTS`. The simulator,
+the labelling stage and the mask functions read only these records, so supporting a
+new imager means adding a table entry, not a code path.
+
+Sources for the numbers (all approximate, chosen to make simulated data look like the
+real thing, not to calibrate science data):
+
+- ACS/WFC: ACS Instrument Handbook (Cycle 33) sections 4.3 and 5.1; gain 2.0 e-/DN,
+  read noise 4-5 e- per amplifier after SM4, full well about 84,700 e-, 0.05"/pixel,
+  two 4096x2048 chips separated by a gap of about 50 pixels (2.5").
+  DQ bits: ACS Data Handbook table 2.5 (also ../shared/DESIGN.md).
+- WFC3/UVIS: WFC3 Instrument Handbook sections 5.4 and 6.4; gain 1.55 e-/DN, read
+  noise about 3.1 e-, full well about 63,000 e-, 0.0395"/pixel, two 4096x2051 chips
+  separated by about 35 pixels (1.4"). DQ bits: WFC3 Data Handbook table 3.3.
+- PSF FWHM by filter: the instrument handbooks' encircled-energy tables (ACS/WFC about
+  0.08-0.10", WFC3/UVIS 0.067-0.08"), i.e. about 2 pixels: undersampled.
+- Sky: the handbooks' "average" zodiacal + earthshine sky in e-/s/pixel.
+- Cosmic rays: about 1.2 events s^-1 cm^-2 on both imagers (Miles et al. 2021, ApJ 918,
+  86, measured over 1.2 billion HST cosmic rays); 15 um pixels; the sensitive silicon
+  thickness sets the track length for a given incidence angle.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Mapping
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["Chip", "Instrument", "INSTRUMENTS", "get_instrument", "instrument_for_header"]
+
+
+@dataclass(frozen=True)
+class Chip:
+    """One CCD chip as it appears in a calibrated (FLT/FLC) file.
+
+    Parameters
+    ----------
+    extver : int
+        ``EXTVER`` of the chip's SCI/ERR/DQ extensions.
+    ccdchip : int
+        The ``CCDCHIP`` keyword value of that extension.
+    shape : tuple of int
+        ``(ny, nx)`` of the chip's arrays.
+    origin : tuple of float
+        ``(y0, x0)`` of the chip's pixel (0, 0) in a common focal-plane frame in
+        pixels (no distortion): used to lay the chips out on the sky.
+    amps : str
+        The amplifiers reading this chip, e.g. ``"AB"``; each half in x belongs to one.
+    """
+
+    extver: int
+    ccdchip: int
+    shape: tuple[int, int]
+    origin: tuple[float, float]
+    amps: str
+
+
+@dataclass(frozen=True)
+class Instrument:
+    """One HST imager: geometry, detector and DQ conventions.
+
+    Parameters
+    ----------
+    name : str
+        ``"<INSTRUME>/<DETECTOR>"``, e.g. ``"ACS/WFC"``.
+    instrume, detector : str
+        The primary header's ``INSTRUME`` and ``DETECTOR`` values.
+    chips : tuple of Chip
+        The chips, in extension order.
+    pixel_scale : float
+        Arcsec per pixel.
+    pixel_size_um : float
+        Physical pixel pitch in microns (for the cosmic-ray rate per cm^2).
+    depletion_um : float
+        Sensitive silicon thickness in microns (sets CR track lengths).
+    gain : dict
+        e-/DN per amplifier (``ATODGN<amp>``).
+    readnoise : dict
+        e- per amplifier (``READNSE<amp>``).
+    full_well : float
+        Full-well depth in e-; above it, charge bleeds along columns.
+    adc_max_dn : float
+        Largest value of the analogue-to-digital converter in DN.
+    dark_rate : float
+        Mean dark current in e-/s/pixel (``MEANDARK`` is this times ``EXPTIME``).
+    cr_rate : float
+        Cosmic-ray events per second per cm^2.
+    dq_bits : dict
+        DQ bit value -> meaning.
+    bad_bits : int
+        DQ bits that make a pixel unusable for training (ignore bit 1).
+    saturation_bits : int
+        DQ bits of saturation (ignore bit 2, grown).
+    nodata_bits : int
+        DQ bits of lost or fill data (ignore bit 4).
+    cr_bits : int
+        DQ bits the HST pipeline and AstroDrizzle use for cosmic rays. They are never
+        bad pixels: a CR is exactly what the labels must keep.
+    fwhm_pix : dict
+        Typical PSF FWHM in pixels by filter.
+    sky_rate : dict
+        Typical sky in e-/s/pixel by filter.
+    zeropoint : dict
+        AB magnitude giving 1 e-/s, by filter (for the simulator's luminosity functions).
+    filter_keywords : tuple of str
+        Primary keywords that name the filter (``FILTER1``/``FILTER2`` on ACS).
+    default_filter : str
+        Filter used when none is given.
+    extra_primary : dict
+        Further primary keywords a file of this imager carries (simulator only).
+    """
+
+    name: str
+    instrume: str
+    detector: str
+    chips: tuple[Chip, ...]
+    pixel_scale: float
+    pixel_size_um: float
+    depletion_um: float
+    gain: Mapping[str, float]
+    readnoise: Mapping[str, float]
+    full_well: float
+    adc_max_dn: float
+    dark_rate: float
+    cr_rate: float
+    dq_bits: Mapping[int, str]
+    bad_bits: int
+    saturation_bits: int
+    nodata_bits: int
+    cr_bits: int
+    fwhm_pix: Mapping[str, float]
+    sky_rate: Mapping[str, float]
+    zeropoint: Mapping[str, float]
+    filter_keywords: tuple[str, ...] = ("FILTER",)
+    default_filter: str = "F606W"
+    extra_primary: Mapping[str, object] = field(default_factory=dict)
+
+    def chip(self, extver: int) -> Chip:
+        """Return the chip with ``EXTVER`` ``extver``.
+
+        Raises
+        ------
+        ValueError
+            If the instrument has no such chip.
+        """
+        for c in self.chips:
+            if c.extver == extver:
+                return c
+        raise ValueError(
+            f"extver={extver!r}: {self.name} has chips "
+            f"{[c.extver for c in self.chips]}"
+        )
+
+    def fwhm(self, filt: str) -> float:
+        """PSF FWHM in pixels for filter ``filt``.
+
+        Raises
+        ------
+        ValueError
+            If the filter is not in the table.
+        """
+        try:
+            return self.fwhm_pix[filt.upper()]
+        except KeyError:
+            raise ValueError(
+                f"filter={filt!r}: {self.name} table knows {sorted(self.fwhm_pix)}"
+            ) from None
+
+    def zp(self, filt: str) -> float:
+        """AB magnitude that gives 1 e-/s in filter ``filt``."""
+        try:
+            return self.zeropoint[filt.upper()]
+        except KeyError:
+            raise ValueError(
+                f"filter={filt!r}: {self.name} table knows {sorted(self.zeropoint)}"
+            ) from None
+
+    def sky(self, filt: str) -> float:
+        """Typical sky in e-/s/pixel for filter ``filt``."""
+        try:
+            return self.sky_rate[filt.upper()]
+        except KeyError:
+            raise ValueError(
+                f"filter={filt!r}: {self.name} table knows {sorted(self.sky_rate)}"
+            ) from None
+
+    @property
+    def amps(self) -> str:
+        """All amplifier letters, in order."""
+        return "".join(sorted(self.gain))
+
+    def chip_gain_readnoise(self, extver: int) -> tuple[float, float]:
+        """Mean gain (e-/DN) and read noise (e-) of the amplifiers of one chip."""
+        c = self.chip(extver)
+        g = sum(self.gain[a] for a in c.amps) / len(c.amps)
+        r = sum(self.readnoise[a] for a in c.amps) / len(c.amps)
+        return g, r
+
+    def bits_of(self, *meanings: str) -> int:
+        """OR of the DQ bits whose meaning contains any of ``meanings``."""
+        out = 0
+        for bit, text in self.dq_bits.items():
+            if any(m in text for m in meanings):
+                out |= bit
+        return out
+
+
+_ACS_DQ = {
+    1: "lost data (decompression/transmission)",
+    2: "fill data",
+    4: "bad detector pixel or vignetted",
+    8: "masked by aperture feature",
+    16: "hot pixel",
+    32: "unstable (CTE tail) pixel",
+    64: "warm pixel",
+    128: "bad column",
+    256: "full-well saturation",
+    512: "bad pixel in reference file",
+    1024: "charge trap",
+    2048: "A-to-D saturation",
+    4096: "cosmic ray (AstroDrizzle)",
+    8192: "cosmic ray (calacs/ACSREJ)",
+    16384: "user flag",
+}
+
+_UVIS_DQ = dict(_ACS_DQ)
+_UVIS_DQ.update({
+    32: "CTE tail",
+    128: "bad bias",
+    512: "bad flat",
+    8192: "cosmic ray (image combination)",
+    16384: "ghost/crosstalk",
+})
+
+ACS_WFC = Instrument(
+    name="ACS/WFC",
+    instrume="ACS",
+    detector="WFC",
+    # SCI,1 is WFC2 (CCDCHIP=2, bottom of the focal plane as laid out here is SCI,2):
+    # the order of extensions in a real FLC file.
+    chips=(
+        Chip(extver=1, ccdchip=2, shape=(2048, 4096), origin=(2048.0 + 50.0, 0.0), amps="CD"),
+        Chip(extver=2, ccdchip=1, shape=(2048, 4096), origin=(0.0, 0.0), amps="AB"),
+    ),
+    pixel_scale=0.05,
+    pixel_size_um=15.0,
+    depletion_um=13.0,
+    gain={"A": 2.02, "B": 1.89, "C": 2.02, "D": 1.99},
+    readnoise={"A": 4.35, "B": 3.75, "C": 4.05, "D": 5.05},
+    full_well=84700.0,
+    adc_max_dn=65535.0,
+    dark_rate=0.01,
+    cr_rate=1.2,
+    dq_bits=MappingProxyType(_ACS_DQ),
+    bad_bits=1 | 2 | 4 | 8 | 16 | 32 | 128 | 512 | 1024,
+    saturation_bits=256 | 2048,
+    nodata_bits=1 | 2,
+    cr_bits=4096 | 8192,
+    fwhm_pix={"F435W": 2.0, "F475W": 2.0, "F555W": 1.9, "F606W": 1.9, "F625W": 1.9,
+              "F775W": 2.0, "F814W": 2.1, "F850LP": 2.4},
+    sky_rate={"F435W": 0.03, "F475W": 0.06, "F555W": 0.06, "F606W": 0.10, "F625W": 0.08,
+              "F775W": 0.08, "F814W": 0.09, "F850LP": 0.05},
+    zeropoint={"F435W": 25.66, "F475W": 26.06, "F555W": 25.72, "F606W": 26.50, "F625W": 25.91,
+               "F775W": 25.66, "F814W": 25.94, "F850LP": 24.84},
+    filter_keywords=("FILTER1", "FILTER2"),
+    default_filter="F606W",
+    extra_primary={"FILTER2": "CLEAR2L"},
+)
+
+WFC3_UVIS = Instrument(
+    name="WFC3/UVIS",
+    instrume="WFC3",
+    detector="UVIS",
+    chips=(
+        Chip(extver=1, ccdchip=2, shape=(2051, 4096), origin=(0.0, 0.0), amps="CD"),
+        Chip(extver=2, ccdchip=1, shape=(2051, 4096), origin=(2051.0 + 35.0, 0.0), amps="AB"),
+    ),
+    pixel_scale=0.0395,
+    pixel_size_um=15.0,
+    depletion_um=15.0,
+    gain={"A": 1.56, "B": 1.56, "C": 1.56, "D": 1.56},
+    readnoise={"A": 3.10, "B": 3.10, "C": 3.05, "D": 3.15},
+    full_well=63000.0,
+    adc_max_dn=65535.0,
+    dark_rate=0.0015,
+    cr_rate=1.2,
+    dq_bits=MappingProxyType(_UVIS_DQ),
+    bad_bits=1 | 2 | 4 | 8 | 16 | 32 | 128 | 512 | 1024,
+    saturation_bits=256 | 2048,
+    nodata_bits=1 | 2,
+    cr_bits=4096 | 8192,
+    fwhm_pix={"F275W": 2.1, "F336W": 1.9, "F438W": 1.8, "F475W": 1.8, "F555W": 1.8,
+              "F606W": 1.8, "F814W": 2.0},
+    sky_rate={"F275W": 0.003, "F336W": 0.005, "F438W": 0.02, "F475W": 0.05, "F555W": 0.06,
+              "F606W": 0.1, "F814W": 0.07},
+    zeropoint={"F275W": 24.13, "F336W": 24.67, "F438W": 24.83, "F475W": 25.69, "F555W": 25.83,
+               "F606W": 26.08, "F814W": 24.70},
+    filter_keywords=("FILTER",),
+    default_filter="F606W",
+)
+
+#: All known imagers by name.
+INSTRUMENTS: Mapping[str, Instrument] = MappingProxyType(
+    {i.name: i for i in (ACS_WFC, WFC3_UVIS)}
+)
+
+
+def get_instrument(name: str) -> Instrument:
+    """Look an imager up by name (``"ACS/WFC"``; case-insensitive, ``_`` or ``-`` ok).
+
+    Raises
+    ------
+    TypeError
+        If ``name`` is not a string.
+    ValueError
+        If the name is not in :data:`INSTRUMENTS`.
+    """
+    if not isinstance(name, str):
+        raise TypeError(f"instrument name must be a str, got {name!r}")
+    key = name.strip().upper().replace("_", "/").replace("-", "/")
+    if key in INSTRUMENTS:
+        return INSTRUMENTS[key]
+    raise ValueError(f"instrument={name!r}: known imagers are {sorted(INSTRUMENTS)}")
+
+
+def instrument_for_header(header: Mapping) -> Instrument:
+    """The imager a primary FITS header belongs to (``INSTRUME``/``DETECTOR``).
+
+    Raises
+    ------
+    ValueError
+        If the keywords are missing or name an imager not in the table.
+    """
+    inst = str(header.get("INSTRUME", "")).strip().upper()
+    det = str(header.get("DETECTOR", "")).strip().upper()
+    if not inst or not det:
+        raise ValueError("primary header: INSTRUME and DETECTOR are required")
+    return get_instrument(f"{inst}/{det}")

@@ -1,0 +1,17 @@
+"""Shared pytest fixtures: tests are offline, seeded and write only into tmp dirs."""
+
+from __future__ import annotations
+
+import pytest
+
+
+@pytest.fixture(autouse=True)
+def _isolated_test(tmp_path, monkeypatch):
+    """Run every test in its own temporary directory, with a headless matplotlib.
+
+    Relative paths a test (or the code it calls) writes land under ``tmp_path``, never
+    in the checkout.
+    """
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+    yield
