@@ -46,14 +46,18 @@ STAGES: dict[str, tuple[str, str]] = {
         "pipeline.drizzle",
         "label cosmic rays in visits with AstroDrizzle (median, blot, driz_cr)",
     ),
+    "dataset": (
+        "pipeline.dataset",
+        "build the HDF5 training set of a manifest (simulate/fetch, label, stamp, split)",
+    ),
+    "inspect": (
+        "pipeline.inspect",
+        "validate an HDF5 training set and summarise it (splits, fields, label quality)",
+    ),
 }
 
 #: Stages not built yet: subcommand name -> (one-line help, message when called).
 PENDING: dict[str, tuple[str, str]] = {
-    "dataset": (
-        "build the HDF5 training set described by a manifest",
-        "the dataset builder is not built yet (pipeline.dataset; see DESIGN.md)",
-    ),
     "train": (
         "train mask and inpaint networks on an HDF5 training set",
         "the trainer is not built yet: see issue 5 (training.train)",
@@ -65,10 +69,6 @@ PENDING: dict[str, tuple[str, str]] = {
     "publish": (
         "publish a trained run's weights and model card into deepcr_models/",
         "publishing is not built yet (see DESIGN.md)",
-    ),
-    "inspect": (
-        "summarise an HDF5 training set or a run directory",
-        "inspect is not built yet (see DESIGN.md)",
     ),
 }
 

@@ -667,7 +667,7 @@ def _wcs_header(inst, cfg, crpix_ref, oy, ox, dy, dx):
 
 
 def simulate_visit(cfg: SimulateConfig, out_dir: str | os.PathLike, *,
-                   overwrite: bool = False) -> Path:
+                   overwrite: bool = False, name: str | None = None) -> Path:
     """Simulate one visit into ``out_dir/<visit>/``.
 
     Writes ``<root>_flc.fits`` and ``<root>_truth.fits`` per exposure and
@@ -683,6 +683,8 @@ def simulate_visit(cfg: SimulateConfig, out_dir: str | os.PathLike, *,
         Parent directory (created if needed).
     overwrite : bool
         Replace an existing visit directory.
+    name : str, optional
+        Directory name of the visit; default :attr:`SimulateConfig.visit_name`.
 
     Returns
     -------
@@ -694,7 +696,7 @@ def simulate_visit(cfg: SimulateConfig, out_dir: str | os.PathLike, *,
     inst = cfg.validate()
     filt = (cfg.filter or inst.default_filter).upper()
     out_dir = Path(out_dir)
-    visit = cfg.visit_name
+    visit = name or cfg.visit_name
     final = out_dir / visit
     if final.exists():
         if (final / "visit.json").exists() and not overwrite:

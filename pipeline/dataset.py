@@ -1,0 +1,472 @@
+"""The dataset stage: a manifest of visits -> one HDF5 training set (schema v1).
+
+For every visit of the manifest, in parallel on dask (one task per visit, each task
+writing only its own visit's files)::
+
+    <work>/raw/<visit>/          simulate (or the exposures fetched from the archive)
+    <work>/labels/<visit>/       AstroDrizzle labels (pipeline.drizzle)
+    <work>/stamps/<visit>.npz    256x256 stamps + metadata + footprint (pipeline.stamps)
+
+then, in this process: group visits into fields by sky overlap, split the fields
+(pipeline.splits), and stream the stamps, one visit at a time, into
+``<work>/<name>.h5`` (written as ``<name>.h5.tmp`` and renamed when complete).
+
+Resuming: every per-visit output is written under a temporary name and renamed when
+complete, and a complete one is reused when its settings match, so a run killed at
+any moment and started again redoes only the unfinished visits and rewrites the
+HDF5 from the per-visit stamps, giving the same content.
+
+Failures: a visit that fails (bad file, AstroDrizzle error...) is logged, recorded
+with its reason in ``<work>/<name>.report.json`` and in the HDF5 attribute
+``failed_visits``, and left out; the rest of the data set is still built.
+Exit status of ``crforge dataset``: 0 when the HDF5 is written (failed visits, if
+any, are listed as warnings); 1 when more than ``max_failed_fraction`` of the visits
+failed (the HDF5 is then not written, but every finished visit is kept for the
+rerun); 2 for a bad manifest or configuration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import os
+import platform
+import time
+import traceback
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+from astropy.io import fits
+from astropy.wcs import WCS
+
+from .drizzle import LabelConfig, label_visit
+from .manifest import SPLITS, Manifest, VisitSpec, load_manifest
+from .simulate import read_truth, simulate_visit
+from .splits import DEFAULT_FRACTIONS, assign_splits, group_fields
+from .stamps import StampConfig, cut_stamps, snr_class
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["DatasetConfig", "RunConfig", "build_dataset", "process_visit", "DatasetError",
+           "META_DTYPE", "FIELDS_DTYPE", "SCHEMA_VERSION"]
+
+SCHEMA_VERSION = 1
+META_DTYPE = np.dtype([
+    ("visit", "S16"), ("exposure", "S16"), ("chip", "i1"), ("x0", "i4"), ("y0", "i4"),
+    ("field_id", "i4"), ("field_type", "S32"), ("filter", "S16"), ("exptime", "f4"),
+    ("sky", "f4"), ("gain", "f4"), ("readnoise", "f4"), ("cr_fraction", "f4"),
+])
+FIELDS_DTYPE = np.dtype([
+    ("field_id", "i4"), ("target", "S64"), ("ra", "f8"), ("dec", "f8"),
+    ("field_type", "S32"), ("split", "S8"), ("visits", "S512"),
+])
+
+
+class DatasetError(RuntimeError):
+    """Too many visits failed to build a data set."""
+
+
+@dataclass
+class DatasetConfig:
+    """Settings of the dataset stage.
+
+    Parameters
+    ----------
+    seed : int
+        Seed of the split assignment (simulated visits have their own seeds).
+    fractions : dict
+        Share of fields per split when the manifest does not fix one.
+    scheduler : str
+        ``local`` (a dask LocalCluster on this machine), ``serial`` (no dask, same
+        results) or the address of a running dask scheduler (``tcp://host:8786``).
+    workers : int
+        LocalCluster worker processes; 0 = one per CPU core.
+    compression : str
+        HDF5 filter for the stamp datasets (``gzip`` or ``lzf``).
+    max_failed_fraction : float
+        Refuse to write the data set when more visits than this fraction failed.
+    """
+
+    seed: int = 0
+    fractions: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_FRACTIONS))
+    scheduler: str = "local"
+    workers: int = 0
+    compression: str = "gzip"
+    max_failed_fraction: float = 0.2
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming a bad parameter."""
+        if self.workers < 0:
+            raise ValueError(f"workers={self.workers!r}: expected >= 0 (0 = one per core)")
+        if self.compression not in ("gzip", "lzf"):
+            raise ValueError(f"compression={self.compression!r}: expected 'gzip' or 'lzf'")
+        if not 0 <= self.max_failed_fraction <= 1:
+            raise ValueError(f"max_failed_fraction={self.max_failed_fraction!r}: expected [0, 1]")
+        if not (self.scheduler in ("local", "serial") or "://" in self.scheduler):
+            raise ValueError(f"scheduler={self.scheduler!r}: expected 'local', 'serial' or "
+                             "a scheduler address like tcp://127.0.0.1:8786")
+
+
+@dataclass
+class RunConfig:
+    """Everything ``make dataset`` resolves: one table per stage in a TOML file."""
+
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    label: LabelConfig = field(default_factory=LabelConfig)
+    stamps: StampConfig = field(default_factory=StampConfig)
+
+
+# --------------------------------------------------------------------------------------
+# One visit (runs on a dask worker: touches only this visit's files)
+# --------------------------------------------------------------------------------------
+
+
+def _visit_key(spec: VisitSpec, label_cfg: LabelConfig, stamp_cfg: StampConfig) -> str:
+    """Hash of everything that decides a visit's stamps (reuse only when equal)."""
+    doc = {"name": spec.name, "source": spec.source,
+           "simulate": asdict(spec.simulate) if spec.simulate else None,
+           "archive": spec.archive, "label": asdict(label_cfg), "stamps": asdict(stamp_cfg)}
+    return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _footprint(flc: Path) -> list[list[list[float]]]:
+    quads = []
+    with fits.open(flc) as h:
+        for hdu in h:
+            if hdu.name != "SCI":
+                continue
+            ny, nx = hdu.data.shape
+            w = WCS(hdu.header, naxis=2)
+            ra, dec = w.all_pix2world([-0.5, nx - 0.5, nx - 0.5, -0.5], [-0.5, -0.5, ny - 0.5, ny - 0.5], 0)
+            quads.append(np.c_[ra, dec].tolist())
+    return quads
+
+
+def process_visit(spec: VisitSpec, work: str | os.PathLike, label_cfg: LabelConfig,
+                  stamp_cfg: StampConfig) -> dict:
+    """Simulate (or find), label and stamp one visit; return its summary.
+
+    Writes ``work/stamps/<visit>.npz`` under a temporary name, renamed when complete.
+    A complete file made with the same settings is reused.
+    """
+    work = Path(work)
+    t0 = time.perf_counter()
+    key = _visit_key(spec, label_cfg, stamp_cfg)
+    stamp_path = work / "stamps" / f"{spec.name}.npz"
+    info_path = work / "stamps" / f"{spec.name}.json"
+    if stamp_path.exists() and info_path.exists():
+        info = json.loads(info_path.read_text())
+        if info.get("key") == key:
+            info["reused"] = True
+            return info
+    raw = work / "raw" / spec.name
+    if spec.source == "simulate":
+        simulate_visit(spec.simulate, work / "raw", name=spec.name)
+    elif not raw.is_dir() or not (any(raw.glob("*_flc.fits")) or any(raw.glob("*_flt.fits"))):
+        raise FileNotFoundError(f"{raw}: no exposures; fetch the visit first (crforge fetch)")
+    cfg = spec.label_config(label_cfg)
+    labels = work / "labels" / spec.name
+    prev = labels / "labels.json"
+    redo = prev.exists() and json.loads(prev.read_text()).get("config") != json.loads(
+        json.dumps(asdict(cfg)))
+    report = label_visit(raw, labels, cfg, overwrite=redo)
+    parts: dict[str, list] = {k: [] for k in ("image", "cr", "ignore", "truth")}
+    meta: list[tuple] = []
+    quads: list = []
+    bunit = None
+    for exp in report["exposures"]:
+        flc = Path(exp["input"])
+        quads.extend(_footprint(flc))
+        truth = read_truth(raw / f"{exp['rootname']}_truth.fits") if spec.source == "simulate" else None
+        with fits.open(labels / exp["label"]) as lab:
+            ph = lab[0].header
+            for chip in exp["chips"]:
+                ev = chip["extver"]
+                h = lab["SCI", ev].header
+                bunit = bunit or h.get("BUNIT", "ELECTRONS")
+                tcode = snr_class(truth[ev].cr_snr_image()) if truth is not None else None
+                st = cut_stamps(lab["SCI", ev].data, lab["CR", ev].data, lab["IGNORE", ev].data,
+                                tcode, stamp_cfg)
+                n = len(st["y0"])
+                for k in parts:
+                    if k in st:
+                        parts[k].append(st[k])
+                for j in range(n):
+                    meta.append((spec.name, exp["rootname"], ev, int(st["x0"][j]), int(st["y0"][j]),
+                                 -1, spec.field_type, report["filter"], float(ph["EXPTIME"]),
+                                 float(h["SKY"]), float(h["GAIN"]), float(h["RDNOISE"]),
+                                 float(st["cr_fraction"][j])))
+    arrays = {k: np.concatenate(v) for k, v in parts.items() if v}
+    arrays["meta"] = np.array(meta, dtype=META_DTYPE)
+    centre = np.mean(np.array(quads).reshape(-1, 2), axis=0)
+    info = {"visit": spec.name, "key": key, "n_stamps": len(meta), "bunit": bunit,
+            "target": report["target"], "field_type": spec.field_type, "split": spec.split,
+            "footprint": quads, "ra": float(centre[0]), "dec": float(centre[1]),
+            "n_exposures": report["n_exposures"], "seconds": round(time.perf_counter() - t0, 2),
+            "reused": False}
+    stamp_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = stamp_path.with_name(f".{spec.name}.{os.getpid()}.tmp.npz")
+    np.savez(tmp, **arrays)
+    os.replace(tmp, stamp_path)
+    tmpj = info_path.with_name(f".{spec.name}.{os.getpid()}.tmp.json")
+    tmpj.write_text(json.dumps(info))
+    os.replace(tmpj, info_path)
+    return info
+
+
+# --------------------------------------------------------------------------------------
+# Orchestration
+# --------------------------------------------------------------------------------------
+
+
+def _software() -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version()}
+    for pkg in ("crforge", "drizzlepac", "astropy", "numpy", "h5py", "dask", "distributed", "scipy"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            out[pkg] = None
+    return out
+
+
+def _run_visits(visits: list[VisitSpec], work: Path, cfg: RunConfig) -> tuple[list[dict], list[dict]]:
+    """Run every visit; return (successes, failures) in manifest order."""
+    from tqdm.auto import tqdm
+
+    results: dict[str, dict] = {}
+    failures: dict[str, dict] = {}
+
+    def record_failure(name: str, exc: BaseException, tb: str) -> None:
+        reason = f"{type(exc).__name__}: {exc}"
+        logger.warning("visit %s failed: %s", name, reason)
+        failures[name] = {"visit": name, "reason": reason, "traceback": tb[-2000:]}
+
+    bar = tqdm(total=len(visits), desc="visits", unit="visit", disable=None)
+    dcfg = cfg.dataset
+    if dcfg.scheduler == "serial":
+        for spec in visits:
+            try:
+                results[spec.name] = process_visit(spec, work, cfg.label, cfg.stamps)
+            except Exception as exc:  # one failing visit never takes the data set down
+                record_failure(spec.name, exc, traceback.format_exc())
+            bar.update(1)
+    else:
+        from dask.distributed import Client, LocalCluster, as_completed
+
+        cluster = None
+        if dcfg.scheduler == "local":
+            n = dcfg.workers or os.cpu_count() or 1
+            cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
+                                   dashboard_address=None, silence_logs=logging.ERROR)
+            client = Client(cluster)
+        else:
+            client = Client(dcfg.scheduler, timeout="30s")
+        try:
+            futures = {client.submit(process_visit, spec, str(work), cfg.label, cfg.stamps,
+                                     key=f"crforge-visit-{spec.name}", pure=False): spec.name
+                       for spec in visits}
+            for fut in as_completed(futures):
+                name = futures[fut]
+                try:
+                    results[name] = fut.result()
+                except Exception as exc:
+                    record_failure(name, exc, "".join(traceback.format_exception(exc)))
+                bar.update(1)
+        finally:
+            client.close()
+            if cluster is not None:
+                cluster.close()
+    bar.close()
+    order = [v.name for v in visits]
+    return ([results[n] for n in order if n in results],
+            [failures[n] for n in order if n in failures])
+
+
+def build_dataset(manifest: str | os.PathLike | Manifest, work: str | os.PathLike,
+                  cfg: RunConfig | None = None, output: str | os.PathLike | None = None) -> dict:
+    """Build the HDF5 training set of a manifest.
+
+    Parameters
+    ----------
+    manifest : path-like or Manifest
+        The visits (TOML or CSV, see :mod:`pipeline.manifest`).
+    work : path-like
+        Work directory for raw, labels, stamps and the output.
+    cfg : RunConfig, optional
+        Settings of the dataset, label and stamp stages.
+    output : path-like, optional
+        The HDF5 file; default ``<work>/<manifest name>.h5``.
+
+    Returns
+    -------
+    dict
+        The run report (also written next to the output as ``.report.json``).
+
+    Raises
+    ------
+    ValueError
+        A bad manifest or config, or overlapping visits with conflicting splits.
+    DatasetError
+        More than ``max_failed_fraction`` of the visits failed.
+    """
+    cfg = RunConfig() if cfg is None else cfg
+    if not isinstance(cfg, RunConfig):
+        raise TypeError(f"cfg must be a RunConfig, got {type(cfg).__name__}")
+    cfg.dataset.validate()
+    cfg.label.validate()
+    cfg.stamps.validate()
+    if cfg.stamps.size != 256:
+        logger.warning("stamps.size=%d: schema v1 fixes 256; fine for tests only", cfg.stamps.size)
+    man = manifest if isinstance(manifest, Manifest) else load_manifest(manifest)
+    work = Path(work)
+    work.mkdir(parents=True, exist_ok=True)
+    output = Path(output) if output else work / f"{man.name}.h5"
+    report_path = output.with_name(output.stem + ".report.json")
+    t0 = time.perf_counter()
+    logger.info("dataset %s: %d visits, scheduler %s", man.name, len(man.visits), cfg.dataset.scheduler)
+    done, failed = _run_visits(man.visits, work, cfg)
+    report = {"manifest": man.name, "manifest_sha256": man.sha256, "output": str(output),
+              "visits_total": len(man.visits), "visits_done": len(done),
+              "visits_failed": failed, "seconds_visits": round(time.perf_counter() - t0, 1)}
+    if len(failed) > cfg.dataset.max_failed_fraction * len(man.visits) or not done:
+        report["status"] = "failed"
+        _write_json(report_path, report)
+        raise DatasetError(f"{len(failed)} of {len(man.visits)} visits failed (more than "
+                           f"max_failed_fraction={cfg.dataset.max_failed_fraction}); see {report_path}")
+    specs = {v.name: v for v in man.visits}
+    field_of = group_fields({d["visit"]: [np.array(q) for q in d["footprint"]] for d in done})
+    split_of = assign_splits(field_of, {d["visit"]: d["field_type"] for d in done},
+                             {d["visit"]: specs[d["visit"]].split for d in done},
+                             seed=cfg.dataset.seed, fractions=cfg.dataset.fractions)
+    counts = _write_hdf5(output, man, cfg, done, failed, field_of, split_of, work)
+    report.update(status="ok", stamps=counts, seconds_total=round(time.perf_counter() - t0, 1),
+                  fields={str(f): s for f, s in sorted(split_of.items())})
+    _write_json(report_path, report)
+    logger.info("wrote %s: %s stamps in %.0f s", output, counts, report["seconds_total"])
+    return report
+
+
+def _write_json(path: Path, doc: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(doc, indent=2, default=str))
+    os.replace(tmp, path)
+
+
+def _write_hdf5(output: Path, man: Manifest, cfg: RunConfig, done: list[dict], failed: list[dict],
+                field_of: dict[str, int], split_of: dict[int, str], work: Path) -> dict:
+    import h5py
+
+    from crforge import config as cfgmod
+
+    s = cfg.stamps.size
+    # truth only when every visit in the file is simulated (a failed one does not count)
+    specs = {v.name: v for v in man.visits}
+    with_truth = all(specs[d["visit"]].source == "simulate" for d in done)
+    by_field: dict[int, list[dict]] = {}
+    for d in done:
+        by_field.setdefault(field_of[d["visit"]], []).append(d)
+    tmp = output.with_name(output.name + ".tmp")
+    comp = {"compression": cfg.dataset.compression}
+    if cfg.dataset.compression == "gzip":
+        comp.update(compression_opts=1, shuffle=True)
+    counts = {}
+    with h5py.File(tmp, "w") as h5:
+        h5.attrs["schema_version"] = SCHEMA_VERSION
+        h5.attrs["created_utc"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        h5.attrs["crforge_version"] = _software()["crforge"] or "unknown"
+        h5.attrs["manifest_name"] = man.name
+        h5.attrs["manifest_sha256"] = man.sha256
+        # how the work was scheduled does not change the data: leave it out, so the
+        # serial and dask paths (and any worker count) write identical files
+        doc = cfgmod.to_dict(cfg)
+        for k in ("scheduler", "workers"):
+            doc["dataset"].pop(k, None)
+        h5.attrs["config"] = json.dumps(doc, sort_keys=True)
+        h5.attrs["software"] = json.dumps(_software(), sort_keys=True)
+        h5.attrs["stamp_size"] = s
+        h5.attrs["failed_visits"] = json.dumps([{"visit": f["visit"], "reason": f["reason"]} for f in failed])
+        rows = []
+        for fid in sorted(by_field):
+            vs = sorted(by_field[fid], key=lambda d: d["visit"])
+            rows.append((fid, vs[0]["target"][:64], float(np.mean([v["ra"] for v in vs])),
+                         float(np.mean([v["dec"] for v in vs])), vs[0]["field_type"],
+                         split_of[fid], ",".join(v["visit"] for v in vs)[:512]))
+        h5.create_dataset("fields", data=np.array(rows, dtype=FIELDS_DTYPE))
+        for split in SPLITS:
+            g = h5.create_group(split)
+            dsets = {
+                "image": g.create_dataset("image", (0, s, s), np.float32, maxshape=(None, s, s),
+                                          chunks=(1, s, s), **comp),
+                "cr": g.create_dataset("cr", (0, s, s), np.uint8, maxshape=(None, s, s),
+                                       chunks=(1, s, s), **comp),
+                "ignore": g.create_dataset("ignore", (0, s, s), np.uint8, maxshape=(None, s, s),
+                                           chunks=(1, s, s), **comp),
+            }
+            if with_truth:
+                dsets["truth"] = g.create_dataset("truth", (0, s, s), np.uint8, maxshape=(None, s, s),
+                                                  chunks=(1, s, s), **comp)
+            meta = g.create_dataset("meta", (0,), META_DTYPE, maxshape=(None,), chunks=(1024,))
+            dsets["image"].attrs["BUNIT"] = next((d["bunit"] for d in done if d["bunit"]), "ELECTRONS")
+            n = 0
+            for fid in sorted(f for f in by_field if split_of[f] == split):
+                for d in sorted(by_field[fid], key=lambda d: d["visit"]):
+                    # one visit in memory at a time: peak memory does not grow with visits
+                    with np.load(work / "stamps" / f"{d['visit']}.npz") as z:
+                        m = z["meta"].copy()
+                        k = len(m)
+                        if k == 0:
+                            continue
+                        m["field_id"] = fid
+                        for name, ds in dsets.items():
+                            ds.resize(n + k, axis=0)
+                            ds[n:n + k] = z[name]
+                        meta.resize(n + k, axis=0)
+                        meta[n:n + k] = m
+                        n += k
+            counts[split] = n
+    os.replace(tmp, output)
+    return counts
+
+
+# --------------------------------------------------------------------------------------
+# CLI
+# --------------------------------------------------------------------------------------
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``crforge dataset``."""
+    parser.add_argument("--manifest", type=Path, required=True, help="data set manifest (.toml or .csv)")
+    parser.add_argument("--work", type=Path, default=Path("work"), help="work directory (default: work)")
+    parser.add_argument("--output", type=Path, help="HDF5 file (default: WORK/<manifest name>.h5)")
+    parser.add_argument("--scheduler", help="local (default), serial, or tcp://host:port of a dask scheduler")
+    parser.add_argument("--workers", type=int, help="LocalCluster workers (default: one per core)")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Entry point of ``crforge dataset``."""
+    import sys
+
+    from crforge import config as cfgmod
+
+    overrides = list(getattr(args, "set", None) or [])
+    if args.scheduler:
+        overrides.append(f"dataset.scheduler={json.dumps(args.scheduler)}")
+    if args.workers is not None:
+        overrides.append(f"dataset.workers={args.workers}")
+    cfg = cfgmod.load(RunConfig, getattr(args, "config", None), overrides)
+    try:
+        report = build_dataset(args.manifest, args.work, cfg, args.output)
+    except DatasetError as exc:
+        sys.stderr.write(f"crforge dataset: {exc}\n")
+        return 1
+    for f in report["visits_failed"]:
+        sys.stderr.write(f"crforge dataset: warning: visit {f['visit']} skipped: {f['reason']}\n")
+    sys.stdout.write(f"{report['output']}: {report['stamps']} stamps from {report['visits_done']} "
+                     f"of {report['visits_total']} visits in {report['seconds_total']:.0f} s\n")
+    return 0

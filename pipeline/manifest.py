@@ -1,0 +1,245 @@
+"""Manifests: what a data set is made of, versioned in ``data_manifests/``.
+
+Two formats, one row per visit (see ``data_manifests/README.md`` for the full reference):
+
+TOML (simulated and real visits)::
+
+    name = "synthetic-acs-wfc"          # default: the file name
+    [defaults]                          # applied to every [[visit]], which may override
+    source = "simulate"
+    chip_shape = [1024, 2048]
+    [[visit]]
+    field_type = "globular_cluster"
+    seed = 3
+    n_exposures = 4
+    split = "test"                      # optional: explicit split wins
+    [visit.label]                       # optional per-visit LabelConfig overrides
+    refine_max_exposures = 0
+
+CSV (real visits): columns ``instrument, filter, proposal_id, obset_id, field_type``
+and optionally ``split``, ``exposures`` (space-separated rootnames), ``target``,
+``label`` (``key=value;key=value`` LabelConfig overrides).
+
+A simulated visit takes every :class:`pipeline.simulate.SimulateConfig` key; its
+pointing defaults to a distinct patch of sky per row (so separate rows are separate
+fields unless they say otherwise with ``ra``/``dec``), its seed to the manifest's
+``seed`` plus the row index.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import logging
+import os
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from crforge import config as cfgmod
+
+from .drizzle import LabelConfig
+from .instruments import get_instrument
+from .simulate import FIELD_TYPES, SimulateConfig, _base36
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["Manifest", "VisitSpec", "load_manifest", "SPLITS"]
+
+SPLITS = ("train", "val", "test")
+_SIM_KEYS = {f.name for f in fields(SimulateConfig)}
+_ARCHIVE_KEYS = {"instrument", "filter", "proposal_id", "obset_id", "exposures", "target"}
+_COMMON_KEYS = {"source", "field_type", "split", "label", "name"}
+
+
+@dataclass
+class VisitSpec:
+    """One visit of a manifest.
+
+    Attributes
+    ----------
+    name : str
+        Directory name of the visit under ``raw/`` and ``labels/``.
+    source : str
+        ``simulate`` or ``archive``.
+    field_type : str
+        ``extragalactic``, ``globular_cluster`` or ``resolved_galaxy``.
+    split : str or None
+        Explicit split, or ``None`` to let the data set assign one.
+    label : dict
+        LabelConfig overrides for this visit.
+    simulate : SimulateConfig or None
+        For simulated visits.
+    archive : dict
+        For real visits: instrument, filter, proposal_id, obset_id, exposures, target.
+    row : int
+        Row number in the manifest (for messages).
+    """
+
+    name: str
+    source: str
+    field_type: str
+    split: str | None = None
+    label: dict = field(default_factory=dict)
+    simulate: SimulateConfig | None = None
+    archive: dict = field(default_factory=dict)
+    row: int = 0
+
+    def label_config(self, base: LabelConfig) -> LabelConfig:
+        """``base`` with this visit's overrides applied (unknown keys refused)."""
+        return cfgmod.merge(base, self.label, where=f"visit {self.name}: label") if self.label else base
+
+
+@dataclass
+class Manifest:
+    """A parsed manifest."""
+
+    name: str
+    path: Path
+    sha256: str
+    visits: list[VisitSpec]
+    description: str = ""
+
+    @property
+    def simulated(self) -> bool:
+        """True when every visit is simulated (the data set then carries truth)."""
+        return all(v.source == "simulate" for v in self.visits)
+
+
+def _check_common(where: str, row: dict) -> tuple[str, str | None]:
+    ft = row.get("field_type")
+    if ft not in FIELD_TYPES:
+        raise ValueError(f"{where}: field_type={ft!r}, expected one of {FIELD_TYPES}")
+    split = row.get("split") or None
+    if split is not None and split not in SPLITS:
+        raise ValueError(f"{where}: split={split!r}, expected one of {SPLITS} or empty")
+    lab = row.get("label", {})
+    if not isinstance(lab, dict):
+        raise ValueError(f"{where}: label must be a table of LabelConfig overrides")
+    cfgmod.merge(LabelConfig(), lab, where=f"{where}: label")  # unknown keys fail here
+    return ft, split
+
+
+def _sim_visit(where: str, i: int, row: dict, base_seed: int) -> VisitSpec:
+    ft, split = _check_common(where, row)
+    unknown = set(row) - _SIM_KEYS - _COMMON_KEYS
+    if unknown:
+        raise ValueError(f"{where}: unknown key(s) {sorted(unknown)} for a simulated visit; "
+                         f"valid: {sorted(_SIM_KEYS | _COMMON_KEYS)}")
+    sim = {k: v for k, v in row.items() if k in _SIM_KEYS}
+    sim.setdefault("seed", base_seed + i)
+    sim.setdefault("obset_id", _base36(i, 2))
+    # distinct sky per row unless told otherwise: rows 0.25 deg apart in RA
+    sim.setdefault("ra", 150.0 + 0.25 * i)
+    sim.setdefault("dec", 2.2)
+    cfg = cfgmod.from_dict(SimulateConfig, sim, where=where)
+    cfg.validate()
+    name = row.get("name") or cfg.visit_name
+    return VisitSpec(name=name, source="simulate", field_type=ft, split=split,
+                     label=dict(row.get("label", {})), simulate=cfg, row=i)
+
+
+def _archive_visit(where: str, i: int, row: dict) -> VisitSpec:
+    ft, split = _check_common(where, row)
+    unknown = set(row) - _ARCHIVE_KEYS - _COMMON_KEYS
+    if unknown:
+        raise ValueError(f"{where}: unknown key(s) {sorted(unknown)} for an archive visit; "
+                         f"valid: {sorted(_ARCHIVE_KEYS | _COMMON_KEYS)}")
+    for key in ("instrument", "filter", "proposal_id", "obset_id"):
+        if row.get(key) in (None, ""):
+            raise ValueError(f"{where}: {key} is required for an archive visit")
+    get_instrument(str(row["instrument"]))
+    try:
+        pid = int(row["proposal_id"])
+    except (TypeError, ValueError):
+        raise ValueError(f"{where}: proposal_id={row['proposal_id']!r} is not an integer") from None
+    obset = str(row["obset_id"]).strip().lower().zfill(2)
+    exps = row.get("exposures") or []
+    if isinstance(exps, str):
+        exps = exps.split()
+    arch = {"instrument": str(row["instrument"]), "filter": str(row["filter"]).upper(),
+            "proposal_id": pid, "obset_id": obset, "exposures": [e.lower() for e in exps],
+            "target": str(row.get("target", ""))}
+    name = row.get("name") or f"{pid}_{obset}_{arch['filter'].lower()}"
+    return VisitSpec(name=name, source="archive", field_type=ft, split=split,
+                     label=dict(row.get("label", {})), archive=arch, row=i)
+
+
+def _parse_label_cell(where: str, text: str) -> dict:
+    out: dict[str, Any] = {}
+    for part in filter(None, (p.strip() for p in text.split(";"))):
+        if "=" not in part:
+            raise ValueError(f"{where}: label entry {part!r} is not key=value")
+        key, value = (s.strip() for s in part.split("=", 1))
+        out[key] = cfgmod.parse_override(f"{key}={value}")[1]
+    return out
+
+
+def load_manifest(path: str | os.PathLike) -> Manifest:
+    """Read and check a manifest (TOML or CSV).
+
+    Raises
+    ------
+    FileNotFoundError
+        If the file is missing.
+    ValueError
+        Naming the file, the row and the key of anything wrong; two visits with the
+        same name are refused.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: manifest not found")
+    raw = path.read_bytes()
+    sha = hashlib.sha256(raw).hexdigest()
+    visits: list[VisitSpec] = []
+    name, description = path.stem, ""
+    if path.suffix.lower() == ".toml":
+        try:
+            doc = tomllib.loads(raw.decode())
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise ValueError(f"{path}: not valid TOML ({exc})") from None
+        unknown = set(doc) - {"name", "description", "defaults", "visit", "seed"}
+        if unknown:
+            raise ValueError(f"{path}: unknown top-level key(s) {sorted(unknown)}")
+        name = str(doc.get("name", name))
+        description = str(doc.get("description", ""))
+        base_seed = int(doc.get("seed", 0))
+        defaults = doc.get("defaults", {})
+        rows = doc.get("visit", [])
+        if not isinstance(rows, list) or not rows:
+            raise ValueError(f"{path}: no [[visit]] rows")
+        for i, row in enumerate(rows):
+            merged = {**defaults, **row}
+            if "label" in defaults and "label" in row:
+                merged["label"] = {**defaults["label"], **row["label"]}
+            where = f"{path.name}: visit {i + 1}"
+            source = merged.pop("source", "simulate")
+            if source == "simulate":
+                visits.append(_sim_visit(where, i, merged, base_seed))
+            elif source == "archive":
+                visits.append(_archive_visit(where, i, merged))
+            else:
+                raise ValueError(f"{where}: source={source!r}, expected 'simulate' or 'archive'")
+    elif path.suffix.lower() == ".csv":
+        text = raw.decode()
+        lines = [ln for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
+        reader = csv.DictReader(io.StringIO("\n".join(lines)))
+        for i, row in enumerate(reader):
+            where = f"{path.name}: row {i + 2}"
+            row = {k.strip(): (v or "").strip() for k, v in row.items() if k}
+            row = {k: v for k, v in row.items() if v != ""}
+            if "label" in row:
+                row["label"] = _parse_label_cell(where, row["label"])
+            visits.append(_archive_visit(where, i, row))
+        if not visits:
+            raise ValueError(f"{path}: no visit rows")
+    else:
+        raise ValueError(f"{path}: manifest must be .toml or .csv")
+    seen: dict[str, int] = {}
+    for v in visits:
+        if v.name in seen:
+            raise ValueError(f"{path}: visits {seen[v.name] + 1} and {v.row + 1} are both named {v.name!r}")
+        seen[v.name] = v.row
+    return Manifest(name=name, path=path, sha256=sha, visits=visits, description=description)

@@ -1,0 +1,182 @@
+"""Fields and splits (pure functions): group visits by sky overlap, then split fields.
+
+A *field* is a set of visits whose footprints overlap on the sky, whatever their
+target names: two visits of the same patch of sky are one field, and a field is in
+exactly one split, so no part of the sky is in both the training and the test set.
+
+Footprints are lists of chip quadrilaterals in (RA, Dec) degrees, from each chip's
+WCS. Two quadrilaterals are compared on a tangent plane at their mean position with
+the separating-axis test (chips are convex).
+
+Split assignment: an explicit split in the manifest wins; every visit of a field must
+agree (else an error naming both visits); fields with no explicit split are shuffled
+by seed within each field type and dealt so that every split gets at least one field
+of each type when there are enough (``fractions`` gives the target shares).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+__all__ = ["quads_overlap", "group_fields", "assign_splits", "DEFAULT_FRACTIONS"]
+
+#: Default shares of fields per split.
+DEFAULT_FRACTIONS = {"train": 0.6, "val": 0.15, "test": 0.25}
+
+
+def _tangent(ra: np.ndarray, dec: np.ndarray, ra0: float, dec0: float) -> np.ndarray:
+    ra, dec = np.radians(ra), np.radians(dec)
+    a0, d0 = math.radians(ra0), math.radians(dec0)
+    cosc = math.sin(d0) * np.sin(dec) + math.cos(d0) * np.cos(dec) * np.cos(ra - a0)
+    x = np.cos(dec) * np.sin(ra - a0) / cosc
+    y = (math.cos(d0) * np.sin(dec) - math.sin(d0) * np.cos(dec) * np.cos(ra - a0)) / cosc
+    return np.degrees(np.c_[x, y])
+
+
+def _sat_overlap(p: np.ndarray, q: np.ndarray) -> bool:
+    for poly in (p, q):
+        for i in range(len(poly)):
+            edge = poly[(i + 1) % len(poly)] - poly[i]
+            axis = np.array([-edge[1], edge[0]])
+            a, b = p @ axis, q @ axis
+            if a.max() < b.min() or b.max() < a.min():
+                return False
+    return True
+
+
+def quads_overlap(a: np.ndarray, b: np.ndarray) -> bool:
+    """Whether two convex sky quadrilaterals (``[4, 2]`` RA/Dec degrees) overlap."""
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    if a.shape != (4, 2) or b.shape != (4, 2):
+        raise ValueError(f"quadrilaterals must be [4, 2] arrays, got {a.shape} and {b.shape}")
+    both = np.vstack([a, b])
+    # mean position on the sphere (RA wraps at 360)
+    v = np.c_[np.cos(np.radians(both[:, 1])) * np.cos(np.radians(both[:, 0])),
+              np.cos(np.radians(both[:, 1])) * np.sin(np.radians(both[:, 0])),
+              np.sin(np.radians(both[:, 1]))].mean(axis=0)
+    ra0 = math.degrees(math.atan2(v[1], v[0])) % 360
+    dec0 = math.degrees(math.atan2(v[2], math.hypot(v[0], v[1])))
+    if np.any(np.degrees(np.arccos(np.clip(
+            np.c_[np.cos(np.radians(both[:, 1])) * np.cos(np.radians(both[:, 0])),
+                  np.cos(np.radians(both[:, 1])) * np.sin(np.radians(both[:, 0])),
+                  np.sin(np.radians(both[:, 1]))] @ (v / np.linalg.norm(v)), -1, 1))) > 30):
+        return False  # far apart: cannot overlap (chips are arcminutes)
+    pa = _tangent(a[:, 0], a[:, 1], ra0, dec0)
+    pb = _tangent(b[:, 0], b[:, 1], ra0, dec0)
+    return _sat_overlap(pa, pb)
+
+
+def group_fields(footprints: Mapping[str, Sequence[np.ndarray]]) -> dict[str, int]:
+    """Field id of every visit: connected components of footprint overlap.
+
+    Parameters
+    ----------
+    footprints : mapping
+        Visit name -> list of chip quadrilaterals (``[4, 2]`` RA/Dec degrees).
+
+    Returns
+    -------
+    dict
+        Visit name -> field id (0, 1, ... in order of the sorted visit names).
+    """
+    names = sorted(footprints)
+    parent = {n: n for n in names}
+
+    def find(n: str) -> str:
+        while parent[n] != n:
+            parent[n] = parent[parent[n]]
+            n = parent[n]
+        return n
+
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            if find(a) == find(b):
+                continue
+            if any(quads_overlap(qa, qb) for qa in footprints[a] for qb in footprints[b]):
+                parent[find(b)] = find(a)
+    roots: dict[str, int] = {}
+    out = {}
+    for n in names:
+        r = find(n)
+        if r not in roots:
+            roots[r] = len(roots)
+        out[n] = roots[r]
+    return out
+
+
+def assign_splits(
+    field_of: Mapping[str, int],
+    field_type: Mapping[str, str],
+    explicit: Mapping[str, str | None],
+    seed: int = 0,
+    fractions: Mapping[str, float] | None = None,
+) -> dict[int, str]:
+    """Split of every field.
+
+    Parameters
+    ----------
+    field_of : mapping
+        Visit -> field id.
+    field_type : mapping
+        Visit -> field type (a field takes the type of its first visit by name).
+    explicit : mapping
+        Visit -> explicit split or ``None``.
+    seed : int
+        Seed of the shuffle.
+    fractions : mapping, optional
+        Split -> share of fields; default :data:`DEFAULT_FRACTIONS`.
+
+    Returns
+    -------
+    dict
+        Field id -> split.
+
+    Raises
+    ------
+    ValueError
+        Two visits of one field with different explicit splits (naming both), or
+        fractions that are not three non-negative shares summing to 1.
+    """
+    fractions = dict(DEFAULT_FRACTIONS if fractions is None else fractions)
+    if set(fractions) != {"train", "val", "test"} or any(v < 0 for v in fractions.values()) \
+            or abs(sum(fractions.values()) - 1) > 1e-6:
+        raise ValueError(f"fractions={fractions!r}: expected train/val/test shares summing to 1")
+    fixed: dict[int, tuple[str, str]] = {}
+    for visit in sorted(field_of):
+        s = explicit.get(visit)
+        if not s:
+            continue
+        f = field_of[visit]
+        if f in fixed and fixed[f][0] != s:
+            other = fixed[f][1]
+            raise ValueError(
+                f"visits {other!r} (split {fixed[f][0]}) and {visit!r} (split {s}) overlap on "
+                f"the sky (field {f}) but their manifest splits differ")
+        fixed.setdefault(f, (s, visit))
+    out = {f: s for f, (s, _) in fixed.items()}
+    ftype: dict[int, str] = {}
+    for visit in sorted(field_of):
+        ftype.setdefault(field_of[visit], field_type[visit])
+    rng = np.random.default_rng(seed)
+    order = ("train", "test", "val")
+    for t in sorted(set(ftype.values())):
+        free = sorted(f for f, ty in ftype.items() if ty == t and f not in out)
+        if not free:
+            continue
+        perm = [free[i] for i in rng.permutation(len(free))]
+        have = {s: sum(1 for f, s2 in out.items() if s2 == s and ftype[f] == t) for s in order}
+        n_type = len(free) + sum(have.values())
+        # first make sure every split holds one field of this type, then deal by share
+        for s in order:
+            if have[s] == 0 and perm and fractions[s] > 0 and len(perm) > 0:
+                out[perm.pop(0)] = s
+                have[s] += 1
+        for f in perm:
+            deficit = {s: fractions[s] * n_type - have[s] for s in order}
+            s = max(order, key=lambda k: (deficit[k], -order.index(k)))
+            out[f] = s
+            have[s] += 1
+    return out

@@ -1,0 +1,361 @@
+"""Tests of pipeline.inspect: schema validation, summary figures and the CLI hooks."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import h5py
+import numpy as np
+import pytest
+
+from pipeline import inspect as ins
+
+S = 16
+PIX = S * S
+
+META_DT = np.dtype([
+    ("visit", "S16"), ("exposure", "S16"), ("chip", "i1"), ("x0", "i4"), ("y0", "i4"),
+    ("field_id", "i4"), ("field_type", "S32"), ("filter", "S16"), ("exptime", "f4"),
+    ("sky", "f4"), ("gain", "f4"), ("readnoise", "f4"), ("cr_fraction", "f4"),
+])
+FIELDS_DT = np.dtype([
+    ("field_id", "i4"), ("target", "S64"), ("ra", "f8"), ("dec", "f8"),
+    ("field_type", "S32"), ("split", "S8"), ("visits", "S512"),
+])
+# field_id -> (split, field_type, visit)
+FIELDS = {
+    1: ("train", "extragalactic", "v1"),
+    2: ("train", "globular_cluster", "v2"),
+    3: ("val", "resolved_galaxy", "v3"),
+    4: ("test", "extragalactic", "v4"),
+}
+# split -> field id of each stamp
+STAMPS = {"train": [1, 1, 2], "val": [3], "test": [4, 4]}
+
+
+def _arrays():
+    """cr, ignore, truth per split with hand-counted contents (see the expected values)."""
+    out = {}
+    for split, ids in STAMPS.items():
+        n = len(ids)
+        out[split] = {k: np.zeros((n, S, S), np.uint8) for k in ("cr", "ignore", "truth")}
+    cr, ign, tr = (out["train"][k] for k in ("cr", "ignore", "truth"))
+    # train stamp 0, row 0: four pixels of each truth bin; labelled 1, 2, 3, 4 of them
+    for b in range(4):
+        tr[0, 0, 4 * b:4 * b + 4] = b + 1
+        cr[0, 0, 4 * b:4 * b + b + 1] = 1
+    tr[0, 1, 0], ign[0, 1, 0] = 4, 2           # injected but saturated: not counted
+    cr[0, 1, 1], ign[0, 1, 1] = 1, 1           # false label on a bad pixel: not counted
+    cr[0, 2, 0:2] = 1                          # two false labels
+    ign[0, 3, 0:8] = 4                         # no data
+    tr[2, 5, 5], cr[2, 5, 5] = 4, 1            # one more >10 sigma CR, labelled
+    out["val"]["truth"][0, 0, 0] = 1           # val: one <3 sigma CR, labelled
+    out["val"]["cr"][0, 0, 0] = 1
+    return out
+
+
+def write_file(path, *, truth=True, stamps=STAMPS, fields=FIELDS, arrays=None):
+    """A small valid version-1 training set (S=16)."""
+    arrays = arrays or _arrays()
+    with h5py.File(path, "w") as f:
+        f.attrs["schema_version"] = 1
+        f.attrs["created_utc"] = "2025-01-02T03:04:05Z"
+        f.attrs["crforge_version"] = "0.1.0"
+        f.attrs["manifest_name"] = "test"
+        f.attrs["manifest_sha256"] = "ab" * 32
+        f.attrs["config"] = json.dumps({"a": 1})
+        f.attrs["software"] = json.dumps({"numpy": np.__version__})
+        f.attrs["stamp_size"] = S
+        f.attrs["failed_visits"] = json.dumps([{"visit": "v9", "reason": "no EXPTIME"}])
+        rows = np.zeros(len(fields), FIELDS_DT)
+        for i, (fid, (split, ft, visit)) in enumerate(fields.items()):
+            rows[i] = (fid, f"T{fid}", 10.0 + fid, -5.0, ft, split, visit)
+        f.create_dataset("fields", data=rows)
+        for split, ids in stamps.items():
+            g = f.create_group(split)
+            n = len(ids)
+            img = g.create_dataset("image", data=np.ones((n, S, S), np.float32),
+                                   chunks=(1, S, S) if n else (1, S, S), maxshape=(None, S, S))
+            img.attrs["BUNIT"] = "ELECTRONS"
+            for key in ("cr", "ignore") + (("truth",) if truth else ()):
+                g.create_dataset(key, data=arrays[split][key])
+            meta = np.zeros(n, META_DT)
+            for i, fid in enumerate(ids):
+                meta[i]["visit"] = fields[fid][2]
+                meta[i]["exposure"] = f"e{i}"
+                meta[i]["field_id"] = fid
+                meta[i]["field_type"] = fields[fid][1]
+                meta[i]["filter"] = "F606W"
+                meta[i]["exptime"] = 500.0
+            g.create_dataset("meta", data=meta)
+    return path
+
+
+@pytest.fixture
+def h5file(tmp_path):
+    return write_file(tmp_path / "set.h5")
+
+
+def _replace(path, name, data, **kw):
+    with h5py.File(path, "a") as f:
+        attrs = dict(f[name].attrs)
+        del f[name]
+        ds = f.create_dataset(name, data=data, **kw)
+        for k, v in attrs.items():
+            ds.attrs[k] = v
+
+
+# ------------------------------------------------------------------------ valid file
+
+
+def test_valid_file_has_no_problems(h5file):
+    assert ins.validate(h5file) == []
+    assert ins.validate(h5file, block=1) == []
+
+
+def test_summary_figures(h5file):
+    s = ins.summarise(h5file, block=2)
+    json.dumps(s)  # serialisable
+    assert s["schema_version"] == 1 and s["stamp_size"] == S
+    assert s["failed_visits"] == [{"visit": "v9", "reason": "no EXPTIME"}]
+    sp = s["splits"]
+    assert {k: sp[k]["stamps"] for k in sp} == {"train": 3, "val": 1, "test": 2}
+    assert sp["train"]["stamps_by_field_type"] == {"extragalactic": 2, "globular_cluster": 1}
+    assert sp["val"]["stamps_by_field_type"] == {"resolved_galaxy": 1}
+    assert sp["train"]["fields"] == 2 and sp["val"]["fields"] == 1 and sp["test"]["fields"] == 1
+    assert sp["train"]["fields_by_field_type"] == {"extragalactic": 1, "globular_cluster": 1}
+    assert s["total"]["stamps"] == 6 and s["total"]["fields"] == 4
+    assert s["total"]["stamps_by_field_type"] == {
+        "extragalactic": 4, "globular_cluster": 1, "resolved_galaxy": 1}
+
+    tr = sp["train"]
+    # CR pixels in train: 1+2+3+4 (row 0) + 1 (bad pixel) + 2 (false) + 1 (stamp 2) = 14
+    assert tr["pixels"] == 3 * PIX
+    assert tr["cr_pixels"] == 14 and tr["ignored_pixels"] == 10
+    assert tr["cr_fraction"] == pytest.approx(14 / 768)
+    assert tr["ignore_fraction"] == pytest.approx(10 / 768)
+    assert tr["cr_fraction_unignored"] == pytest.approx(13 / 758)
+    assert sp["val"]["cr_fraction"] == pytest.approx(1 / 256)
+    assert sp["test"]["cr_fraction"] == 0.0
+
+    t = tr["truth"]
+    assert [b["injected"] for b in t["bins"]] == [4, 4, 4, 5]
+    assert [b["labelled"] for b in t["bins"]] == [1, 2, 3, 5]
+    assert [b["recall"] for b in t["bins"]] == pytest.approx([0.25, 0.5, 0.75, 1.0])
+    assert t["recall"] == pytest.approx(11 / 17)
+    assert t["recall_above_5sigma"] == pytest.approx(8 / 9)
+    assert t["negatives"] == 758 - 17 and t["false_labels"] == 2
+    assert t["false_labels_per_million"] == pytest.approx(2e6 / 741)
+    assert sp["test"]["truth"]["recall"] is None  # nothing injected
+
+    assert s["has_truth"] is True
+    a = s["truth"]
+    assert a["injected"] == 18 and a["labelled"] == 12
+    assert a["bins"][0]["recall"] == pytest.approx(2 / 5)
+    negatives = (6 * PIX - 10) - 18
+    assert a["negatives"] == negatives
+    assert a["false_labels_per_million"] == pytest.approx(2e6 / negatives)
+
+    # the block size does not change anything
+    assert ins.summarise(h5file, block=64) == s
+
+
+def test_summary_without_truth(tmp_path):
+    p = write_file(tmp_path / "real.h5", truth=False)
+    assert ins.validate(p) == []
+    s = ins.summarise(p)
+    assert s["has_truth"] is False and s["truth"] is None
+    assert s["splits"]["train"]["truth"] is None
+    assert "No truth" in ins.format_summary(s)
+
+
+def test_empty_split_is_valid(tmp_path):
+    stamps = {"train": [1, 1, 2], "val": [3], "test": []}
+    arrays = _arrays()
+    arrays["test"] = {k: np.zeros((0, S, S), np.uint8) for k in ("cr", "ignore", "truth")}
+    p = write_file(tmp_path / "e.h5", stamps=stamps, arrays=arrays)
+    assert ins.validate(p) == []
+    s = ins.summarise(p)
+    assert s["splits"]["test"]["stamps"] == 0
+    assert s["splits"]["test"]["cr_fraction"] is None
+    ins.format_summary(s)
+
+
+def test_format_summary(h5file):
+    s = ins.summarise(h5file)
+    text = ins.format_summary(json.loads(json.dumps(s)))
+    assert "train" in text and "globular_cluster" in text and "v9" in text
+    assert "0.250" in text and "0.889" in text  # bin <3 and >5 sigma recall of train
+    assert "1.823%" in text                       # train CR fraction 14/768
+    # first table: header, rule and rows all the same width (aligned columns)
+    lines = text.splitlines()
+    i = lines.index("Stamps and pixels per split")
+    block = lines[i + 1:i + 7]
+    assert len({len(x) for x in block}) == 1
+    with pytest.raises(TypeError, match="summary"):
+        ins.format_summary([1])
+    with pytest.raises(ValueError, match="summary"):
+        ins.format_summary({})
+
+
+# ------------------------------------------------------------------------ corruptions
+
+
+def _one(problems, *needles):
+    hits = [p for p in problems if all(n in p for n in needles)]
+    assert hits, f"no problem mentions {needles}: {problems}"
+    return hits[0]
+
+
+def test_wrong_schema_version(h5file):
+    with h5py.File(h5file, "a") as f:
+        f.attrs["schema_version"] = 2
+    _one(ins.validate(h5file), "schema_version", "expected 1")
+
+
+def test_missing_attribute_and_bad_json(h5file):
+    with h5py.File(h5file, "a") as f:
+        del f.attrs["manifest_name"]
+        f.attrs["software"] = "[1, 2]"
+        f.attrs["manifest_sha256"] = "xyz"
+    probs = ins.validate(h5file)
+    _one(probs, "/:", "manifest_name", "missing")
+    _one(probs, "software", "object")
+    _one(probs, "manifest_sha256", "64 hex")
+
+
+def test_field_in_two_splits(h5file):
+    with h5py.File(h5file, "a") as f:
+        meta = f["test/meta"][()]
+        meta[1]["field_id"] = 1
+        meta[1]["field_type"] = "extragalactic"
+        del f["test/meta"]
+        f["test"].create_dataset("meta", data=meta)
+    probs = ins.validate(h5file)
+    _one(probs, "field_id 1", "two splits", "train", "test")
+    _one(probs, "/test/meta", "field_id 1", "'train'")
+
+
+def test_cr_value_two_found_in_last_block(h5file):
+    with h5py.File(h5file, "a") as f:
+        f["train/cr"][2, 3, 3] = 2
+    msg = _one(ins.validate(h5file, block=2), "/train/cr", "0 or 1")
+    assert "stamp 2" in msg and "1 pixel" in msg
+
+
+def test_ignore_value_nine(h5file):
+    with h5py.File(h5file, "a") as f:
+        f["val/ignore"][0, 0, 1] = 9
+    _one(ins.validate(h5file), "/val/ignore", "9", "0..7")
+
+
+def test_truth_value_five(h5file):
+    with h5py.File(h5file, "a") as f:
+        f["test/truth"][1, 0, 0] = 5
+    _one(ins.validate(h5file), "/test/truth", "0..4")
+
+
+def test_unknown_field_id(h5file):
+    with h5py.File(h5file, "a") as f:
+        meta = f["val/meta"][()]
+        meta[0]["field_id"] = 99
+        f["val/meta"][...] = meta
+    _one(ins.validate(h5file), "/val/meta", "not in /fields", "99")
+
+
+def test_mismatched_shapes(h5file):
+    _replace(h5file, "train/ignore", np.zeros((2, S, S), np.uint8))
+    _one(ins.validate(h5file), "/train", "number of stamps", "/train/ignore has 2")
+
+
+def test_wrong_stamp_size(h5file):
+    _replace(h5file, "val/cr", np.zeros((1, S, S + 1), np.uint8))
+    _one(ins.validate(h5file), "/val/cr", f"expected {S}x{S}")
+
+
+def test_image_chunks_wrong(h5file):
+    _replace(h5file, "train/image", np.ones((3, S, S), np.float32), chunks=(3, S, S))
+    _one(ins.validate(h5file), "/train/image", "chunks", f"(1, {S}, {S})")
+
+
+def test_wrong_dtype_and_missing_dataset(h5file):
+    _replace(h5file, "train/cr", np.zeros((3, S, S), np.int16))
+    with h5py.File(h5file, "a") as f:
+        del f["val/ignore"]
+    probs = ins.validate(h5file)
+    _one(probs, "/train/cr", "dtype", "u1")
+    _one(probs, "/val/ignore", "missing")
+
+
+def test_missing_group_and_fields(h5file):
+    with h5py.File(h5file, "a") as f:
+        del f["val"]
+        del f["fields"]
+    probs = ins.validate(h5file)
+    _one(probs, "/val", "missing group")
+    _one(probs, "/fields", "missing")
+
+
+def test_truth_in_some_splits_only(h5file):
+    with h5py.File(h5file, "a") as f:
+        del f["val/truth"]
+    _one(ins.validate(h5file), "/val/truth missing", "all splits or in none")
+
+
+def test_meta_field_missing_and_nan_image(h5file):
+    with h5py.File(h5file, "a") as f:
+        meta = f["test/meta"][()]
+        del f["test/meta"]
+        names = [n for n in META_DT.names if n != "gain"]
+        f["test"].create_dataset("meta", data=meta[names].copy())
+        f["val/image"][0, 4, 4] = np.nan
+    probs = ins.validate(h5file)
+    _one(probs, "/test/meta", "'gain'")
+    _one(probs, "/val/image", "finite")
+
+
+# ------------------------------------------------------------------------------- CLI
+
+
+def _args(*argv):
+    parser = argparse.ArgumentParser()
+    ins.add_arguments(parser)
+    return parser.parse_args([str(a) for a in argv])
+
+
+def test_run_valid_text_and_json(h5file, capsys):
+    assert ins.run(_args(h5file)) == 0
+    out = capsys.readouterr().out
+    assert "Stamps and pixels per split" in out
+    assert ins.run(_args(h5file, "--json")) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["splits"]["train"]["stamps"] == 3
+    assert data["truth"]["injected"] == 18
+
+
+def test_run_invalid(h5file, capsys):
+    with h5py.File(h5file, "a") as f:
+        f["train/cr"][0, 0, 0] = 2
+    assert ins.run(_args(h5file)) == 1
+    cap = capsys.readouterr()
+    assert cap.out == ""
+    assert "/train/cr" in cap.err
+
+
+def test_run_missing_and_non_hdf5(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nope.h5"):
+        ins.run(_args(tmp_path / "nope.h5"))
+    bad = tmp_path / "bad.h5"
+    bad.write_text("not hdf5")
+    with pytest.raises(ValueError, match="bad.h5"):
+        ins.run(_args(bad))
+
+
+def test_input_checks(h5file):
+    with pytest.raises(TypeError, match="path"):
+        ins.validate(3)
+    with pytest.raises(ValueError, match="block"):
+        ins.summarise(h5file, block=0)
+    with pytest.raises(TypeError, match="block"):
+        ins.validate(h5file, block=1.5)
