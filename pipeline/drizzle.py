@@ -96,6 +96,12 @@ class LabelConfig:
     refine_other_scale : float
         Weight of the other exposures' residual at the same sky position (what
         sharp stars leave in every exposure) in the refinement's threshold.
+    grow_snr : float
+        For visits refined no further, AstroDrizzle's CR pixels grow into connected
+        neighbours standing this many sigma above the blotted median (the faint
+        diffusion wings of bright hits); 0 keeps AstroDrizzle's mask as it is.
+    grow_deriv_scale : float
+        Gradient term of that growth (keeps it off sharp stars).
     saturation_grow : int
         Radius in pixels by which saturated pixels grow in the ignore mask.
     min_exposures : int
@@ -118,6 +124,8 @@ class LabelConfig:
     refine_snr: tuple[float, ...] = (4.0, 2.5)
     refine_deriv_scale: float = 0.4
     refine_other_scale: float = 1.0
+    grow_snr: float = 3.0
+    grow_deriv_scale: float = 0.4
     saturation_grow: int = 2
     min_exposures: int = 2
     num_cores: int = 1
@@ -134,6 +142,8 @@ class LabelConfig:
             raise ValueError(f"min_exposures={self.min_exposures!r}: CR labels need >= 2")
         if self.num_cores < 1:
             raise ValueError(f"num_cores={self.num_cores!r}: expected >= 1")
+        if self.grow_snr < 0 or self.grow_deriv_scale < 0:
+            raise ValueError(f"grow_snr={self.grow_snr!r}, grow_deriv_scale={self.grow_deriv_scale!r}: expected >= 0")
         if len(self.refine_snr) != 2 or not self.refine_snr[0] >= self.refine_snr[1] > 0:
             raise ValueError(f"refine_snr={self.refine_snr!r}: expected (seed, grow), seed >= grow > 0")
         for name in ("driz_cr_snr", "driz_cr_scale", "combine_nsigma"):
@@ -635,6 +645,15 @@ def _write_label(info: ExposureInfo, i: int, infos: list[ExposureInfo], scratch:
                     sci * to_e, blot.astype(np.float32) * to_e, info.readnoise[ev],
                     snr=tuple(cfg.refine_snr), deriv_scale=cfg.refine_deriv_scale,
                     other_residual=other, other_scale=cfg.refine_other_scale)
+            elif cfg.grow_snr > 0:
+                blot = fits.getdata(scratch / f"{info.path.name.rsplit('_', 1)[0]}_sci{ev}_blt.fits")
+                blot = blot.astype(np.float32) * to_e
+                # the reference is a median of the other exposures: its variance is
+                # about 1.5/(n-1) of one exposure's
+                var_ref = (np.abs(blot) + info.readnoise[ev] ** 2) * np.float32(1.5 / (len(infos) - 1))
+                cr = masks.refine_cr_mask(
+                    sci * to_e, blot, info.readnoise[ev], reference_var=var_ref,
+                    snr=(np.inf, cfg.grow_snr), deriv_scale=cfg.grow_deriv_scale, initial=cr)
             nocov = _no_coverage(infos, i, ev, sci.shape)
             ignore = masks.ignore_mask(dq, inst, cfg.saturation_grow, no_coverage=nocov)
             keep = [k for k in ("CTYPE1", "CTYPE2", "CRPIX1", "CRPIX2", "CRVAL1", "CRVAL2",

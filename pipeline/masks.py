@@ -185,7 +185,7 @@ def refine_cr_mask(
         raise ValueError(f"sci shape {sci.shape} != reference shape {reference.shape}")
     if not readnoise >= 0:
         raise ValueError(f"readnoise={readnoise!r}: expected >= 0")
-    if len(snr) != 2 or not snr[0] >= snr[1] > 0:
+    if len(snr) != 2 or not snr[0] >= snr[1] > 0:  # snr[0] = inf: grow ``initial`` only
         raise ValueError(f"snr={snr!r}: expected (seed, grow) with seed >= grow > 0")
     var_one = np.abs(reference) + np.float32(readnoise) ** 2
     var = var_one + (var_one if reference_var is None else reference_var.astype(np.float32))
