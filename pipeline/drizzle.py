@@ -21,8 +21,18 @@ and AstroDrizzle's default ``minmed`` settings label only bright events. For vis
 ``refine_max_exposures`` or fewer exposures (default 2) crforge therefore runs
 AstroDrizzle with ``combine_type='minimum'`` (the reference holds no CR charge at all)
 and replaces its CR test by :func:`pipeline.masks.refine_cr_mask`: hysteresis
-thresholding with a noise model that includes the other exposure's noise. Figures are
-in the README ("Label quality").
+thresholding with a noise model that includes the other exposure's noise, and a
+threshold raised where the other exposure shows the same residual (sharp stars that
+the blotted reference smooths leave a residual in every exposure; a CR in one only).
+
+Three or more exposures
+-----------------------
+AstroDrizzle's ``driz_cr`` labels CR cores well but only grows them by one pixel with
+a second threshold. crforge grows its mask further, by hysteresis into connected
+neighbours ``grow_snr`` sigma above the blotted median (the faint charge-diffusion
+wings of bright hits), keeping a gradient term off sharp stars.
+
+Figures for both are in the README ("Label quality").
 """
 
 from __future__ import annotations

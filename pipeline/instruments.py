@@ -156,6 +156,14 @@ class Instrument:
             f"{[c.extver for c in self.chips]}"
         )
 
+    def _by_filter(self, table: Mapping[str, float], filt: str) -> float:
+        if not isinstance(filt, str):
+            raise TypeError(f"filter must be a str, got {filt!r}")
+        try:
+            return table[filt.upper()]
+        except KeyError:
+            raise ValueError(f"filter={filt!r}: {self.name} table knows {sorted(table)}") from None
+
     def fwhm(self, filt: str) -> float:
         """PSF FWHM in pixels for filter ``filt``.
 
@@ -164,30 +172,15 @@ class Instrument:
         ValueError
             If the filter is not in the table.
         """
-        try:
-            return self.fwhm_pix[filt.upper()]
-        except KeyError:
-            raise ValueError(
-                f"filter={filt!r}: {self.name} table knows {sorted(self.fwhm_pix)}"
-            ) from None
+        return self._by_filter(self.fwhm_pix, filt)
 
     def zp(self, filt: str) -> float:
-        """AB magnitude that gives 1 e-/s in filter ``filt``."""
-        try:
-            return self.zeropoint[filt.upper()]
-        except KeyError:
-            raise ValueError(
-                f"filter={filt!r}: {self.name} table knows {sorted(self.zeropoint)}"
-            ) from None
+        """AB magnitude that gives 1 e-/s in filter ``filt`` (``ValueError`` if unknown)."""
+        return self._by_filter(self.zeropoint, filt)
 
     def sky(self, filt: str) -> float:
-        """Typical sky in e-/s/pixel for filter ``filt``."""
-        try:
-            return self.sky_rate[filt.upper()]
-        except KeyError:
-            raise ValueError(
-                f"filter={filt!r}: {self.name} table knows {sorted(self.sky_rate)}"
-            ) from None
+        """Typical sky in e-/s/pixel for filter ``filt`` (``ValueError`` if unknown)."""
+        return self._by_filter(self.sky_rate, filt)
 
     @property
     def amps(self) -> str:
@@ -299,7 +292,7 @@ WFC3_UVIS = Instrument(
     sky_rate={"F275W": 0.003, "F336W": 0.005, "F438W": 0.02, "F475W": 0.05, "F555W": 0.06,
               "F606W": 0.1, "F814W": 0.07},
     zeropoint={"F275W": 24.13, "F336W": 24.67, "F438W": 24.83, "F475W": 25.69, "F555W": 25.83,
-               "F606W": 26.08, "F814W": 24.70},
+               "F606W": 26.08, "F814W": 25.09},
     filter_keywords=("FILTER",),
     default_filter="F606W",
 )

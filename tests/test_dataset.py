@@ -126,6 +126,17 @@ def test_dask_and_serial_give_identical_files(serial_build, tmp_path):
     _same(_content(h5), _content(tmp_path / "work" / "small.h5"))
 
 
+def test_an_existing_scheduler_by_address(serial_build, tmp_path):
+    from dask.distributed import LocalCluster
+
+    man, h5, _ = serial_build
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                      dashboard_address=None) as cluster:
+        assert cluster.scheduler_address.startswith("tcp://127.0.0.1:")
+        build_dataset(man, tmp_path / "work", _cfg(scheduler=cluster.scheduler_address))
+    _same(_content(h5), _content(tmp_path / "work" / "small.h5"))
+
+
 def test_killed_run_resumes_to_the_same_file(serial_build, tmp_path):
     man, h5, _ = serial_build
     work = tmp_path / "work"
