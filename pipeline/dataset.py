@@ -139,7 +139,7 @@ def _footprint(flc: Path) -> list[list[list[float]]]:
         for hdu in h:
             if hdu.name != "SCI":
                 continue
-            ny, nx = hdu.data.shape
+            ny, nx = hdu.header["NAXIS2"], hdu.header["NAXIS1"]
             w = WCS(hdu.header, naxis=2)
             ra, dec = w.all_pix2world([-0.5, nx - 0.5, nx - 0.5, -0.5], [-0.5, -0.5, ny - 0.5, ny - 0.5], 0)
             quads.append(np.c_[ra, dec].tolist())
@@ -164,15 +164,20 @@ def process_visit(spec: VisitSpec, work: str | os.PathLike, label_cfg: LabelConf
             info["reused"] = True
             return info
     raw = work / "raw" / spec.name
+    changed = False
     if spec.source == "simulate":
-        simulate_visit(spec.simulate, work / "raw", name=spec.name)
+        # a manifest row edited since the last run: simulate (and label) it anew
+        old = raw / "visit.json"
+        changed = old.exists() and json.loads(old.read_text())["config"] != json.loads(
+            json.dumps(asdict(spec.simulate)))
+        simulate_visit(spec.simulate, work / "raw", name=spec.name, overwrite=changed)
     elif not raw.is_dir() or not (any(raw.glob("*_flc.fits")) or any(raw.glob("*_flt.fits"))):
         raise FileNotFoundError(f"{raw}: no exposures; fetch the visit first (crforge fetch)")
     cfg = spec.label_config(label_cfg)
     labels = work / "labels" / spec.name
     prev = labels / "labels.json"
-    redo = prev.exists() and json.loads(prev.read_text()).get("config") != json.loads(
-        json.dumps(asdict(cfg)))
+    redo = changed or (prev.exists() and json.loads(prev.read_text()).get("config") != json.loads(
+        json.dumps(asdict(cfg))))
     report = label_visit(raw, labels, cfg, overwrite=redo)
     parts: dict[str, list] = {k: [] for k in ("image", "cr", "ignore", "truth")}
     meta: list[tuple] = []

@@ -53,6 +53,7 @@ from pathlib import Path
 import numpy as np
 from astropy.io import fits
 from astropy.wcs import WCS
+from scipy import ndimage
 
 from . import masks
 from .instruments import Instrument, instrument_for_header
@@ -117,7 +118,10 @@ class LabelConfig:
     min_exposures : int
         Fewer usable exposures than this refuses the visit.
     num_cores : int
-        Processes AstroDrizzle may use (1 when visits already run in parallel).
+        Processes AstroDrizzle may use (1: on 2 cores, 2 is slower than 1).
+    threads : int
+        Threads that build and write the label files of the exposures after
+        AstroDrizzle (NumPy and file I/O release the GIL).
     keep_scratch : bool
         Keep AstroDrizzle's scratch directory (for debugging); removed otherwise.
     """
@@ -139,6 +143,7 @@ class LabelConfig:
     saturation_grow: int = 2
     min_exposures: int = 2
     num_cores: int = 1
+    threads: int = 2
     keep_scratch: bool = False
 
     def validate(self) -> None:
@@ -150,6 +155,8 @@ class LabelConfig:
                 raise ValueError(f"{name}={getattr(self, name)!r}: expected >= 0")
         if self.min_exposures < 2:
             raise ValueError(f"min_exposures={self.min_exposures!r}: CR labels need >= 2")
+        if self.threads < 1:
+            raise ValueError(f"threads={self.threads!r}: expected >= 1")
         if self.num_cores < 1:
             raise ValueError(f"num_cores={self.num_cores!r}: expected >= 1")
         if self.grow_snr < 0 or self.grow_deriv_scale < 0:
@@ -192,6 +199,8 @@ class ExposureInfo:
     target: str
     gain: dict[int, float] = field(default_factory=dict)
     readnoise: dict[int, float] = field(default_factory=dict)
+    wcs: dict[int, WCS] = field(default_factory=dict, repr=False)
+    shape: dict[int, tuple[int, int]] = field(default_factory=dict)
 
 
 _ELECTRON_UNITS = ("ELECTRONS", "ELECTRONS/S")
@@ -263,6 +272,7 @@ def validate_exposure(path: str | os.PathLike) -> ExposureInfo:
                 filt = v
         bunit = None
         chips = []
+        wcss, shapes = {}, {}
         ext_names = {(h.name, h.ver) for h in hdul[1:]}
         for chip in inst.chips:
             ev = chip.extver
@@ -301,10 +311,11 @@ def validate_exposure(path: str | os.PathLike) -> ExposureInfo:
                 raise ExposureError(f"{name}[DQ,{ev}]: shape {None if dq is None else dq.shape} "
                                     f"does not match SCI {data.shape}")
             chips.append(ev)
+            wcss[ev], shapes[ev] = w, data.shape
         rootname = str(ph.get("ROOTNAME", name.split("_")[0])).strip().lower()
         info = ExposureInfo(path=path, rootname=rootname, instrument=inst, exptime=exptime,
                             bunit=bunit, chips=chips, filter=filt,
-                            target=str(ph.get("TARGNAME", "")).strip())
+                            target=str(ph.get("TARGNAME", "")).strip(), wcs=wcss, shape=shapes)
         for ev in chips:
             amps = inst.chip(ev).amps
             info.gain[ev] = sum(gains[a] for a in amps) / len(amps)
@@ -357,30 +368,28 @@ def astrodrizzle_kwargs(cfg: LabelConfig, n_exposures: int, output: str) -> dict
 
 
 def _no_coverage(infos: list[ExposureInfo], i: int, ev: int, shape: tuple[int, int],
-                 step: int = 8) -> np.ndarray:
+                 step: int = 16) -> np.ndarray:
     """Pixels of exposure ``i``, chip ``ev`` that no other exposure's chips cover."""
     ny, nx = shape
     ys = np.arange(0, ny + step - 1, step).clip(max=ny - 1)
     xs = np.arange(0, nx + step - 1, step).clip(max=nx - 1)
     gy, gx = np.meshgrid(ys, xs, indexing="ij")
-    w_self = WCS(fits.getheader(infos[i].path, ("SCI", ev)), naxis=2)
-    ra, dec = w_self.all_pix2world(gx.ravel(), gy.ravel(), 0)
+    ra, dec = infos[i].wcs[ev].all_pix2world(gx.ravel(), gy.ravel(), 0)
     covered = np.zeros(gy.size, bool)
     for j, other in enumerate(infos):
         if j == i:
             continue
         for ev2 in other.chips:
-            h = fits.getheader(other.path, ("SCI", ev2))
-            w = WCS(h, naxis=2)
-            px, py = w.all_world2pix(ra, dec, 0)
-            covered |= (px >= -0.5) & (px < h["NAXIS1"] - 0.5) & (py >= -0.5) & (py < h["NAXIS2"] - 0.5)
+            oy, ox = other.shape[ev2]
+            px, py = other.wcs[ev2].all_world2pix(ra, dec, 0)
+            covered |= (px >= -0.5) & (px < ox - 0.5) & (py >= -0.5) & (py < oy - 0.5)
     cov = covered.reshape(gy.shape)
-    # nearest grid node per pixel; a pixel is uncovered when its node is
+    # the coarse grid blurs the edge by up to a step: a node next to an uncovered node
+    # counts as uncovered too (done on the small grid, not the full chip)
+    uncovered = ndimage.binary_dilation(~cov, structure=np.ones((3, 3), bool))
     iy = np.clip(np.round(np.arange(ny) / step).astype(int), 0, cov.shape[0] - 1)
     ix = np.clip(np.round(np.arange(nx) / step).astype(int), 0, cov.shape[1] - 1)
-    no = ~cov[np.ix_(iy, ix)]
-    # the coarse grid blurs the edge: take a few pixels more
-    return masks.grow(no, step // 2 + 1) if no.any() else no
+    return uncovered[np.ix_(iy, ix)]
 
 
 def _pixel_map(src: ExposureInfo, ev: int, dst: ExposureInfo, ev2: int,
@@ -390,22 +399,28 @@ def _pixel_map(src: ExposureInfo, ev: int, dst: ExposureInfo, ev2: int,
     The WCS mapping is smooth, so it is computed on a grid every ``step`` pixels and
     interpolated bilinearly (far below 0.01 pixel of error for HST distortion).
     """
-    from scipy.ndimage import map_coordinates
-
     ny, nx = shape
     gy = np.arange(0, ny + step, step, dtype=float)
     gx = np.arange(0, nx + step, step, dtype=float)
     yy, xx = np.meshgrid(gy, gx, indexing="ij")
-    w1 = WCS(fits.getheader(src.path, ("SCI", ev)), naxis=2)
-    w2 = WCS(fits.getheader(dst.path, ("SCI", ev2)), naxis=2)
-    ra, dec = w1.all_pix2world(xx.ravel(), yy.ravel(), 0)
-    px, py = w2.all_world2pix(ra, dec, 0)
-    fy = (np.arange(ny) / step)[:, None] * np.ones((1, nx))
-    fx = (np.arange(nx) / step)[None, :] * np.ones((ny, 1))
-    coords = np.array([fy.ravel(), fx.ravel()])
-    out_x = map_coordinates(px.reshape(yy.shape), coords, order=1).reshape(shape)
-    out_y = map_coordinates(py.reshape(yy.shape), coords, order=1).reshape(shape)
-    return out_y, out_x
+    ra, dec = src.wcs[ev].all_pix2world(xx.ravel(), yy.ravel(), 0)
+    px, py = dst.wcs[ev2].all_world2pix(ra, dec, 0)
+    return (_upsample(py.reshape(yy.shape), gy, gx, shape),
+            _upsample(px.reshape(yy.shape), gy, gx, shape))
+
+
+def _upsample(coarse: np.ndarray, gy: np.ndarray, gx: np.ndarray,
+              shape: tuple[int, int]) -> np.ndarray:
+    """Bilinear interpolation of a grid (nodes ``gy`` x ``gx``) onto every pixel.
+
+    Separable: along x per grid row, then along y for all columns at once.
+    """
+    ny, nx = shape
+    rows = np.stack([np.interp(np.arange(nx), gx, r) for r in coarse])
+    fy = np.arange(ny, dtype=float)
+    i0 = np.clip(np.searchsorted(gy, fy, side="right") - 1, 0, len(gy) - 2)
+    t = ((fy - gy[i0]) / (gy[i0 + 1] - gy[i0]))[:, None]
+    return rows[i0] * (1.0 - t) + rows[i0 + 1] * t
 
 
 def _other_residual(infos: list[ExposureInfo], i: int, ev: int, shape: tuple[int, int],
@@ -414,13 +429,22 @@ def _other_residual(infos: list[ExposureInfo], i: int, ev: int, shape: tuple[int
     from scipy.ndimage import map_coordinates
 
     best = np.full(shape, np.nan, np.float32)
+    ny, nx = shape
+    corners_y = np.array([0, 0, ny - 1, ny - 1, ny // 2], float)
+    corners_x = np.array([0, nx - 1, 0, nx - 1, nx // 2], float)
+    ra, dec = infos[i].wcs[ev].all_pix2world(corners_x, corners_y, 0)
     for j, other in enumerate(infos):
         if j == i:
             continue
         for ev2 in other.chips:
             res = residuals[(j, ev2)]
+            # skip chips that do not overlap this one (the other chip of a dithered pair)
+            px, py = other.wcs[ev2].all_world2pix(ra, dec, 0)
+            oy, ox = res.shape
+            if px.max() < 0 or px.min() > ox - 1 or py.max() < 0 or py.min() > oy - 1:
+                continue
             py, px = _pixel_map(infos[i], ev, other, ev2, shape)
-            inside = (py >= 0) & (py <= res.shape[0] - 1) & (px >= 0) & (px <= res.shape[1] - 1)
+            inside = (py >= 0) & (py <= oy - 1) & (px >= 0) & (px <= ox - 1)
             if not inside.any():
                 continue
             vals = map_coordinates(res, [py[inside], px[inside]], order=1)
@@ -566,9 +590,12 @@ def label_visit(
         t_driz = time.perf_counter() - t0
         refine = len(infos) <= cfg.refine_max_exposures
         residuals = _residuals(infos, scratch) if refine else {}
-        exposures = []
-        for i, info in enumerate(infos):
-            exposures.append(_write_label(info, i, infos, scratch, out_dir, cfg, refine, residuals))
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=cfg.threads) as pool:
+            exposures = list(pool.map(
+                lambda i: _write_label(infos[i], i, infos, scratch, out_dir, cfg, refine, residuals),
+                range(len(infos))))
     except BaseException:
         if not cfg.keep_scratch:
             shutil.rmtree(scratch, ignore_errors=True)

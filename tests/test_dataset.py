@@ -300,3 +300,17 @@ def test_csv_manifest_of_archive_visits(tmp_path):
     assert m.visits[0].split == "train" and m.visits[1].split is None
     assert m.visits[0].label == {"refine_max_exposures": 0}
     assert not m.simulated
+
+
+def test_an_edited_manifest_row_is_rebuilt_not_reused(tmp_path):
+    row = """
+    [[visit]]
+    field_type = "extragalactic"
+    n_exposures = {n}
+    """
+    work = tmp_path / "w"
+    first = build_dataset(_manifest(tmp_path, row.format(n=2)), work, _cfg(scheduler="serial"))
+    again = build_dataset(_manifest(tmp_path, row.format(n=3)), work, _cfg(scheduler="serial"))
+    assert sum(again["stamps"].values()) == sum(first["stamps"].values()) * 3 // 2
+    assert len(list((work / "raw" / "j4e000").glob("*_flc.fits"))) == 3
+    assert json.loads((work / "labels" / "j4e000" / "labels.json").read_text())["n_exposures"] == 3
