@@ -54,14 +54,14 @@ STAGES: dict[str, tuple[str, str]] = {
         "pipeline.inspect",
         "validate an HDF5 training set and summarise it (splits, fields, label quality)",
     ),
+    "train": (
+        "training.train",
+        "train the mask and inpaint networks on an HDF5 training set",
+    ),
 }
 
 #: Stages not built yet: subcommand name -> (one-line help, message when called).
 PENDING: dict[str, tuple[str, str]] = {
-    "train": (
-        "train mask and inpaint networks on an HDF5 training set",
-        "the trainer is not built yet: see issue 5 (training.train)",
-    ),
     "evaluate": (
         "evaluate a trained run (ROC, TPR at fixed FPR, inpaint MSE, baselines)",
         "the evaluator is not built yet (training.evaluate; see DESIGN.md)",

@@ -160,7 +160,7 @@ def test_no_command_prints_help_and_exits_2(stages, capsys):
 def test_help_and_version_exit_0(fake_stage, stages, capsys):
     assert cli.main(["--help"], stages=stages) == 0
     out = capsys.readouterr().out
-    assert "fake" in out and "do fake things" in out and "train" in out
+    assert "fake" in out and "do fake things" in out and "evaluate" in out
     assert cli.main(["--version"], stages=stages) == 0
     assert capsys.readouterr().out.strip() == f"crforge {__version__}"
     assert cli.main(["fake", "--help"], stages=stages) == 0
@@ -171,7 +171,6 @@ def test_help_and_version_exit_0(fake_stage, stages, capsys):
 @pytest.mark.parametrize(
     ("name", "words"),
     [
-        ("train", "the trainer is not built yet: see issue 5"),
         ("evaluate", "not built yet"),
         ("publish", "not built yet"),
     ],
@@ -189,8 +188,9 @@ def test_default_stage_table():
     assert cli.STAGES["label"][0] == "pipeline.drizzle"
     assert cli.STAGES["dataset"][0] == "pipeline.dataset"
     assert cli.STAGES["inspect"][0] == "pipeline.inspect"
-    assert {"train", "evaluate", "publish"} <= set(cli.PENDING)
-    assert not {"dataset", "inspect"} & set(cli.PENDING)
+    assert cli.STAGES["train"][0] == "training.train"
+    assert {"evaluate", "publish"} <= set(cli.PENDING)
+    assert not {"dataset", "inspect", "train"} & set(cli.PENDING)
 
 
 def test_only_the_chosen_stage_is_imported(fake_stage, monkeypatch, capsys):
@@ -244,10 +244,10 @@ def test_console_script_entry_point():
 
 def test_module_runs_as_program():
     proc = subprocess.run(
-        [sys.executable, "-m", "crforge.cli", "train", "--data", "x.h5"],
+        [sys.executable, "-m", "crforge.cli", "evaluate", "--data", "x.h5"],
         capture_output=True,
         text=True,
         timeout=60,
     )
     assert proc.returncode == 2
-    assert "the trainer is not built yet" in proc.stderr
+    assert "the evaluator is not built yet" in proc.stderr

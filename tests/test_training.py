@@ -1,0 +1,407 @@
+"""Tests of the trainer (training/): tiny schema-v1 HDF5 files written here, CPU only."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from crforge import cli
+from crforge import config as cfgmod
+from pipeline.dataset import META_DTYPE
+from training.data import AugmentConfig, EpochSampler, StampDataset, normalise
+from training.metrics import rates_at_threshold, threshold_at_fpr, tpr_at_fpr
+from training.models import InpaintNet, MaskNet, ModelConfig, UNet, build_model
+from training.train import (RunConfig, TrainConfig, batch_loss, evaluate, inpaint_loss,
+                            load_checkpoint, lr_factor, main, mask_loss, train_one_epoch)
+
+S = 64
+FIELD_TYPES = ("extragalactic", "globular_cluster", "resolved_galaxy")
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # other jobs share this machine: keep the tests on one core
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _stamps(n: int, rng: np.random.Generator, sky: float = 40.0) -> dict:
+    """Sky + noise + a few stars + CR hits and tracks; a bad column and a hot pixel ignored."""
+    yy, xx = np.mgrid[:S, :S]
+    image = np.empty((n, S, S), np.float32)
+    cr = np.zeros((n, S, S), np.uint8)
+    ignore = np.zeros((n, S, S), np.uint8)
+    for i in range(n):
+        img = sky + rng.normal(0, np.sqrt(sky), (S, S))
+        for _ in range(3):  # stars: smooth, unlike CRs
+            y, x, f = rng.uniform(5, S - 5), rng.uniform(5, S - 5), rng.uniform(500, 5000)
+            img += f / (2 * np.pi * 1.5 ** 2) * np.exp(-((yy - y) ** 2 + (xx - x) ** 2) / (2 * 1.5 ** 2))
+        for _ in range(int(rng.integers(4, 9))):  # CRs: sharp, a pixel or a short track
+            y, x = rng.integers(2, S - 2, 2)
+            length = int(rng.integers(1, 4))
+            dy, dx = rng.integers(-1, 2, 2)
+            for t in range(length):
+                py, px = y + t * dy, x + t * dx
+                img[py, px] += rng.uniform(300, 2000)
+                cr[i, py, px] = 1
+        col = int(rng.integers(0, S))
+        ignore[i, :, col] = 1  # bad column
+        hy, hx = rng.integers(0, S, 2)
+        ignore[i, hy, hx] = 1
+        img[hy, hx] += 5000.0  # a hot pixel: looks like a CR, carries no label
+        image[i] = img
+    return {"image": image, "cr": cr, "ignore": ignore}
+
+
+def write_h5(path: Path, n_train: int = 12, n_val: int = 4, seed: int = 0, edit=None) -> Path:
+    """A schema-v1 file with ``S x S`` stamps; ``edit(split, arrays)`` may change arrays."""
+    rng = np.random.default_rng(seed)
+    with h5py.File(path, "w") as h5:
+        h5.attrs["schema_version"] = 1
+        h5.attrs["stamp_size"] = S
+        for split, n in (("train", n_train), ("val", n_val), ("test", 0)):
+            arrays = _stamps(n, rng)
+            if edit is not None:
+                edit(split, arrays)
+            g = h5.create_group(split)
+            for name, arr in arrays.items():
+                g.create_dataset(name, data=arr, chunks=(1, S, S) if n else None,
+                                 compression="gzip" if n else None)
+            g["image"].attrs["BUNIT"] = "ELECTRONS"
+            meta = np.zeros(n, META_DTYPE)
+            meta["sky"] = 40.0
+            meta["exptime"] = 500.0
+            meta["field_type"] = [FIELD_TYPES[i % 3] for i in range(n)]
+            meta["cr_fraction"] = arrays["cr"].reshape(n, -1).mean(1) if n else []
+            g.create_dataset("meta", data=meta)
+    return path
+
+
+@pytest.fixture
+def h5file(tmp_path) -> Path:
+    return write_h5(tmp_path / "tiny.h5")
+
+
+def tiny_cfg(kind: str = "mask", **kw) -> TrainConfig:
+    cfg = TrainConfig(kind=kind, model=ModelConfig(depth=2, width=4), epochs=2, batch_size=4,
+                      lr=0.01, device="cpu", seed=3, bn_freeze_epoch=1)
+    for k, v in kw.items():
+        setattr(cfg, k, v)
+    return cfg
+
+
+def _collate(ds, idx):
+    return next(iter(DataLoader(ds, batch_size=len(idx), sampler=idx)))
+
+
+# --------------------------------------------------------------------------- data
+
+
+def test_dataset_items_shapes_and_lazy_open(h5file):
+    ds = StampDataset(h5file, "train", "inpaint", AugmentConfig(), seed=1)
+    assert ds._h5 is None  # nothing open after construction (safe to fork)
+    assert len(ds) == 12 and ds.stamp_size == S
+    item = ds[0]
+    for name in ("image", "cr", "weight", "mask", "loss_mask"):
+        assert item[name].shape == (1, S, S) and item[name].dtype == torch.float32
+    assert set(np.unique(item["weight"])) <= {0.0, 1.0}
+    assert item["weight"].min() == 0  # the bad column
+    assert item["mask"].sum() > 0
+
+
+def test_items_depend_only_on_seed_epoch_index(h5file):
+    a = StampDataset(h5file, "train", "inpaint", AugmentConfig(), seed=5)
+    b = StampDataset(h5file, "train", "inpaint", AugmentConfig(), seed=5)
+    _ = b[3], b[7]  # other reads first must not matter
+    for k in ("image", "mask", "loss_mask"):
+        assert torch.equal(a[5][k], b[5][k])
+    a.set_epoch(1)
+    assert not torch.equal(a[5]["image"], b[5]["image"])
+    s1, s2 = EpochSampler(12, seed=5), EpochSampler(12, seed=5)
+    assert list(s1) == list(s2) and sorted(s1) == list(range(12))
+    s2.set_epoch(1)
+    assert list(s1) != list(s2)
+
+
+def test_workers_give_the_same_batches(h5file):
+    ds = StampDataset(h5file, "train", "mask", AugmentConfig(), seed=2)
+    kw = {"batch_size": 4, "sampler": EpochSampler(len(ds), 2)}
+    b0 = list(DataLoader(ds, num_workers=0, **kw))
+    b2 = list(DataLoader(ds, num_workers=2, **kw))
+    assert all(torch.equal(x["image"], y["image"]) for x, y in zip(b0, b2))
+
+
+def test_sky_augmentation_and_normalisation(h5file):
+    plain = StampDataset(h5file, "val", "mask", None, seed=0, norm_scale=100.0)
+    aug = AugmentConfig(sky_range=(2.0, 2.0), flip=False, rot90=False)
+    bright = StampDataset(h5file, "val", "mask", aug, seed=0, norm_scale=100.0)
+    x0, x1 = plain[0]["image"][0].numpy(), bright[0]["image"][0].numpy()
+    with h5py.File(h5file) as h5:
+        raw = h5["val/image"][0]
+    ok = plain[0]["weight"][0].numpy() > 0
+    np.testing.assert_allclose(x0[ok], normalise(raw, 40.0, 100.0)[ok], rtol=1e-6)
+    d = (x1 - x0)[ok]
+    assert abs(d.mean() - 2 * 40.0 / 100.0) < 0.01  # + f * sky
+    assert abs(d.std() - np.sqrt(2 * 40.0) / 100.0) < 0.01  # noise of variance f * sky
+    with pytest.raises(ValueError, match="sky_range"):
+        AugmentConfig(sky_range=(3.0, 1.0)).validate()
+
+
+# --------------------------------------------------------------------------- losses
+
+
+def test_mask_loss_falls_over_a_few_steps(h5file):
+    torch.manual_seed(0)
+    ds = StampDataset(h5file, "train", "mask", None, seed=0)
+    batch = _collate(ds, list(range(8)))
+    model = build_model("mask", 2, 8)
+    opt = torch.optim.Adam(model.parameters(), lr=0.01)
+    losses = []
+    for _ in range(25):
+        opt.zero_grad()
+        loss = batch_loss(model, batch, "mask")
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    assert losses[-1] < 0.5 * losses[0], losses
+
+
+def _grads(model, batch, kind):
+    model.zero_grad()
+    batch_loss(model, batch, kind).backward()
+    return [p.grad.clone() for p in model.parameters()]
+
+
+@pytest.mark.parametrize("kind", ["mask", "inpaint"])
+def test_ignored_pixels_do_not_change_the_gradient(tmp_path, kind):
+    def scramble(split, arrays):
+        r = np.random.default_rng(99)
+        ign = arrays["ignore"] != 0
+        arrays["image"][ign] = r.uniform(-1e4, 1e5, ign.sum())
+        arrays["image"][ign & (r.random(arrays["image"].shape) < 0.1)] = np.nan
+        arrays["cr"][ign] = r.integers(0, 2, ign.sum())
+
+    a = write_h5(tmp_path / "a.h5")
+    b = write_h5(tmp_path / "b.h5", edit=scramble)
+    with h5py.File(a) as fa, h5py.File(b) as fb:  # the files do differ under the ignore mask
+        assert not np.array_equal(fa["train/cr"][()], fb["train/cr"][()])
+    grads = []
+    for path in (a, b):
+        ds = StampDataset(path, "train", kind, AugmentConfig(), seed=4)
+        torch.manual_seed(0)
+        model = build_model(kind, 2, 4)
+        grads.append(_grads(model, _collate(ds, [0, 1, 2, 3]), kind))
+    assert all(torch.equal(x, y) for x, y in zip(*grads))
+
+
+def test_mask_loss_ignores_labels_and_logits_under_weight_zero():
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 1, 8, 8, generator=g)
+    target = (torch.rand(2, 1, 8, 8, generator=g) < 0.2).float()
+    weight = (torch.rand(2, 1, 8, 8, generator=g) < 0.7).float()
+    l2, t2 = logits.clone(), target.clone()
+    off = weight == 0
+    l2[off] = 50.0 * torch.randn(int(off.sum()), generator=g)
+    t2[off] = float("nan")
+    a = logits.clone().requires_grad_()
+    b = l2.clone().requires_grad_()
+    la, lb = mask_loss(a, target, weight), mask_loss(b, t2, weight)
+    la.backward()
+    lb.backward()
+    assert torch.equal(la, lb)
+    assert torch.equal(a.grad[~off], b.grad[~off]) and not b.grad[off].any()
+
+
+def test_inpaint_loss_excludes_the_stamps_own_crs(h5file):
+    ds = StampDataset(h5file, "train", "inpaint", AugmentConfig(), seed=1)
+    batch = _collate(ds, [0, 1, 2, 3])
+    own, lm, mask = batch["cr"] > 0, batch["loss_mask"] > 0, batch["mask"] > 0
+    assert own.any() and lm.any()
+    assert not (lm & own).any() and not (lm & (batch["weight"] == 0)).any()
+    assert torch.equal(lm, mask & ~own & (batch["weight"] > 0))  # deepCR eq. 2
+    # changing prediction and target at the stamp's own CR pixels changes nothing
+    g = torch.Generator().manual_seed(0)
+    pred = torch.randn(batch["image"].shape, generator=g)
+    p2, t2 = pred.clone(), batch["image"].clone()
+    p2[own] = 1e6
+    t2[own] = -1e6
+    a, b = pred.clone().requires_grad_(), p2.clone().requires_grad_()
+    la, lb = inpaint_loss(a, batch["image"], batch["loss_mask"]), inpaint_loss(b, t2, batch["loss_mask"])
+    la.backward()
+    lb.backward()
+    assert torch.equal(la, lb) and torch.equal(a.grad, b.grad)
+    # ... and through the network: its input hides own CRs, the loss leaves them out
+    torch.manual_seed(0)
+    model = build_model("inpaint", 2, 4)
+    batch2 = dict(batch, image=torch.where(own, torch.full_like(batch["image"], 123.0), batch["image"]))
+    assert all(torch.equal(x, y) for x, y in zip(_grads(model, batch, "inpaint"),
+                                                  _grads(model, batch2, "inpaint")))
+
+
+# --------------------------------------------------------------------------- models
+
+
+def test_models_shapes_and_paper_sizes():
+    x = torch.zeros(2, 1, 32, 32)
+    for depth, width in ((2, 4), (2, 32), (3, 32)):
+        m = build_model("mask", depth, width).eval()
+        assert m(x).shape == (2, 1, 32, 32)
+        p = m.predict(x)
+        assert p.min() >= 0 and p.max() <= 1
+    inp = InpaintNet(2, 4).eval()
+    assert inp(x, x).shape == (2, 1, 32, 32)
+    assert isinstance(build_model("inpaint", 2, 4), InpaintNet) and isinstance(MaskNet(), MaskNet)
+    with pytest.raises(ValueError, match="kind"):
+        build_model("clean", 2, 4)
+    with pytest.raises(ValueError, match="multiples of 4"):
+        UNet(1, 1, depth=3, width=4)(torch.zeros(1, 1, 30, 30))
+    with pytest.raises(TypeError, match="width"):
+        UNet(1, 1, depth=2, width=4.0)
+
+
+# --------------------------------------------------------------------------- metrics
+
+
+def test_tpr_at_fpr_hand_built_cases():
+    # 10 negatives, 4 positives; fpr 0.1 allows one negative above the threshold
+    neg = np.array([0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9])
+    pos = np.array([0.95, 0.85, 0.75, 0.05])
+    scores, labels = np.r_[neg, pos], np.r_[np.zeros(10), np.ones(4)]
+    assert threshold_at_fpr(scores, labels, 0.1) == 0.8
+    assert tpr_at_fpr(scores, labels, 0.1) == 0.5  # 0.95 and 0.85 are above 0.8
+    assert tpr_at_fpr(scores, labels, 0.0) == 0.25  # above every negative: 0.95 only
+    assert tpr_at_fpr(scores, labels, 0.35) == 0.75  # threshold 0.6
+    assert tpr_at_fpr(scores, labels, 1.0) == 1.0
+    # perfect separation; ties at the threshold are negative calls
+    assert tpr_at_fpr([0.9, 0.8, 0.1, 0.1], [1, 1, 0, 0], 0.005) == 1.0
+    assert tpr_at_fpr([0.5, 0.5, 0.5, 0.5], [1, 1, 0, 0], 0.5) == 0.0
+    # the achieved rate never exceeds the requested one; 0.5% of 1000 is 5 negatives
+    r = np.random.default_rng(0)
+    s, lab = r.random(2000), np.r_[np.zeros(1000), np.ones(1000)]
+    t = threshold_at_fpr(s, lab, 0.005)
+    assert rates_at_threshold(s, lab, t)[1] == 0.005
+    assert np.isnan(tpr_at_fpr([0.1, 0.2], [0, 0], 0.1))
+    with pytest.raises(ValueError, match="fpr"):
+        tpr_at_fpr([0.1], [1], 1.5)
+    with pytest.raises(ValueError, match="scores and labels"):
+        tpr_at_fpr([0.1, 0.2], [1], 0.1)
+
+
+# --------------------------------------------------------------------------- the loop
+
+
+def test_train_one_epoch_and_evaluate(h5file):
+    torch.manual_seed(0)
+    cfg = tiny_cfg(epochs=1)
+    ds = StampDataset(h5file, "train", "mask", cfg.augment, seed=0)
+    loader = DataLoader(ds, batch_size=4, sampler=EpochSampler(len(ds), 0))
+    model = build_model("mask", 2, 4)
+    opt = torch.optim.Adam(model.parameters(), lr=0.01)
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    tr = train_one_epoch(model, loader, opt, scaler, "cpu", 0, cfg)
+    assert tr["steps"] == 3 and tr["stamps"] == 12 and np.isfinite(tr["train_loss"])
+    val = StampDataset(h5file, "val", "mask", None, seed=0)
+    ev = evaluate(model, DataLoader(val, batch_size=4), "cpu", "mask")
+    assert set(ev["by_field_type"]) == set(FIELD_TYPES) and 0 <= ev["tpr_at_fpr"] <= 1
+    assert ev["val_stamps"] == 4 and np.isfinite(ev["val_loss"])
+
+
+def test_lr_schedule():
+    cfg = tiny_cfg(epochs=5, schedule="step", step_epochs=2, gamma=0.5, bn_freeze_epoch=4,
+                   bn_freeze_lr_factor=0.4)
+    assert [lr_factor(e, cfg) for e in range(5)] == [1, 1, 0.5, 0.5, 0.25 * 0.4]
+    cfg = tiny_cfg(epochs=3, schedule="cosine", min_lr_factor=0.1, bn_freeze_epoch=0)
+    assert lr_factor(0, cfg) == 1 and lr_factor(2, cfg) == pytest.approx(0.1)
+
+
+@pytest.mark.parametrize("kind", ["mask", "inpaint"])
+def test_resumed_run_ends_with_the_same_weights(h5file, tmp_path, kind):
+    cfg = tiny_cfg(kind)
+    full = main(cfg, h5file, tmp_path / "full")
+    part = main(cfg, h5file, tmp_path / "part", stop_after=1)
+    assert part["epochs_done"] == 1
+    with pytest.raises(ValueError, match="already holds a run"):
+        main(cfg, h5file, tmp_path / "part")
+    with pytest.raises(ValueError, match="lr"):
+        main(tiny_cfg(kind, lr=0.02), h5file, tmp_path / "part", resume=True)
+    resumed = main(cfg, h5file, tmp_path / "part", resume=True)
+    assert resumed["epochs_done"] == 2 and resumed["step"] == full["step"] == 6
+    a = torch.load(tmp_path / "full" / "last.pt", weights_only=True)
+    b = torch.load(tmp_path / "part" / "last.pt", weights_only=True)
+    assert a["model"].keys() == b["model"].keys()
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    lines = [json.loads(x) for x in (tmp_path / "part" / "metrics.jsonl").read_text().splitlines()]
+    assert [x["epoch"] for x in lines] == [1, 2]
+    assert lines[-1]["val_loss"] == full["history"][-1]["val_loss"]
+    run = tmp_path / "full"
+    assert (run / "best.pt").exists() and "epoch 2/2" in (run / "train.log").read_text()
+    assert cfgmod.load(RunConfig, run / "config.toml").train == cfg
+
+
+def test_load_checkpoint_rebuilds_the_model_alone(h5file, tmp_path):
+    cfg = tiny_cfg("mask", epochs=1, model=ModelConfig(depth=3, width=4), norm_scale=50.0)
+    main(cfg, h5file, tmp_path / "run")
+    (tmp_path / "run" / "config.toml").unlink()  # the checkpoint must be enough
+    model, ckpt = load_checkpoint(tmp_path / "run" / "best.pt")
+    assert isinstance(model, MaskNet) and not model.training
+    assert ckpt["normalisation"]["scale"] == 50.0 and ckpt["model_config"]["depth"] == 3
+    ref = build_model("mask", 3, 4)
+    ref.load_state_dict(ckpt["model"])
+    ref.eval()
+    x = torch.randn(2, 1, S, S, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(model(x), ref(x))
+    # a second load gives the same outputs (nothing random in the rebuild)
+    assert torch.equal(load_checkpoint(tmp_path / "run" / "best.pt")[0](x), model(x))
+    with pytest.raises(ValueError, match="not a"):
+        (tmp_path / "junk.pt").write_bytes(b"nope")
+        load_checkpoint(tmp_path / "junk.pt")
+
+
+def test_unknown_config_key_is_refused(tmp_path, h5file, capsys):
+    with pytest.raises(ValueError, match="train.lrr"):
+        cfgmod.load(RunConfig, overrides=["train.lrr=0.1"])
+    (tmp_path / "bad.toml").write_text("[train.model]\nwidht = 8\n")
+    with pytest.raises(ValueError, match="train.model.widht"):
+        cfgmod.load(RunConfig, tmp_path / "bad.toml")
+    rc = cli.main(["train", "--data", str(h5file), "--runs", str(tmp_path / "r"),
+                   "--set", "train.augment.skyrange=[0, 1]"])
+    assert rc == 2 and "train.augment.skyrange" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="batch_size"):
+        main(tiny_cfg(batch_size=0), h5file, tmp_path / "x")
+
+
+def test_cli_trains_both_models(h5file, tmp_path, capsys):
+    rc = cli.main(["train", "--data", str(h5file), "--runs", str(tmp_path / "runs"), "--name", "t",
+                   "--set", "train.epochs=1", "--set", "train.model.width=4", "--set", "train.batch_size=4",
+                   "--set", "train.device='cpu'"])
+    assert rc == 0, capsys.readouterr().err
+    out = capsys.readouterr().out
+    assert "mask model:" in out and "TPR at 0.5% FPR" in out and "extragalactic" in out
+    assert "inpaint model:" in out and "MSE by field type" in out
+    for kind in ("mask", "inpaint"):
+        run = tmp_path / "runs" / f"t-{kind}"
+        assert {"best.pt", "last.pt", "metrics.jsonl", "train.log", "config.toml"} <= {
+            p.name for p in run.iterdir()}
+        assert load_checkpoint(run / "best.pt")[1]["kind"] == kind
+    assert cli.main(["train", "--data", str(tmp_path / "missing.h5")]) == 2
+
+
+def test_init_starts_from_a_checkpoint(h5file, tmp_path):
+    main(tiny_cfg("mask", epochs=1), h5file, tmp_path / "a")
+    src = torch.load(tmp_path / "a" / "best.pt", weights_only=True)["model"]
+    cfg = tiny_cfg("mask", epochs=1, lr=1e-12, bn_freeze_epoch=0)
+    main(cfg, h5file, tmp_path / "b", init=tmp_path / "a" / "best.pt")
+    got = torch.load(tmp_path / "b" / "last.pt", weights_only=True)["model"]
+    # a negligible rate: the conv weights stay (to float precision) those of the source
+    assert torch.allclose(got["unet.outc.weight"], src["unet.outc.weight"], atol=1e-6)
+    assert "initialised from" in (tmp_path / "b" / "train.log").read_text()
+    with pytest.raises(ValueError, match="cannot start"):
+        main(tiny_cfg("inpaint"), h5file, tmp_path / "c", init=tmp_path / "a" / "best.pt")

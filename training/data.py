@@ -1,0 +1,396 @@
+"""Stamps from the HDF5 training set (schema v1) as a torch Dataset, with augmentation.
+
+Reading
+    :class:`StampDataset` reads one stamp (and, for inpainting, the CR masks it
+    borrows) per item from the HDF5 file. The file handle used for reading is opened
+    on first use in each process (and reopened after a fork), never in the
+    constructor, so the dataset is safe with ``DataLoader(num_workers>0)``; only the
+    split's small ``meta`` table is read (and the file closed again) at construction.
+    The splits are the file's: the loader never re-splits.
+
+Normalisation (stored with every checkpoint, see :func:`normalisation_info`)
+    ``x = (image - sky) / norm_scale`` with ``sky`` the stamp's recorded sky level
+    (``meta['sky']``, the image's unit) and ``norm_scale`` a fixed number of the same
+    unit (default 100 electrons). A fixed scale, like deepCR's, keeps the contrast of
+    a CR against the noise unchanged (a per-image standardisation would not), and
+    subtracting the sky keeps the inputs near zero. At inference subtract a sky
+    estimate (e.g. a sigma-clipped median) and divide by the stored scale
+    (:func:`normalise`). Pixels that are not finite become 0 after normalisation;
+    with ``fill_ignored`` (default) every ignored pixel does, so that a pixel without
+    a label (bad, saturated, outside the footprint) cannot steer the network either.
+
+Sky augmentation (deepCR, Zhang & Bloom 2020, section 3.3)
+    Training stamps get ``f * sky`` added with ``f`` uniform in ``augment.sky_range``
+    (default -0.9 to 3), so the network sees more sky levels (equivalently exposure
+    times) than the data set holds. Because the recorded sky (not the augmented one)
+    is subtracted by the normalisation, the network sees background offsets in that
+    range too, which makes it tolerant of imperfect sky subtraction. When ``f > 0``,
+    Gaussian noise of variance ``f * sky`` electrons (``f * sky / exptime`` in
+    electrons/s units) is added so that the noise matches the brighter sky. When
+    ``f < 0`` the noise of the removed sky cannot be taken out again: those stamps
+    are a little noisier than a real exposure with that sky (a limitation deepCR
+    shares).
+
+Geometry
+    Optional flips and 90-degree rotations (``augment.flip``, ``augment.rot90``),
+    applied to the image and every mask together.
+
+Inpainting masks (deepCR eq. 2)
+    The mask of a stamp is the union of 1 to 9 (``augment.n_masks``) CR masks
+    borrowed from other stamps of the same split that have CRs (each borrowed mask
+    independently flipped/rotated when geometric augmentation is on; CR labels on a
+    donor's ignored pixels are left out, as everywhere: an ignored pixel has no
+    label). The loss is
+    taken only under that mask and outside the stamp's own CR and ignored pixels
+    (``loss_mask``), where the true pixel value is known.
+
+Determinism
+    Every random choice of item ``i`` comes from ``numpy.random.default_rng([seed,
+    epoch, i])``, so an item depends only on (seed, epoch, index), whatever the
+    worker or process; :class:`EpochSampler` makes the order depend only on (seed,
+    epoch). Call :meth:`StampDataset.set_epoch` (and the sampler's) before each epoch.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Literal
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Sampler
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["AugmentConfig", "StampDataset", "EpochSampler", "normalise", "normalisation_info",
+           "NORM_SCHEME", "SPLITS"]
+
+SPLITS = ("train", "val", "test")
+#: How the inputs are normalised (stored with every model).
+NORM_SCHEME = "(image - sky) / scale"
+
+# salts of the independent random streams of one item
+_SALT_ITEM = 0
+_SALT_ORDER = 1
+
+
+@dataclass
+class AugmentConfig:
+    """Augmentation of the training stamps (the ``[train.augment]`` table).
+
+    Parameters
+    ----------
+    sky_range : tuple of float
+        ``(low, high)``: add ``f * sky`` with ``f`` uniform in this range (deepCR:
+        -0.9 to 3). ``(0, 0)`` turns sky augmentation off.
+    sky_noise : bool
+        Add Gaussian noise of variance ``f * sky`` when ``f > 0`` (noise consistent
+        with the brighter sky).
+    flip : bool
+        Random horizontal flip.
+    rot90 : bool
+        Random rotation by a multiple of 90 degrees (with ``flip``: all 8 symmetries).
+    n_masks : tuple of int
+        ``(low, high)``: an inpainting mask is the union of this many (inclusive,
+        uniform) CR masks of other stamps (deepCR: 1 to 9).
+    """
+
+    sky_range: tuple[float, float] = (-0.9, 3.0)
+    sky_noise: bool = True
+    flip: bool = True
+    rot90: bool = True
+    n_masks: tuple[int, int] = (1, 9)
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming a bad parameter."""
+        lo, hi = self.sky_range
+        if not lo <= hi:
+            raise ValueError(f"augment.sky_range={self.sky_range!r}: expected low <= high")
+        if lo < -1:
+            raise ValueError(f"augment.sky_range={self.sky_range!r}: low < -1 would make "
+                             "the sky negative")
+        a, b = self.n_masks
+        if not 1 <= a <= b:
+            raise ValueError(f"augment.n_masks={self.n_masks!r}: expected 1 <= low <= high")
+
+
+def normalise(image: np.ndarray | torch.Tensor, sky: float, scale: float):
+    """The network input of an image: ``(image - sky) / scale``.
+
+    Parameters
+    ----------
+    image : numpy.ndarray or torch.Tensor
+        Pixels in the unit of the training set (``BUNIT``, normally electrons).
+    sky : float
+        The image's sky level (same unit).
+    scale : float
+        The model's ``normalisation['scale']``.
+
+    Returns
+    -------
+    numpy.ndarray or torch.Tensor
+        Normalised pixels (float32 for NumPy input); non-finite pixels become 0.
+    """
+    if not scale > 0:
+        raise ValueError(f"scale={scale!r}: expected > 0")
+    if isinstance(image, torch.Tensor):
+        return torch.nan_to_num((image.float() - sky) / scale, nan=0.0, posinf=0.0, neginf=0.0)
+    x = (np.asarray(image, dtype=np.float32) - np.float32(sky)) / np.float32(scale)
+    x[~np.isfinite(x)] = 0.0
+    return x
+
+
+def normalisation_info(scale: float, fill_ignored: bool, bunit: str = "ELECTRONS") -> dict:
+    """The normalisation record stored with a model.
+
+    Returns
+    -------
+    dict
+        ``scheme`` (:data:`NORM_SCHEME`), ``scale``, ``sky`` (what ``sky`` is),
+        ``bunit`` and ``fill_ignored``.
+    """
+    return {"scheme": NORM_SCHEME, "scale": float(scale), "bunit": bunit,
+            "sky": "the image's sky level (training: meta['sky'] of the stamp)",
+            "fill_ignored": bool(fill_ignored)}
+
+
+class StampDataset(Dataset):
+    """One split of an HDF5 training set, read lazily, one stamp per item.
+
+    Parameters
+    ----------
+    path : str or path-like
+        The HDF5 file (schema v1).
+    split : {'train', 'val', 'test'}
+        The split to read.
+    kind : {'mask', 'inpaint'}
+        What the items are for (inpaint items carry a borrowed mask).
+    augment : AugmentConfig or None
+        Augmentation; ``None`` for none (validation). Inpaint masks are drawn either
+        way.
+    seed : int
+        Seed of every random choice.
+    norm_scale : float
+        Normalisation scale, see :func:`normalise`.
+    fill_ignored : bool
+        Set ignored pixels of the input to 0 (the normalised sky).
+
+    Notes
+    -----
+    An item is a dict of tensors: ``image`` ``[1,S,S]`` float32 normalised, ``cr``
+    ``[1,S,S]`` float32 (1 = CR; never on an ignored pixel), ``weight`` ``[1,S,S]`` float32 (0 where ignored,
+    else 1), ``index`` (int) and, for inpaint, ``mask`` (the borrowed CR masks) and
+    ``loss_mask`` (``mask`` and not own CR and not ignored), both float32. ``S`` is
+    the file's ``stamp_size``.
+    """
+
+    def __init__(self, path: str | os.PathLike, split: str, kind: Literal["mask", "inpaint"] = "mask",
+                 augment: AugmentConfig | None = None, seed: int = 0, *, norm_scale: float = 100.0,
+                 fill_ignored: bool = True) -> None:
+        import h5py
+
+        if split not in SPLITS:
+            raise ValueError(f"split={split!r}: expected one of {SPLITS}")
+        if kind not in ("mask", "inpaint"):
+            raise ValueError(f"kind={kind!r}: expected 'mask' or 'inpaint'")
+        if augment is not None and not isinstance(augment, AugmentConfig):
+            raise TypeError(f"augment must be an AugmentConfig or None, got {type(augment).__name__}")
+        if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool):
+            raise TypeError(f"seed must be an int, got {type(seed).__name__}")
+        if not norm_scale > 0:
+            raise ValueError(f"norm_scale={norm_scale!r}: expected > 0")
+        if augment is not None:
+            augment.validate()
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise FileNotFoundError(2, "No such file or directory", str(self.path))
+        self.split, self.kind, self.augment, self.seed = split, kind, augment, int(seed)
+        self.norm_scale, self.fill_ignored = float(norm_scale), bool(fill_ignored)
+        self.epoch = 0
+        # only the small meta table is read here, and the file closed again: no open
+        # HDF5 handle may be inherited by forked DataLoader workers
+        with h5py.File(self.path, "r") as h5:
+            if split not in h5:
+                raise ValueError(f"{self.path}: no split {split!r} (not an HDF5 training set of "
+                                 "schema v1?)")
+            g = h5[split]
+            for name in ("image", "cr", "ignore", "meta"):
+                if name not in g:
+                    raise ValueError(f"{self.path}: /{split}/{name} missing (schema v1)")
+            shape = g["image"].shape
+            self.stamp_size = int(h5.attrs.get("stamp_size", shape[-1]))
+            if shape[1:] != (self.stamp_size, self.stamp_size):
+                raise ValueError(f"{self.path}: /{split}/image has shape {shape}, expected stamps "
+                                 f"of stamp_size={self.stamp_size}")
+            meta = g["meta"][()]
+            self.bunit = str(g["image"].attrs.get("BUNIT", "ELECTRONS"))
+        if len(meta) != shape[0]:
+            raise ValueError(f"{self.path}: /{split}/meta has {len(meta)} rows for {shape[0]} stamps")
+        self._n = int(shape[0])
+        names = meta.dtype.names or ()
+        self.sky = (np.nan_to_num(meta["sky"].astype(np.float64)) if "sky" in names
+                    else np.zeros(self._n))
+        self.exptime = (meta["exptime"].astype(np.float64) if "exptime" in names
+                        else np.ones(self._n))
+        self.field_types = np.array(
+            [v.decode() if isinstance(v, bytes) else str(v) for v in meta["field_type"]]
+            if "field_type" in names else ["unknown"] * self._n)
+        crf = meta["cr_fraction"] if "cr_fraction" in names else np.ones(self._n)
+        # inpaint masks are borrowed only from stamps with CRs (an empty one adds nothing)
+        self._donors = np.flatnonzero(crf > 0)
+        if self._n > 1 and self._donors.size == 0:
+            self._donors = np.arange(self._n)
+        # e-/s data: the sky's Poisson variance in the image's unit is sky / exptime
+        self._per_second = "/S" in self.bunit.upper().replace(" ", "")
+        self._h5 = None
+        self._pid = None
+
+    # ------------------------------------------------------------------ plumbing
+
+    def __len__(self) -> int:
+        return self._n
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch whose augmentation draws the next items use."""
+        if not isinstance(epoch, (int, np.integer)) or epoch < 0:
+            raise ValueError(f"epoch={epoch!r}: expected an int >= 0")
+        self.epoch = int(epoch)
+
+    def _group(self):
+        import h5py
+
+        # one handle per process: reopened after a fork (DataLoader workers)
+        if self._h5 is None or self._pid != os.getpid():
+            self._h5 = h5py.File(self.path, "r")
+            self._pid = os.getpid()
+        return self._h5[self.split]
+
+    def close(self) -> None:
+        """Close this process's file handle (reopened on the next read)."""
+        if self._h5 is not None and self._pid == os.getpid():
+            self._h5.close()
+        self._h5 = None
+
+    def __getstate__(self) -> dict:
+        # a spawned worker gets no handle and opens its own
+        state = dict(self.__dict__)
+        state["_h5"] = None
+        state["_pid"] = None
+        return state
+
+    def __del__(self) -> None:  # pragma: no cover - interpreter shutdown order varies
+        try:
+            self.close()
+        except Exception:
+            pass
+
+    # ------------------------------------------------------------------ items
+
+    def _geometry(self, rng: np.random.Generator) -> tuple[int, bool]:
+        k = int(rng.integers(4)) if (self.augment is not None and self.augment.rot90) else 0
+        flip = bool(rng.random() < 0.5) if (self.augment is not None and self.augment.flip) else False
+        return k, flip
+
+    @staticmethod
+    def _apply(arr: np.ndarray, k: int, flip: bool) -> np.ndarray:
+        if k:
+            arr = np.rot90(arr, k)
+        if flip:
+            arr = arr[:, ::-1]
+        return arr
+
+    def _borrowed_mask(self, g, index: int, rng: np.random.Generator) -> np.ndarray:
+        s = self.stamp_size
+        donors = self._donors[self._donors != index]
+        if donors.size == 0:
+            return np.zeros((s, s), bool)
+        lo, hi = self.augment.n_masks if self.augment is not None else AugmentConfig().n_masks
+        n = int(rng.integers(lo, hi + 1))
+        picks = rng.choice(donors, size=min(n, donors.size), replace=False)
+        mask = np.zeros((s, s), bool)
+        for j in np.sort(picks):  # sorted: h5py reads forward faster
+            k, flip = self._geometry(rng)
+            # a label under the ignore mask is no label (same rule as the stamp's own)
+            donor = (g["cr"][int(j)] != 0) & (g["ignore"][int(j)] == 0)
+            mask |= self._apply(donor, k, flip)
+        return mask
+
+    def __getitem__(self, index: int) -> dict:
+        if not 0 <= index < self._n:
+            raise IndexError(f"index {index} out of range for {self._n} stamps")
+        index = int(index)
+        g = self._group()
+        rng = np.random.default_rng([self.seed, self.epoch, index, _SALT_ITEM])
+        image = g["image"][index].astype(np.float32)
+        # a non-finite pixel holds no data: treated as ignored
+        ignore = (g["ignore"][index] != 0) | ~np.isfinite(image)
+        # an ignored pixel has no label: a CR flag there must not reach the model in
+        # any way (inpaint input mask included), so it is dropped here
+        cr = (g["cr"][index] != 0) & ~ignore
+        sky = float(max(self.sky[index], 0.0))
+        aug = self.augment
+        if aug is not None and aug.sky_range != (0.0, 0.0):
+            f = float(rng.uniform(*aug.sky_range))
+            image += np.float32(f * sky)
+            if aug.sky_noise and f > 0 and sky > 0:
+                var = f * sky / (self.exptime[index] if self._per_second else 1.0)
+                image += rng.normal(0.0, np.sqrt(var), image.shape).astype(np.float32)
+        x = normalise(image, sky, self.norm_scale)
+        if self.fill_ignored:
+            x[ignore] = 0.0
+        k, flip = self._geometry(rng)
+        arrays = {"image": x, "cr": cr, "weight": ~ignore}
+        if self.kind == "inpaint":
+            # drawn after the stamp's own geometry, in its final orientation
+            mask = self._borrowed_mask(g, index, rng)
+            arrays = {k_: self._apply(v, k, flip) for k_, v in arrays.items()}
+            arrays["mask"] = mask
+            arrays["loss_mask"] = mask & ~arrays["cr"] & arrays["weight"]
+        else:
+            arrays = {k_: self._apply(v, k, flip) for k_, v in arrays.items()}
+        item = {name: torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))[None]
+                for name, a in arrays.items()}
+        item["index"] = index
+        return item
+
+
+class EpochSampler(Sampler[int]):
+    """Indices in an order that depends only on (seed, epoch).
+
+    Parameters
+    ----------
+    n : int
+        Number of items.
+    seed : int
+        Seed of the order.
+    shuffle : bool
+        Shuffle (else ``0..n-1``).
+    limit : int
+        Yield only the first ``limit`` indices of each epoch's order (0 = all): a
+        different subset every epoch when shuffling.
+    """
+
+    def __init__(self, n: int, seed: int = 0, shuffle: bool = True, limit: int = 0) -> None:
+        if n < 0:
+            raise ValueError(f"n={n!r}: expected >= 0")
+        if limit < 0:
+            raise ValueError(f"limit={limit!r}: expected >= 0 (0 = all)")
+        self.n, self.seed, self.shuffle, self.limit = int(n), int(seed), bool(shuffle), int(limit)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch whose order the next iteration yields."""
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return min(self.n, self.limit) if self.limit else self.n
+
+    def __iter__(self) -> Iterator[int]:
+        if self.shuffle:
+            order = np.random.default_rng([self.seed, self.epoch, _SALT_ORDER]).permutation(self.n)
+        else:
+            order = np.arange(self.n)
+        return iter(order[:len(self)].tolist())

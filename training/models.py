@@ -1,0 +1,241 @@
+"""The deepCR networks: a UNet with configurable depth and width, and its two uses.
+
+The architecture follows deepCR (Zhang & Bloom 2020, ApJ 889, 24): at every level two
+3x3 convolutions (each followed by batch norm and ReLU), 2x2 max pooling between
+levels, a stride-2 transposed convolution up, the skip connection concatenated, and a
+1x1 convolution out. ``depth`` counts the resolution levels and ``width`` the channels
+of the first level (doubled at every level down), so the paper's models are
+``deepCR-2-4`` = ``UNet(depth=2, width=4)``, ``deepCR-2-32`` and ``deepCR-3-32``.
+
+- :class:`MaskNet`: one channel in (the normalised image, see
+  :func:`training.data.normalise`), one channel of logits out; :meth:`MaskNet.predict`
+  applies the sigmoid and gives the CR probability.
+- :class:`InpaintNet`: image and mask in (the masked pixels are zeroed before the
+  network sees them, and the mask is a second input channel), pixels out;
+  :meth:`InpaintNet.inpaint` keeps the unmasked pixels and takes the network's only
+  under the mask.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import nn
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["ModelConfig", "UNet", "MaskNet", "InpaintNet", "build_model", "KINDS"]
+
+#: The two kinds of model.
+KINDS = ("mask", "inpaint")
+
+
+@dataclass
+class ModelConfig:
+    """Architecture of a deepCR network (the ``[train.model]`` table).
+
+    Parameters
+    ----------
+    depth : int
+        Resolution levels of the UNet (deepCR: 2 or 3).
+    width : int
+        Channels of the first level, doubled at each level down (deepCR: 4 or 32).
+    batch_norm : bool
+        Batch norm after every 3x3 convolution (deepCR's trained models have it).
+    bn_momentum : float
+        Momentum of the batch-norm running statistics. deepCR used 0.005 over a long
+        run; with the short runs of ``make train`` the running statistics must have
+        converged by the time they are frozen (``bn_freeze_epoch``) or used for
+        validation, hence PyTorch's 0.1.
+    """
+
+    depth: int = 2
+    width: int = 32
+    batch_norm: bool = True
+    bn_momentum: float = 0.1
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming a bad parameter."""
+        if not 1 <= self.depth <= 6:
+            raise ValueError(f"model.depth={self.depth!r}: expected 1..6")
+        if self.width < 1:
+            raise ValueError(f"model.width={self.width!r}: expected >= 1")
+        if not 0 < self.bn_momentum <= 1:
+            raise ValueError(f"model.bn_momentum={self.bn_momentum!r}: expected (0, 1]")
+
+
+def _double_conv(in_ch: int, out_ch: int, batch_norm: bool, momentum: float) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for cin in (in_ch, out_ch):
+        # no conv bias before batch norm: BN's shift makes it redundant
+        layers.append(nn.Conv2d(cin, out_ch, 3, padding=1, bias=not batch_norm))
+        if batch_norm:
+            layers.append(nn.BatchNorm2d(out_ch, momentum=momentum))
+        layers.append(nn.ReLU(inplace=True))
+    return nn.Sequential(*layers)
+
+
+class UNet(nn.Module):
+    """deepCR's UNet.
+
+    Parameters
+    ----------
+    in_ch, out_ch : int
+        Input and output channels.
+    depth : int
+        Resolution levels (>= 1); the input's height and width must be multiples of
+        ``2 ** (depth - 1)``.
+    width : int
+        Channels of the first level; level ``k`` has ``width * 2**k``.
+    batch_norm : bool
+        Batch norm after every 3x3 convolution.
+    bn_momentum : float
+        Momentum of the batch-norm running statistics.
+    """
+
+    def __init__(self, in_ch: int, out_ch: int, depth: int = 2, width: int = 32,
+                 batch_norm: bool = True, bn_momentum: float = 0.1) -> None:
+        super().__init__()
+        for name, value in (("in_ch", in_ch), ("out_ch", out_ch), ("depth", depth), ("width", width)):
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+            if value < 1:
+                raise ValueError(f"{name}={value!r}: expected >= 1")
+        self.depth = depth
+        chans = [width * 2 ** k for k in range(depth)]
+        self.inc = _double_conv(in_ch, chans[0], batch_norm, bn_momentum)
+        self.downs = nn.ModuleList(
+            _double_conv(chans[k - 1], chans[k], batch_norm, bn_momentum) for k in range(1, depth))
+        self.ups = nn.ModuleList(
+            nn.ConvTranspose2d(chans[k], chans[k - 1], 2, stride=2) for k in range(depth - 1, 0, -1))
+        self.up_convs = nn.ModuleList(
+            _double_conv(2 * chans[k - 1], chans[k - 1], batch_norm, bn_momentum)
+            for k in range(depth - 1, 0, -1))
+        self.outc = nn.Conv2d(chans[0], out_ch, 1)
+        self.pool = nn.MaxPool2d(2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Map ``[B, in_ch, H, W]`` to ``[B, out_ch, H, W]``."""
+        if x.dim() != 4:
+            raise ValueError(f"x: expected [B, C, H, W], got shape {tuple(x.shape)}")
+        step = 2 ** (self.depth - 1)
+        if x.shape[-1] % step or x.shape[-2] % step:
+            raise ValueError(f"x: height and width must be multiples of {step} for depth "
+                             f"{self.depth}, got {tuple(x.shape[-2:])}")
+        # the second convolution: its weight has C > 1 and k > 1, so its layout is unambiguous
+        probe = [m for m in self.inc if isinstance(m, nn.Conv2d)][1].weight
+        if probe.is_contiguous(memory_format=torch.channels_last) and not probe.is_contiguous():
+            # a channels-last model (train.channels_last) is fastest on channels-last input
+            x = x.contiguous(memory_format=torch.channels_last)
+        skips = [self.inc(x)]
+        for down in self.downs:
+            skips.append(down(self.pool(skips[-1])))
+        y = skips.pop()
+        for up, conv in zip(self.ups, self.up_convs):
+            y = conv(torch.cat([skips.pop(), up(y)], dim=1))
+        return self.outc(y)
+
+
+class MaskNet(nn.Module):
+    """deepCR-mask: normalised image in, CR logits out.
+
+    Parameters
+    ----------
+    depth, width, batch_norm, bn_momentum
+        As :class:`UNet`.
+    """
+
+    kind = "mask"
+    #: CR probability the untrained network starts from (about the CR pixel fraction
+    #: of HST exposures): the output bias starts at its log-odds instead of 0, so the
+    #: first steps are not spent pushing every background pixel down from p = 0.5
+    prior = 0.01
+
+    def __init__(self, depth: int = 2, width: int = 32, batch_norm: bool = True,
+                 bn_momentum: float = 0.1) -> None:
+        super().__init__()
+        self.unet = UNet(1, 1, depth, width, batch_norm, bn_momentum)
+        with torch.no_grad():
+            self.unet.outc.bias.fill_(math.log(self.prior / (1 - self.prior)))
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        """Logits ``[B, 1, H, W]`` of a normalised image ``[B, 1, H, W]``.
+
+        Logits (not probabilities) so that the loss can use the numerically stable
+        ``binary_cross_entropy_with_logits`` (and stay safe under float16 autocast).
+        """
+        return self.unet(image)
+
+    @torch.no_grad()
+    def predict(self, image: torch.Tensor) -> torch.Tensor:
+        """CR probability ``[B, 1, H, W]`` in [0, 1]."""
+        return torch.sigmoid(self.forward(image))
+
+
+class InpaintNet(nn.Module):
+    """deepCR-inpaint: image and mask in, pixels out.
+
+    Parameters
+    ----------
+    depth, width, batch_norm, bn_momentum
+        As :class:`UNet`.
+    """
+
+    kind = "inpaint"
+
+    def __init__(self, depth: int = 2, width: int = 32, batch_norm: bool = True,
+                 bn_momentum: float = 0.1) -> None:
+        super().__init__()
+        self.unet = UNet(2, 1, depth, width, batch_norm, bn_momentum)
+
+    def forward(self, image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Predicted pixels ``[B, 1, H, W]``.
+
+        Parameters
+        ----------
+        image : torch.Tensor
+            Normalised image ``[B, 1, H, W]``.
+        mask : torch.Tensor
+            ``[B, 1, H, W]``, 1 where the pixel is to be replaced. The pixels under
+            the mask are zeroed before the network sees them, so that whatever they
+            held (a CR) cannot leak into the prediction.
+        """
+        if image.shape != mask.shape:
+            raise ValueError(f"mask: shape {tuple(mask.shape)} differs from image "
+                             f"{tuple(image.shape)}")
+        mask = mask.to(image.dtype)
+        return self.unet(torch.cat([image * (1 - mask), mask], dim=1))
+
+    @torch.no_grad()
+    def inpaint(self, image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """The image with the pixels under ``mask`` replaced by the network's."""
+        mask = mask.to(image.dtype)
+        return image * (1 - mask) + self.forward(image, mask) * mask
+
+
+def build_model(kind: Literal["mask", "inpaint"], depth: int = 2, width: int = 32,
+                batch_norm: bool = True, bn_momentum: float = 0.1) -> MaskNet | InpaintNet:
+    """Build a mask or inpaint network.
+
+    Parameters
+    ----------
+    kind : {'mask', 'inpaint'}
+        Which network.
+    depth, width, batch_norm, bn_momentum
+        As :class:`UNet` (the paper's models: depth 2 width 4, 2-32, 3-32).
+
+    Returns
+    -------
+    MaskNet or InpaintNet
+        A freshly initialised network (PyTorch's default initialisation, drawn from
+        the global torch RNG: seed it first for reproducible weights).
+    """
+    if kind == "mask":
+        return MaskNet(depth, width, batch_norm, bn_momentum)
+    if kind == "inpaint":
+        return InpaintNet(depth, width, batch_norm, bn_momentum)
+    raise ValueError(f"kind={kind!r}: expected one of {KINDS}")

@@ -1,0 +1,817 @@
+"""Train deepCR-mask and deepCR-inpaint on an HDF5 training set (``crforge train``).
+
+One run trains one network on the file's ``train`` split and validates it on its
+``val`` split after every epoch (the splits are the file's; nothing is re-split)::
+
+    runs/<run>/config.toml      the resolved configuration ([train] table)
+    runs/<run>/train.log        what happened, one line per event
+    runs/<run>/metrics.jsonl    one JSON line per epoch (losses, lr, TPR, timing)
+    runs/<run>/last.pt          after every epoch: everything needed to resume
+    runs/<run>/best.pt          the epoch with the lowest validation loss
+
+Losses
+    mask: binary cross-entropy on the logits, weighted by ``weight`` (0 on ignored
+    pixels, which therefore contribute neither loss nor gradient), divided by the sum
+    of the weights. inpaint: squared error under ``loss_mask`` (the borrowed CR masks
+    minus the stamp's own CRs and ignored pixels, deepCR eq. 2), divided by its sum.
+    The inpaint network's input mask is the borrowed mask together with the stamp's
+    own CRs, so that it never sees CR charge, as at inference where every CR is
+    masked.
+
+Schedule
+    Adam; the learning rate is ``lr`` times a per-epoch factor: ``constant``,
+    ``step`` (``gamma`` every ``step_epochs``) or ``cosine`` (down to
+    ``min_lr_factor``). The paper's two-phase batch norm: from epoch
+    ``bn_freeze_epoch`` on (0 = never) the batch-norm layers use and keep their
+    running statistics (eval mode) while the rest trains on, with the learning rate
+    multiplied by ``bn_freeze_lr_factor`` (deepCR: 1/2.5).
+
+Determinism and resuming
+    The weights are initialised from ``seed``; the data order depends only on (seed,
+    epoch) and every augmentation draw on (seed, epoch, stamp), so a run stopped after
+    any epoch and resumed (``--resume``, from ``last.pt``: model, optimizer,
+    scheduler, gradient scaler, Python/NumPy/torch RNG states, step, epoch) ends with
+    the same weights as an uninterrupted one (on the same device and thread count).
+
+Checkpoints hold the model's architecture and normalisation, so
+:func:`load_checkpoint` rebuilds the model from the file alone. They contain only
+tensors and plain Python values and load with ``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import logging
+import math
+import os
+import random
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader
+
+from .data import AugmentConfig, EpochSampler, StampDataset, normalisation_info
+from .metrics import rates_at_threshold, tpr_at_fpr
+from .models import ModelConfig, build_model
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["TrainConfig", "RunConfig", "train_one_epoch", "evaluate", "main", "load_checkpoint",
+           "mask_loss", "inpaint_loss", "batch_loss", "lr_factor", "add_arguments", "run",
+           "CHECKPOINT_FORMAT"]
+
+CHECKPOINT_FORMAT = "crforge-train-checkpoint/1"
+
+# config keys that may differ when resuming: they do not change the numbers
+# (epochs: a run may be extended; the lr schedule is recomputed from the new value)
+_RESUMABLE_CHANGES = {"epochs", "num_workers", "device", "threads"}
+
+
+@dataclass
+class TrainConfig:
+    """Settings of one training run (the ``[train]`` table).
+
+    Parameters
+    ----------
+    kind : {'mask', 'inpaint'}
+        Which network (``crforge train --kind`` sets it).
+    model : ModelConfig
+        Architecture (``[train.model]``).
+    augment : AugmentConfig
+        Augmentation of the training stamps (``[train.augment]``).
+    epochs : int
+        Epochs to train.
+    batch_size : int
+        Stamps per optimisation step.
+    stamps_per_epoch : int
+        Training stamps per epoch, a different random subset each epoch (0 = the whole
+        split); bounds the time of an epoch on a large data set.
+    lr : float
+        Adam's learning rate (deepCR: 0.005).
+    weight_decay : float
+        Adam's L2 weight decay.
+    schedule : {'constant', 'step', 'cosine'}
+        Learning-rate schedule over epochs.
+    step_epochs : int
+        ``step``: multiply the rate by ``gamma`` every this many epochs.
+    gamma : float
+        ``step``: the factor.
+    min_lr_factor : float
+        ``cosine``: the factor reached at the last epoch.
+    bn_freeze_epoch : int
+        First epoch (0-based) of the second phase, where the batch-norm layers use
+        frozen running statistics; 0 = never.
+    bn_freeze_lr_factor : float
+        Learning-rate factor of the second phase.
+    norm_scale : float
+        Input normalisation ``(image - sky) / norm_scale`` (image unit, e.g.
+        electrons); stored with the model.
+    fill_ignored : bool
+        Set ignored pixels of the input to 0 (see :mod:`training.data`).
+    val_fpr : float
+        False-positive rate of the mask model's validation TPR (deepCR: 0.005).
+    val_stamps : int
+        Validate on this many stamps, evenly spaced over the split (0 = all).
+    seed : int
+        Seed of the weights, the data order and the augmentation.
+    device : {'auto', 'cpu', 'cuda'}
+        ``auto``: CUDA when available.
+    amp : bool
+        Automatic mixed precision (float16, with gradient scaling) on CUDA; ignored
+        on the CPU.
+    cpu_bf16 : bool
+        bfloat16 autocast of the training steps on the CPU (off by default: it
+        changes the numbers; 2-3x faster on CPUs with bfloat16 instructions,
+        measured by ``benchmarks/train_throughput.py``). Validation stays float32.
+    num_workers : int
+        DataLoader worker processes (0 = load in the training process).
+    threads : int
+        ``torch.set_num_threads`` for the run (0 = leave torch's default).
+    channels_last : bool
+        Keep the network's tensors in channels-last memory layout: the same numbers,
+        about 1.5x faster convolutions on the CPU (oneDNN).
+    """
+
+    kind: Literal["mask", "inpaint"] = "mask"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    # sized for `make train` on 2 CPU cores (<= 20 min for both models at about 3
+    # stamps/s): 6 x 256 stamps = 96 steps of 16; raise both on a GPU
+    epochs: int = 6
+    batch_size: int = 16
+    stamps_per_epoch: int = 256
+    lr: float = 0.005
+    weight_decay: float = 0.0
+    schedule: Literal["constant", "step", "cosine"] = "cosine"
+    step_epochs: int = 10
+    gamma: float = 0.1
+    min_lr_factor: float = 0.05
+    bn_freeze_epoch: int = 0
+    bn_freeze_lr_factor: float = 0.4
+    norm_scale: float = 100.0
+    fill_ignored: bool = True
+    val_fpr: float = 0.005
+    val_stamps: int = 96
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    amp: bool = True
+    cpu_bf16: bool = False
+    num_workers: int = 0
+    threads: int = 0
+    channels_last: bool = True
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming a bad parameter."""
+        self.model.validate()
+        self.augment.validate()
+        for name in ("epochs", "batch_size", "step_epochs"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"train.{name}={getattr(self, name)!r}: expected >= 1")
+        for name in ("stamps_per_epoch", "bn_freeze_epoch", "val_stamps", "num_workers", "threads",
+                     "weight_decay"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"train.{name}={getattr(self, name)!r}: expected >= 0")
+        for name in ("lr", "norm_scale", "gamma", "bn_freeze_lr_factor"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"train.{name}={getattr(self, name)!r}: expected > 0")
+        if not 0 < self.min_lr_factor <= 1:
+            raise ValueError(f"train.min_lr_factor={self.min_lr_factor!r}: expected (0, 1]")
+        if not 0 < self.val_fpr < 1:
+            raise ValueError(f"train.val_fpr={self.val_fpr!r}: expected (0, 1)")
+
+
+@dataclass
+class RunConfig:
+    """The configuration file of ``crforge train``: one ``[train]`` table."""
+
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+# --------------------------------------------------------------------------- losses
+
+
+def mask_loss(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor,
+              reduction: Literal["mean", "sum"] = "mean"):
+    """Weighted binary cross-entropy of the mask network.
+
+    Parameters
+    ----------
+    logits, target, weight : torch.Tensor
+        Same shape; ``target`` 1 = CR; ``weight`` 0 on ignored pixels.
+    reduction : {'mean', 'sum'}
+        ``mean``: the weighted sum divided by the sum of the weights (a batch of only
+        ignored pixels gives 0). ``sum``: ``(weighted sum, sum of weights)``.
+
+    Notes
+    -----
+    An ignored pixel gets weight 0, so neither its label nor its logit changes the
+    loss or its gradient (its BCE term is computed and multiplied by 0; the
+    cross-entropy with logits is finite for any finite logit).
+    """
+    if logits.shape != target.shape or logits.shape != weight.shape:
+        raise ValueError(f"logits, target, weight: shapes differ ({tuple(logits.shape)}, "
+                         f"{tuple(target.shape)}, {tuple(weight.shape)})")
+    # a label under weight 0 may be anything (NaN included): make it harmless first
+    target = torch.where(weight > 0, target, torch.zeros_like(target))
+    terms = F.binary_cross_entropy_with_logits(logits.float(), target.float(), reduction="none")
+    total = (terms * weight).sum()
+    wsum = weight.sum()
+    if reduction == "sum":
+        return total, wsum
+    return total / wsum.clamp_min(1.0)
+
+
+def inpaint_loss(pred: torch.Tensor, target: torch.Tensor, loss_mask: torch.Tensor,
+                 reduction: Literal["mean", "sum"] = "mean"):
+    """Squared error of the inpaint network under ``loss_mask`` (deepCR eq. 2).
+
+    Parameters
+    ----------
+    pred, target, loss_mask : torch.Tensor
+        Same shape; ``loss_mask`` is 1 under the borrowed mask and outside the
+        stamp's own CRs and ignored pixels (:class:`training.data.StampDataset`).
+    reduction : {'mean', 'sum'}
+        ``mean``: divided by the number of pixels in the mask (0 when empty).
+        ``sum``: ``(sum of squares, pixel count)``.
+    """
+    if pred.shape != target.shape or pred.shape != loss_mask.shape:
+        raise ValueError(f"pred, target, loss_mask: shapes differ ({tuple(pred.shape)}, "
+                         f"{tuple(target.shape)}, {tuple(loss_mask.shape)})")
+    inside = loss_mask > 0
+    # where(): values outside the mask (a CR's charge, NaN) never reach the sum
+    diff = torch.where(inside, pred.float() - target.float(), torch.zeros_like(pred, dtype=torch.float32))
+    total = (diff * diff).sum()
+    count = inside.sum().to(torch.float32)
+    if reduction == "sum":
+        return total, count
+    return total / count.clamp_min(1.0)
+
+
+def batch_loss(model: nn.Module, batch: dict, kind: str, reduction: Literal["mean", "sum"] = "mean"):
+    """Run ``model`` on a collated batch (already on the device) and return its loss.
+
+    Returns
+    -------
+    torch.Tensor or (torch.Tensor, torch.Tensor)
+        As :func:`mask_loss` / :func:`inpaint_loss`; with ``reduction='sum'`` the
+        network output is returned too: ``(sum, count, output)``.
+    """
+    if kind == "mask":
+        out = model(batch["image"])
+        loss = mask_loss(out, batch["cr"], batch["weight"], reduction)
+    elif kind == "inpaint":
+        # hide the stamp's own CRs from the input too (at inference all CRs are masked)
+        mask_in = torch.maximum(batch["mask"], batch["cr"])
+        out = model(batch["image"], mask_in)
+        loss = inpaint_loss(out, batch["image"], batch["loss_mask"], reduction)
+    else:
+        raise ValueError(f"kind={kind!r}: expected 'mask' or 'inpaint'")
+    return (*loss, out) if reduction == "sum" else loss
+
+
+# --------------------------------------------------------------------------- schedule
+
+
+def lr_factor(epoch: int, cfg: TrainConfig) -> float:
+    """The learning-rate factor of ``epoch`` (0-based): schedule times phase."""
+    if cfg.schedule == "constant":
+        f = 1.0
+    elif cfg.schedule == "step":
+        f = cfg.gamma ** (epoch // cfg.step_epochs)
+    elif cfg.schedule == "cosine":
+        t = min(epoch / max(cfg.epochs - 1, 1), 1.0)
+        f = cfg.min_lr_factor + (1 - cfg.min_lr_factor) * 0.5 * (1 + math.cos(math.pi * t))
+    else:
+        raise ValueError(f"train.schedule={cfg.schedule!r}: expected constant, step or cosine")
+    if cfg.bn_freeze_epoch and epoch >= cfg.bn_freeze_epoch:
+        f *= cfg.bn_freeze_lr_factor
+    return f
+
+
+def _set_bn_frozen(model: nn.Module, frozen: bool) -> None:
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.train(not frozen)
+
+
+# --------------------------------------------------------------------------- epochs
+
+
+def _to(batch: dict, device: torch.device) -> dict:
+    nb = device.type == "cuda"
+    return {k: (v.to(device, non_blocking=nb) if isinstance(v, torch.Tensor) else v)
+            for k, v in batch.items()}
+
+
+def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer,
+                    scaler: torch.amp.GradScaler, device: torch.device | str, epoch: int,
+                    cfg: TrainConfig) -> dict:
+    """Train ``model`` for one epoch.
+
+    Parameters
+    ----------
+    model : nn.Module
+        A :class:`~training.models.MaskNet` or :class:`~training.models.InpaintNet`
+        (``cfg.kind``).
+    loader : DataLoader
+        Over a :class:`~training.data.StampDataset`; its dataset's and sampler's
+        ``set_epoch`` are called with ``epoch``.
+    optimizer : torch.optim.Optimizer
+        The optimizer.
+    scaler : torch.amp.GradScaler
+        Gradient scaler (disabled unless mixed precision on CUDA).
+    device : torch.device or str
+        Where the model is.
+    epoch : int
+        0-based epoch (decides the augmentation draws, the order and the BN phase).
+    cfg : TrainConfig
+        ``kind``, ``epochs``, ``amp``, ``cpu_bf16`` and ``bn_freeze_epoch`` are used.
+
+    Returns
+    -------
+    dict
+        ``train_loss`` (mean over the epoch's batches, weighted by their stamps),
+        ``steps``, ``stamps``, ``seconds``, ``stamps_per_s``.
+    """
+    from tqdm.auto import tqdm
+
+    if not isinstance(cfg, TrainConfig):
+        raise TypeError(f"cfg must be a TrainConfig, got {type(cfg).__name__}")
+    device = torch.device(device)
+    for obj in (loader.dataset, loader.sampler):
+        if hasattr(obj, "set_epoch"):
+            obj.set_epoch(epoch)
+    model.train()
+    frozen = bool(cfg.bn_freeze_epoch) and epoch >= cfg.bn_freeze_epoch
+    if frozen:
+        _set_bn_frozen(model, True)
+    if device.type == "cuda":
+        amp, amp_dtype = cfg.amp, torch.float16
+    else:
+        amp, amp_dtype = cfg.cpu_bf16 and device.type == "cpu", torch.bfloat16
+    total, stamps, steps = 0.0, 0, 0
+    t0 = time.perf_counter()
+    bar = tqdm(loader, desc=f"{cfg.kind} epoch {epoch + 1}/{cfg.epochs}", unit="batch",
+               disable=None, leave=False)
+    for batch in bar:
+        batch = _to(batch, device)
+        optimizer.zero_grad(set_to_none=True)
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp):
+            loss = batch_loss(model, batch, cfg.kind)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        n = batch["image"].shape[0]
+        value = float(loss.detach())
+        if not math.isfinite(value):
+            raise FloatingPointError(f"{cfg.kind} loss is {value} at epoch {epoch + 1}, step {steps + 1}: "
+                                     "lower train.lr or check the data")
+        total += value * n
+        stamps += n
+        steps += 1
+        bar.set_postfix(loss=f"{value:.4g}")
+    bar.close()
+    seconds = time.perf_counter() - t0
+    return {"train_loss": total / max(stamps, 1), "steps": steps, "stamps": stamps,
+            "seconds": round(seconds, 3), "stamps_per_s": round(stamps / seconds, 3) if seconds else None}
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader: DataLoader, device: torch.device | str, kind: str,
+             fpr: float = 0.005) -> dict:
+    """Validation figures of ``model`` on ``loader`` (eval mode, no augmentation).
+
+    Parameters
+    ----------
+    model : nn.Module
+        The network.
+    loader : DataLoader
+        Over a :class:`~training.data.StampDataset` (items carry ``index``, which
+        gives each stamp's field type).
+    device : torch.device or str
+        Where the model is.
+    kind : {'mask', 'inpaint'}
+        Which network.
+    fpr : float
+        False-positive rate of the TPR figure (mask).
+
+    Returns
+    -------
+    dict
+        ``val_loss`` (the loss of :func:`batch_loss` over every pixel of the split,
+        not a mean of batch means) and ``val_stamps``; for ``mask`` also
+        ``tpr_at_fpr`` (over non-ignored pixels), ``tpr_at_0.5``/``fpr_at_0.5``
+        (threshold 0.5) and ``by_field_type`` ({type: {"tpr_at_fpr", "pixels"}});
+        for ``inpaint`` ``by_field_type`` ({type: {"mse", "pixels"}}). Inpaint MSE is
+        in normalised units (times ``norm_scale**2`` gives the image unit squared).
+    """
+    device = torch.device(device)
+    base = loader.dataset
+    ftypes = getattr(base, "field_types", None)
+    model.eval()
+    total, count, stamps = 0.0, 0.0, 0
+    scores: dict[str, list[np.ndarray]] = {}
+    labels: dict[str, list[np.ndarray]] = {}
+    sq: dict[str, list[float]] = {}
+    for batch in loader:
+        batch = _to(batch, device)
+        s, c, out = batch_loss(model, batch, kind, reduction="sum")
+        total += float(s)
+        count += float(c)
+        idx = batch["index"].tolist() if isinstance(batch["index"], torch.Tensor) else list(batch["index"])
+        stamps += len(idx)
+        for j, i in enumerate(idx):
+            ft = str(ftypes[i]) if ftypes is not None else "all"
+            if kind == "mask":
+                keep = batch["weight"][j, 0] > 0
+                # float16 scores would tie many pixels at the threshold
+                scores.setdefault(ft, []).append(torch.sigmoid(out[j, 0].float())[keep].cpu().numpy())
+                labels.setdefault(ft, []).append((batch["cr"][j, 0][keep] > 0).cpu().numpy())
+            else:
+                lm = batch["loss_mask"][j, 0] > 0
+                d = (out[j, 0].float() - batch["image"][j, 0])[lm]
+                acc = sq.setdefault(ft, [0.0, 0.0])
+                acc[0] += float((d * d).sum())
+                acc[1] += float(lm.sum())
+    result: dict[str, Any] = {"val_loss": total / count if count else float("nan"), "val_stamps": stamps}
+    if kind == "mask" and scores:
+        all_s = np.concatenate([np.concatenate(v) for v in scores.values()])
+        all_l = np.concatenate([np.concatenate(v) for v in labels.values()])
+        result["tpr_at_fpr"] = tpr_at_fpr(all_s, all_l, fpr)
+        result["fpr"] = fpr
+        result["tpr_at_0.5"], result["fpr_at_0.5"] = rates_at_threshold(all_s, all_l, 0.5)
+        result["by_field_type"] = {
+            ft: {"tpr_at_fpr": tpr_at_fpr(np.concatenate(scores[ft]), np.concatenate(labels[ft]), fpr),
+                 "cr_pixels": int(sum(int(x.sum()) for x in labels[ft])),
+                 "pixels": int(sum(x.size for x in labels[ft]))}
+            for ft in sorted(scores)}
+    elif kind == "inpaint" and sq:
+        result["by_field_type"] = {ft: {"mse": a / b if b else float("nan"), "pixels": int(b)}
+                                   for ft, (a, b) in sorted(sq.items())}
+    return result
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+
+def _rng_state() -> dict:
+    np_state = np.random.get_state()
+    return {
+        "python": random.getstate(),
+        # as a tensor and plain numbers, so the checkpoint loads with weights_only=True
+        "numpy": (np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), int(np_state[2]),
+                  int(np_state[3]), float(np_state[4])),
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+    }
+
+
+def _set_rng_state(state: dict) -> None:
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    if state.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _save(obj: dict, path: Path) -> None:
+    # write-then-rename: a run killed while saving never leaves a broken last.pt
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _read_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(2, "No such file or directory", str(path))
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:
+        raise ValueError(f"{path}: not a readable crforge checkpoint ({type(exc).__name__}: {exc})") from exc
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{path}: not a crforge checkpoint (format {CHECKPOINT_FORMAT} expected)")
+    return ckpt
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu"
+                    ) -> tuple[nn.Module, dict]:
+    """Rebuild a trained model from a checkpoint alone (no config file needed).
+
+    Parameters
+    ----------
+    path : str or path-like
+        ``best.pt`` or ``last.pt`` of a run.
+    map_location : str or torch.device
+        Where to load the tensors.
+
+    Returns
+    -------
+    (nn.Module, dict)
+        The model in eval mode, and the checkpoint: ``kind``, ``model_config``,
+        ``normalisation`` (apply :func:`training.data.normalise` with its ``scale``
+        to new images), ``config`` (the run's resolved configuration), ``epoch``,
+        ``step``, ``metrics`` and the training state.
+    """
+    ckpt = _read_checkpoint(path, map_location)
+    mc = ckpt["model_config"]
+    model = build_model(ckpt["kind"], mc["depth"], mc["width"], mc["batch_norm"], mc["bn_momentum"])
+    model.load_state_dict(ckpt["model"])
+    model.to(map_location).eval()
+    return model, ckpt
+
+
+# --------------------------------------------------------------------------- the run
+
+
+class _RunLog:
+    """Lines to ``train.log`` (always) and the module logger (shown with -v)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __call__(self, msg: str, *args, level: int = logging.INFO) -> None:
+        text = msg % args if args else msg
+        logger.log(level, text)
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+        with open(self.path, "a", encoding="utf-8") as fh:
+            fh.write(f"{stamp} {logging.getLevelName(level)[0]} {text}\n")
+
+
+def _device(cfg: TrainConfig) -> torch.device:
+    if cfg.device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("train.device='cuda' but torch sees no CUDA device")
+    if cfg.device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(cfg.device)
+
+
+def _config_diff(old: dict, new: dict, prefix: str = "") -> list[str]:
+    keys = []
+    for k in sorted(set(old) | set(new)):
+        a, b = old.get(k), new.get(k)
+        if isinstance(a, dict) and isinstance(b, dict):
+            keys += _config_diff(a, b, f"{prefix}{k}.")
+        elif a != b:
+            keys.append(f"{prefix}{k}")
+    return keys
+
+
+def _loaders(cfg: TrainConfig, data: Path, device: torch.device) -> tuple[DataLoader, DataLoader | None]:
+    common = {"norm_scale": cfg.norm_scale, "fill_ignored": cfg.fill_ignored}
+    train_ds = StampDataset(data, "train", cfg.kind, cfg.augment, cfg.seed, **common)
+    if len(train_ds) == 0:
+        raise ValueError(f"{data}: the train split has no stamps")
+    if train_ds.stamp_size % 2 ** (cfg.model.depth - 1):
+        raise ValueError(f"{data}: stamp_size {train_ds.stamp_size} is not a multiple of "
+                         f"2**(model.depth-1) = {2 ** (cfg.model.depth - 1)}")
+    val_ds = StampDataset(data, "val", cfg.kind, None, cfg.seed, **common)
+    kw = {"batch_size": cfg.batch_size, "num_workers": cfg.num_workers,
+          "pin_memory": device.type == "cuda", "persistent_workers": False}
+    # non-persistent workers: each epoch's workers are forked after set_epoch, so they
+    # see the epoch (and no worker RNG is involved: draws come from (seed, epoch, index))
+    order = EpochSampler(len(train_ds), cfg.seed, shuffle=True, limit=cfg.stamps_per_epoch)
+    train = DataLoader(train_ds, sampler=order, **kw)
+    if len(val_ds) == 0:
+        return train, None
+    n = len(val_ds) if not cfg.val_stamps else min(cfg.val_stamps, len(val_ds))
+    # evenly spaced: a subset that still covers every field of the split
+    idx = np.unique(np.linspace(0, len(val_ds) - 1, n).round().astype(int)).tolist()
+    val = DataLoader(val_ds, sampler=idx, **kw)
+    return train, val
+
+
+def main(cfg: TrainConfig, data: str | os.PathLike, out_dir: str | os.PathLike, resume: bool = False,
+         *, init: str | os.PathLike | None = None, stop_after: int | None = None) -> dict:
+    """Train one network (``cfg.kind``) and write the run directory.
+
+    Parameters
+    ----------
+    cfg : TrainConfig
+        The resolved configuration.
+    data : str or path-like
+        The HDF5 training set (schema v1).
+    out_dir : str or path-like
+        The run directory (created).
+    resume : bool
+        Continue from ``out_dir/last.pt`` (a run directory without one starts
+        afresh). Without it, a directory that already holds a run is refused.
+    init : str or path-like, optional
+        Start from the weights of this checkpoint (same kind and architecture)
+        instead of a random initialisation (fine-tuning). Ignored when resuming.
+    stop_after : int, optional
+        Stop once this many epochs are complete, as if interrupted (``last.pt`` is
+        then resumable); for tests and time-boxed runs.
+
+    Returns
+    -------
+    dict
+        ``run_dir``, ``kind``, ``best``/``last`` (checkpoint paths), ``best_epoch``,
+        ``epochs_done``, ``step``, ``val`` (the best epoch's validation figures),
+        ``history`` (every epoch's metrics record) and ``seconds`` (this call).
+
+    Raises
+    ------
+    FileNotFoundError
+        No data file (or ``init`` checkpoint).
+    ValueError
+        A bad configuration, an existing run without ``resume``, or a resumed run
+        whose configuration differs in anything but ``epochs``, ``num_workers``,
+        ``device`` or ``threads``.
+    """
+    from crforge import __version__
+    from crforge import config as cfgmod
+
+    if not isinstance(cfg, TrainConfig):
+        raise TypeError(f"cfg must be a TrainConfig, got {type(cfg).__name__}")
+    cfg.validate()
+    data = Path(data)
+    if not data.is_file():
+        raise FileNotFoundError(2, "No such file or directory", str(data))
+    if stop_after is not None and stop_after < 0:
+        raise ValueError(f"stop_after={stop_after!r}: expected >= 0")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    last_path, best_path = out / "last.pt", out / "best.pt"
+    metrics_path, log = out / "metrics.jsonl", _RunLog(out / "train.log")
+    ckpt = None
+    if resume and last_path.exists():
+        ckpt = _read_checkpoint(last_path)
+        diff = [k for k in _config_diff(ckpt["config"], cfgmod.to_dict(cfg)) if k not in _RESUMABLE_CHANGES]
+        if diff:
+            raise ValueError(f"{last_path}: cannot resume with a different configuration "
+                             f"({', '.join(diff)}); use the run's {out / 'config.toml'}")
+    elif resume:
+        logger.warning("%s: no last.pt to resume from; starting a new run", out)
+    elif last_path.exists():
+        raise ValueError(f"{out} already holds a run (last.pt): pass --resume to continue it, "
+                         "or choose another run name")
+
+    t_start = time.perf_counter()
+    threads_before = torch.get_num_threads()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    try:
+        device = _device(cfg)
+        amp = cfg.amp and device.type == "cuda"
+        train_loader, val_loader = _loaders(cfg, data, device)
+        random.seed(cfg.seed)
+        np.random.seed(cfg.seed)
+        torch.manual_seed(cfg.seed)
+        mc = cfg.model
+        model = build_model(cfg.kind, mc.depth, mc.width, mc.batch_norm, mc.bn_momentum)
+        if init is not None and ckpt is None:
+            src = _read_checkpoint(init)
+            arch = ("depth", "width", "batch_norm")
+            if src["kind"] != cfg.kind or any(src["model_config"][k] != getattr(mc, k) for k in arch):
+                raise ValueError(f"init={str(init)!r}: a {src['kind']} model {src['model_config']} "
+                                 f"cannot start a {cfg.kind} model {asdict(mc)}")
+            model.load_state_dict(src["model"])
+        model.to(device)
+        if cfg.channels_last:
+            model.to(memory_format=torch.channels_last)
+        optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda e: lr_factor(e, cfg))
+        scaler = torch.amp.GradScaler(device.type, enabled=amp)
+        norm = normalisation_info(cfg.norm_scale, cfg.fill_ignored, train_loader.dataset.bunit)
+        history: list[dict] = []
+        start, step = 0, 0
+        best = {"epoch": None, "val_loss": float("inf")}
+        if ckpt is not None:
+            model.load_state_dict(ckpt["model"])
+            optimizer.load_state_dict(ckpt["optimizer"])
+            scheduler.load_state_dict(ckpt["scheduler"])
+            scaler.load_state_dict(ckpt["scaler"])
+            _set_rng_state(ckpt["rng"])
+            start, step, best = int(ckpt["epoch"]), int(ckpt["step"]), dict(ckpt["best"])
+            # the schedule may have been extended (epochs): recompute this epoch's rate
+            for g, base in zip(optimizer.param_groups, scheduler.base_lrs):
+                g["lr"] = base * lr_factor(start, cfg)
+            if metrics_path.exists():
+                history = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
+                history = [h for h in history if h["epoch"] <= start]  # an epoch redone is logged once
+            metrics_path.write_text("".join(json.dumps(h) + "\n" for h in history))
+            log("resumed %s from %s at epoch %d (step %d)", cfg.kind, last_path, start, step)
+        else:
+            metrics_path.write_text("")
+            log("new %s run: %s on %s, %d train / %d val stamps of %dx%d, %d-%d UNet, device %s%s",
+                cfg.kind, out, data, len(train_loader.sampler), len(val_loader.sampler) if val_loader else 0,
+                train_loader.dataset.stamp_size, train_loader.dataset.stamp_size, mc.depth, mc.width,
+                device, " (amp)" if amp else "")
+            if init is not None:
+                log("initialised from %s", init)
+        if val_loader is None:
+            log("%s: the val split is empty; no validation (best.pt = last.pt)", data, level=logging.WARNING)
+        cfgmod.write_toml(RunConfig(train=cfg), out / "config.toml",
+                          header=f"crforge train: resolved configuration of {out.name}\ndata: {data}")
+
+        end = cfg.epochs if stop_after is None else min(cfg.epochs, stop_after)
+        for epoch in range(start, end):
+            if cfg.bn_freeze_epoch and epoch == cfg.bn_freeze_epoch:
+                log("epoch %d: batch norm frozen (running statistics), lr x %g", epoch + 1,
+                    cfg.bn_freeze_lr_factor)
+            lr = optimizer.param_groups[0]["lr"]
+            tr = train_one_epoch(model, train_loader, optimizer, scaler, device, epoch, cfg)
+            step += tr["steps"]
+            scheduler.step()
+            val = evaluate(model, val_loader, device, cfg.kind, cfg.val_fpr) if val_loader else {}
+            rec = {"epoch": epoch + 1, "step": step, "lr": lr, **tr, **val}
+            history.append(rec)
+            with open(metrics_path, "a", encoding="utf-8") as fh:
+                fh.write(json.dumps(rec) + "\n")
+            vloss = val.get("val_loss", float("nan"))
+            improved = (not val) or (math.isfinite(vloss) and vloss < best["val_loss"])
+            if improved:
+                best = {"epoch": epoch + 1, "val_loss": vloss if val else float("nan")}
+            state = {
+                "format": CHECKPOINT_FORMAT, "kind": cfg.kind,
+                "model_config": asdict(mc), "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "scaler": scaler.state_dict(), "rng": _rng_state(), "epoch": epoch + 1, "step": step,
+                "best": best, "config": cfgmod.to_dict(cfg), "normalisation": norm,
+                "metrics": rec, "stamp_size": train_loader.dataset.stamp_size,
+                "data": {"path": str(data), "train_stamps": len(train_loader.dataset)},
+                "versions": {"crforge": str(__version__), "torch": str(torch.__version__)},
+            }
+            _save(state, last_path)
+            if improved:
+                _save(state, best_path)
+            extra = (f", TPR@{cfg.val_fpr:.1%}FPR {val['tpr_at_fpr']:.4f}" if "tpr_at_fpr" in val else "")
+            log("epoch %d/%d: train loss %.5g, val loss %.5g%s, %.1f stamps/s%s", epoch + 1, cfg.epochs,
+                tr["train_loss"], vloss, extra, tr["stamps_per_s"] or 0.0, " (best)" if improved else "")
+        done = history[-1]["epoch"] if history else start
+        best_rec = next((h for h in history if h["epoch"] == best["epoch"]), {})
+        if done >= cfg.epochs:
+            log("finished %s: best epoch %s (val loss %.5g) -> %s", cfg.kind, best["epoch"],
+                best["val_loss"], best_path)
+        else:
+            log("stopped %s after epoch %d of %d (resume with --resume)", cfg.kind, done, cfg.epochs)
+        return {"run_dir": str(out), "kind": cfg.kind, "best": str(best_path), "last": str(last_path),
+                "best_epoch": best["epoch"], "epochs_done": done, "step": step,
+                "val": {k: v for k, v in best_rec.items() if k.startswith(("val", "tpr", "fpr", "by_"))},
+                "history": history, "seconds": round(time.perf_counter() - t_start, 2)}
+    finally:
+        torch.set_num_threads(threads_before)
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``crforge train``."""
+    parser.add_argument("--data", type=Path, required=True, help="HDF5 training set (schema v1)")
+    parser.add_argument("--runs", type=Path, default=Path("runs"), help="runs directory (default: runs)")
+    parser.add_argument("--kind", choices=("mask", "inpaint", "both"), default="both",
+                        help="which network: mask, inpaint, or both one after the other (default)")
+    parser.add_argument("--name", help="run name (default: the data file's stem); the run directory "
+                        "is RUNS/<name>-<kind>")
+    parser.add_argument("--resume", action="store_true", help="continue the run(s) from last.pt")
+    parser.add_argument("--init", type=Path, help="start from this checkpoint's weights (one --kind)")
+
+
+def _summary_line(res: dict, fpr: float) -> str:
+    val = res["val"]
+    parts = [f"{res['kind']} model: {res['best']} (epoch {res['best_epoch']} of {res['epochs_done']})"]
+    if "val_loss" in val:
+        parts.append(f"val loss {val['val_loss']:.5g}")
+    if "tpr_at_fpr" in val:
+        by = ", ".join(f"{ft} {d['tpr_at_fpr']:.2%}" for ft, d in val.get("by_field_type", {}).items())
+        parts.append(f"TPR at {fpr:.1%} FPR {val['tpr_at_fpr']:.2%} ({by})")
+    elif res["kind"] == "inpaint" and val.get("by_field_type"):
+        by = ", ".join(f"{ft} {d['mse']:.4g}" for ft, d in val["by_field_type"].items())
+        parts.append(f"MSE by field type ({by})")
+    return "; ".join(parts) + "\n"
+
+
+def run(args: argparse.Namespace) -> int:
+    """Entry point of ``crforge train``."""
+    from crforge import config as cfgmod
+
+    cfg = cfgmod.load(RunConfig, getattr(args, "config", None), list(getattr(args, "set", None) or []))
+    kinds = ["mask", "inpaint"] if args.kind == "both" else [args.kind]
+    if args.init is not None and len(kinds) > 1:
+        raise ValueError("--init needs --kind mask or --kind inpaint (a checkpoint holds one model)")
+    if not Path(args.data).is_file():
+        raise FileNotFoundError(2, "No such file or directory", str(args.data))
+    name = args.name or Path(args.data).stem
+    results = []
+    for kind in kinds:
+        kcfg = copy.deepcopy(cfg.train)
+        kcfg.kind = kind
+        res = main(kcfg, args.data, Path(args.runs) / f"{name}-{kind}", resume=args.resume, init=args.init)
+        results.append(res)
+        sys.stdout.write(_summary_line(res, kcfg.val_fpr))
+    for res in results:
+        sys.stdout.write(f"{res['kind']}: {res['run_dir']} ({res['seconds']:.0f} s)\n")
+    return 0
