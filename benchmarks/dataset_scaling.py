@@ -34,7 +34,8 @@ def _subset(manifest: Path, n: int):
 
 def _child(args) -> dict:
     logging.basicConfig(level=logging.WARNING)
-    from pipeline.dataset import DatasetConfig, RunConfig, build_dataset
+    from crforge.runconfig import RunConfig
+    from pipeline.dataset import DatasetConfig, build_dataset
 
     man = _subset(args.manifest, args.child_n)
     cfg = RunConfig(dataset=DatasetConfig(scheduler=args.child_scheduler, workers=args.child_workers))

@@ -10,8 +10,9 @@ its own input normalisation.
 - crforge: :func:`training.train.train_one_epoch` over a
   :class:`training.data.StampDataset` streaming from the HDF5 file (sky
   augmentation, flips and rotations on), our :class:`training.models.MaskNet`
-  (channels-last, float32: the defaults); and again with ``train.cpu_bf16`` (bfloat16
-  autocast, opt-in) unless ``--no-bf16``.
+  (channels-last), once in float32 (``train.cpu_bf16 = "off"``) and once with
+  bfloat16 autocast (``"on"``, what the default ``"auto"`` picks on CPUs with
+  bfloat16 instructions) unless ``--no-bf16``.
 - deepCR: ``deepCR.training.train`` (pip package ``deepCR``) built on the same
   stamps as in-memory arrays (its ``dataset`` holds the whole set), its sky
   augmentation over the same range, and its own training step
@@ -134,7 +135,7 @@ def worker_ours(args) -> dict:
     torch.manual_seed(0)
     cfg = TrainConfig(kind="mask", epochs=1, batch_size=args.batch_size, lr=args.lr, device="cpu",
                       stamps_per_epoch=args.stamps, num_workers=args.workers,
-                      cpu_bf16=args.worker == "ours-bf16")
+                      cpu_bf16="on" if args.worker == "ours-bf16" else "off")
     ds = StampDataset(args.data, "train", "mask", cfg.augment, seed=0, norm_scale=cfg.norm_scale)
     if len(ds) < args.stamps:
         raise SystemExit(f"{args.data}: {len(ds)} train stamps, fewer than --stamps {args.stamps}")
@@ -157,7 +158,7 @@ def worker_ours(args) -> dict:
         for i in range(0, val["n"], args.batch_size):
             x = torch.stack([val_ds[j]["image"] for j in range(i, min(i + args.batch_size, val["n"]))])
             probs.append(torch.sigmoid(model(x)).numpy())
-    name = "crforge" + ("-bf16" if cfg.cpu_bf16 else "")
+    name = "crforge" + ("-bf16" if cfg.cpu_bf16 == "on" else "")
     return {"trainer": name, "stamps": tr["stamps"], "seconds": seconds,
             "stamps_per_s": tr["stamps"] / seconds, "peak_rss_mb": _peak_rss_mb(),
             "train_loss": tr["train_loss"], **_score(probs, val)}

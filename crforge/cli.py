@@ -95,13 +95,35 @@ class _StderrHandler(logging.StreamHandler):
         pass
 
 
+#: Libraries that log every step at INFO: shown only with -vv (AstroDrizzle's trailer
+#: file in the scratch directory keeps all of its log anyway).
+_CHATTY = ("drizzlepac", "stwcs", "stsci", "distributed", "astroquery", "astropy", "py")
+
+
+class _QuietLibraries(logging.Filter):
+    """Below WARNING, drop the chatty libraries' records unless -vv."""
+
+    def __init__(self, verbosity: int) -> None:
+        super().__init__()
+        self.verbosity = verbosity
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.WARNING or self.verbosity >= 2:
+            return True
+        return record.name.split(".", 1)[0] not in _CHATTY
+
+
 def _setup_logging(verbosity: int) -> None:
     level = logging.WARNING if verbosity <= 0 else logging.INFO if verbosity == 1 else logging.DEBUG
     root = logging.getLogger()
-    if not any(isinstance(h, _StderrHandler) for h in root.handlers):
+    handler = next((h for h in root.handlers if isinstance(h, _StderrHandler)), None)
+    if handler is None:
         handler = _StderrHandler()
         handler.setFormatter(logging.Formatter(_LOG_FORMAT, _LOG_DATEFMT))
         root.addHandler(handler)
+    # the level lives on the handler too: drizzlepac resets the root level on import
+    handler.setLevel(level)
+    handler.filters = [_QuietLibraries(verbosity)]
     root.setLevel(level)
 
 

@@ -38,6 +38,7 @@ import traceback
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from astropy.io import fits
@@ -49,9 +50,12 @@ from .simulate import read_truth, simulate_visit
 from .splits import DEFAULT_FRACTIONS, assign_splits, group_fields
 from .stamps import StampConfig, cut_stamps, snr_class
 
+if TYPE_CHECKING:  # pragma: no cover
+    from crforge.runconfig import RunConfig
+
 logger = logging.getLogger(__name__)
 
-__all__ = ["DatasetConfig", "RunConfig", "build_dataset", "process_visit", "DatasetError",
+__all__ = ["DatasetConfig", "build_dataset", "process_visit", "DatasetError",
            "META_DTYPE", "FIELDS_DTYPE", "SCHEMA_VERSION"]
 
 SCHEMA_VERSION = 1
@@ -109,15 +113,6 @@ class DatasetConfig:
         if not (self.scheduler in ("local", "serial") or "://" in self.scheduler):
             raise ValueError(f"scheduler={self.scheduler!r}: expected 'local', 'serial' or "
                              "a scheduler address like tcp://127.0.0.1:8786")
-
-
-@dataclass
-class RunConfig:
-    """Everything ``make dataset`` resolves: one table per stage in a TOML file."""
-
-    dataset: DatasetConfig = field(default_factory=DatasetConfig)
-    label: LabelConfig = field(default_factory=LabelConfig)
-    stamps: StampConfig = field(default_factory=StampConfig)
 
 
 # --------------------------------------------------------------------------------------
@@ -240,7 +235,7 @@ def _software() -> dict:
     return out
 
 
-def _run_visits(visits: list[VisitSpec], work: Path, cfg: RunConfig) -> tuple[list[dict], list[dict]]:
+def _run_visits(visits: list[VisitSpec], work: Path, cfg: "RunConfig") -> tuple[list[dict], list[dict]]:
     """Run every visit; return (successes, failures) in manifest order."""
     from tqdm.auto import tqdm
 
@@ -264,6 +259,9 @@ def _run_visits(visits: list[VisitSpec], work: Path, cfg: RunConfig) -> tuple[li
     else:
         from dask.distributed import Client, LocalCluster, as_completed
 
+        # the scheduler and nannies log every start and stop at INFO; keep that for -vv
+        if not logger.isEnabledFor(logging.DEBUG):
+            logging.getLogger("distributed").setLevel(logging.WARNING)
         cluster = None
         if dcfg.scheduler == "local":
             n = dcfg.workers or os.cpu_count() or 1
@@ -294,7 +292,7 @@ def _run_visits(visits: list[VisitSpec], work: Path, cfg: RunConfig) -> tuple[li
 
 
 def build_dataset(manifest: str | os.PathLike | Manifest, work: str | os.PathLike,
-                  cfg: RunConfig | None = None, output: str | os.PathLike | None = None) -> dict:
+                  cfg: "RunConfig | None" = None, output: str | os.PathLike | None = None) -> dict:
     """Build the HDF5 training set of a manifest.
 
     Parameters
@@ -303,8 +301,8 @@ def build_dataset(manifest: str | os.PathLike | Manifest, work: str | os.PathLik
         The visits (TOML or CSV, see :mod:`pipeline.manifest`).
     work : path-like
         Work directory for raw, labels, stamps and the output.
-    cfg : RunConfig, optional
-        Settings of the dataset, label and stamp stages.
+    cfg : crforge.runconfig.RunConfig, optional
+        The run configuration; its ``dataset``, ``label`` and ``stamps`` tables are used.
     output : path-like, optional
         The HDF5 file; default ``<work>/<manifest name>.h5``.
 
@@ -320,6 +318,8 @@ def build_dataset(manifest: str | os.PathLike | Manifest, work: str | os.PathLik
     DatasetError
         More than ``max_failed_fraction`` of the visits failed.
     """
+    from crforge.runconfig import RunConfig
+
     cfg = RunConfig() if cfg is None else cfg
     if not isinstance(cfg, RunConfig):
         raise TypeError(f"cfg must be a RunConfig, got {type(cfg).__name__}")
@@ -363,7 +363,7 @@ def _write_json(path: Path, doc: dict) -> None:
     os.replace(tmp, path)
 
 
-def _write_hdf5(output: Path, man: Manifest, cfg: RunConfig, done: list[dict], failed: list[dict],
+def _write_hdf5(output: Path, man: Manifest, cfg: "RunConfig", done: list[dict], failed: list[dict],
                 field_of: dict[str, int], split_of: dict[int, str], work: Path) -> dict:
     import h5py
 
@@ -389,7 +389,7 @@ def _write_hdf5(output: Path, man: Manifest, cfg: RunConfig, done: list[dict], f
         h5.attrs["manifest_sha256"] = man.sha256
         # how the work was scheduled does not change the data: leave it out, so the
         # serial and dask paths (and any worker count) write identical files
-        doc = cfgmod.to_dict(cfg)
+        doc = {k: cfgmod.to_dict(getattr(cfg, k)) for k in ("dataset", "label", "stamps")}
         for k in ("scheduler", "workers"):
             doc["dataset"].pop(k, None)
         h5.attrs["config"] = json.dumps(doc, sort_keys=True)
@@ -458,6 +458,7 @@ def run(args: argparse.Namespace) -> int:
     import sys
 
     from crforge import config as cfgmod
+    from crforge.runconfig import RunConfig
 
     overrides = list(getattr(args, "set", None) or [])
     if args.scheduler:

@@ -459,25 +459,18 @@ def _run_astrodrizzle(files: list[str], scratch: Path, kwargs: dict) -> None:
     cwd = os.getcwd()
     os.chdir(scratch)
     buf = io.StringIO()
-    # AstroDrizzle logs every step at INFO to the console; its trailer file keeps all
-    # of it, so the console gets it only when crforge itself is at DEBUG.
-    quiet = not logger.isEnabledFor(logging.DEBUG)
-    saved = {}
-    for name in ("drizzlepac", "stwcs", "stsci", "astropy"):
-        lg = logging.getLogger(name)
-        saved[name] = lg.level
-        if quiet:
-            lg.setLevel(logging.WARNING)
     try:
-        with contextlib.redirect_stdout(buf):
+        with contextlib.redirect_stdout(buf), warnings.catch_warnings():
+            # cosmetic warnings of AstroDrizzle's own (a long header comment it
+            # truncates, NaN casts in its median of empty pixels), once per file
+            warnings.simplefilter("ignore", fits.verify.VerifyWarning)
+            warnings.filterwarnings("ignore", "invalid value encountered in cast", RuntimeWarning)
             astrodrizzle.AstroDrizzle(input=files, **kwargs)
     except Exception as exc:
         tail = _log_tail(scratch / kwargs["runfile"], buf.getvalue())
         raise DrizzleError(f"AstroDrizzle failed ({type(exc).__name__}: {exc}); log tail:\n{tail}") from exc
     finally:
         os.chdir(cwd)
-        for name, level in saved.items():
-            logging.getLogger(name).setLevel(level)
     logger.debug("AstroDrizzle output:\n%s", buf.getvalue()[-4000:])
 
 
@@ -663,7 +656,7 @@ def _write_label(info: ExposureInfo, i: int, infos: list[ExposureInfo], scratch:
         ph["CRFSTAGE"] = ("label", "crforge stage that wrote this file")
         ph["CRFDRIZ"] = (_drizzlepac_version(), "drizzlepac version")
         ph["CRFNEXP"] = (len(infos), "exposures drizzled together")
-        ph["CRFREFIN"] = (refine, "CR labels refined against the minimum stack")
+        ph["CRFREFIN"] = (refine, "labels refined on the minimum stack")
         hdus.append(fits.PrimaryHDU(header=ph))
         for ev in info.chips:
             sci_h = src["SCI", ev].header
@@ -698,9 +691,9 @@ def _write_label(info: ExposureInfo, i: int, infos: list[ExposureInfo], scratch:
                                 "EXPNAME", "BUNIT", "LTV1", "LTV2")
                     if k in sci_h]
             h = fits.Header([(k, sci_h[k]) for k in keep])
-            h["GAIN"] = (info.gain[ev], "mean gain of the chip's amplifiers (e-/DN)")
-            h["RDNOISE"] = (info.readnoise[ev], "mean read noise (e-)")
-            h["SKY"] = (sky, "sky subtracted by AstroDrizzle (MDRIZSKY, input units)")
+            h["GAIN"] = (info.gain[ev], "mean gain of the amplifiers, e-/DN")
+            h["RDNOISE"] = (info.readnoise[ev], "mean read noise, e-")
+            h["SKY"] = (sky, "AstroDrizzle MDRIZSKY, input units")
             frac = float(cr[ignore == 0].mean()) if np.any(ignore == 0) else 0.0
             h["CRFRAC"] = (frac, "fraction of usable pixels labelled CR")
             hdus.append(fits.ImageHDU(sci, header=h, name="SCI", ver=ev))

@@ -789,7 +789,7 @@ def _simulate_into(cfg: SimulateConfig, inst: Instrument, filt: str, tmp: Path) 
         for a in inst.amps:
             ph[f"ATODGN{a}"] = inst.gain[a]
             ph[f"READNSE{a}"] = inst.readnoise[a]
-        ph["PA_V3"] = (cfg.orient, "without it drizzlepac looks for an _spt file")
+        ph["PA_V3"] = (cfg.orient, "drizzlepac wants it or an _spt file")
         ph["POSTARG1"], ph["POSTARG2"] = dx * inst.pixel_scale, dy * inst.pixel_scale
         ph["CRFSIM"] = (True, "simulated by crforge")
         ph["CRFSEED"] = cfg.seed

@@ -14,7 +14,8 @@ import h5py
 import numpy as np
 import pytest
 
-from pipeline.dataset import DatasetConfig, RunConfig, build_dataset
+from crforge.runconfig import RunConfig
+from pipeline.dataset import DatasetConfig, build_dataset
 from pipeline.inspect import summarise, validate
 from pipeline.manifest import load_manifest
 from pipeline.splits import assign_splits, group_fields, quads_overlap

@@ -192,6 +192,17 @@ def test_bad_label_config_is_refused(pair):
             label_visit(visit, visit.parent / "labels", LabelConfig(**kw))
 
 
+def test_wfc3_uvis_visit_is_labelled_from_its_table(tmp_path):
+    """A second imager is a table entry: same code path, its own chips and DQ bits."""
+    v = simulate_visit(SimulateConfig(instrument="WFC3/UVIS", n_exposures=3, chip_shape=(128, 256),
+                                      seed=2, filter="F814W"), tmp_path / "raw")
+    assert v.name.startswith("i")
+    rep = label_visit(v, tmp_path / "labels")
+    assert rep["instrument"] == "WFC3/UVIS" and rep["filter"] == "F814W"
+    s = summarise(score_visit(tmp_path / "labels", v))
+    assert s["recall_above_5sigma"] >= 0.9 and s["false_per_million"] <= 200
+
+
 def test_cli_simulate_then_label(tmp_path, capsys):
     from crforge.cli import main
 

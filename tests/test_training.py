@@ -17,7 +17,8 @@ from pipeline.dataset import META_DTYPE
 from training.data import AugmentConfig, EpochSampler, StampDataset, normalise
 from training.metrics import rates_at_threshold, threshold_at_fpr, tpr_at_fpr
 from training.models import InpaintNet, MaskNet, ModelConfig, UNet, build_model
-from training.train import (RunConfig, TrainConfig, batch_loss, evaluate, inpaint_loss,
+from crforge.runconfig import RunConfig
+from training.train import (TrainConfig, batch_loss, evaluate, inpaint_loss,
                             load_checkpoint, lr_factor, main, mask_loss, train_one_epoch)
 
 S = 64
