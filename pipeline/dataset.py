@@ -35,7 +35,8 @@ import os
 import platform
 import time
 import traceback
-from dataclasses import asdict, dataclass, field
+import zlib
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -124,7 +125,7 @@ def _visit_key(spec: VisitSpec, label_cfg: LabelConfig, stamp_cfg: StampConfig) 
     """Hash of everything that decides a visit's stamps (reuse only when equal)."""
     doc = {"name": spec.name, "source": spec.source,
            "simulate": asdict(spec.simulate) if spec.simulate else None,
-           "archive": spec.archive, "label": asdict(label_cfg), "stamps": asdict(stamp_cfg)}
+           "archive": spec.archive, "label": label_cfg.result_dict(), "stamps": asdict(stamp_cfg)}
     return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -139,6 +140,18 @@ def _footprint(flc: Path) -> list[list[list[float]]]:
             ra, dec = w.all_pix2world([-0.5, nx - 0.5, nx - 0.5, -0.5], [-0.5, -0.5, ny - 0.5, ny - 0.5], 0)
             quads.append(np.c_[ra, dec].tolist())
     return quads
+
+
+GZIP_LEVEL = 1
+
+
+def _gzip_chunk(a: np.ndarray) -> bytes:
+    """One chunk as HDF5's shuffle + deflate filters store it (``write_direct_chunk``)."""
+    b = np.ascontiguousarray(a)
+    if b.dtype.itemsize > 1:
+        # shuffle: all first bytes of the elements, then all second bytes, ...
+        b = b.view(np.uint8).reshape(-1, b.dtype.itemsize).T
+    return zlib.compress(np.ascontiguousarray(b).tobytes(), GZIP_LEVEL)
 
 
 def process_visit(spec: VisitSpec, work: str | os.PathLike, label_cfg: LabelConfig,
@@ -171,8 +184,7 @@ def process_visit(spec: VisitSpec, work: str | os.PathLike, label_cfg: LabelConf
     cfg = spec.label_config(label_cfg)
     labels = work / "labels" / spec.name
     prev = labels / "labels.json"
-    redo = changed or (prev.exists() and json.loads(prev.read_text()).get("config") != json.loads(
-        json.dumps(asdict(cfg))))
+    redo = changed or (prev.exists() and json.loads(prev.read_text()).get("config") != cfg.result_dict())
     report = label_visit(raw, labels, cfg, overwrite=redo)
     parts: dict[str, list] = {k: [] for k in ("image", "cr", "ignore", "truth")}
     meta: list[tuple] = []
@@ -201,6 +213,12 @@ def process_visit(spec: VisitSpec, work: str | os.PathLike, label_cfg: LabelConf
                                  float(h["SKY"]), float(h["GAIN"]), float(h["RDNOISE"]),
                                  float(st["cr_fraction"][j])))
     arrays = {k: np.concatenate(v) for k, v in parts.items() if v}
+    # the HDF5 chunks (one stamp each, shuffle + deflate) are compressed here, on the
+    # worker, so the single process that writes the file only copies bytes
+    for k in list(arrays):
+        blobs = [_gzip_chunk(a) for a in arrays[k]]
+        arrays[f"{k}_z"] = np.frombuffer(b"".join(blobs), np.uint8)
+        arrays[f"{k}_zlen"] = np.array([len(b) for b in blobs], np.int64)
     arrays["meta"] = np.array(meta, dtype=META_DTYPE)
     centre = np.mean(np.array(quads).reshape(-1, 2), axis=0)
     info = {"visit": spec.name, "key": key, "n_stamps": len(meta), "bunit": bunit,
@@ -233,6 +251,14 @@ def _software() -> dict:
         except PackageNotFoundError:
             out[pkg] = None
     return out
+
+
+def _cost(spec: VisitSpec) -> float:
+    """Rough relative cost of a visit: exposures x pixels (archive visits: full size)."""
+    if spec.simulate is None:
+        return 8.0 * 4096 * 4096
+    shape = spec.simulate.chip_shape or (2048, 4096)
+    return float(spec.simulate.n_exposures * shape[0] * shape[1])
 
 
 def _run_visits(visits: list[VisitSpec], work: Path, cfg: "RunConfig") -> tuple[list[dict], list[dict]]:
@@ -271,9 +297,16 @@ def _run_visits(visits: list[VisitSpec], work: Path, cfg: "RunConfig") -> tuple[
         else:
             client = Client(dcfg.scheduler, timeout="30s")
         try:
-            futures = {client.submit(process_visit, spec, str(work), cfg.label, cfg.stamps,
-                                     key=f"crforge-visit-{spec.name}", pure=False): spec.name
-                       for spec in visits}
+            # each worker process labels with 1 thread when they already fill the cores
+            n_workers = max(1, len(client.scheduler_info().get("workers", {})) or 1)
+            label = replace(cfg.label, threads=max(1, min(cfg.label.threads,
+                                                          (os.cpu_count() or 1) // n_workers)))
+            # longest first, so the last task to finish is a short one (tasks start
+            # roughly in submission order)
+            futures = {client.submit(process_visit, spec, str(work), label, cfg.stamps,
+                                     key=f"crforge-visit-{spec.name}", pure=False,
+                                     priority=-i): spec.name
+                       for i, spec in enumerate(sorted(visits, key=_cost, reverse=True))}
             for fut in as_completed(futures):
                 name = futures[fut]
                 try:
@@ -378,8 +411,9 @@ def _write_hdf5(output: Path, man: Manifest, cfg: "RunConfig", done: list[dict],
         by_field.setdefault(field_of[d["visit"]], []).append(d)
     tmp = output.with_name(output.name + ".tmp")
     comp = {"compression": cfg.dataset.compression}
-    if cfg.dataset.compression == "gzip":
-        comp.update(compression_opts=1, shuffle=True)
+    direct = cfg.dataset.compression == "gzip"
+    if direct:
+        comp.update(compression_opts=GZIP_LEVEL, shuffle=True)
     counts = {}
     with h5py.File(tmp, "w") as h5:
         h5.attrs["schema_version"] = SCHEMA_VERSION
@@ -430,7 +464,13 @@ def _write_hdf5(output: Path, man: Manifest, cfg: "RunConfig", done: list[dict],
                         m["field_id"] = fid
                         for name, ds in dsets.items():
                             ds.resize(n + k, axis=0)
-                            ds[n:n + k] = z[name]
+                            if direct:
+                                blob, ends = z[f"{name}_z"], np.cumsum(z[f"{name}_zlen"])
+                                for i in range(k):
+                                    ds.id.write_direct_chunk(
+                                        (n + i, 0, 0), blob[ends[i] - z[f"{name}_zlen"][i]:ends[i]].tobytes())
+                            else:
+                                ds[n:n + k] = z[name]
                         meta.resize(n + k, axis=0)
                         meta[n:n + k] = m
                         n += k

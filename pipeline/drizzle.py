@@ -146,6 +146,16 @@ class LabelConfig:
     threads: int = 2
     keep_scratch: bool = False
 
+    #: How the work is run, not what it gives: left out of result comparisons.
+    EXECUTION_ONLY = ("num_cores", "threads", "keep_scratch")
+
+    def result_dict(self) -> dict:
+        """The settings that decide the labels (JSON types), for reuse checks."""
+        d = json.loads(json.dumps(asdict(self)))
+        for k in self.EXECUTION_ONLY:
+            d.pop(k, None)
+        return d
+
     def validate(self) -> None:
         """Raise ``ValueError`` naming a bad parameter."""
         if self.combine_type not in ("minmed", "median", "mean", "minimum", "imedian", "imean", "iminmed"):
@@ -605,7 +615,7 @@ def label_visit(
         "n_exposures": len(infos),
         "refined": refine,
         "refused": refused,
-        "config": asdict(cfg),
+        "config": cfg.result_dict(),
         "astrodrizzle": {k: v for k, v in kwargs.items() if k not in ("output", "runfile")},
         "drizzlepac_version": _drizzlepac_version(),
         "seconds_astrodrizzle": round(t_driz, 2),

@@ -116,6 +116,14 @@ def test_file_is_valid_schema_v1_and_split_by_field(serial_build):
         assert b"j4e003" in test_visits
         assert h["train"]["image"].chunks == (1, 256, 256)
         assert h["train"]["image"].compression == "gzip"
+        # the chunks the workers compressed read back as the stamps they cut
+        m = h["train"]["meta"][0]
+        visit = m["visit"].decode()
+        with np.load(h5.parent / "stamps" / f"{visit}.npz") as z:
+            j = int(np.nonzero((z["meta"]["exposure"] == m["exposure"]) & (z["meta"]["chip"] == m["chip"])
+                               & (z["meta"]["x0"] == m["x0"]) & (z["meta"]["y0"] == m["y0"]))[0][0])
+            for name in ("image", "cr", "ignore", "truth"):
+                assert np.array_equal(h["train"][name][0], z[name][j]), name
     s = summarise(h5, progress=False)
     assert s["total"]["stamps"] == sum(report["stamps"].values()) > 0
     assert s["truth"]["recall_above_5sigma"] >= 0.95

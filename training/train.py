@@ -99,6 +99,8 @@ class TrainConfig:
         Adam's learning rate (deepCR: 0.005).
     weight_decay : float
         Adam's L2 weight decay.
+    clip_grad_norm : float
+        Largest gradient norm of a step (0 = no clipping).
     schedule : {'constant', 'step', 'cosine'}
         Learning-rate schedule over epochs.
     step_epochs : int
@@ -153,6 +155,7 @@ class TrainConfig:
     stamps_per_epoch: int = 256
     lr: float = 0.005
     weight_decay: float = 0.0
+    clip_grad_norm: float = 1.0
     schedule: Literal["constant", "step", "cosine"] = "cosine"
     step_epochs: int = 10
     gamma: float = 0.1
@@ -179,7 +182,7 @@ class TrainConfig:
             if getattr(self, name) < 1:
                 raise ValueError(f"train.{name}={getattr(self, name)!r}: expected >= 1")
         for name in ("stamps_per_epoch", "bn_freeze_epoch", "val_stamps", "num_workers", "threads",
-                     "weight_decay"):
+                     "weight_decay", "clip_grad_norm"):
             if getattr(self, name) < 0:
                 raise ValueError(f"train.{name}={getattr(self, name)!r}: expected >= 0")
         for name in ("lr", "norm_scale", "gamma", "bn_freeze_lr_factor"):
@@ -375,6 +378,11 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp):
             loss = batch_loss(model, batch, cfg.kind)
         scaler.scale(loss).backward()
+        if cfg.clip_grad_norm:
+            # a batch of bright stars can give the inpaint loss a spike that undoes
+            # several epochs; clipping the gradient norm keeps one batch from doing that
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad_norm)
         scaler.step(optimizer)
         scaler.update()
         n = batch["image"].shape[0]
