@@ -7,8 +7,8 @@ In one run, on the same manifest (default: the ``make dataset`` one):
 2. N and 2N visits (the same mix of field types: rows taken round-robin by type), each
    built on a 2-worker LocalCluster from a fresh process: peak RSS of that process,
    which schedules the visits and streams their stamps one visit at a time into the
-   HDF5 (target: flat), and the largest per-visit worker peak, which depends on the
-   visit, not on how many there are.
+   HDF5 (target: flat). A worker holds one visit at a time, so its memory depends on
+   the visit, not on how many there are.
 
     python benchmarks/dataset_scaling.py --work /tmp/dscale
     python benchmarks/dataset_scaling.py --work /tmp/dscale --limit 6 --memory-n 3
