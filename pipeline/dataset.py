@@ -46,7 +46,8 @@ from astropy.io import fits
 from astropy.wcs import WCS
 
 from .drizzle import LabelConfig, label_visit
-from .manifest import SPLITS, Manifest, VisitSpec, load_manifest
+from .manifest import Manifest, VisitSpec, load_manifest
+from .schema import FIELDS_DTYPE, META_DTYPE, SCHEMA_VERSION, SPLITS
 from .simulate import read_truth, simulate_visit
 from .splits import DEFAULT_FRACTIONS, assign_splits, group_fields
 from .stamps import StampConfig, cut_stamps, snr_class
@@ -59,16 +60,6 @@ logger = logging.getLogger(__name__)
 __all__ = ["DatasetConfig", "build_dataset", "process_visit", "DatasetError",
            "META_DTYPE", "FIELDS_DTYPE", "SCHEMA_VERSION"]
 
-SCHEMA_VERSION = 1
-META_DTYPE = np.dtype([
-    ("visit", "S16"), ("exposure", "S16"), ("chip", "i1"), ("x0", "i4"), ("y0", "i4"),
-    ("field_id", "i4"), ("field_type", "S32"), ("filter", "S16"), ("exptime", "f4"),
-    ("sky", "f4"), ("gain", "f4"), ("readnoise", "f4"), ("cr_fraction", "f4"),
-])
-FIELDS_DTYPE = np.dtype([
-    ("field_id", "i4"), ("target", "S64"), ("ra", "f8"), ("dec", "f8"),
-    ("field_type", "S32"), ("split", "S8"), ("visits", "S512"),
-])
 
 
 class DatasetError(RuntimeError):

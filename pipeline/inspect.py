@@ -48,6 +48,9 @@ from typing import Any
 import h5py
 import numpy as np
 
+from .schema import (FIELDS_DTYPE, META_DTYPE, PIXEL_DTYPES, ROOT_ATTRS, SCHEMA_VERSION, SPLITS,
+                     TRUTH_SNR_BINS)
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
@@ -62,32 +65,17 @@ __all__ = [
     "run",
 ]
 
-#: The schema version this module understands.
-SCHEMA_VERSION = 1
-#: The split groups, in report order.
-SPLITS: tuple[str, ...] = ("train", "val", "test")
 #: The field types crforge simulates and labels (others are reported, not rejected).
 FIELD_TYPES: tuple[str, ...] = ("extragalactic", "globular_cluster", "resolved_galaxy")
-#: Truth values 1..4 -> the signal-to-noise bin of the injected CR pixel.
-SNR_BINS: dict[int, str] = {1: "<3", 2: "3-5", 3: "5-10", 4: ">10"}
+SNR_BINS = TRUTH_SNR_BINS
 
 #: Default number of stamps read at a time.
 DEFAULT_BLOCK = 64
 
-_ROOT_ATTRS = (
-    "schema_version", "created_utc", "crforge_version", "manifest_name",
-    "manifest_sha256", "config", "software", "stamp_size", "failed_visits",
-)
-_FIELDS_DTYPE: dict[str, str] = {
-    "field_id": "i4", "target": "S64", "ra": "f8", "dec": "f8",
-    "field_type": "S32", "split": "S8", "visits": "S512",
-}
-_META_DTYPE: dict[str, str] = {
-    "visit": "S16", "exposure": "S16", "chip": "i1", "x0": "i4", "y0": "i4",
-    "field_id": "i4", "field_type": "S32", "filter": "S16", "exptime": "f4",
-    "sky": "f4", "gain": "f4", "readnoise": "f4", "cr_fraction": "f4",
-}
-_PIXEL_DTYPE: dict[str, str] = {"image": "f4", "cr": "u1", "ignore": "u1", "truth": "u1"}
+_ROOT_ATTRS = ROOT_ATTRS
+_FIELDS_DTYPE: dict[str, str] = {n: FIELDS_DTYPE[n].str.lstrip("<>|=") for n in FIELDS_DTYPE.names}
+_META_DTYPE: dict[str, str] = {n: META_DTYPE[n].str.lstrip("<>|=") for n in META_DTYPE.names}
+_PIXEL_DTYPE: dict[str, str] = {n: d.str.lstrip("<>|=") for n, d in PIXEL_DTYPES.items()}
 _HEX64 = re.compile(r"^[0-9a-fA-F]{64}$")
 _MAX_LISTED = 10  # ids listed in one message before "..."
 

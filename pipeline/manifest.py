@@ -42,13 +42,13 @@ from crforge import config as cfgmod
 
 from .drizzle import LabelConfig
 from .instruments import get_instrument
+from .schema import SPLITS
 from .simulate import FIELD_TYPES, SimulateConfig, _base36
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["Manifest", "VisitSpec", "load_manifest", "SPLITS"]
 
-SPLITS = ("train", "val", "test")
 _SIM_KEYS = {f.name for f in fields(SimulateConfig)}
 _ARCHIVE_KEYS = {"instrument", "filter", "proposal_id", "obset_id", "exposures", "target"}
 _COMMON_KEYS = {"source", "field_type", "split", "label", "name"}

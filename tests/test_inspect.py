@@ -10,19 +10,13 @@ import numpy as np
 import pytest
 
 from pipeline import inspect as ins
+from pipeline.schema import FIELDS_DTYPE, META_DTYPE
 
 S = 16
 PIX = S * S
 
-META_DT = np.dtype([
-    ("visit", "S16"), ("exposure", "S16"), ("chip", "i1"), ("x0", "i4"), ("y0", "i4"),
-    ("field_id", "i4"), ("field_type", "S32"), ("filter", "S16"), ("exptime", "f4"),
-    ("sky", "f4"), ("gain", "f4"), ("readnoise", "f4"), ("cr_fraction", "f4"),
-])
-FIELDS_DT = np.dtype([
-    ("field_id", "i4"), ("target", "S64"), ("ra", "f8"), ("dec", "f8"),
-    ("field_type", "S32"), ("split", "S8"), ("visits", "S512"),
-])
+META_DT = META_DTYPE
+FIELDS_DT = FIELDS_DTYPE
 # field_id -> (split, field_type, visit)
 FIELDS = {
     1: ("train", "extragalactic", "v1"),

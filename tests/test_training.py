@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader
 
 from crforge import cli
 from crforge import config as cfgmod
-from pipeline.dataset import META_DTYPE
+from pipeline.schema import META_DTYPE
 from training.data import AugmentConfig, EpochSampler, StampDataset, normalise
 from training.metrics import rates_at_threshold, threshold_at_fpr, tpr_at_fpr
 from training.models import InpaintNet, MaskNet, ModelConfig, UNet, build_model

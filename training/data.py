@@ -63,12 +63,13 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
+from pipeline.schema import SPLITS
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["AugmentConfig", "StampDataset", "EpochSampler", "normalise", "normalisation_info",
            "NORM_SCHEME", "SPLITS"]
 
-SPLITS = ("train", "val", "test")
 #: How the inputs are normalised (stored with every model).
 NORM_SCHEME = "(image - sky) / scale"
 
