@@ -7,18 +7,18 @@ new imager means adding a table entry, not a code path.
 Sources for the numbers (all approximate, chosen to make simulated data look like the
 real thing, not to calibrate science data):
 
-- ACS/WFC: ACS Instrument Handbook (Cycle 33) sections 4.3 and 5.1; gain 2.0 e-/DN,
+- ACS/WFC: ACS Instrument Handbook (detector and WFC chapters); gain 2.0 e-/DN,
   read noise 4-5 e- per amplifier after SM4, full well about 84,700 e-, 0.05"/pixel,
   two 4096x2048 chips separated by a gap of about 50 pixels (2.5").
-  DQ bits: ACS Data Handbook table 2.5 (also ../shared/DESIGN.md).
-- WFC3/UVIS: WFC3 Instrument Handbook sections 5.4 and 6.4; gain 1.55 e-/DN, read
+  DQ bits: ACS Data Handbook (also ../shared/DESIGN.md).
+- WFC3/UVIS: WFC3 Instrument Handbook (UVIS detector chapter); gain 1.55 e-/DN, read
   noise about 3.1 e-, full well about 63,000 e-, 0.0395"/pixel, two 4096x2051 chips
-  separated by about 35 pixels (1.4"). DQ bits: WFC3 Data Handbook table 3.3.
+  separated by about 35 pixels (1.4"). DQ bits: WFC3 Data Handbook.
 - PSF FWHM by filter: the instrument handbooks' encircled-energy tables (ACS/WFC about
   0.08-0.10", WFC3/UVIS 0.067-0.08"), i.e. about 2 pixels: undersampled.
 - Sky: the handbooks' "average" zodiacal + earthshine sky in e-/s/pixel.
-- Cosmic rays: about 1.2 events s^-1 cm^-2 on both imagers (Miles et al. 2021, ApJ 918,
-  86, measured over 1.2 billion HST cosmic rays); 15 um pixels; the sensitive silicon
+- Cosmic rays: about 1.2 events s^-1 cm^-2 on both imagers, the order of the rates
+  Miles et al. (2021, ApJ 918, 86) measured over 1.2 billion HST cosmic rays; 15 um pixels; the sensitive silicon
   thickness sets the track length for a given incidence angle.
 """
 

@@ -43,7 +43,7 @@ from crforge import config as cfgmod
 from .drizzle import LabelConfig
 from .instruments import get_instrument
 from .schema import SPLITS
-from .simulate import FIELD_TYPES, SimulateConfig, _base36
+from .simulate import FIELD_TYPES, SimulateConfig, base36
 
 logger = logging.getLogger(__name__)
 
@@ -130,7 +130,7 @@ def _sim_visit(where: str, i: int, row: dict, base_seed: int) -> VisitSpec:
                          f"valid: {sorted(_SIM_KEYS | _COMMON_KEYS)}")
     sim = {k: v for k, v in row.items() if k in _SIM_KEYS}
     sim.setdefault("seed", base_seed + i)
-    sim.setdefault("obset_id", _base36(i, 2))
+    sim.setdefault("obset_id", base36(i, 2))
     # distinct sky per row unless told otherwise: rows 0.25 deg apart in RA
     sim.setdefault("ra", 150.0 + 0.25 * i)
     sim.setdefault("dec", 2.2)

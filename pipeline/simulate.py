@@ -34,14 +34,16 @@ Optics and detector:
 
 Cosmic rays (all numbers per instrument table, overridable in :class:`SimulateConfig`):
 
-- Rate: about 1.2 events s^-1 cm^-2 for ACS/WFC and WFC3/UVIS (Miles et al. 2021,
-  ApJ 918, 86, Table 3 and Fig. 7; solar-cycle modulation is +-15%), i.e. about 23
-  events per second on a 4096x2048 chip of 15 um pixels. This gives 1.5-3% of pixels
-  affected in 1000 s (Riess 2002, ACS ISR 2002-07).
+- Rate: about 1.2 events s^-1 cm^-2 for ACS/WFC and WFC3/UVIS, the order of the
+  rates Miles et al. (2021, ApJ 918, 86) measured over 1.2 billion HST cosmic rays
+  (they vary with the solar cycle), i.e. about 23 events per second on a 4096x2048
+  chip of 15 um pixels. This gives of order 1% of pixels above a few sigma in 500 s,
+  against the 1.5-3% in 1000 s of Riess (2002, ACS ISR 2002-07).
 - Incidence: isotropic flux on a flat detector (cos(theta)^2 uniform); the track
   crosses the depletion depth, so its projected length is depth*tan(theta)/pitch:
-  most events are compact (1-2 pixels), a tail are long tracks, as in Miles et al.
-  2021 (Fig. 10: sizes peaked at 4-5 pixels with a long tail, after diffusion).
+  most events are compact (1-2 pixels before diffusion), a tail are long tracks;
+  after diffusion the sizes peak at 4-9 pixels with a long tail (Riess 2002 finds
+  4-5 pixels above his threshold).
 - Deposit: proportional to the path length in silicon (45 e-/um, the thin-layer
   per-micron loss that puts the median event at the observed ~1000 e-) with Landau-like
   (Moyal) fluctuations along the track, and 3% of events with a heavy power-law tail
@@ -64,6 +66,7 @@ import logging
 import math
 import os
 import shutil
+import sys
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -84,6 +87,7 @@ __all__ = [
     "read_truth",
     "TruthChip",
     "dither_offsets",
+    "base36",
     "render_cosmic_rays",
     "sample_cosmic_rays",
     "render_point_sources",
@@ -192,10 +196,10 @@ class SimulateConfig:
     def visit_name(self) -> str:
         """Six-character visit id, HST style: instrument letter, program, obset."""
         letter = {"ACS": "j", "WFC3": "i"}.get(get_instrument(self.instrument).instrume, "x")
-        return f"{letter}{_base36(self.proposal_id, 3)}{str(self.obset_id).lower()}"
+        return f"{letter}{base36(self.proposal_id, 3)}{str(self.obset_id).lower()}"
 
 
-def _base36(n: int, width: int) -> str:
+def base36(n: int, width: int) -> str:
     digits = "0123456789abcdefghijklmnopqrstuvwxyz"
     n = int(n) % 36**width
     out = ""
@@ -740,7 +744,6 @@ def _simulate_into(cfg: SimulateConfig, inst: Instrument, filt: str, tmp: Path) 
     rng_det = np.random.default_rng(det_ss)
     defects = {}
     for ev, _, shape, _, _, _ in layout:
-        npx = shape[0] * shape[1]
         hot = rng_det.uniform(size=shape) < cfg.hot_fraction
         warm = (~hot) & (rng_det.uniform(size=shape) < cfg.warm_fraction)
         hot_rate = np.where(hot, rng_det.lognormal(math.log(0.3), 0.8, shape), 0.0)
@@ -748,7 +751,6 @@ def _simulate_into(cfg: SimulateConfig, inst: Instrument, filt: str, tmp: Path) 
         nbad = rng_det.poisson(cfg.n_bad_columns * shape[1] / 4096.0)
         badcols = rng_det.choice(shape[1], size=min(nbad, shape[1]), replace=False)
         defects[ev] = (hot, warm, hot_rate, warm_rate, badcols)
-        del npx
 
     exp_seeds = exp_ss.spawn(cfg.n_exposures)
     files = []
@@ -944,5 +946,5 @@ def run(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     path = simulate_visit(cfg, args.out, overwrite=args.overwrite)
     logger.info("wrote %s", path)
-    print(path)  # noqa: T201 - the CLI's one line of output: where the visit is
+    sys.stdout.write(f"{path}\n")  # the command's one line of output: where the visit is
     return 0
