@@ -56,7 +56,7 @@ evaluate: $(STAMP)
 	$(CRFORGE) evaluate --run $(RUN) --data $(DATA) $(CRFORGE_ARGS)
 
 publish: $(STAMP)
-	$(CRFORGE) publish --run $(RUN) $(CRFORGE_ARGS)
+	$(CRFORGE) publish $(RUN) --name $(NAME) $(CRFORGE_ARGS)
 
 clean:
 	rm -rf build dist .pytest_cache *.egg-info

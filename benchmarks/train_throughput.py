@@ -30,10 +30,8 @@ Usage::
     python benchmarks/train_throughput.py [--data FILE.h5] [--stamps 128] [--batch-size 16]
                                           [--threads 1] [--val-split val]
 
-deepCR is a benchmark dependency, not a project one: install it without its
-dependencies (its bare ``torch`` requirement would pull a CUDA build)::
-
-    .venv/bin/pip install --no-deps deepCR==0.3.1 && .venv/bin/pip install astroscrappy tensorboard
+deepCR 0.3.1 is in crforge's ``test`` extra (``make install`` installs it); its
+``torch>=1.1`` requirement is met by the ``torch==2.13.0`` CPU wheel installed first.
 
 Without ``--data`` a file of simple synthetic 256x256 stamps (sky, noise, stars, CR
 hits and tracks, a bad column) is written to a temporary directory.

@@ -46,6 +46,14 @@ STAGES: dict[str, tuple[str, str]] = {
         "pipeline.drizzle",
         "label cosmic rays in visits with AstroDrizzle (median, blot, driz_cr)",
     ),
+    "query": (
+        "pipeline.archive",
+        "find multi-exposure HST visits on MAST (by criteria or a manifest's rows) -> a manifest",
+    ),
+    "fetch": (
+        "pipeline.fetch",
+        "download a manifest's exposures from MAST into WORK/raw (verified sizes, resume, retries)",
+    ),
     "dataset": (
         "pipeline.dataset",
         "build the HDF5 training set of a manifest (simulate/fetch, label, stamp, split)",
@@ -58,18 +66,26 @@ STAGES: dict[str, tuple[str, str]] = {
         "training.train",
         "train the mask and inpaint networks on an HDF5 training set",
     ),
+    "publish": (
+        "deepcr_models.publish",
+        "publish a trained, evaluated run's weights, registry records and model card into the zoo",
+    ),
+    "clean": (
+        "deepcr_models.fitsclean",
+        "mask (and inpaint) cosmic rays in a calibrated HST file with a zoo model; CRs into DQ",
+    ),
+    "export": (
+        "deepcr_models.interop",
+        "export a mask model to another package's format (deepCR 0.3.1)",
+    ),
+    "evaluate": (
+        "training.evaluate",
+        "evaluate a run against LACosmic, deepCR and inpainting baselines (ROC, TPR at FPR, MSE)",
+    ),
 }
 
 #: Stages not built yet: subcommand name -> (one-line help, message when called).
 PENDING: dict[str, tuple[str, str]] = {
-    "evaluate": (
-        "evaluate a trained run (ROC, TPR at fixed FPR, inpaint MSE, baselines)",
-        "the evaluator is not built yet (training.evaluate; see DESIGN.md)",
-    ),
-    "publish": (
-        "publish a trained run's weights and model card into deepcr_models/",
-        "publishing is not built yet (see DESIGN.md)",
-    ),
 }
 
 EXIT_OK = 0

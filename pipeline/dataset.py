@@ -1,5 +1,9 @@
 """The dataset stage: a manifest of visits -> one HDF5 training set (schema v1).
 
+First, in this process, archive visits whose exposures are not on disk are resolved
+on MAST and fetched with verified sizes (:func:`pipeline.archive.prepare_visits`); a
+visit that cannot be fetched fails there and is never labelled.
+
 For every visit of the manifest, in parallel on dask (one task per visit, each task
 writing only its own visit's files)::
 
@@ -46,6 +50,7 @@ from astropy.io import fits
 from astropy.wcs import WCS
 
 from .drizzle import LabelConfig, label_visit
+from .instruments import get_instrument
 from .manifest import Manifest, VisitSpec, load_manifest
 from .schema import FIELDS_DTYPE, META_DTYPE, SCHEMA_VERSION, SPLITS
 from .simulate import read_truth, simulate_visit
@@ -359,7 +364,23 @@ def build_dataset(manifest: str | os.PathLike | Manifest, work: str | os.PathLik
     report_path = output.with_name(output.stem + ".report.json")
     t0 = time.perf_counter()
     logger.info("dataset %s: %d visits, scheduler %s", man.name, len(man.visits), cfg.dataset.scheduler)
-    done, failed = _run_visits(man.visits, work, cfg)
+    # archive visits not on disk yet: resolve on MAST and fetch (in this process, so
+    # that the downloads share one bound on concurrency); a visit whose exposures
+    # could not be fetched fails here and is never labelled
+    fetch_failed: dict[str, str] = {}
+    archive_specs = [v for v in man.visits if v.source == "archive"]
+    if archive_specs:
+        from .archive import prepare_visits
+
+        cfg.archive.validate()
+        fetch_failed = prepare_visits(archive_specs, work, cfg.archive)
+        for name, reason in fetch_failed.items():
+            logger.warning("visit %s failed: %s", name, reason)
+    done, failed = _run_visits([v for v in man.visits if v.name not in fetch_failed], work, cfg)
+    if fetch_failed:
+        by_name = {f["visit"]: f for f in failed}
+        by_name.update({n: {"visit": n, "reason": r, "traceback": ""} for n, r in fetch_failed.items()})
+        failed = [by_name[v.name] for v in man.visits if v.name in by_name]
     report = {"manifest": man.name, "manifest_sha256": man.sha256, "output": str(output),
               "visits_total": len(man.visits), "visits_done": len(done),
               "visits_failed": failed, "seconds_visits": round(time.perf_counter() - t0, 1)}
@@ -420,6 +441,10 @@ def _write_hdf5(output: Path, man: Manifest, cfg: "RunConfig", done: list[dict],
         h5.attrs["config"] = json.dumps(doc, sort_keys=True)
         h5.attrs["software"] = json.dumps(_software(), sort_keys=True)
         h5.attrs["stamp_size"] = s
+        # which instruments the stamps come from (evaluation picks deepCR's peer model by it)
+        h5.attrs["instruments"] = json.dumps(sorted({get_instrument(
+            specs[d["visit"]].simulate.instrument if specs[d["visit"]].source == "simulate"
+            else specs[d["visit"]].archive["instrument"]).name for d in done}))
         h5.attrs["failed_visits"] = json.dumps([{"visit": f["visit"], "reason": f["reason"]} for f in failed])
         rows = []
         for fid in sorted(by_field):

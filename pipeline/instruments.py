@@ -113,6 +113,13 @@ class Instrument:
         Filter used when none is given.
     extra_primary : dict
         Further primary keywords a file of this imager carries (simulator only).
+    clean_dq_bit : int
+        DQ bit ``crforge clean`` sets on the cosmic rays it finds: one the
+        instrument's calibration pipeline and AstroDrizzle never set, so that it
+        cannot be confused with their flags (DQ is int16 in HST files: 32768 is not
+        available). ACS/WFC: 16384 (unassigned in calacs, ``acsdq.h``). WFC3/UVIS: 8
+        (calwf3's "masked by occulting bar", which WFC3 has none of; 16384 is its
+        ghost/crosstalk flag, 8192 its CR rejection, 4096 AstroDrizzle's CRs).
     """
 
     name: str
@@ -139,6 +146,7 @@ class Instrument:
     filter_keywords: tuple[str, ...] = ("FILTER",)
     default_filter: str = "F606W"
     extra_primary: Mapping[str, object] = field(default_factory=dict)
+    clean_dq_bit: int = 16384
 
     def chip(self, extver: int) -> Chip:
         """Return the chip with ``EXTVER`` ``extver``.
@@ -263,6 +271,7 @@ ACS_WFC = Instrument(
     filter_keywords=("FILTER1", "FILTER2"),
     default_filter="F606W",
     extra_primary={"FILTER2": "CLEAR2L"},
+    clean_dq_bit=16384,
 )
 
 WFC3_UVIS = Instrument(
@@ -295,6 +304,7 @@ WFC3_UVIS = Instrument(
                "F606W": 26.08, "F814W": 25.09},
     filter_keywords=("FILTER",),
     default_filter="F606W",
+    clean_dq_bit=8,
 )
 
 #: All known imagers by name.

@@ -17,8 +17,12 @@ TOML (simulated and real visits)::
     refine_max_exposures = 0
 
 CSV (real visits): columns ``instrument, filter, proposal_id, obset_id, field_type``
-and optionally ``split``, ``exposures`` (space-separated rootnames), ``target``,
-``label`` (``key=value;key=value`` LabelConfig overrides).
+and optionally ``split``, ``exposures`` (space-separated rootnames), ``sizes``
+(space-separated byte counts of the exposures' products as MAST lists them, parallel
+to ``exposures``), ``product`` (``flc`` or ``flt``), ``target``, ``label``
+(``key=value;key=value`` LabelConfig overrides). ``pipeline.archive`` fills
+``exposures``, ``sizes`` and ``product`` from MAST (``crforge query``), so that a
+fetch needs no query.
 
 A simulated visit takes every :class:`pipeline.simulate.SimulateConfig` key; its
 pointing defaults to a distinct patch of sky per row (so separate rows are separate
@@ -47,10 +51,13 @@ from .simulate import FIELD_TYPES, SimulateConfig, base36
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Manifest", "VisitSpec", "load_manifest", "SPLITS"]
+__all__ = ["Manifest", "VisitSpec", "load_manifest", "SPLITS", "ARCHIVE_PRODUCTS"]
 
 _SIM_KEYS = {f.name for f in fields(SimulateConfig)}
-_ARCHIVE_KEYS = {"instrument", "filter", "proposal_id", "obset_id", "exposures", "target"}
+_ARCHIVE_KEYS = {"instrument", "filter", "proposal_id", "obset_id", "exposures", "sizes", "product",
+                 "target"}
+#: Calibrated products an archive visit may be made of, in order of preference.
+ARCHIVE_PRODUCTS = ("flc", "flt")
 _COMMON_KEYS = {"source", "field_type", "split", "label", "name"}
 
 
@@ -73,7 +80,10 @@ class VisitSpec:
     simulate : SimulateConfig or None
         For simulated visits.
     archive : dict
-        For real visits: instrument, filter, proposal_id, obset_id, exposures, target.
+        For real visits: instrument, filter, proposal_id, obset_id (two characters),
+        exposures (rootnames), sizes (bytes per exposure as MAST lists them, or empty
+        when not known), product (``flc``/``flt``, or empty: decided when the visit
+        is resolved against MAST), target.
     row : int
         Row number in the manifest (for messages).
     """
@@ -156,12 +166,33 @@ def _archive_visit(where: str, i: int, row: dict) -> VisitSpec:
     except (TypeError, ValueError):
         raise ValueError(f"{where}: proposal_id={row['proposal_id']!r} is not an integer") from None
     obset = str(row["obset_id"]).strip().lower().zfill(2)
+    if len(obset) != 2 or not obset.isalnum():
+        raise ValueError(f"{where}: obset_id={row['obset_id']!r}: expected one or two letters/digits "
+                         "(the 'ss' of an HST rootname ipppssoot)")
     exps = row.get("exposures") or []
     if isinstance(exps, str):
         exps = exps.split()
+    exps = [str(e).strip().lower() for e in exps]
+    sizes = row.get("sizes") or []
+    if isinstance(sizes, str):
+        sizes = sizes.split()
+    try:
+        sizes = [int(s) for s in sizes]
+    except (TypeError, ValueError):
+        raise ValueError(f"{where}: sizes={row.get('sizes')!r}: expected byte counts (integers)") from None
+    if sizes and len(sizes) != len(exps):
+        raise ValueError(f"{where}: sizes has {len(sizes)} entries for {len(exps)} exposures; "
+                         "give one size per exposure (or none)")
+    if any(s <= 0 for s in sizes):
+        raise ValueError(f"{where}: sizes={sizes!r}: every size must be > 0 bytes")
+    if len(set(exps)) != len(exps):
+        raise ValueError(f"{where}: exposures lists a rootname twice: {exps!r}")
+    product = str(row.get("product", "") or "").strip().lower()
+    if product and product not in ARCHIVE_PRODUCTS:
+        raise ValueError(f"{where}: product={row.get('product')!r}, expected one of {ARCHIVE_PRODUCTS} or empty")
     arch = {"instrument": str(row["instrument"]), "filter": str(row["filter"]).upper(),
-            "proposal_id": pid, "obset_id": obset, "exposures": [e.lower() for e in exps],
-            "target": str(row.get("target", ""))}
+            "proposal_id": pid, "obset_id": obset, "exposures": exps, "sizes": sizes,
+            "product": product, "target": str(row.get("target", ""))}
     name = row.get("name") or f"{pid}_{obset}_{arch['filter'].lower()}"
     return VisitSpec(name=name, source="archive", field_type=ft, split=split,
                      label=dict(row.get("label", {})), archive=arch, row=i)

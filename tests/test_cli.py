@@ -158,9 +158,9 @@ def test_no_command_prints_help_and_exits_2(stages, capsys):
 
 
 def test_help_and_version_exit_0(fake_stage, stages, capsys):
-    assert cli.main(["--help"], stages=stages) == 0
+    assert cli.main(["--help"], stages=stages, pending=PENDING_FAKE) == 0
     out = capsys.readouterr().out
-    assert "fake" in out and "do fake things" in out and "evaluate" in out
+    assert "fake" in out and "do fake things" in out and "someday" in out
     assert cli.main(["--version"], stages=stages) == 0
     assert capsys.readouterr().out.strip() == f"crforge {__version__}"
     assert cli.main(["fake", "--help"], stages=stages) == 0
@@ -168,19 +168,17 @@ def test_help_and_version_exit_0(fake_stage, stages, capsys):
     assert "--input" in out and "--config" in out and "--set" in out and "--verbose" in out
 
 
-@pytest.mark.parametrize(
-    ("name", "words"),
-    [
-        ("evaluate", "not built yet"),
-        ("publish", "not built yet"),
-    ],
-)
-def test_pending_stages_exit_2_with_message(stages, capsys, name, words):
-    rc = cli.main([name, "--data", "work/x.h5", "--whatever", "1"], stages=stages)
+#: a stage announced but not built (the real table may have none left)
+PENDING_FAKE = {"someday": ("a stage to come", "someday is not built yet")}
+
+
+def test_pending_stages_exit_2_with_message(stages, capsys):
+    rc = cli.main(["someday", "--data", "work/x.h5", "--whatever", "1"], stages=stages,
+                  pending=PENDING_FAKE)
     assert rc == 2
     err = capsys.readouterr().err
-    assert err.startswith(f"crforge {name}: ")
-    assert words in err
+    assert err.startswith("crforge someday: ")
+    assert "not built yet" in err
 
 
 def test_default_stage_table():
@@ -189,8 +187,8 @@ def test_default_stage_table():
     assert cli.STAGES["dataset"][0] == "pipeline.dataset"
     assert cli.STAGES["inspect"][0] == "pipeline.inspect"
     assert cli.STAGES["train"][0] == "training.train"
-    assert {"evaluate", "publish"} <= set(cli.PENDING)
-    assert not {"dataset", "inspect", "train"} & set(cli.PENDING)
+    assert cli.STAGES["evaluate"][0] == "training.evaluate"
+    assert not {"dataset", "inspect", "train", "evaluate"} & set(cli.PENDING)
 
 
 def test_only_the_chosen_stage_is_imported(fake_stage, monkeypatch, capsys):
@@ -250,4 +248,4 @@ def test_module_runs_as_program():
         timeout=60,
     )
     assert proc.returncode == 2
-    assert "the evaluator is not built yet" in proc.stderr
+    assert "the following arguments are required: --run" in proc.stderr

@@ -388,7 +388,7 @@ def test_cli_trains_both_models(h5file, tmp_path, capsys):
     assert "mask model:" in out and "TPR at 0.5% FPR" in out and "extragalactic" in out
     assert "inpaint model:" in out and "MSE by field type" in out
     for kind in ("mask", "inpaint"):
-        run = tmp_path / "runs" / f"t-{kind}"
+        run = tmp_path / "runs" / "t" / kind
         assert {"best.pt", "last.pt", "metrics.jsonl", "train.log", "config.toml"} <= {
             p.name for p in run.iterdir()}
         assert load_checkpoint(run / "best.pt")[1]["kind"] == kind
@@ -406,3 +406,14 @@ def test_init_starts_from_a_checkpoint(h5file, tmp_path):
     assert "initialised from" in (tmp_path / "b" / "train.log").read_text()
     with pytest.raises(ValueError, match="cannot start"):
         main(tiny_cfg("inpaint"), h5file, tmp_path / "c", init=tmp_path / "a" / "best.pt")
+
+
+def test_batch_norm_freeze_default_is_half_way_for_inpaint_only():
+    assert TrainConfig(kind="inpaint", epochs=6).freeze_epoch() == 3
+    assert TrainConfig(kind="mask", epochs=6).freeze_epoch() == 0
+    assert TrainConfig(kind="inpaint", epochs=6, bn_freeze_epoch=0).freeze_epoch() == 0
+    assert TrainConfig(kind="mask", epochs=6, bn_freeze_epoch=2).freeze_epoch() == 2
+    no_bn = TrainConfig(kind="inpaint", epochs=6, model=ModelConfig(batch_norm=False))
+    assert no_bn.freeze_epoch() == 0
+    with pytest.raises(ValueError, match="bn_freeze_epoch=-2"):
+        TrainConfig(bn_freeze_epoch=-2).validate()

@@ -28,7 +28,7 @@ from torch import nn
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ModelConfig", "UNet", "MaskNet", "InpaintNet", "build_model", "KINDS"]
+__all__ = ["ModelConfig", "UNet", "MaskNet", "InpaintNet", "build_model", "fuse_batch_norm", "KINDS"]
 
 #: The two kinds of model.
 KINDS = ("mask", "inpaint")
@@ -239,3 +239,25 @@ def build_model(kind: Literal["mask", "inpaint"], depth: int = 2, width: int = 3
     if kind == "inpaint":
         return InpaintNet(depth, width, batch_norm, bn_momentum)
     raise ValueError(f"kind={kind!r}: expected one of {KINDS}")
+
+
+def fuse_batch_norm(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` with every Conv2d + BatchNorm2d pair folded into one Conv2d.
+
+    The copy is in eval mode and computes what ``model.eval()`` computes (batch norm
+    with its running statistics) with one convolution instead of two passes.
+    """
+    import copy
+
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    model = copy.deepcopy(model).eval()
+    for mod in model.modules():
+        if not isinstance(mod, nn.Sequential):
+            continue
+        items = list(mod._modules.items())
+        for (n1, a), (n2, b) in zip(items, items[1:]):
+            if isinstance(a, nn.Conv2d) and isinstance(b, nn.BatchNorm2d):
+                mod._modules[n1] = fuse_conv_bn_eval(a, b)
+                mod._modules[n2] = nn.Identity()
+    return model

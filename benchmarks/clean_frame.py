@@ -1,0 +1,213 @@
+"""One full ACS/WFC chip (4096x2048) through crforge's clean, deepCR 0.3.1 and astroscrappy.
+
+Each method runs in its own child process, so that its peak memory (the child's
+maximum resident set size, ``resource.getrusage``) is its own; every child is limited
+to ``--threads`` threads (torch threads and ``OMP_NUM_THREADS``/``MKL_NUM_THREADS``).
+
+- ``crforge``: :func:`deepcr_models.clean` (mask only) with a 2-32 mask model: the
+  first 2-32 mask model of the zoo, else deepCR's own ACS-WFC weights converted
+  (``deepcr:ACS-WFC``: the very network deepCR runs). float32, default tiling
+  (1024-pixel tiles, receptive-radius overlap).
+- ``crforge-2-4``: the same call with a deepCR-2-4 network (the paper's fast model; the
+  zoo's if it has one, else random weights: the time does not depend on them), for
+  the speed a smaller network buys (its masks are not comparable).
+- ``crforge-bf16``: the 2-32 model with ``precision='bfloat16'`` (CPU autocast), with the
+  fraction of pixels whose mask differs from float32.
+- ``deepcr``: ``deepCR(mask='ACS-WFC').clean(image, threshold=0.5)`` (its defaults:
+  1024-pixel patches without overlap, one job).
+- ``astroscrappy``: ``astroscrappy.detect_cosmics(image)`` with its defaults.
+- With a GPU (``torch.cuda.is_available()``) also ``crforge-cuda`` and ``deepcr-gpu``.
+
+The image is one chip of a simulated globular-cluster exposure (``pipeline.simulate``,
+500 s, F606W), in electrons, cached in ``--work``. Times are of the call alone
+(the model is loaded first; ``load_s`` is reported separately), one call each
+(``--repeat`` for more; the minimum is reported).
+
+Usage::
+
+    .venv/bin/python benchmarks/clean_frame.py [--work /tmp/cf] [--threads 2] [--methods ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+METHODS = ("crforge", "crforge-bf16", "crforge-2-4", "deepcr", "astroscrappy")
+
+
+def _rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def make_image(work: Path) -> Path:
+    """One 4096x2048 chip of a simulated exposure, as .npy (cached)."""
+    path = work / "chip.npy"
+    if path.exists():
+        return path
+    from astropy.io import fits
+
+    from pipeline.simulate import SimulateConfig, simulate_visit
+
+    cfg = SimulateConfig(n_exposures=1, field_type="globular_cluster", exptime=500.0, seed=7)
+    visit = simulate_visit(cfg, work / "raw")
+    flc = next(visit.glob("*_flc.fits"))
+    with fits.open(flc) as h:
+        img = h["SCI", 1].data.astype(np.float32)
+        np.save(work / "dq.npy", h["DQ", 1].data)
+    np.save(path, img)
+    return path
+
+
+def _zoo_mask_model(depth: int = 2, width: int = 32, work: Path | None = None):
+    import deepcr_models
+
+    for r in deepcr_models.list_models(kind="mask"):
+        if (r.depth, r.width) == (depth, width):
+            return r.name
+    if (depth, width) == (2, 32):
+        return "deepcr:ACS-WFC"
+    import torch
+
+    from deepcr_models.registry import WEIGHTS_FORMAT
+    from training.data import normalisation_info
+    from training.models import build_model
+
+    torch.manual_seed(0)
+    path = work / f"random-{depth}-{width}.pt"
+    torch.save({"format": WEIGHTS_FORMAT, "kind": "mask",
+                "model_config": {"depth": depth, "width": width, "batch_norm": True, "bn_momentum": 0.1},
+                "normalisation": normalisation_info(100.0, True), "state_dict":
+                build_model("mask", depth, width).state_dict()}, path)
+    return str(path)
+
+
+def worker(method: str, image_path: Path, threads: int, repeat: int, out: Path) -> None:
+    """Run one method in this (child) process and write its figures as JSON."""
+    import torch
+
+    torch.set_num_threads(threads)
+    img = np.load(image_path)
+    res = {"method": method, "threads": threads}
+    t0 = time.perf_counter()
+    if method.startswith("crforge"):
+        import deepcr_models
+
+        device = "cuda" if method == "crforge-cuda" else "cpu"
+        name = _zoo_mask_model(2, 4, image_path.parent) if method == "crforge-2-4" else _zoo_mask_model()
+        model = deepcr_models.load(name, device=device)
+        res["model"] = name
+        precision = "bfloat16" if method == "crforge-bf16" else "float32"
+
+        def call():
+            return deepcr_models.clean(img, model, precision=precision, threads=threads)[0]
+    elif method.startswith("deepcr"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            from deepCR import deepCR
+
+            model = deepCR(mask="ACS-WFC", device="GPU" if method == "deepcr-gpu" else "CPU")
+
+        def call():
+            return model.clean(img, threshold=0.5) > 0
+    elif method == "astroscrappy":
+        import astroscrappy
+
+        def call():
+            return astroscrappy.detect_cosmics(img)[0]
+    else:
+        raise ValueError(f"method={method!r}: expected one of {METHODS} (+ crforge-cuda, deepcr-gpu)")
+    res["load_s"] = round(time.perf_counter() - t0, 3)
+    res["rss_before_mb"] = round(_rss_mb(), 1)
+    times = []
+    for _ in range(repeat):
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        mask = call()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t)
+    res["seconds"] = round(min(times), 3)
+    res["peak_rss_mb"] = round(_rss_mb(), 1)
+    res["cr_pixels"] = int(np.asarray(mask).sum())
+    np.save(out.with_suffix(".npy"), np.asarray(mask, bool))
+    out.write_text(json.dumps(res))
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--work", type=Path, default=Path("/tmp/crforge-clean-frame"))
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--repeat", type=int, default=1)
+    p.add_argument("--methods", nargs="+", default=None)
+    p.add_argument("--worker", help=argparse.SUPPRESS)
+    p.add_argument("--image", type=Path, help=argparse.SUPPRESS)
+    p.add_argument("--out", type=Path, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.worker:
+        worker(args.worker, args.image, args.threads, args.repeat, args.out)
+        return 0
+
+    import torch
+
+    args.work.mkdir(parents=True, exist_ok=True)
+    image = make_image(args.work)
+    methods = list(args.methods or METHODS)
+    if args.methods is None and torch.cuda.is_available():
+        methods += ["crforge-cuda", "deepcr-gpu"]
+    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads),
+               OPENBLAS_NUM_THREADS=str(args.threads))
+    results = {}
+    for m in methods:
+        out = args.work / f"{m}.json"
+        out.unlink(missing_ok=True)
+        cmd = [sys.executable, __file__, "--worker", m, "--image", str(image), "--threads",
+               str(args.threads), "--repeat", str(args.repeat), "--out", str(out)]
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        if proc.returncode != 0 or not out.exists():
+            print(f"{m}: failed\n{proc.stderr[-2000:]}", file=sys.stderr)
+            continue
+        results[m] = json.loads(out.read_text())
+    # masks against crforge float32 (bf16: how many pixels move at the threshold)
+    if "crforge" in results:
+        ref = np.load(args.work / "crforge.npy")
+        for m in [m for m in results if m != "crforge-2-4"]:
+            other = np.load(args.work / f"{m}.npy")
+            results[m]["mask_differs_from_crforge"] = float((other != ref).mean())
+    dev = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    print(f"one {np.load(image, mmap_mode='r').shape[1]}x{np.load(image, mmap_mode='r').shape[0]} chip, "
+          f"{args.threads} threads, {os.cpu_count()} CPUs, {dev}")
+    print(f"{'method':14s} {'seconds':>8s} {'peak MB':>8s} {'(before)':>9s} {'CR px':>8s} {'diff vs crforge':>16s}")
+    for m, r in results.items():
+        print(f"{m:14s} {r['seconds']:8.2f} {r['peak_rss_mb']:8.0f} {r['rss_before_mb']:9.0f} "
+              f"{r['cr_pixels']:8d} {r.get('mask_differs_from_crforge', float('nan')):16.2e}")
+    if "crforge" in results:
+        base = results["crforge"]["seconds"]
+        for m in ("deepcr", "astroscrappy"):
+            if m in results:
+                print(f"crforge is {results[m]['seconds'] / base:.2f}x faster than {m}")
+        for fast in ("crforge-bf16", "crforge-2-4"):
+            if fast not in results:
+                continue
+            for m in ("deepcr", "astroscrappy"):
+                if m in results:
+                    print(f"{fast} is {results[m]['seconds'] / results[fast]['seconds']:.2f}x faster than {m}")
+    (args.work / "results.json").write_text(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,473 @@
+"""Tests of the model zoo (deepcr_models/): publish, registry, load, clean, FITS, deepCR interop.
+
+A tiny mask and inpaint run is trained here (a few steps on 64x64 stamps) and
+published into a temporary zoo; nothing is written into the checkout.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import warnings
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+from astropy.io import fits
+
+import deepcr_models
+from crforge import cli
+from deepcr_models import interop, registry
+from deepcr_models.inference import (estimate_sky, mask_probability, receptive_radius, tile_windows,
+                                     unit_factor)
+from pipeline.instruments import ACS_WFC, WFC3_UVIS
+from pipeline.masks import ignore_mask
+from pipeline.schema import META_DTYPE
+from training.data import normalise
+from training.models import build_model
+from training.train import TrainConfig, load_checkpoint, main
+from training.models import ModelConfig
+
+S = 64
+FIELD_TYPES = ("extragalactic", "globular_cluster", "resolved_galaxy")
+THRESHOLD = 0.3
+
+
+@pytest.fixture(autouse=True)
+def _two_threads():
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)
+
+
+def _image(shape, rng, sky=300.0, n_cr=40):
+    """Sky + noise + stars + sharp CR hits; returns (image, cr mask)."""
+    ny, nx = shape
+    img = sky + rng.normal(0, np.sqrt(sky), shape)
+    yy, xx = np.mgrid[:ny, :nx]
+    for _ in range(max(1, ny * nx // 4000)):
+        y, x, f = rng.uniform(0, ny), rng.uniform(0, nx), rng.uniform(500, 5000)
+        img += f / (2 * np.pi * 1.5 ** 2) * np.exp(-((yy - y) ** 2 + (xx - x) ** 2) / (2 * 1.5 ** 2))
+    cr = np.zeros(shape, bool)
+    for _ in range(n_cr):
+        y, x = rng.integers(1, ny - 2), rng.integers(1, nx - 2)
+        img[y, x:x + 2] += rng.uniform(400, 3000)
+        cr[y, x:x + 2] = True
+    return img.astype(np.float32), cr
+
+
+def _write_h5(path: Path) -> Path:
+    rng = np.random.default_rng(0)
+    with h5py.File(path, "w") as h5:
+        h5.attrs["schema_version"] = 1
+        h5.attrs["stamp_size"] = S
+        for split, n in (("train", 12), ("val", 4), ("test", 0)):
+            g = h5.create_group(split)
+            pairs = [_image((S, S), rng, sky=40.0, n_cr=6) for _ in range(n)]
+            image = np.array([p[0] for p in pairs], np.float32).reshape(n, S, S)
+            cr = np.array([p[1] for p in pairs], np.uint8).reshape(n, S, S)
+            for name, arr in (("image", image), ("cr", cr), ("ignore", np.zeros((n, S, S), np.uint8))):
+                g.create_dataset(name, data=arr, chunks=(1, S, S) if n else None)
+            g["image"].attrs["BUNIT"] = "ELECTRONS"
+            meta = np.zeros(n, META_DTYPE)
+            meta["sky"], meta["exptime"] = 40.0, 500.0
+            meta["field_type"] = [FIELD_TYPES[i % 3] for i in range(n)]
+            g.create_dataset("meta", data=meta)
+    return path
+
+
+def _evaluation(run: Path) -> dict:
+    tpr = {f: {"0.0005": 0.91 + 0.01 * i, "0.005": 0.95 + 0.01 * i} for i, f in
+           enumerate(("all", "extragalactic", "globular_cluster", "resolved_galaxy"))}
+    return {
+        "format": "crforge-evaluation/1", "created_utc": "2025-01-01T00:00:00Z", "crforge_version": "0.1.0",
+        "data": {"path": "work/tiny.h5", "sha256": "ab" * 32, "manifest_name": "tiny-synthetic",
+                 "manifest_sha256": "cd" * 32, "instrument": "ACS/WFC",
+                 "filters": ["F435W", "F606W", "F814W"], "split": "test", "n_stamps": 12, "simulated": True},
+        "fprs": [0.0005, 0.005],
+        "threshold": {"value": THRESHOLD, "fpr": 0.005, "split": "val"},
+        "models": {"mask": {"checkpoint": str(run / "mask/best.pt"), "depth": 2, "width": 8},
+                   "inpaint": {"checkpoint": str(run / "inpaint/best.pt"), "depth": 2, "width": 8}},
+        "mask": {"crforge": {"tpr": tpr, "tpr_dilated": tpr, "seconds_per_100": 1.25},
+                 "astroscrappy": {"tpr": tpr, "seconds_per_100": 9.0}},
+        "inpaint": {"crforge": {"mse": {"all": 0.05, "extragalactic": 0.01, "globular_cluster": 0.2,
+                                        "resolved_galaxy": 0.5}, "seconds_per_100": 1.0},
+                    "median5": {"mse": {"all": 0.4}, "seconds_per_100": 0.5}},
+    }
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A tiny trained run (runs/tiny/{mask,inpaint}) with a hand-written evaluation.json."""
+    root = tmp_path_factory.mktemp("zoo")
+    h5 = _write_h5(root / "tiny.h5")
+    run = root / "runs" / "tiny"
+    for kind in ("mask", "inpaint"):
+        cfg = TrainConfig(kind=kind, model=ModelConfig(depth=2, width=8), epochs=1, batch_size=4,
+                          stamps_per_epoch=12, lr=0.01, device="cpu", seed=1, val_stamps=4)
+        main(cfg, h5, run / kind)
+    (run / "evaluation.json").write_text(json.dumps(_evaluation(run)))
+    return {"root": root, "h5": h5, "run": run}
+
+
+@pytest.fixture(scope="module")
+def zoo(trained):
+    """The tiny run published as 'tiny' into a temporary zoo."""
+    z = trained["root"] / "zoo"
+    rc = cli.main(["publish", str(trained["run"]), "--name", "tiny", "--zoo", str(z)])
+    assert rc == 0
+    return z
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+# --------------------------------------------------------------------------- publish, registry
+
+
+def test_publish_writes_weights_records_and_card(trained, zoo, capsys):
+    recs = deepcr_models.list_models(zoo)
+    assert [(r.name, r.kind) for r in recs] == [("tiny", "inpaint"), ("tiny", "mask")]
+    mask = next(r for r in recs if r.kind == "mask")
+    assert (mask.instrument, mask.filters, mask.depth, mask.width, mask.batch_norm) == (
+        "ACS/WFC", ("F435W", "F606W", "F814W"), 2, 8, True)
+    assert (mask.threshold, mask.threshold_fpr, mask.threshold_split) == (THRESHOLD, 0.005, "val")
+    assert mask.data["manifest_sha256"] == "cd" * 32 and mask.simulated
+    assert mask.evaluation["crforge"]["tpr"]["extragalactic"]["0.005"] == pytest.approx(0.96)
+    assert mask.evaluation["baselines"]["astroscrappy"]["seconds_per_100"] == 9.0
+    assert mask.normalisation["scale"] == 100.0 and mask.software["torch"] == torch.__version__
+    for r in recs:
+        path = zoo / r.weights
+        assert r.weights == f"tiny-{r.kind}-{r.sha256[:12]}.pt" and _sha(path) == r.sha256
+        obj = torch.load(path, weights_only=True)  # plain tensors and values only
+        assert obj["format"] == registry.WEIGHTS_FORMAT and obj["kind"] == r.kind
+    # the zoo model computes exactly what the run's checkpoint computes
+    net, _ = load_checkpoint(trained["run"] / "mask" / "best.pt")
+    zm = deepcr_models.load("tiny", zoo=zoo)
+    x = torch.randn(1, 1, 32, 32, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(zm.net(x), net(x)) and zm.threshold == THRESHOLD
+    assert deepcr_models.load("tiny", kind="inpaint", zoo=zoo).kind == "inpaint"
+    card = (zoo / "tiny.md").read_text()
+    assert "**Trained on simulated ACS/WFC data**" in card and mask.sha256 in card
+    assert "| **crforge (this model)** | 91.0 (91.0) | 92.0 (92.0) |" in card
+    assert "crforge clean FILE_flc.fits --model tiny --inpaint" in card
+    # a taken name is refused; --overwrite replaces it and leaves no stale weights
+    assert cli.main(["publish", str(trained["run"]), "--name", "tiny", "--zoo", str(zoo)]) == 2
+    assert "already in the zoo" in capsys.readouterr().err
+    z2 = trained["root"] / "zoo2"
+    shutil.copytree(zoo, z2)
+    assert cli.main(["publish", str(trained["run"]), "--name", "tiny", "--zoo", str(z2), "--overwrite"]) == 0
+    assert sorted(p.name for p in z2.glob("*.pt")) == sorted(r.weights for r in deepcr_models.list_models(z2))
+    # the same weights published again are the same bytes: the same file names
+    assert sorted(p.name for p in z2.glob("*.pt")) == sorted(p.name for p in zoo.glob("*.pt"))
+
+
+def test_publish_refuses_a_run_without_evaluation(trained, tmp_path, capsys):
+    run = tmp_path / "runs" / "noeval"
+    shutil.copytree(trained["run"], run)
+    (run / "evaluation.json").unlink()
+    assert cli.main(["publish", str(run), "--name", "x", "--zoo", str(tmp_path / "z")]) == 2
+    err = capsys.readouterr().err
+    assert "evaluation.json not found" in err and "crforge evaluate" in err
+    assert not (tmp_path / "z" / "registry.json").exists()
+    # figures of another architecture, a bad name
+    ev = _evaluation(run)
+    ev["models"]["mask"]["width"] = 32
+    (run / "evaluation.json").write_text(json.dumps(ev))
+    with pytest.raises(ValueError, match="width 32"):
+        from deepcr_models.publish import publish
+        publish(run, "x", zoo=tmp_path / "z")
+    assert not list((tmp_path / "z").glob("*.pt"))  # nothing half-published
+    with pytest.raises(ValueError, match="name="):
+        publish(run, "../evil", zoo=tmp_path / "z")
+
+
+def test_altered_or_missing_weights_are_refused(zoo, tmp_path):
+    z = tmp_path / "zoo"
+    shutil.copytree(zoo, z)
+    rec = next(r for r in deepcr_models.list_models(z) if r.kind == "mask")
+    path = z / rec.weights
+    data = bytearray(path.read_bytes())
+    data[-100] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(deepcr_models.WeightsError, match="altered") as exc:
+        deepcr_models.load("tiny", zoo=z)
+    assert str(path) in str(exc.value) and rec.sha256 in str(exc.value)
+    # a renamed copy of an altered file is caught by the hash in its name too
+    with pytest.raises(deepcr_models.WeightsError, match="does not start with"):
+        deepcr_models.load(path)
+    path.unlink()
+    with pytest.raises(deepcr_models.WeightsError, match="missing"):
+        deepcr_models.load("tiny", zoo=z)
+    with pytest.raises(ValueError, match="no mask model 'nope'.*tiny:mask"):
+        deepcr_models.load("nope", zoo=z)
+
+
+# --------------------------------------------------------------------------- clean()
+
+
+@pytest.mark.parametrize("depth", [2, 3])
+def test_tiled_equals_untiled(depth):
+    torch.manual_seed(depth)
+    net = build_model("mask", depth, 4).eval()
+    for m in net.modules():  # non-trivial batch-norm statistics
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.3, 0.3)
+            m.running_var.uniform_(0.5, 2.0)
+    img, _ = _image((301, 517), np.random.default_rng(depth))  # not a multiple of anything
+    with torch.no_grad():  # probabilities spread over (0, 1), not all near the prior
+        net.unet.outc.weight.mul_(30.0)
+        x = torch.from_numpy(normalise(img[:300, :516], estimate_sky(img), 100.0))[None, None]
+        net.unet.outc.bias.sub_(net(x).median())
+    path = Path("m.pt")
+    torch.save({"format": registry.WEIGHTS_FORMAT, "kind": "mask",
+                "model_config": {"depth": depth, "width": 4, "batch_norm": True, "bn_momentum": 0.1},
+                "normalisation": {"scale": 100.0, "bunit": "ELECTRONS", "fill_ignored": True},
+                "state_dict": net.state_dict()}, path)
+    (hp, wp), wins, _ = tile_windows(img.shape, 128, None, depth)
+    assert len(wins) >= 15 and hp % 2 ** (depth - 1) == 0
+    whole = mask_probability(img, path, tile=1024)
+    tiled = mask_probability(img, path, tile=128, batch_size=3)
+    assert np.abs(tiled - whole).max() < 1e-5
+    # ... and both equal the network on the whole (padded) frame
+    sky = estimate_sky(img)
+    x = np.pad(normalise(img, sky, 100.0), ((0, hp - 301), (0, wp - 517)))
+    with torch.no_grad():
+        ref = net.predict(torch.from_numpy(x)[None, None])[0, 0, :301, :517].numpy()
+    assert np.abs(whole - ref).max() < 1e-5
+    # without overlap the seams do show: the test can see them
+    seams = np.abs(mask_probability(img, path, tile=128, overlap=0) - whole).max()
+    assert seams > 1e-3 and seams > 100 * np.abs(tiled - whole).max()
+
+
+def test_clean_api_units_inpaint_and_errors(zoo):
+    rng = np.random.default_rng(5)
+    img, cr = _image((200, 260), rng, sky=40.0, n_cr=30)
+    mask, cleaned = deepcr_models.clean(img, mask_model="tiny", inpaint_model="tiny", zoo=zoo, tile=96)
+    assert mask.dtype == bool and mask.shape == img.shape and cleaned.dtype == np.float32
+    p = mask_probability(img, "tiny", zoo=zoo)
+    assert np.array_equal(mask, p > THRESHOLD)  # the record's threshold by default
+    assert np.array_equal(cleaned[~mask], img[~mask])  # only masked pixels change
+    # the same frame in electrons/s gives the same mask and the cleaned image / EXPTIME
+    m2, c2 = deepcr_models.clean(img / 500.0, "tiny", "tiny", zoo=zoo, tile=96, bunit="ELECTRONS/S",
+                                 exptime=500.0)
+    assert (m2 == mask).mean() > 0.9999
+    both = m2 & mask
+    np.testing.assert_allclose(c2[both] * 500.0, cleaned[both], rtol=1e-3, atol=0.05)
+    with pytest.raises(ValueError, match="bunit='COUNTS'"):
+        deepcr_models.clean(img, "tiny", zoo=zoo, bunit="COUNTS")
+    with pytest.raises(ValueError, match="exptime"):
+        deepcr_models.clean(img, "tiny", zoo=zoo, bunit="ELECTRONS/S")
+    with pytest.raises(ValueError, match="threshold"):
+        deepcr_models.clean(img, "tiny", zoo=zoo, threshold=1.5)
+    with pytest.raises(ValueError, match="image: expected a 2-D"):
+        deepcr_models.clean(img[None], "tiny", zoo=zoo)
+    with pytest.raises(ValueError, match="tile"):
+        deepcr_models.clean(img, "tiny", zoo=zoo, tile=16, overlap=10)
+    # ignored pixels are never masked
+    ign = np.zeros(img.shape, bool)
+    ign[mask] = True
+    assert not deepcr_models.clean(img, "tiny", zoo=zoo, ignore=ign)[0].any()
+
+
+def test_estimate_sky_and_helpers():
+    img, _ = _image((400, 400), np.random.default_rng(1), sky=300.0)
+    assert abs(estimate_sky(img) - 300.0) < 1.0
+    img[:10] = np.nan
+    assert abs(estimate_sky(img) - 300.0) < 1.0
+    assert [receptive_radius(d) for d in (1, 2, 3, 4)] == [2, 10, 26, 58]
+    assert unit_factor("ELECTRONS/S", "ELECTRONS", 400.0) == 400.0
+    assert unit_factor("electrons", "ELECTRONS", None) == 1.0
+
+
+# --------------------------------------------------------------------------- crforge clean
+
+
+def _visit(tmp_path) -> Path:
+    from pipeline.simulate import SimulateConfig, simulate_visit
+
+    cfg = SimulateConfig(n_exposures=1, chip_shape=(96, 160), exptime=500.0, seed=3,
+                         field_type="globular_cluster")
+    visit = simulate_visit(cfg, tmp_path / "raw")
+    return next(visit.glob("*_flc.fits"))
+
+
+def test_clean_fits_multichip(zoo, tmp_path, capsys):
+    flc = _visit(tmp_path)
+    before = _sha(flc)
+    with fits.open(flc) as h:
+        assert [x.ver for x in h if x.name == "SCI"] == [1, 2]
+        # a threshold that flags some pixels of this barely trained model
+        threshold = float(np.quantile(mask_probability(h["SCI", 1].data, "tiny", zoo=zoo), 0.99))
+    out = tmp_path / "out.fits"
+    rc = cli.main(["clean", str(flc), "--model", "tiny", "--zoo", str(zoo), "--output", str(out),
+                   "--inpaint", "--threshold", str(threshold), "--tile", "64"])
+    assert rc == 0, capsys.readouterr().err
+    assert "SCI,1:" in capsys.readouterr().out
+    assert _sha(flc) == before  # the input is untouched
+    bit = ACS_WFC.clean_dq_bit
+    with fits.open(flc) as a, fits.open(out) as b:
+        assert b[0].header["CRDQBIT"] == bit and b[0].header["CRMODEL"] == "tiny"
+        assert len(a) == len(b)
+        for ver in (1, 2):
+            sci, dq_in, dq_out = a["SCI", ver].data, a["DQ", ver].data, b["DQ", ver].data
+            assert dq_out.dtype == dq_in.dtype and b["DQ", ver].header["BITPIX"] == 16
+            ign = ignore_mask(dq_in, ACS_WFC) != 0
+            mask, cleaned = deepcr_models.clean(sci, "tiny", "tiny", zoo=zoo, threshold=threshold, ignore=ign)
+            assert mask.sum() > 0
+            assert np.array_equal((dq_out & bit) != 0, mask)  # the bit exactly where the mask says
+            assert np.array_equal(dq_out & ~bit, dq_in & ~bit)  # every other bit unchanged
+            assert b["SCI", ver].header["CRNPIX"] == mask.sum()
+            np.testing.assert_allclose(b["SCI", ver].data, cleaned, rtol=1e-5, atol=1e-4)  # other tiling
+            assert np.array_equal(b["SCI", ver].data[~mask], sci[~mask])
+            assert np.array_equal(b["ERR", ver].data, a["ERR", ver].data)
+    # refusals: existing output, output = input, a file without SCI / DQ / BUNIT
+    assert cli.main(["clean", str(flc), "--model", "tiny", "--zoo", str(zoo), "--output", str(out)]) == 2
+    assert "exists" in capsys.readouterr().err
+    assert cli.main(["clean", str(flc), "--model", "tiny", "--zoo", str(zoo), "--output", str(flc)]) == 2
+    assert "--in-place" in capsys.readouterr().err
+    with fits.open(flc) as h:
+        fits.HDUList([h[0].copy(), h["SCI", 1].copy()]).writeto(tmp_path / "nodq.fits")
+        fits.HDUList([h[0].copy(), h["DQ", 1].copy()]).writeto(tmp_path / "nosci.fits")
+        bad = fits.HDUList([x.copy() for x in h])
+        bad["SCI", 1].header["BUNIT"] = "COUNTS"
+        bad.writeto(tmp_path / "counts.fits")
+        rate = fits.HDUList([x.copy() for x in h])
+        for ver in (1, 2):
+            rate["SCI", ver].data = rate["SCI", ver].data / np.float32(h[0].header["EXPTIME"])
+            rate["SCI", ver].header["BUNIT"] = "ELECTRONS/S"
+        rate.writeto(tmp_path / "rate.fits")
+    for name, words in (("nodq", "has no DQ,1"), ("nosci", "no SCI extension"), ("counts", "BUNIT='COUNTS'")):
+        assert cli.main(["clean", str(tmp_path / f"{name}.fits"), "--model", "tiny", "--zoo", str(zoo)]) == 2
+        assert words in capsys.readouterr().err
+    # electrons/s: the same mask (via EXPTIME), and --in-place with --dq-bit
+    rate_path = tmp_path / "rate.fits"
+    assert cli.main(["clean", str(rate_path), "--model", "tiny", "--zoo", str(zoo), "--in-place",
+                     "--threshold", str(threshold), "--dq-bit", "4096"]) == 0
+    with fits.open(rate_path) as r, fits.open(out) as b:
+        for ver in (1, 2):
+            assert (((r["DQ", ver].data & 4096) != 0) == ((b["DQ", ver].data & bit) != 0)).mean() > 0.999
+
+
+def test_instrument_clean_bits():
+    for inst in (ACS_WFC, WFC3_UVIS):
+        bit = inst.clean_dq_bit
+        assert bit & (bit - 1) == 0 and bit <= 16384
+        assert not bit & (inst.cr_bits | inst.saturation_bits | inst.nodata_bits)
+    assert (ACS_WFC.clean_dq_bit, WFC3_UVIS.clean_dq_bit) == (16384, 8)
+    assert "ghost" in WFC3_UVIS.dq_bits[16384]  # why UVIS cannot take 16384
+
+
+# --------------------------------------------------------------------------- deepCR
+
+
+def _deepcr(**kw):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # deepCR's weight_norm deprecation
+        from deepCR import deepCR
+
+        return deepCR(**kw)
+
+
+def test_export_round_trip_through_deepcr(zoo, tmp_path, capsys):
+    out = tmp_path / "tiny.pth"
+    sky = 40.0
+    assert cli.main(["export", "tiny", "--to", "deepcr", "--output", str(out), "--zoo", str(zoo),
+                     "--sky", str(sky)]) == 0
+    assert "hidden=8" in capsys.readouterr().out
+    assert json.loads(Path(str(out) + ".json").read_text())["threshold"] == THRESHOLD
+    img, _ = _image((128, 192), np.random.default_rng(7), sky=sky)
+    theirs = _deepcr(mask=str(out), hidden=8).clean(img, threshold=THRESHOLD, binary=False, segment=False)
+    ours = mask_probability(img, "tiny", zoo=zoo, sky=sky)
+    r = receptive_radius(2)
+    inner = (slice(r, -r), slice(r, -r))
+    # exact (to float rounding) away from the border, where deepCR's zero padding is of
+    # the image and ours of the sky-subtracted image
+    assert np.abs(theirs - ours)[inner].max() < 2e-6
+    m_theirs = _deepcr(mask=str(out), hidden=8).clean(img, threshold=THRESHOLD, segment=False)
+    assert np.array_equal(m_theirs[inner] > 0, (ours > THRESHOLD)[inner])
+    # with the sky folded as 0 and a sky-free image, equal everywhere
+    assert cli.main(["export", "tiny", "--to", "deepcr", "--output", str(out), "--zoo", str(zoo),
+                     "--overwrite"]) == 0
+    theirs0 = _deepcr(mask=str(out), hidden=8).clean(img - sky, binary=False, segment=False)
+    assert np.abs(theirs0 - mask_probability(img - sky, "tiny", zoo=zoo, sky=0.0)).max() < 2e-6
+    # what deepCR cannot load is refused
+    with pytest.raises(ValueError, match="depth-3"):
+        interop.to_deepcr_state_dict(build_model("mask", 3, 4), scale=100.0)
+    with pytest.raises(ValueError, match="inpaint"):
+        interop.export_deepcr(zoo / next(r.weights for r in deepcr_models.list_models(zoo)
+                                         if r.kind == "inpaint"), tmp_path / "x.pth")
+    assert cli.main(["export", "tiny", "--to", "deepcr", "--output", str(out), "--zoo", str(zoo)]) == 2
+
+
+def test_import_deepcr_models_gives_deepcr_probabilities():
+    img, _ = _image((128, 128), np.random.default_rng(3), sky=120.0)
+    # ACS-WFC (batch norm, electrons unscaled): on a sky-subtracted image exactly deepCR's
+    zm = deepcr_models.load("deepcr:ACS-WFC")
+    assert zm.model_config["batch_norm"] and zm.model_config["width"] == 32
+    theirs = _deepcr(mask="ACS-WFC").clean(img - 120.0, binary=False, segment=False)
+    ours = mask_probability(img, zm, sky=120.0)
+    assert np.abs(theirs - ours).max() < 1e-5
+    # WFC3-UVIS (weight norm, per-image standardisation): exact for a known mean and std
+    sd = torch.load(interop._deepcr_file("WFC3-UVIS"), map_location="cpu", weights_only=True)
+    mean, std = float(img.mean()), float(img.std())
+    # (our sky = their mean: no offset to fold, so the zero padding agrees at the border too)
+    state, bn, width = interop.from_deepcr_state_dict(sd, scale=100.0, sky=mean, mean=mean, std=std)
+    net = build_model("mask", 2, width, bn).eval()
+    net.load_state_dict(state)
+    with torch.no_grad():
+        p = net.predict(torch.from_numpy(normalise(img, mean, 100.0))[None, None])[0, 0].numpy()
+    theirs = _deepcr(mask="WFC3-UVIS").clean(img, binary=False, segment=False)
+    assert not bn and np.abs(theirs - p).max() < 1e-5
+
+
+def test_train_init_from_deepcr(trained, tmp_path, capsys):
+    common = ["train", "--data", str(trained["h5"]), "--runs", str(tmp_path / "runs"), "--kind", "mask",
+              "--set", "train.epochs=1", "--set", "train.stamps_per_epoch=4", "--set", "train.batch_size=4",
+              "--set", "train.val_stamps=2", "--set", "train.device='cpu'", "--set", "train.lr=1e-12"]
+    assert cli.main(common + ["--name", "ft", "--init", "deepcr:ACS-WFC"]) == 0, capsys.readouterr().err
+    run = tmp_path / "runs" / "ft" / "mask"
+    assert "initialised from deepcr:ACS-WFC" in (run / "train.log").read_text()
+    got = torch.load(run / "last.pt", weights_only=True)["model"]
+    want, _, _ = interop.deepcr_init_state("ACS-WFC", scale=100.0)
+    # a negligible learning rate: the weights are still deepCR's (rescaled)
+    assert torch.allclose(got["unet.inc.0.weight"], want["unet.inc.0.weight"], atol=1e-6)
+    assert cli.main(common + ["--name", "ft2", "--init", "deepcr:WFC3-UVIS"]) == 2
+    assert "train.model.batch_norm=false" in capsys.readouterr().err
+    assert cli.main(common + ["--name", "ft3", "--init", "deepcr:WFC3-UVIS",
+                              "--set", "train.model.batch_norm=false"]) == 0
+    assert cli.main(common + ["--name", "ft4", "--init", "deepcr:DECAM"]) == 2
+    assert "deepcr:ACS-WFC" in capsys.readouterr().err
+
+
+def test_shipped_models_match_their_files_and_clean_a_frame():
+    """The zoo inside the package: every record's file exists with its sha256, loads, cleans."""
+    records = deepcr_models.list_models()
+    assert {(r.name, r.kind) for r in records} >= {("synthetic-acs-wfc", "mask"),
+                                                   ("synthetic-acs-wfc", "inpaint"),
+                                                   ("synthetic-acs-wfc-2-4", "mask")}
+    from deepcr_models import registry as reg
+
+    zoo = Path(deepcr_models.__file__).parent
+    for r in records:
+        assert reg.sha256_of(zoo / r.weights) == r.sha256 and r.sha256[:12] in r.weights
+        assert r.data["simulated"] is True and r.instrument == "ACS/WFC"
+        assert (zoo / r.card).read_text().startswith(f"# {r.name}")
+        assert "**Trained on simulated ACS/WFC data**" in (zoo / r.card).read_text()
+        if r.kind == "mask":  # the evaluation's ROC plot ships with the card
+            assert (zoo / f"{r.name}-roc.png").stat().st_size > 10_000
+    rng = np.random.default_rng(5)
+    img = rng.normal(300.0, np.sqrt(300.0 + 25.0), (300, 300)).astype(np.float32)
+    hits = [(50, 60), (120, 200), (250, 30), (200, 260)]
+    for y, x in hits:
+        img[y, x:x + 3] += 2000.0  # sharp tracks, 3 pixels each
+    mask, cleaned = deepcr_models.clean(img, mask_model="synthetic-acs-wfc-2-4",
+                                        inpaint_model="synthetic-acs-wfc", threads=1)
+    assert all(mask[y, x:x + 3].all() for y, x in hits)
+    assert mask.sum() < 60  # the hits and a few neighbours, no more
+    assert np.abs(cleaned[50, 60:63] - 300.0).max() < 100.0  # filled back to about the sky
