@@ -5,6 +5,8 @@
 #   TORCH_INDEX  pip index for torch, e.g. https://download.pytorch.org/whl/cpu
 #   MANIFEST     data set definition;  WORK  work directory (raw, labels, <name>.h5)
 #   RUNS, RUN    training runs directory and the run to evaluate/publish
+#   MODEL        name to publish under (default NAME; a name already in the zoo, like the
+#                shipped synthetic-acs-wfc, is refused unless CRFORGE_ARGS=--overwrite)
 #   CRFORGE_ARGS extra arguments for every crforge call (e.g. --config x.toml --set k=v -v)
 
 SHELL := /bin/bash
@@ -22,6 +24,7 @@ NAME        ?= $(basename $(notdir $(MANIFEST)))
 DATA        ?= $(WORK)/$(NAME).h5
 RUNS        ?= runs
 RUN         ?= $(RUNS)/$(NAME)
+MODEL       ?= $(NAME)
 TEST_TIMEOUT ?= 900
 PYTEST_ARGS ?=
 CRFORGE_ARGS ?=
@@ -56,7 +59,7 @@ evaluate: $(STAMP)
 	$(CRFORGE) evaluate --run $(RUN) --data $(DATA) $(CRFORGE_ARGS)
 
 publish: $(STAMP)
-	$(CRFORGE) publish $(RUN) --name $(NAME) $(CRFORGE_ARGS)
+	$(CRFORGE) publish $(RUN) --name $(MODEL) $(CRFORGE_ARGS)
 
 clean:
 	rm -rf build dist .pytest_cache *.egg-info

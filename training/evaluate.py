@@ -782,7 +782,7 @@ def _evaluate_mask(doc, data, groups, model, ckpt, data_path, cfg: EvaluateConfi
 
 
 def _threshold(model, ckpt, data_path, cfg: EvaluateConfig) -> dict:
-    split = "val" if cfg.split != "val" else "val"
+    split = "val"  # the threshold is the val split's, whichever split is evaluated
     try:
         val = load_stamps(data_path, split, cfg.stamps_per_field_type, cfg.seed)
     except ValueError as exc:
