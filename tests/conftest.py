@@ -15,3 +15,14 @@ def _isolated_test(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MPLBACKEND", "Agg")
     yield
+
+
+@pytest.fixture
+def torch_one_thread():
+    """torch on one thread for the test (other jobs share this machine's cores)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -28,12 +28,8 @@ S = 64
 FIELD_TYPES = ("extragalactic", "globular_cluster", "resolved_galaxy")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# other jobs share this machine: every test on one core (tests/conftest.py)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 # --------------------------------------------------------------------------- metrics

@@ -28,13 +28,10 @@ import numpy as np
 logger = logging.getLogger(__name__)
 
 __all__ = ["LACOSMIC_DEFAULT", "lacosmic_mask", "median_fill", "biharmonic_fill",
-           "DeepCRPeer", "DEEPCR_MODELS"]
+           "DeepCRPeer"]
 
 #: astroscrappy 1.x's defaults of ``detect_cosmics`` (its documented operating point).
 LACOSMIC_DEFAULT: dict[str, Any] = {"sigclip": 4.5, "sigfrac": 0.3, "objlim": 5.0, "niter": 4}
-
-#: deepCR 0.3.1's published mask models by instrument (crforge name -> deepCR name).
-DEEPCR_MODELS = {"ACS/WFC": "ACS-WFC", "WFC3/UVIS": "WFC3-UVIS"}
 
 
 def lacosmic_mask(image, *, readnoise: float, gain: float = 1.0, ignore=None, sigclip: float = 4.5, sigfrac: float = 0.3, objlim: float = 5.0, niter: int = 4
@@ -166,7 +163,8 @@ class DeepCRPeer:
     Parameters
     ----------
     instrument : str
-        ``ACS/WFC`` or ``WFC3/UVIS`` (:data:`DEEPCR_MODELS`).
+        ``ACS/WFC`` or ``WFC3/UVIS``: deepCR's model of the same name
+        (:data:`deepcr_models.interop.DEEPCR_MODELS`, the one table of them).
     threads : int
         ``torch.set_num_threads`` while scoring (0 = leave as is).
 
@@ -180,9 +178,12 @@ class DeepCRPeer:
     """
 
     def __init__(self, instrument: str, threads: int = 0) -> None:
-        if instrument not in DEEPCR_MODELS:
+        from deepcr_models.interop import DEEPCR_MODELS
+
+        name = str(instrument).replace("/", "-")
+        if name not in DEEPCR_MODELS:
             raise ValueError(f"instrument={instrument!r}: deepCR 0.3.1 publishes mask models for "
-                             f"{sorted(DEEPCR_MODELS)} only")
+                             f"{sorted(k.replace('-', '/') for k in DEEPCR_MODELS)} only")
         import warnings
 
         with warnings.catch_warnings():
@@ -190,7 +191,7 @@ class DeepCRPeer:
             warnings.simplefilter("ignore", FutureWarning)
             from deepCR import deepCR
 
-            self.name = DEEPCR_MODELS[instrument]
+            self.name = name
             self._model = deepCR(mask=self.name, device="CPU")
         self.threads = int(threads)
 
