@@ -4,7 +4,7 @@ Each method runs in its own child process, so that its peak memory (the child's
 maximum resident set size, ``resource.getrusage``) is its own; every child is limited
 to ``--threads`` threads (torch threads and ``OMP_NUM_THREADS``/``MKL_NUM_THREADS``).
 
-- ``crforge``: :func:`deepcr_models.clean` (mask only) with a 2-32 mask model: the
+- ``crforge``: :func:`crforge.deepcr_models.clean` (mask only) with a 2-32 mask model: the
   first 2-32 mask model of the zoo, else deepCR's own ACS-WFC weights converted
   (``deepcr:ACS-WFC``: the very network deepCR runs). float32, default tiling
   (1024-pixel tiles, receptive-radius overlap).
@@ -18,7 +18,7 @@ to ``--threads`` threads (torch threads and ``OMP_NUM_THREADS``/``MKL_NUM_THREAD
 - ``astroscrappy``: ``astroscrappy.detect_cosmics(image)`` with its defaults.
 - With a GPU (``torch.cuda.is_available()``) also ``crforge-cuda`` and ``deepcr-gpu``.
 
-The image is one chip of a simulated globular-cluster exposure (``pipeline.simulate``,
+The image is one chip of a simulated globular-cluster exposure (``crforge.pipeline.simulate``,
 500 s, F606W), in electrons, cached in ``--work``. Times are of the call alone
 (the model is loaded first; ``load_s`` is reported separately), one call each
 (``--repeat`` for more; the minimum is reported).
@@ -59,7 +59,7 @@ def make_image(work: Path) -> Path:
         return path
     from astropy.io import fits
 
-    from pipeline.simulate import SimulateConfig, simulate_visit
+    from crforge.pipeline.simulate import SimulateConfig, simulate_visit
 
     cfg = SimulateConfig(n_exposures=1, field_type="globular_cluster", exptime=500.0, seed=7)
     visit = simulate_visit(cfg, work / "raw")
@@ -72,8 +72,7 @@ def make_image(work: Path) -> Path:
 
 
 def _zoo_mask_model(depth: int = 2, width: int = 32, work: Path | None = None):
-    import deepcr_models
-
+    from crforge import deepcr_models
     for r in deepcr_models.list_models(kind="mask"):
         if (r.depth, r.width) == (depth, width):
             return r.name
@@ -81,9 +80,9 @@ def _zoo_mask_model(depth: int = 2, width: int = 32, work: Path | None = None):
         return "deepcr:ACS-WFC"
     import torch
 
-    from deepcr_models.registry import WEIGHTS_FORMAT
-    from training.data import normalisation_info
-    from training.models import build_model
+    from crforge.deepcr_models.registry import WEIGHTS_FORMAT
+    from crforge.training.data import normalisation_info
+    from crforge.training.models import build_model
 
     torch.manual_seed(0)
     path = work / f"random-{depth}-{width}.pt"
@@ -103,8 +102,7 @@ def worker(method: str, image_path: Path, threads: int, repeat: int, out: Path) 
     res = {"method": method, "threads": threads}
     t0 = time.perf_counter()
     if method.startswith("crforge"):
-        import deepcr_models
-
+        from crforge import deepcr_models
         device = "cuda" if method == "crforge-cuda" else "cpu"
         name = _zoo_mask_model(2, 4, image_path.parent) if method == "crforge-2-4" else _zoo_mask_model()
         model = deepcr_models.load(name, device=device)

@@ -30,7 +30,7 @@ from pathlib import Path
 
 def _subset(manifest: Path, n: int):
     """The first ``n`` visits taken round-robin over field types (same mix for any n)."""
-    from pipeline.manifest import load_manifest
+    from crforge.pipeline.manifest import load_manifest
 
     man = load_manifest(manifest)
     by_type: dict[str, list] = {}
@@ -44,7 +44,7 @@ def _subset(manifest: Path, n: int):
 def _child(args) -> dict:
     logging.basicConfig(level=logging.WARNING)
     from crforge.runconfig import RunConfig
-    from pipeline.dataset import DatasetConfig, build_dataset
+    from crforge.pipeline.dataset import DatasetConfig, build_dataset
 
     man = _subset(args.manifest, args.child_n)
     cfg = RunConfig(dataset=DatasetConfig(scheduler=args.child_scheduler, workers=args.child_workers))
@@ -75,7 +75,7 @@ def main() -> None:
     if args.child_n:
         print(json.dumps(_child(args)))
         return
-    from pipeline.manifest import load_manifest
+    from crforge.pipeline.manifest import load_manifest
 
     n_all = len(load_manifest(args.manifest).visits)
     n = args.limit or n_all

@@ -2,7 +2,7 @@
 
 Starts ``tests/fakemast.FakeMast`` on 127.0.0.1 serving the FLC files of a simulated
 ACS/WFC visit (8 exposures of 2x512x1024: about 84 MB), then fetches them with
-``pipeline.archive.fetch_visits`` (the code ``crforge fetch`` runs: HEAD, GET,
+``crforge.pipeline.archive.fetch_visits`` (the code ``crforge fetch`` runs: HEAD, GET,
 size check, rename) into a fresh directory with ``concurrency`` 1 and 4, twice:
 
 - ``loopback``: as fast as the loopback server sends (CPU-bound on both ends);
@@ -42,8 +42,8 @@ def main(argv=None) -> int:
 
     from fakemast import FakeMast
 
-    from pipeline.archive import ArchiveConfig, Criteria, download_url, fetch_file, fetch_visits, find_visits
-    from pipeline.simulate import SimulateConfig, simulate_visit
+    from crforge.pipeline.archive import ArchiveConfig, Criteria, download_url, fetch_file, fetch_visits, find_visits
+    from crforge.pipeline.simulate import SimulateConfig, simulate_visit
 
     from astroquery.mast import conf
 

@@ -21,9 +21,9 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from pipeline.drizzle import LabelConfig, label_visit
-from pipeline.quality import score_visit, summarise
-from pipeline.simulate import FIELD_TYPES, SimulateConfig, simulate_visit
+from crforge.pipeline.drizzle import LabelConfig, label_visit
+from crforge.pipeline.quality import score_visit, summarise
+from crforge.pipeline.simulate import FIELD_TYPES, SimulateConfig, simulate_visit
 
 
 def main() -> None:

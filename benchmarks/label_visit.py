@@ -6,7 +6,7 @@ by default), each in its own process so that peak RSS is its own:
 - ``bare``: copy the FLC files to a scratch directory and call
   ``drizzlepac.astrodrizzle.AstroDrizzle`` with the same keyword arguments crforge
   uses (median, blot, driz_cr; no final drizzle). Nothing else.
-- ``crforge``: ``pipeline.drizzle.label_visit``: validation, the same copies and
+- ``crforge``: ``crforge.pipeline.drizzle.label_visit``: validation, the same copies and
   AstroDrizzle call, then CR and ignore masks, coverage and the label files.
 
     python benchmarks/label_visit.py --work /tmp/bench           # full size
@@ -33,7 +33,7 @@ from pathlib import Path
 
 def _child(method: str, visit: Path, work: Path) -> dict:
     logging.basicConfig(level=logging.WARNING)
-    from pipeline.drizzle import LabelConfig, astrodrizzle_kwargs, find_exposures, label_visit
+    from crforge.pipeline.drizzle import LabelConfig, astrodrizzle_kwargs, find_exposures, label_visit
 
     files = find_exposures(visit)
     t0 = time.perf_counter()
@@ -74,7 +74,7 @@ def main() -> None:
         print(json.dumps(_child(args.child, args.visit, args.work)))
         return
 
-    from pipeline.simulate import SimulateConfig, simulate_visit
+    from crforge.pipeline.simulate import SimulateConfig, simulate_visit
 
     shape = tuple(int(v) for v in args.size.split("x")) if args.size else None
     sim = SimulateConfig(field_type=args.field, n_exposures=args.exposures, chip_shape=shape,

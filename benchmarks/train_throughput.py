@@ -7,9 +7,9 @@ scored on the same validation stamps with one metric: the binary cross-entropy o
 CR probability over non-ignored pixels (and the TPR at 0.5% FPR), each model seeing
 its own input normalisation.
 
-- crforge: :func:`training.train.train_one_epoch` over a
-  :class:`training.data.StampDataset` streaming from the HDF5 file (sky
-  augmentation, flips and rotations on), our :class:`training.models.MaskNet`
+- crforge: :func:`crforge.training.train.train_one_epoch` over a
+  :class:`crforge.training.data.StampDataset` streaming from the HDF5 file (sky
+  augmentation, flips and rotations on), our :class:`crforge.training.models.MaskNet`
   (channels-last), once in float32 (``train.cpu_bf16 = "off"``) and once with
   bfloat16 autocast (``"on"``, what the default ``"auto"`` picks on CPUs with
   bfloat16 instructions) unless ``--no-bf16``.
@@ -59,7 +59,7 @@ def synth_file(path: Path, n_train: int, n_val: int, size: int = 256, seed: int 
     """A schema-v1 HDF5 file of simple synthetic stamps."""
     import h5py
 
-    from pipeline.schema import META_DTYPE
+    from crforge.pipeline.schema import META_DTYPE
 
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[:size, :size]
@@ -112,7 +112,7 @@ def _read(path: Path, split: str, n: int) -> dict:
 
 def _score(prob_batches: list, val: dict) -> dict:
     """BCE of probabilities and TPR at 0.5% FPR over non-ignored val pixels."""
-    from training.metrics import tpr_at_fpr
+    from crforge.training.metrics import tpr_at_fpr
 
     p = np.concatenate([b.reshape(-1) for b in prob_batches]).astype(np.float64)
     y = (val["cr"] != 0).reshape(-1)
@@ -130,9 +130,9 @@ def worker_ours(args) -> dict:
     import torch
     from torch.utils.data import DataLoader
 
-    from training.data import EpochSampler, StampDataset
-    from training.models import build_model
-    from training.train import TrainConfig, train_one_epoch
+    from crforge.training.data import EpochSampler, StampDataset
+    from crforge.training.models import build_model
+    from crforge.training.train import TrainConfig, train_one_epoch
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)

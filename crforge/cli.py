@@ -39,47 +39,47 @@ __all__ = ["STAGES", "PENDING", "build_parser", "main", "add_common_arguments"]
 #: Built stages: subcommand name -> (module path, one-line help).
 STAGES: dict[str, tuple[str, str]] = {
     "simulate": (
-        "pipeline.simulate",
+        "crforge.pipeline.simulate",
         "simulate synthetic HST visits with injected cosmic rays (and their truth)",
     ),
     "label": (
-        "pipeline.drizzle",
+        "crforge.pipeline.drizzle",
         "label cosmic rays in visits with AstroDrizzle (median, blot, driz_cr)",
     ),
     "query": (
-        "pipeline.archive",
+        "crforge.pipeline.archive",
         "find multi-exposure HST visits on MAST (by criteria or a manifest's rows) -> a manifest",
     ),
     "fetch": (
-        "pipeline.fetch",
+        "crforge.pipeline.fetch",
         "download a manifest's exposures from MAST into WORK/raw (verified sizes, resume, retries)",
     ),
     "dataset": (
-        "pipeline.dataset",
+        "crforge.pipeline.dataset",
         "build the HDF5 training set of a manifest (simulate/fetch, label, stamp, split)",
     ),
     "inspect": (
-        "pipeline.inspect",
+        "crforge.pipeline.inspect",
         "validate an HDF5 training set and summarise it (splits, fields, label quality)",
     ),
     "train": (
-        "training.train",
+        "crforge.training.train",
         "train the mask and inpaint networks on an HDF5 training set",
     ),
     "publish": (
-        "deepcr_models.publish",
+        "crforge.deepcr_models.publish",
         "publish a trained, evaluated run's weights, registry records and model card into the zoo",
     ),
     "clean": (
-        "deepcr_models.fitsclean",
+        "crforge.deepcr_models.fitsclean",
         "mask (and inpaint) cosmic rays in a calibrated HST file with a zoo model; CRs into DQ",
     ),
     "export": (
-        "deepcr_models.interop",
+        "crforge.deepcr_models.interop",
         "export a mask model to another package's format (deepCR 0.3.1)",
     ),
     "evaluate": (
-        "training.evaluate",
+        "crforge.training.evaluate",
         "evaluate a run against LACosmic, deepCR and inpainting baselines (ROC, TPR at FPR, MSE)",
     ),
 }

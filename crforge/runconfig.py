@@ -2,13 +2,13 @@
 
 ::
 
-    [simulate]   pipeline.simulate.SimulateConfig   (crforge simulate)
-    [label]      pipeline.drizzle.LabelConfig       (crforge label, crforge dataset)
-    [stamps]     pipeline.stamps.StampConfig        (crforge dataset)
-    [dataset]    pipeline.dataset.DatasetConfig     (crforge dataset)
-    [archive]    pipeline.archive.ArchiveConfig     (crforge query, crforge fetch, crforge dataset)
-    [train]      training.train.TrainConfig         (crforge train)
-    [evaluate]   training.evaluate.EvaluateConfig   (crforge evaluate)
+    [simulate]   crforge.pipeline.simulate.SimulateConfig   (crforge simulate)
+    [label]      crforge.pipeline.drizzle.LabelConfig       (crforge label, crforge dataset)
+    [stamps]     crforge.pipeline.stamps.StampConfig        (crforge dataset)
+    [dataset]    crforge.pipeline.dataset.DatasetConfig     (crforge dataset)
+    [archive]    crforge.pipeline.archive.ArchiveConfig     (crforge query, crforge fetch, crforge dataset)
+    [train]      crforge.training.train.TrainConfig         (crforge train)
+    [evaluate]   crforge.training.evaluate.EvaluateConfig   (crforge evaluate)
 
 Each command reads the tables it uses; every table is checked, so a misspelt key
 anywhere in the file is an error naming it. Defaults < file < ``--set`` overrides.
@@ -18,13 +18,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from pipeline.archive import ArchiveConfig
-from pipeline.dataset import DatasetConfig
-from pipeline.drizzle import LabelConfig
-from pipeline.simulate import SimulateConfig
-from pipeline.stamps import StampConfig
-from training.evaluate import EvaluateConfig
-from training.train import TrainConfig
+from crforge.pipeline.archive import ArchiveConfig
+from crforge.pipeline.dataset import DatasetConfig
+from crforge.pipeline.drizzle import LabelConfig
+from crforge.pipeline.simulate import SimulateConfig
+from crforge.pipeline.stamps import StampConfig
+from crforge.training.evaluate import EvaluateConfig
+from crforge.training.train import TrainConfig
 
 __all__ = ["RunConfig"]
 

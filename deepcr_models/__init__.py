@@ -3,14 +3,14 @@
 A registry of published models with their weights and model cards, and ``load()`` and
 ``clean()`` for users who want to mask and inpaint cosmic rays in their own images::
 
-    import deepcr_models
+    from crforge import deepcr_models
     deepcr_models.list_models()                       # the records (name, kind, figures, ...)
     mask, cleaned = deepcr_models.clean(image, mask_model="NAME", inpaint_model="NAME")
 
 ``image`` is one chip in electrons (``bunit="ELECTRONS/S", exptime=...`` for rates).
-See ``deepcr_models/README.md`` for the registry format, :mod:`deepcr_models.inference`
-for the tiling, :mod:`deepcr_models.interop` for deepCR export/import and
-:mod:`deepcr_models.fitsclean` for whole FLC/FLT files (``crforge clean``).
+See ``deepcr_models/README.md`` for the registry format, :mod:`crforge.deepcr_models.inference`
+for the tiling, :mod:`crforge.deepcr_models.interop` for deepCR export/import and
+:mod:`crforge.deepcr_models.fitsclean` for whole FLC/FLT files (``crforge clean``).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Clean calibrated HST files (FLC/FLT) with a zoo model (``crforge clean``).
 
 Every SCI extension is run through the mask model (and, with ``--inpaint``, the
-inpaint model) with :func:`deepcr_models.clean`; the CR mask is OR-ed into the DQ
+inpaint model) with :func:`crforge.deepcr_models.clean`; the CR mask is OR-ed into the DQ
 extension of the same EXTVER with one bit (default: the instrument table's
 ``clean_dq_bit``, 16384 on ACS/WFC and 8 on WFC3/UVIS, bits their pipelines never
 set; ``--dq-bit`` overrides), and with ``--inpaint`` the SCI pixels under the mask are
@@ -64,7 +64,7 @@ def clean_fits(path: str | os.PathLike, mask_model: str | os.PathLike | ZooModel
     path : path-like
         An FLC/FLT file: SCI and DQ extensions per chip (matched by EXTVER).
     mask_model, inpaint_model
-        As :func:`deepcr_models.clean`; with an inpaint model the SCI pixels under the
+        As :func:`crforge.deepcr_models.clean`; with an inpaint model the SCI pixels under the
         mask are replaced.
     output : path-like, optional
         Where to write; default ``<stem>_crclean.fits`` next to the input.
@@ -75,7 +75,7 @@ def clean_fits(path: str | os.PathLike, mask_model: str | os.PathLike | ZooModel
     dq_bit : int, optional
         The DQ bit of the CR mask; default the instrument's ``clean_dq_bit``.
     threshold, tile, overlap, batch_size, threads, precision, device, zoo
-        As :func:`deepcr_models.clean`.
+        As :func:`crforge.deepcr_models.clean`.
     progress : bool, optional
         A progress bar over chips and tiles (None: only on a terminal).
 
@@ -97,8 +97,8 @@ def clean_fits(path: str | os.PathLike, mask_model: str | os.PathLike | ZooModel
     from astropy.io import fits
     from tqdm.auto import tqdm
 
-    from pipeline.instruments import instrument_for_header
-    from pipeline.masks import ignore_mask
+    from crforge.pipeline.instruments import instrument_for_header
+    from crforge.pipeline.masks import ignore_mask
 
     path = Path(path)
     if not path.is_file():
@@ -223,7 +223,7 @@ def clean_fits(path: str | os.PathLike, mask_model: str | os.PathLike | ZooModel
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``crforge clean``."""
     parser.add_argument("file", type=Path, help="calibrated HST file (FLC/FLT: SCI and DQ per chip)")
-    parser.add_argument("--model", required=True, help="zoo name (deepcr_models.list_models()), a "
+    parser.add_argument("--model", required=True, help="zoo name (crforge.deepcr_models.list_models()), a "
                         "crforge checkpoint or weights file, or deepcr:ACS-WFC")
     parser.add_argument("--inpaint", nargs="?", const="", default=None, metavar="MODEL",
                         help="also replace the CR pixels of SCI with the inpaint model (default: "

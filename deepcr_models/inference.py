@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from training.models import fuse_batch_norm
+from crforge.training.models import fuse_batch_norm
 
 from . import registry as reg
 
@@ -59,7 +59,7 @@ class ZooModel:
     Attributes
     ----------
     net : torch.nn.Module
-        The network (a :class:`training.models.MaskNet` or ``InpaintNet``), eval mode.
+        The network (a :class:`crforge.training.models.MaskNet` or ``InpaintNet``), eval mode.
     kind : {'mask', 'inpaint'}
         Which network.
     model_config : dict
@@ -109,7 +109,7 @@ class ZooModel:
 
 
 def _build(kind: str, mc: dict, state: dict, device: torch.device) -> nn.Module:
-    from training.models import build_model
+    from crforge.training.models import build_model
 
     net = build_model(kind, int(mc["depth"]), int(mc["width"]), bool(mc["batch_norm"]),
                       float(mc.get("bn_momentum", 0.1)))
@@ -119,7 +119,7 @@ def _build(kind: str, mc: dict, state: dict, device: torch.device) -> nn.Module:
 
 def _load_file(path: Path, device: torch.device, sha256: str | None = None) -> dict:
     """Read a crforge checkpoint or zoo weights file -> kind, model_config, normalisation, state."""
-    from training.train import CHECKPOINT_FORMAT
+    from crforge.training.train import CHECKPOINT_FORMAT
 
     if path.name.endswith(".pt") or sha256 is not None:
         reg.verify_weights(path, sha256)  # a missing file or a bad hash: WeightsError
@@ -456,7 +456,7 @@ def _as_image(image: Any) -> np.ndarray:
 
 def _normalised(image: np.ndarray, model: ZooModel, factor: float, sky_in: float,
                 ignore: np.ndarray | None) -> np.ndarray:
-    from training.data import normalise
+    from crforge.training.data import normalise
 
     x = normalise(image.astype(np.float32) * np.float32(factor), sky_in * factor, model.scale)
     if ignore is not None and model.normalisation.get("fill_ignored", True):

@@ -193,10 +193,10 @@ def deepcr_init_state(name: str, *, scale: float, std: float | None = None) -> t
 def load_deepcr_mask(name: str, scale: float = 100.0):
     """A crforge MaskNet holding deepCR's published mask model ``name`` (eval mode).
 
-    Returns ``(net, model_config, normalisation)`` for :class:`~deepcr_models.inference.ZooModel`.
+    Returns ``(net, model_config, normalisation)`` for :class:`~crforge.deepcr_models.inference.ZooModel`.
     """
-    from training.data import normalisation_info
-    from training.models import build_model
+    from crforge.training.data import normalisation_info
+    from crforge.training.models import build_model
 
     state, bn, width = deepcr_init_state(name, scale=scale)
     net = build_model("mask", 2, width, bn)
@@ -261,7 +261,7 @@ def export_deepcr(model, output: str | os.PathLike, *, sky: float = 0.0, zoo=Non
     Parameters
     ----------
     model : str, path-like or ZooModel
-        As :func:`deepcr_models.load` (kind mask).
+        As :func:`crforge.deepcr_models.load` (kind mask).
     output : path-like
         The ``.pth`` file; a JSON sidecar ``<output>.json`` records how it was made.
     sky : float

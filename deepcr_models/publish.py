@@ -148,7 +148,7 @@ def model_card(name: str, records: list[reg.ModelRecord], ev: dict, roc: str | N
         lines.append(f"| `{r.name}` | {r.kind} | deepCR-{r.kind}-{r.depth}-{r.width}"
                      f"{' (batch norm)' if r.batch_norm else ''} | `{r.weights}` | `{r.sha256}` |")
     norm = first.normalisation
-    lines += ["", "## Use", "", "```python", "import deepcr_models",
+    lines += ["", "## Use", "", "```python", "from crforge import deepcr_models",
               f"mask, cleaned = deepcr_models.clean(image_in_electrons, mask_model={name!r}"
               + (f", inpaint_model={name!r}" if any(r.kind == "inpaint" for r in records) else "") + ")",
               "```", "", "```", f"crforge clean FILE_flc.fits --model {name}"
@@ -249,7 +249,7 @@ def publish(run_dir: str | os.PathLike, name: str, *, zoo: str | os.PathLike | N
         a checkpoint that is not the evaluated architecture, a bad or taken name.
     """
     from crforge import __version__
-    from training.train import _read_checkpoint
+    from crforge.training.train import _read_checkpoint
 
     run_dir = Path(run_dir)
     if not run_dir.is_dir():

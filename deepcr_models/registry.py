@@ -71,7 +71,7 @@ class ModelRecord:
         Whether the network has batch norm.
     normalisation : dict
         Input normalisation of the checkpoint (``scheme``, ``scale``, ``bunit``,
-        ``fill_ignored``; see :func:`training.data.normalisation_info`).
+        ``fill_ignored``; see :func:`crforge.training.data.normalisation_info`).
     threshold : float or None
         Recommended probability threshold (mask models).
     threshold_fpr : float or None

@@ -326,7 +326,7 @@ class Visit:
 
     @property
     def name(self) -> str:
-        """The visit's directory name, as :mod:`pipeline.manifest` names it."""
+        """The visit's directory name, as :mod:`crforge.pipeline.manifest` names it."""
         return f"{self.proposal_id}_{self.obset_id}_{self.filter.lower()}"
 
     @property

@@ -1,18 +1,18 @@
 """The dataset stage: a manifest of visits -> one HDF5 training set (schema v1).
 
 First, in this process, archive visits whose exposures are not on disk are resolved
-on MAST and fetched with verified sizes (:func:`pipeline.archive.prepare_visits`); a
+on MAST and fetched with verified sizes (:func:`crforge.pipeline.archive.prepare_visits`); a
 visit that cannot be fetched fails there and is never labelled.
 
 For every visit of the manifest, in parallel on dask (one task per visit, each task
 writing only its own visit's files)::
 
     <work>/raw/<visit>/          simulate (or the exposures fetched from the archive)
-    <work>/labels/<visit>/       AstroDrizzle labels (pipeline.drizzle)
-    <work>/stamps/<visit>.npz    256x256 stamps + metadata + footprint (pipeline.stamps)
+    <work>/labels/<visit>/       AstroDrizzle labels (crforge.pipeline.drizzle)
+    <work>/stamps/<visit>.npz    256x256 stamps + metadata + footprint (crforge.pipeline.stamps)
 
 then, in this process: group visits into fields by sky overlap, split the fields
-(pipeline.splits), and stream the stamps, one visit at a time, into
+(crforge.pipeline.splits), and stream the stamps, one visit at a time, into
 ``<work>/<name>.h5`` (written as ``<name>.h5.tmp`` and renamed when complete).
 
 Resuming: every per-visit output is written under a temporary name and renamed when
@@ -327,7 +327,7 @@ def build_dataset(manifest: str | os.PathLike | Manifest, work: str | os.PathLik
     Parameters
     ----------
     manifest : path-like or Manifest
-        The visits (TOML or CSV, see :mod:`pipeline.manifest`).
+        The visits (TOML or CSV, see :mod:`crforge.pipeline.manifest`).
     work : path-like
         Work directory for raw, labels, stamps and the output.
     cfg : crforge.runconfig.RunConfig, optional

@@ -12,7 +12,7 @@ exposure::
                                          IGNORE (uint8, bits 1 bad / 2 saturated / 4 no data)
     <labels>/<visit>/labels.json         what was run, on what, with which settings
 
-The masks themselves are computed by the pure functions of :mod:`pipeline.masks`.
+The masks themselves are computed by the pure functions of :mod:`crforge.pipeline.masks`.
 
 Two-exposure visits
 -------------------
@@ -20,7 +20,7 @@ With two exposures the median is the mean, so half of every CR stays in the refe
 and AstroDrizzle's default ``minmed`` settings label only bright events. For visits of
 ``refine_max_exposures`` or fewer exposures (default 2) crforge therefore runs
 AstroDrizzle with ``combine_type='minimum'`` (the reference holds no CR charge at all)
-and replaces its CR test by :func:`pipeline.masks.refine_cr_mask`: hysteresis
+and replaces its CR test by :func:`crforge.pipeline.masks.refine_cr_mask`: hysteresis
 thresholding with a noise model that includes the other exposure's noise, and a
 threshold raised where the other exposure shows the same residual (sharp stars that
 the blotted reference smooths leave a residual in every exposure; a CR in one only).
@@ -99,7 +99,7 @@ class LabelConfig:
         Let AstroDrizzle subtract the sky before the median.
     refine_max_exposures : int
         Visits with at most this many exposures use the minimum reference and
-        :func:`pipeline.masks.refine_cr_mask` (0 disables refinement).
+        :func:`crforge.pipeline.masks.refine_cr_mask` (0 disables refinement).
     refine_snr : tuple of float
         Seed and grow thresholds of the refinement, in sigma of the difference.
     refine_deriv_scale : float

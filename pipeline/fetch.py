@@ -1,6 +1,6 @@
 """``crforge fetch``: download a manifest's exposures from MAST into the raw area.
 
-The work is :func:`pipeline.archive.fetch_specs` (sizes verified against MAST's
+The work is :func:`crforge.pipeline.archive.fetch_specs` (sizes verified against MAST's
 listing, ``.part`` files resumed, retries with backoff, bounded concurrency); this
 module is its command line. Rows that list exposures and sizes (a manifest written
 by ``crforge query``) need no query; the others are resolved on MAST first.

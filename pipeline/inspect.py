@@ -1,7 +1,7 @@
 """Check and summarise a crforge HDF5 training set (``crforge inspect FILE.h5``).
 
 The file layout is DESIGN.md's "HDF5 schema, version 1", as written by
-:mod:`pipeline.dataset`::
+:mod:`crforge.pipeline.dataset`::
 
     / attrs  schema_version=1, created_utc, crforge_version, manifest_name,
              manifest_sha256, config (JSON), software (JSON object), stamp_size,

@@ -20,11 +20,11 @@ CSV (real visits): columns ``instrument, filter, proposal_id, obset_id, field_ty
 and optionally ``split``, ``exposures`` (space-separated rootnames), ``sizes``
 (space-separated byte counts of the exposures' products as MAST lists them, parallel
 to ``exposures``), ``product`` (``flc`` or ``flt``), ``target``, ``label``
-(``key=value;key=value`` LabelConfig overrides). ``pipeline.archive`` fills
+(``key=value;key=value`` LabelConfig overrides). ``crforge.pipeline.archive`` fills
 ``exposures``, ``sizes`` and ``product`` from MAST (``crforge query``), so that a
 fetch needs no query.
 
-A simulated visit takes every :class:`pipeline.simulate.SimulateConfig` key; its
+A simulated visit takes every :class:`crforge.pipeline.simulate.SimulateConfig` key; its
 pointing defaults to a distinct patch of sky per row (so separate rows are separate
 fields unless they say otherwise with ``ra``/``dec``), its seed to the manifest's
 ``seed`` plus the row index.

@@ -1,6 +1,6 @@
 """Pure functions that turn DQ arrays, AstroDrizzle CR masks and stacks into labels.
 
-Nothing here reads or writes files: :mod:`pipeline.drizzle` does the I/O and hands the
+Nothing here reads or writes files: :mod:`crforge.pipeline.drizzle` does the I/O and hands the
 arrays to these functions, so they can be tested on hand-built arrays.
 
 Ignore-mask bits (schema v1 of the HDF5 data set)::

@@ -1,7 +1,7 @@
 """Label quality of a simulated visit: AstroDrizzle's labels against the injected truth.
 
-Reads the label files of :mod:`pipeline.drizzle` and the truth files of
-:mod:`pipeline.simulate`, and sums :func:`pipeline.masks.label_scores` over every
+Reads the label files of :mod:`crforge.pipeline.drizzle` and the truth files of
+:mod:`crforge.pipeline.simulate`, and sums :func:`crforge.pipeline.masks.label_scores` over every
 exposure and chip. Pixels under the ignore mask are left out of every count.
 
 Signal-to-noise of a CR pixel: injected charge over the noise sigma the pixel would
@@ -39,7 +39,7 @@ def score_visit(label_dir: str | os.PathLike, raw_dir: str | os.PathLike) -> dic
     Returns
     -------
     dict
-        Counts as in :func:`pipeline.masks.label_scores`, plus ``n_exposures``.
+        Counts as in :func:`crforge.pipeline.masks.label_scores`, plus ``n_exposures``.
     """
     label_dir, raw_dir = Path(label_dir), Path(raw_dir)
     rep_path = label_dir / "labels.json"

@@ -1,7 +1,7 @@
 """The HDF5 training-set schema, version 1 (../shared/DESIGN.md), in one place.
 
-The writer (:mod:`pipeline.dataset`), the validator (:mod:`pipeline.inspect`), the
-loader (:mod:`training.data`) and the tests take the layout from here.
+The writer (:mod:`crforge.pipeline.dataset`), the validator (:mod:`crforge.pipeline.inspect`), the
+loader (:mod:`crforge.training.data`) and the tests take the layout from here.
 """
 
 from __future__ import annotations

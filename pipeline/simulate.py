@@ -107,7 +107,7 @@ class SimulateConfig:
     Parameters
     ----------
     instrument : str
-        Imager in :data:`pipeline.instruments.INSTRUMENTS`.
+        Imager in :data:`crforge.pipeline.instruments.INSTRUMENTS`.
     field_type : str
         One of ``extragalactic``, ``globular_cluster``, ``resolved_galaxy``.
     filter : str

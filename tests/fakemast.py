@@ -272,7 +272,7 @@ class FakeMast:
         Parameters
         ----------
         visit_dir : path-like
-            A directory written by :func:`pipeline.simulate.simulate_visit`; its
+            A directory written by :func:`crforge.pipeline.simulate.simulate_visit`; its
             rootnames (``ipppssoot``) give the obset (``ss``).
         proposal_id : int
             ``proposal_id`` of the observation rows.

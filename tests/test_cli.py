@@ -182,12 +182,12 @@ def test_pending_stages_exit_2_with_message(stages, capsys):
 
 
 def test_default_stage_table():
-    assert cli.STAGES["simulate"][0] == "pipeline.simulate"
-    assert cli.STAGES["label"][0] == "pipeline.drizzle"
-    assert cli.STAGES["dataset"][0] == "pipeline.dataset"
-    assert cli.STAGES["inspect"][0] == "pipeline.inspect"
-    assert cli.STAGES["train"][0] == "training.train"
-    assert cli.STAGES["evaluate"][0] == "training.evaluate"
+    assert cli.STAGES["simulate"][0] == "crforge.pipeline.simulate"
+    assert cli.STAGES["label"][0] == "crforge.pipeline.drizzle"
+    assert cli.STAGES["dataset"][0] == "crforge.pipeline.dataset"
+    assert cli.STAGES["inspect"][0] == "crforge.pipeline.inspect"
+    assert cli.STAGES["train"][0] == "crforge.training.train"
+    assert cli.STAGES["evaluate"][0] == "crforge.training.evaluate"
     assert not {"dataset", "inspect", "train", "evaluate"} & set(cli.PENDING)
 
 

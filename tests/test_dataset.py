@@ -15,11 +15,11 @@ import numpy as np
 import pytest
 
 from crforge.runconfig import RunConfig
-from pipeline.dataset import DatasetConfig, build_dataset
-from pipeline.inspect import summarise, validate
-from pipeline.manifest import load_manifest
-from pipeline.splits import assign_splits, group_fields, quads_overlap
-from pipeline.stamps import StampConfig, cut_stamps, snr_class, stamp_origins
+from crforge.pipeline.dataset import DatasetConfig, build_dataset
+from crforge.pipeline.inspect import summarise, validate
+from crforge.pipeline.manifest import load_manifest
+from crforge.pipeline.splits import assign_splits, group_fields, quads_overlap
+from crforge.pipeline.stamps import StampConfig, cut_stamps, snr_class, stamp_origins
 
 SMALL = """
 name = "small"
@@ -220,7 +220,7 @@ def test_failing_visit_is_reported_and_skipped(tmp_path):
     disk = json.loads((tmp_path / "w" / "small.report.json").read_text())
     assert disk["visits_failed"][0]["visit"] == "j4e001"
     # too many failures: no data set, a clear error, finished visits kept for the rerun
-    from pipeline.dataset import DatasetError
+    from crforge.pipeline.dataset import DatasetError
 
     with pytest.raises(DatasetError, match="1 of 5 visits failed"):
         build_dataset(man, tmp_path / "w", _cfg(scheduler="serial", max_failed_fraction=0.1),

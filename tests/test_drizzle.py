@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from astropy.io import fits
 
-from pipeline import masks
-from pipeline.drizzle import (
+from crforge.pipeline import masks
+from crforge.pipeline.drizzle import (
     DrizzleError,
     ExposureError,
     LabelConfig,
@@ -18,8 +18,8 @@ from pipeline.drizzle import (
     label_visit,
     validate_exposure,
 )
-from pipeline.quality import score_visit, summarise
-from pipeline.simulate import SimulateConfig, simulate_visit
+from crforge.pipeline.quality import score_visit, summarise
+from crforge.pipeline.simulate import SimulateConfig, simulate_visit
 
 SHAPE = (256, 512)
 

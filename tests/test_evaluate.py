@@ -16,13 +16,13 @@ import pytest
 import torch
 
 from crforge import cli
-from pipeline.schema import META_DTYPE
-from training import metrics as M
-from training.baselines import biharmonic_fill, lacosmic_mask, median_fill
-from training.evaluate import (EvaluateConfig, aperture_flux, evaluate_run, find_stars, hit_stars,
+from crforge.pipeline.schema import META_DTYPE
+from crforge.training import metrics as M
+from crforge.training.baselines import biharmonic_fill, lacosmic_mask, median_fill
+from crforge.training.evaluate import (EvaluateConfig, aperture_flux, evaluate_run, find_stars, hit_stars,
                                load_stamps)
-from training.models import ModelConfig
-from training.train import TrainConfig, main
+from crforge.training.models import ModelConfig
+from crforge.training.train import TrainConfig, main
 
 S = 64
 FIELD_TYPES = ("extragalactic", "globular_cluster", "resolved_galaxy")
@@ -347,8 +347,8 @@ def test_roc_dilated_curve_equals_dilating_each_binary_call():
 
 
 def test_mask_scores_use_the_folded_network_and_match_the_plain_one(tiny_run):
-    from training.evaluate import mask_scores
-    from training.train import load_checkpoint
+    from crforge.training.evaluate import mask_scores
+    from crforge.training.train import load_checkpoint
 
     _, run_dir = tiny_run
     model, _ = load_checkpoint(run_dir / "mask" / "best.pt")

@@ -1,4 +1,4 @@
-"""Tests of pipeline.inspect: schema validation, summary figures and the CLI hooks."""
+"""Tests of crforge.pipeline.inspect: schema validation, summary figures and the CLI hooks."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import h5py
 import numpy as np
 import pytest
 
-from pipeline import inspect as ins
-from pipeline.schema import FIELDS_DTYPE, META_DTYPE
+from crforge.pipeline import inspect as ins
+from crforge.pipeline.schema import FIELDS_DTYPE, META_DTYPE
 
 S = 16
 PIX = S * S

@@ -1,10 +1,10 @@
-"""Tests of pipeline.instruments: name look-up, header look-up and table sanity."""
+"""Tests of crforge.pipeline.instruments: name look-up, header look-up and table sanity."""
 
 from __future__ import annotations
 
 import pytest
 
-from pipeline.instruments import (
+from crforge.pipeline.instruments import (
     ACS_WFC,
     INSTRUMENTS,
     WFC3_UVIS,

@@ -1,12 +1,12 @@
-"""Tests of pipeline.masks on small hand-built arrays whose right answer is known exactly."""
+"""Tests of crforge.pipeline.masks on small hand-built arrays whose right answer is known exactly."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from pipeline.instruments import ACS_WFC, WFC3_UVIS
-from pipeline.masks import (
+from crforge.pipeline.instruments import ACS_WFC, WFC3_UVIS
+from crforge.pipeline.masks import (
     IGNORE_BAD,
     IGNORE_NODATA,
     IGNORE_SATURATED,

@@ -11,8 +11,8 @@ from astropy.io import fits
 from astropy.wcs import WCS
 from scipy import ndimage
 
-from pipeline.instruments import ACS_WFC
-from pipeline.simulate import (
+from crforge.pipeline.instruments import ACS_WFC
+from crforge.pipeline.simulate import (
     SimulateConfig,
     bleed_saturation,
     read_truth,

@@ -18,18 +18,18 @@ import pytest
 import torch
 from astropy.io import fits
 
-import deepcr_models
+from crforge import deepcr_models
 from crforge import cli
-from deepcr_models import interop, registry
-from deepcr_models.inference import (estimate_sky, mask_probability, receptive_radius, tile_windows,
+from crforge.deepcr_models import interop, registry
+from crforge.deepcr_models.inference import (estimate_sky, mask_probability, receptive_radius, tile_windows,
                                      unit_factor)
-from pipeline.instruments import ACS_WFC, WFC3_UVIS
-from pipeline.masks import ignore_mask
-from pipeline.schema import META_DTYPE
-from training.data import normalise
-from training.models import build_model
-from training.train import TrainConfig, load_checkpoint, main
-from training.models import ModelConfig
+from crforge.pipeline.instruments import ACS_WFC, WFC3_UVIS
+from crforge.pipeline.masks import ignore_mask
+from crforge.pipeline.schema import META_DTYPE
+from crforge.training.data import normalise
+from crforge.training.models import build_model
+from crforge.training.train import TrainConfig, load_checkpoint, main
+from crforge.training.models import ModelConfig
 
 S = 64
 FIELD_TYPES = ("extragalactic", "globular_cluster", "resolved_galaxy")
@@ -180,7 +180,7 @@ def test_publish_refuses_a_run_without_evaluation(trained, tmp_path, capsys):
     ev["models"]["mask"]["width"] = 32
     (run / "evaluation.json").write_text(json.dumps(ev))
     with pytest.raises(ValueError, match="width 32"):
-        from deepcr_models.publish import publish
+        from crforge.deepcr_models.publish import publish
         publish(run, "x", zoo=tmp_path / "z")
     assert not list((tmp_path / "z").glob("*.pt"))  # nothing half-published
     with pytest.raises(ValueError, match="name="):
@@ -289,7 +289,7 @@ def test_estimate_sky_and_helpers():
 
 
 def _visit(tmp_path) -> Path:
-    from pipeline.simulate import SimulateConfig, simulate_visit
+    from crforge.pipeline.simulate import SimulateConfig, simulate_visit
 
     cfg = SimulateConfig(n_exposures=1, chip_shape=(96, 160), exptime=500.0, seed=3,
                          field_type="globular_cluster")
@@ -451,7 +451,7 @@ def test_shipped_models_match_their_files_and_clean_a_frame():
     assert {(r.name, r.kind) for r in records} >= {("synthetic-acs-wfc", "mask"),
                                                    ("synthetic-acs-wfc", "inpaint"),
                                                    ("synthetic-acs-wfc-2-4", "mask")}
-    from deepcr_models import registry as reg
+    from crforge.deepcr_models import registry as reg
 
     zoo = Path(deepcr_models.__file__).parent
     for r in records:

@@ -4,7 +4,7 @@ Detection
     :func:`lacosmic_mask`: LACosmic (van Dokkum 2001) through astroscrappy
     (``astroscrappy.detect_cosmics``), on images in electrons with the sky in them, as
     LACosmic expects. :data:`LACOSMIC_DEFAULT` is astroscrappy's documented default
-    operating point; :mod:`training.evaluate` sweeps the detection threshold
+    operating point; :mod:`crforge.training.evaluate` sweeps the detection threshold
     (``sigclip``) to trace its ROC curve, as the deepCR paper did.
 
     :class:`DeepCRPeer`: the published deepCR model of the ``deepCR`` package (0.3.1:
@@ -164,7 +164,7 @@ class DeepCRPeer:
     ----------
     instrument : str
         ``ACS/WFC`` or ``WFC3/UVIS``: deepCR's model of the same name
-        (:data:`deepcr_models.interop.DEEPCR_MODELS`, the one table of them).
+        (:data:`crforge.deepcr_models.interop.DEEPCR_MODELS`, the one table of them).
     threads : int
         ``torch.set_num_threads`` while scoring (0 = leave as is).
 
@@ -178,7 +178,7 @@ class DeepCRPeer:
     """
 
     def __init__(self, instrument: str, threads: int = 0) -> None:
-        from deepcr_models.interop import DEEPCR_MODELS
+        from crforge.deepcr_models.interop import DEEPCR_MODELS
 
         name = str(instrument).replace("/", "-")
         if name not in DEEPCR_MODELS:

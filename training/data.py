@@ -63,7 +63,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from pipeline.schema import SPLITS
+from crforge.pipeline.schema import SPLITS
 
 logger = logging.getLogger(__name__)
 

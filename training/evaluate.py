@@ -5,7 +5,7 @@ stamps:
 
 Detection (the paper's Table 1 and Figure 4)
     ROC curves and the true-positive rate at fixed false-positive rates (default 0.05%
-    and 0.5%), plain and with the 3x3-dilated prediction (:mod:`training.metrics`),
+    and 0.5%), plain and with the 3x3-dilated prediction (:mod:`crforge.training.metrics`),
     per field type and overall, for crforge's mask model, deepCR's published model of
     the data set's instrument (package ``deepCR`` 0.3.1) and LACosmic (astroscrappy,
     swept over ``sigclip`` to trace its ROC; its default point is reported too).
@@ -55,8 +55,8 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.schema import SPLITS, TRUTH_SNR_BINS as _BINS
-from training import metrics as M
+from crforge.pipeline.schema import SPLITS, TRUTH_SNR_BINS as _BINS
+from crforge.training import metrics as M
 
 logger = logging.getLogger(__name__)
 
@@ -106,7 +106,7 @@ class EvaluateConfig:
         ``sigclip`` values swept to trace LACosmic's ROC.
     truth_min_bin : int
         Against the injected truth, CR pixels of ``truth >= truth_min_bin`` are the
-        positives (``pipeline.schema.TRUTH_SNR_BINS``: 2 = 3-5 sigma, 3 = 5-10 sigma,
+        positives (``crforge.pipeline.schema.TRUTH_SNR_BINS``: 2 = 3-5 sigma, 3 = 5-10 sigma,
         4 = above 10) and fainter CR pixels are left out.
     photometry : bool
         Measure the photometric fidelity of the inpainting.
@@ -265,7 +265,7 @@ def load_stamps(path: str | os.PathLike, split: str, per_field_type: int = 0, se
         # a label on an ignored pixel is no label (as in training)
         out["cr"] = (g["cr"][index] != 0) & out["valid"]
         if "truth" in g:
-            # 0 = no injected CR, else 1 + the pixel's SNR bin (pipeline.schema.TRUTH_SNR_BINS)
+            # 0 = no injected CR, else 1 + the pixel's SNR bin (crforge.pipeline.schema.TRUTH_SNR_BINS)
             out["truth"] = np.where(out["valid"], g["truth"][index], 0).astype(np.uint8)
     return out
 
@@ -281,7 +281,7 @@ def _electrons(data: dict) -> np.ndarray:
 
 
 def _load_model(run_dir: Path, kind: str, which: str):
-    from training.train import load_checkpoint
+    from crforge.training.train import load_checkpoint
 
     path = run_dir / kind / f"{which}.pt"
     if not path.is_file():
@@ -293,7 +293,7 @@ def _load_model(run_dir: Path, kind: str, which: str):
 
 
 def _normalised(data: dict, ckpt: dict) -> np.ndarray:
-    from training.data import normalise
+    from crforge.training.data import normalise
 
     norm = ckpt["normalisation"]
     if norm.get("bunit", "ELECTRONS").upper() != data["bunit"].upper():
@@ -310,7 +310,7 @@ def _fast(model):
     """The inference copy of a network: batch norm folded, channels-last (as ``clean``)."""
     import torch
 
-    from training.models import fuse_batch_norm
+    from crforge.training.models import fuse_batch_norm
 
     return fuse_batch_norm(model).to(memory_format=torch.channels_last).eval()
 
@@ -418,7 +418,7 @@ def _point_figures(masks: list[np.ndarray], target, valid, groups, cfg: Evaluate
 
 def _lacosmic(data: dict, cfg: EvaluateConfig, progress: bool | None = False
               ) -> tuple[list[np.ndarray], float, list[dict]]:
-    from training.baselines import LACOSMIC_DEFAULT, lacosmic_mask
+    from crforge.training.baselines import LACOSMIC_DEFAULT, lacosmic_mask
 
     img = _electrons(data)
     rn = np.nan_to_num(data["meta"]["readnoise"].astype(np.float64), nan=5.0)
@@ -441,7 +441,7 @@ def _lacosmic(data: dict, cfg: EvaluateConfig, progress: bool | None = False
 
 def _deepcr(data: dict, cfg: EvaluateConfig, progress: bool | None = False
             ) -> tuple[np.ndarray, float, str]:
-    from training.baselines import DeepCRPeer
+    from crforge.training.baselines import DeepCRPeer
 
     peer = DeepCRPeer(data["instrument"], threads=_threads(cfg))
     img = _electrons(data)
@@ -459,7 +459,7 @@ def _deepcr(data: dict, cfg: EvaluateConfig, progress: bool | None = False
 
 def _eval_masks(data: dict, seed: int, norm_scale: float, fill_ignored: bool) -> tuple[np.ndarray, np.ndarray]:
     """The evaluation masks and loss masks of the stamps (as the training's, seeded)."""
-    from training.data import StampDataset
+    from crforge.training.data import StampDataset
 
     ds = StampDataset(data["path"], data["split"], "inpaint", None, seed=seed, norm_scale=norm_scale,
                       fill_ignored=fill_ignored)
@@ -476,7 +476,7 @@ def _eval_masks(data: dict, seed: int, norm_scale: float, fill_ignored: bool) ->
 
 def _fill(method: str, x: np.ndarray, masks: np.ndarray, model=None, batch_size: int = 16,
           threads: int = 1, progress: bool | None = False) -> np.ndarray:
-    from training.baselines import biharmonic_fill, median_fill
+    from crforge.training.baselines import biharmonic_fill, median_fill
 
     if method == "crforge":
         return _inpaint(model, x, masks, batch_size, progress)

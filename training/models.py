@@ -8,7 +8,7 @@ of the first level (doubled at every level down), so the paper's models are
 ``deepCR-2-4`` = ``UNet(depth=2, width=4)``, ``deepCR-2-32`` and ``deepCR-3-32``.
 
 - :class:`MaskNet`: one channel in (the normalised image, see
-  :func:`training.data.normalise`), one channel of logits out; :meth:`MaskNet.predict`
+  :func:`crforge.training.data.normalise`), one channel of logits out; :meth:`MaskNet.predict`
   applies the sigmoid and gives the CR probability.
 - :class:`InpaintNet`: image and mask in (the masked pixels are zeroed before the
   network sees them, and the mask is a second input channel), pixels out;

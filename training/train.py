@@ -124,7 +124,7 @@ class TrainConfig:
         Input normalisation ``(image - sky) / norm_scale`` (image unit, e.g.
         electrons); stored with the model.
     fill_ignored : bool
-        Set ignored pixels of the input to 0 (see :mod:`training.data`).
+        Set ignored pixels of the input to 0 (see :mod:`crforge.training.data`).
     val_fpr : float
         False-positive rate of the mask model's validation TPR (deepCR: 0.005).
     val_stamps : int
@@ -250,7 +250,7 @@ def inpaint_loss(pred: torch.Tensor, target: torch.Tensor, loss_mask: torch.Tens
     ----------
     pred, target, loss_mask : torch.Tensor
         Same shape; ``loss_mask`` is 1 under the borrowed mask and outside the
-        stamp's own CRs and ignored pixels (:class:`training.data.StampDataset`).
+        stamp's own CRs and ignored pixels (:class:`crforge.training.data.StampDataset`).
     reduction : {'mean', 'sum'}
         ``mean``: divided by the number of pixels in the mask (0 when empty).
         ``sum``: ``(sum of squares, pixel count)``.
@@ -344,10 +344,10 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim
     Parameters
     ----------
     model : nn.Module
-        A :class:`~training.models.MaskNet` or :class:`~training.models.InpaintNet`
+        A :class:`~crforge.training.models.MaskNet` or :class:`~crforge.training.models.InpaintNet`
         (``cfg.kind``).
     loader : DataLoader
-        Over a :class:`~training.data.StampDataset`; its dataset's and sampler's
+        Over a :class:`~crforge.training.data.StampDataset`; its dataset's and sampler's
         ``set_epoch`` are called with ``epoch``.
     optimizer : torch.optim.Optimizer
         The optimizer.
@@ -424,7 +424,7 @@ def evaluate(model: nn.Module, loader: DataLoader, device: torch.device | str, k
     model : nn.Module
         The network.
     loader : DataLoader
-        Over a :class:`~training.data.StampDataset` (items carry ``index``, which
+        Over a :class:`~crforge.training.data.StampDataset` (items carry ``index``, which
         gives each stamp's field type).
     device : torch.device or str
         Where the model is.
@@ -549,7 +549,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     -------
     (nn.Module, dict)
         The model in eval mode, and the checkpoint: ``kind``, ``model_config``,
-        ``normalisation`` (apply :func:`training.data.normalise` with its ``scale``
+        ``normalisation`` (apply :func:`crforge.training.data.normalise` with its ``scale``
         to new images), ``config`` (the run's resolved configuration), ``epoch``,
         ``step``, ``metrics`` and the training state.
     """
@@ -565,9 +565,9 @@ def _init_from_deepcr(model: nn.Module, init: str, cfg: TrainConfig) -> None:
     """Load deepCR 0.3.1's published mask model ``deepcr:<name>`` into ``model``.
 
     The first convolution is rescaled for this run's ``norm_scale`` (deepCR's ACS-WFC
-    model takes electrons unscaled); see :mod:`deepcr_models.interop`.
+    model takes electrons unscaled); see :mod:`crforge.deepcr_models.interop`.
     """
-    from deepcr_models.interop import DEEPCR_MODELS, deepcr_init_state
+    from crforge.deepcr_models.interop import DEEPCR_MODELS, deepcr_init_state
 
     name = init.split(":", 1)[1]
     if name not in DEEPCR_MODELS:
@@ -662,7 +662,7 @@ def main(cfg: TrainConfig, data: str | os.PathLike, out_dir: str | os.PathLike, 
         Start from the weights of this checkpoint (same kind and architecture)
         instead of a random initialisation (fine-tuning), or ``"deepcr:ACS-WFC"`` /
         ``"deepcr:WFC3-UVIS"`` for deepCR 0.3.1's published mask models (mask, depth 2,
-        width 32; see :mod:`deepcr_models.interop`). Ignored when resuming.
+        width 32; see :mod:`crforge.deepcr_models.interop`). Ignored when resuming.
     stop_after : int, optional
         Stop once this many epochs are complete, as if interrupted (``last.pt`` is
         then resumable); for tests and time-boxed runs.
