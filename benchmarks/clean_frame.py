@@ -59,7 +59,8 @@ def make_image(work: Path) -> Path:
         return path
     from astropy.io import fits
 
-    from crforge.pipeline.simulate import SimulateConfig, simulate_visit
+    from crforge.pipeline.simulate.config import SimulateConfig
+    from crforge.pipeline.simulate.visit import simulate_visit
 
     cfg = SimulateConfig(n_exposures=1, field_type="globular_cluster", exptime=500.0, seed=7)
     visit = simulate_visit(cfg, work / "raw")

@@ -43,13 +43,13 @@ def _subset(manifest: Path, n: int):
 
 def _child(args) -> dict:
     logging.basicConfig(level=logging.WARNING)
-    from crforge.runconfig import RunConfig
-    from crforge.pipeline.dataset import DatasetConfig, build_dataset
+    from crforge.pipeline.dataset.config import DatasetConfig
+    from crforge.pipeline.dataset.stage import build_dataset
 
     man = _subset(args.manifest, args.child_n)
-    cfg = RunConfig(dataset=DatasetConfig(scheduler=args.child_scheduler, workers=args.child_workers))
+    dataset = DatasetConfig(scheduler=args.child_scheduler, workers=args.child_workers)
     t0 = time.perf_counter()
-    rep = build_dataset(man, args.work, cfg)
+    rep = build_dataset(man, args.work, dataset=dataset)
     return {"seconds": time.perf_counter() - t0, "stamps": sum(rep["stamps"].values()),
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0}
 

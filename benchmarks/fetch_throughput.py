@@ -40,12 +40,13 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
 
+    from astroquery.mast import conf
     from fakemast import FakeMast
 
-    from crforge.pipeline.archive import ArchiveConfig, Criteria, download_url, fetch_file, fetch_visits, find_visits
-    from crforge.pipeline.simulate import SimulateConfig, simulate_visit
-
-    from astroquery.mast import conf
+    from crforge.pipeline.archive.config import ArchiveConfig
+    from crforge.pipeline.archive.stage import Criteria, download_url, fetch_file, fetch_visits, find_visits
+    from crforge.pipeline.simulate.config import SimulateConfig
+    from crforge.pipeline.simulate.visit import simulate_visit
 
     work = args.work
     shutil.rmtree(work, ignore_errors=True)

@@ -21,9 +21,12 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from crforge.pipeline.drizzle import LabelConfig, label_visit
+from crforge.pipeline.label.config import LabelConfig
+from crforge.pipeline.label.stage import label_visit
+from crforge.pipeline.names import FIELD_TYPES
 from crforge.pipeline.quality import score_visit, summarise
-from crforge.pipeline.simulate import FIELD_TYPES, SimulateConfig, simulate_visit
+from crforge.pipeline.simulate.config import SimulateConfig
+from crforge.pipeline.simulate.visit import simulate_visit
 
 
 def main() -> None:

@@ -33,7 +33,8 @@ from pathlib import Path
 
 def _child(method: str, visit: Path, work: Path) -> dict:
     logging.basicConfig(level=logging.WARNING)
-    from crforge.pipeline.drizzle import LabelConfig, astrodrizzle_kwargs, find_exposures, label_visit
+    from crforge.pipeline.label.config import LabelConfig
+    from crforge.pipeline.label.stage import astrodrizzle_kwargs, find_exposures, label_visit
 
     files = find_exposures(visit)
     t0 = time.perf_counter()
@@ -74,7 +75,8 @@ def main() -> None:
         print(json.dumps(_child(args.child, args.visit, args.work)))
         return
 
-    from crforge.pipeline.simulate import SimulateConfig, simulate_visit
+    from crforge.pipeline.simulate.config import SimulateConfig
+    from crforge.pipeline.simulate.visit import simulate_visit
 
     shape = tuple(int(v) for v in args.size.split("x")) if args.size else None
     sim = SimulateConfig(field_type=args.field, n_exposures=args.exposures, chip_shape=shape,

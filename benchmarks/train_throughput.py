@@ -130,9 +130,10 @@ def worker_ours(args) -> dict:
     import torch
     from torch.utils.data import DataLoader
 
+    from crforge.training.config import TrainConfig
     from crforge.training.data import EpochSampler, StampDataset
     from crforge.training.models import build_model
-    from crforge.training.train import TrainConfig, train_one_epoch
+    from crforge.training.train import train_one_epoch
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)

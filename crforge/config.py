@@ -38,7 +38,6 @@ import dataclasses
 import difflib
 import enum
 import logging
-import math
 import os
 import re
 import tomllib
@@ -47,6 +46,8 @@ import typing
 from collections.abc import Mapping, Sequence
 from pathlib import Path, PurePath
 from typing import Any, Literal, TypeVar, Union
+
+from crforge.errors import InputError
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +63,7 @@ __all__ = [
     "load_section",
     "to_dict",
     "dumps_toml",
+    "dumps_tables",
     "write_toml",
 ]
 
@@ -69,13 +71,12 @@ T = TypeVar("T")
 
 _MISSING = dataclasses.MISSING
 _NONE_TYPE = type(None)
-_BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
 
 
 # --------------------------------------------------------------------------- errors
 
 
-class ConfigError(Exception):
+class ConfigError(InputError):
     """Base class of configuration errors; ``key`` is the dotted key path (or "")."""
 
     def __init__(self, message: str, key: str = "") -> None:
@@ -83,7 +84,7 @@ class ConfigError(Exception):
         self.key = key
 
 
-class ConfigKeyError(ConfigError, ValueError):
+class ConfigKeyError(ConfigError):
     """An unknown (or missing required) configuration key."""
 
 
@@ -91,7 +92,7 @@ class ConfigTypeError(ConfigError, TypeError):
     """A configuration value of the wrong type."""
 
 
-class ConfigValueError(ConfigError, ValueError):
+class ConfigValueError(ConfigError):
     """A configuration value of the right type but not an allowed value."""
 
 
@@ -749,64 +750,6 @@ def _toml_tree(value: Any, where: str, default: Any = _MISSING) -> Any:
     return value
 
 
-def _toml_key(key: str) -> str:
-    return key if _BARE_KEY.match(key) else _toml_string(key)
-
-
-def _toml_string(s: str) -> str:
-    escapes = {'"': '\\"', "\\": "\\\\", "\n": "\\n", "\t": "\\t", "\r": "\\r",
-               "\b": "\\b", "\f": "\\f"}
-    out = []
-    for ch in s:
-        if ch in escapes:
-            out.append(escapes[ch])
-        elif ord(ch) < 0x20 or ord(ch) == 0x7F:
-            out.append(f"\\u{ord(ch):04x}")
-        else:
-            out.append(ch)
-    return '"' + "".join(out) + '"'
-
-
-def _toml_value(value: Any) -> str:
-    import datetime as _dt
-
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        if math.isnan(value):
-            return "nan"
-        if math.isinf(value):
-            return "inf" if value > 0 else "-inf"
-        return repr(value)
-    if isinstance(value, str):
-        return _toml_string(value)
-    if isinstance(value, (_dt.datetime, _dt.date, _dt.time)):
-        return value.isoformat()
-    if isinstance(value, list):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    if isinstance(value, Mapping):
-        if not value:
-            return "{}"
-        inner = ", ".join(f"{_toml_key(k)} = {_toml_value(v)}" for k, v in value.items())
-        return "{ " + inner + " }"
-    raise TypeError(f"cannot write {value!r} ({type(value).__name__}) as TOML")
-
-
-def _write_table(lines: list[str], path: list[str], table: Mapping[str, Any]) -> None:
-    simple = [(k, v) for k, v in table.items() if not isinstance(v, Mapping)]
-    tables = [(k, v) for k, v in table.items() if isinstance(v, Mapping)]
-    if path and (simple or not tables):
-        if lines:
-            lines.append("")
-        lines.append("[" + ".".join(_toml_key(p) for p in path) + "]")
-    for key, value in simple:
-        lines.append(f"{_toml_key(key)} = {_toml_value(value)}")
-    for key, value in tables:
-        _write_table(lines, [*path, key], value)
-
-
 def dumps_toml(obj: Any, *, header: str | None = None) -> str:
     """Write a config dataclass as a TOML document.
 
@@ -833,11 +776,33 @@ def dumps_toml(obj: Any, *, header: str | None = None) -> str:
     """
     if not dataclasses.is_dataclass(obj) or isinstance(obj, type):
         raise TypeError(f"dumps_toml() needs a dataclass instance, got {obj!r}")
-    lines: list[str] = []
-    if header:
-        lines.extend(f"# {line}".rstrip() for line in header.splitlines())
-    _write_table(lines, [], _toml_tree(obj, ""))
-    return "\n".join(lines) + "\n"
+    return _dumps(_toml_tree(obj, ""), header)
+
+
+def _dumps(tree: Mapping[str, Any], header: str | None) -> str:
+    import tomli_w
+
+    lines = [f"# {line}".rstrip() for line in (header or "").splitlines()]
+    text = tomli_w.dumps(tree)
+    return "\n".join(lines) + ("\n" if lines else "") + text
+
+
+def dumps_tables(tables: Mapping[str, Any], *, header: str | None = None) -> str:
+    """Write several config dataclasses as the tables of one TOML document.
+
+    Parameters
+    ----------
+    tables : mapping
+        Table name -> config dataclass instance (``{"train": TrainConfig(...)}``).
+    header : str, optional
+        Text written first as ``#`` comment lines.
+
+    Returns
+    -------
+    str
+        The document; ``load_section(cls, name, file)`` reads each table back.
+    """
+    return _dumps({name: _toml_tree(obj, name) for name, obj in tables.items()}, header)
 
 
 def write_toml(obj: Any, path: str | os.PathLike[str], *, header: str | None = None) -> Path:
@@ -845,8 +810,8 @@ def write_toml(obj: Any, path: str | os.PathLike[str], *, header: str | None = N
 
     Parameters
     ----------
-    obj : dataclass instance
-        The config.
+    obj : dataclass instance or mapping
+        The config, or table name -> config (see :func:`dumps_tables`).
     path : str or path-like
         Destination file; its directory must exist.
     header : str, optional
@@ -857,10 +822,9 @@ def write_toml(obj: Any, path: str | os.PathLike[str], *, header: str | None = N
     pathlib.Path
         The path written.
     """
-    path = Path(path)
-    text = dumps_toml(obj, header=header)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    from crforge import atomic
+
+    text = dumps_tables(obj, header=header) if isinstance(obj, Mapping) else dumps_toml(obj, header=header)
+    atomic.write_text(path, text)
     logger.debug("wrote config %s", path)
-    return path
+    return Path(path)

@@ -15,9 +15,19 @@ for the tiling, :mod:`crforge.deepcr_models.interop` for deepCR export/import an
 
 from __future__ import annotations
 
-from .inference import (DEFAULT_TILE, ZooModel, clean, count_tiles, estimate_sky, inpaint, list_models,
-                        load, mask_probability, receptive_radius)
-from .registry import ModelRecord, WeightsError, default_zoo
+from crforge.deepcr_models.inference import (
+                        DEFAULT_TILE,
+                        ZooModel,
+                        clean,
+                        count_tiles,
+                        estimate_sky,
+                        inpaint,
+                        list_models,
+                        load,
+                        mask_probability,
+                        receptive_radius,
+)
+from crforge.deepcr_models.registry import ModelRecord, WeightsError, default_zoo
 
 __all__ = ["list_models", "load", "clean", "mask_probability", "inpaint", "estimate_sky", "count_tiles",
            "receptive_radius", "ZooModel", "ModelRecord", "WeightsError", "default_zoo", "DEFAULT_TILE"]

@@ -18,20 +18,19 @@ as sky, as in training, and never masked.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
-import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .inference import DEFAULT_TILE, ZooModel, clean, count_tiles, load
+from crforge.deepcr_models.inference import DEFAULT_TILE, ZooModel, clean, count_tiles, load
+from crforge.errors import InputError
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["clean_fits", "default_output", "add_arguments", "run"]
+__all__ = ["clean_fits", "default_output",]
 
 
 def default_output(path: str | os.PathLike) -> Path:
@@ -45,7 +44,7 @@ def _check_bit(bit: Any) -> int:
     if not isinstance(bit, (int, np.integer)) or isinstance(bit, bool):
         raise TypeError(f"dq_bit must be an int, got {type(bit).__name__}")
     if bit <= 0 or bit & (bit - 1) or bit > 16384:
-        raise ValueError(f"dq_bit={bit!r}: expected one power of two from 1 to 16384 (HST DQ "
+        raise InputError(f"dq_bit={bit!r}: expected one power of two from 1 to 16384 (HST DQ "
                          "arrays are int16)")
     return int(bit)
 
@@ -105,14 +104,14 @@ def clean_fits(path: str | os.PathLike, mask_model: str | os.PathLike | ZooModel
         raise FileNotFoundError(2, "No such file or directory", str(path))
     if in_place:
         if output is not None and Path(output).resolve() != path.resolve():
-            raise ValueError("in_place=True writes over the input: give no output")
+            raise InputError("in_place=True writes over the input: give no output")
         out = path
     else:
         out = Path(output) if output is not None else default_output(path)
         if out.resolve() == path.resolve():
-            raise ValueError(f"output {out} is the input file: pass --in-place to write over it")
+            raise InputError(f"output {out} is the input file: pass --in-place to write over it")
         if out.exists() and not overwrite:
-            raise ValueError(f"{out} exists (pass --overwrite to replace it)")
+            raise InputError(f"{out} exists (pass --overwrite to replace it)")
     if dq_bit is not None:
         dq_bit = _check_bit(dq_bit)
 
@@ -129,34 +128,34 @@ def clean_fits(path: str | os.PathLike, mask_model: str | os.PathLike | ZooModel
             inst = None
         if dq_bit is None:
             if inst is None:
-                raise ValueError(f"{path}: INSTRUME/DETECTOR {primary.get('INSTRUME')!r}/"
+                raise InputError(f"{path}: INSTRUME/DETECTOR {primary.get('INSTRUME')!r}/"
                                  f"{primary.get('DETECTOR')!r} is not in crforge's instrument table; "
                                  "pass --dq-bit")
             dq_bit = inst.clean_dq_bit
         scis = [h for h in hdul if h.name == "SCI"]
         if not scis:
-            raise ValueError(f"{path}: no SCI extension (not a calibrated FLC/FLT file?)")
+            raise InputError(f"{path}: no SCI extension (not a calibrated FLC/FLT file?)")
         plan = []
         for sci in scis:
             ver = sci.ver
             try:
                 dq = hdul["DQ", ver]
             except KeyError:
-                raise ValueError(f"{path}: SCI,{ver} has no DQ,{ver} extension") from None
+                raise InputError(f"{path}: SCI,{ver} has no DQ,{ver} extension") from None
             if sci.data is None or sci.data.ndim != 2 or dq.data is None or dq.data.shape != sci.data.shape:
-                raise ValueError(f"{path}: SCI,{ver} and DQ,{ver} are not two 2-D arrays of one shape")
+                raise InputError(f"{path}: SCI,{ver} and DQ,{ver} are not two 2-D arrays of one shape")
             if not np.issubdtype(dq.data.dtype, np.integer):
-                raise ValueError(f"{path}: DQ,{ver} is not an integer array ({dq.data.dtype})")
+                raise InputError(f"{path}: DQ,{ver} is not an integer array ({dq.data.dtype})")
             bunit = sci.header.get("BUNIT", primary.get("BUNIT"))
             if bunit is None:
-                raise ValueError(f"{path}: SCI,{ver} has no BUNIT (expected ELECTRONS or ELECTRONS/S)")
+                raise InputError(f"{path}: SCI,{ver} has no BUNIT (expected ELECTRONS or ELECTRONS/S)")
             key = str(bunit).strip().upper().replace(" ", "")
             if key not in ("ELECTRONS", "ELECTRONS/S", "ELECTRONS/SEC"):
-                raise ValueError(f"{path}: SCI,{ver} BUNIT={bunit!r}: expected ELECTRONS or ELECTRONS/S "
+                raise InputError(f"{path}: SCI,{ver} BUNIT={bunit!r}: expected ELECTRONS or ELECTRONS/S "
                                  "(counts must be calibrated to electrons first)")
             exptime = primary.get("EXPTIME", sci.header.get("EXPTIME"))
             if key != "ELECTRONS" and not (exptime is not None and float(exptime) > 0):
-                raise ValueError(f"{path}: SCI,{ver} is in {bunit} but EXPTIME is {exptime!r}: "
+                raise InputError(f"{path}: SCI,{ver} is in {bunit} but EXPTIME is {exptime!r}: "
                                  "a positive exposure time is needed")
             plan.append((sci, dq, key, exptime))
 
@@ -220,44 +219,5 @@ def clean_fits(path: str | os.PathLike, mask_model: str | os.PathLike | ZooModel
 # --------------------------------------------------------------------------- CLI
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Arguments of ``crforge clean``."""
-    parser.add_argument("file", type=Path, help="calibrated HST file (FLC/FLT: SCI and DQ per chip)")
-    parser.add_argument("--model", required=True, help="zoo name (crforge.deepcr_models.list_models()), a "
-                        "crforge checkpoint or weights file, or deepcr:ACS-WFC")
-    parser.add_argument("--inpaint", nargs="?", const="", default=None, metavar="MODEL",
-                        help="also replace the CR pixels of SCI with the inpaint model (default: "
-                        "the --model name's inpaint model)")
-    parser.add_argument("--output", "-o", type=Path, help="output file (default <stem>_crclean.fits)")
-    parser.add_argument("--in-place", action="store_true", help="write over the input file")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing output file")
-    parser.add_argument("--dq-bit", type=int, default=None, help="DQ bit of the CR mask (default: the "
-                        "instrument's: 16384 ACS/WFC, 8 WFC3/UVIS)")
-    parser.add_argument("--threshold", type=float, default=None, help="CR probability threshold "
-                        "(default: the model's recommended one)")
-    parser.add_argument("--tile", type=int, default=DEFAULT_TILE, help=f"largest tile side (default {DEFAULT_TILE})")
-    parser.add_argument("--overlap", type=int, default=None, help="tile overlap (default: the "
-                        "network's receptive radius)")
-    parser.add_argument("--batch-size", type=int, default=1, help="tiles per forward pass")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads")
-    parser.add_argument("--precision", choices=("float32", "bfloat16"), default="float32")
-    parser.add_argument("--device", default=None, help="cpu or cuda (default cpu)")
-    parser.add_argument("--zoo", type=Path, default=None, help="zoo directory (default: the "
-                        "package's deepcr_models/, or $CRFORGE_ZOO)")
 
 
-def run(args: argparse.Namespace) -> int:
-    """Entry point of ``crforge clean``."""
-    inpaint_model = None
-    if args.inpaint is not None:
-        inpaint_model = args.inpaint or args.model
-    res = clean_fits(args.file, args.model, inpaint_model=inpaint_model, output=args.output,
-                     in_place=args.in_place, overwrite=args.overwrite, dq_bit=args.dq_bit,
-                     threshold=args.threshold, tile=args.tile, overlap=args.overlap,
-                     batch_size=args.batch_size, threads=args.threads, precision=args.precision,
-                     device=args.device, zoo=args.zoo)
-    for c in res["chips"]:
-        sys.stdout.write(f"SCI,{c['extver']}: {c['cr_pixels']} CR pixels ({100 * c['fraction']:.3f}%)\n")
-    sys.stdout.write(f"wrote {res['output']} (DQ bit {res['dq_bit']}, threshold {res['threshold']:.6g}"
-                     f"{', inpainted' if res['inpainted'] else ''})\n")
-    return 0

@@ -20,7 +20,6 @@ unfolded in the default layout, float32).
 
 from __future__ import annotations
 
-import copy
 import logging
 import numbers
 import os
@@ -33,9 +32,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from crforge.deepcr_models import registry as reg
+from crforge.errors import InputError
 from crforge.training.models import fuse_batch_norm
-
-from . import registry as reg
 
 logger = logging.getLogger(__name__)
 
@@ -128,14 +127,14 @@ def _load_file(path: Path, device: torch.device, sha256: str | None = None) -> d
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise ValueError(f"{path}: not a readable crforge model file ({type(exc).__name__}: {exc})") from exc
+        raise InputError(f"{path}: not a readable crforge model file ({type(exc).__name__}: {exc})") from exc
     fmt = obj.get("format") if isinstance(obj, dict) else None
     if fmt == reg.WEIGHTS_FORMAT:
         state = obj["state_dict"]
     elif fmt == CHECKPOINT_FORMAT:
         state = obj["model"]
     else:
-        raise ValueError(f"{path}: not a crforge checkpoint or zoo weights file (format "
+        raise InputError(f"{path}: not a crforge checkpoint or zoo weights file (format "
                          f"{CHECKPOINT_FORMAT} or {reg.WEIGHTS_FORMAT} expected)")
     return {"kind": obj["kind"], "model_config": dict(obj["model_config"]),
             "normalisation": dict(obj["normalisation"]), "state": state}
@@ -175,12 +174,12 @@ def load(name_or_path: str | os.PathLike | ZooModel, *, kind: str | None = None,
         from the record's (the message names the file and both hashes).
     """
     if kind is not None and kind not in ("mask", "inpaint"):
-        raise ValueError(f"kind={kind!r}: expected 'mask' or 'inpaint'")
+        raise InputError(f"kind={kind!r}: expected 'mask' or 'inpaint'")
     device = torch.device(device)
     if isinstance(name_or_path, ZooModel):
         m = name_or_path
         if kind is not None and m.kind != kind:
-            raise ValueError(f"model {m.source!r} is a {m.kind} model, not {kind}")
+            raise InputError(f"model {m.source!r} is a {m.kind} model, not {kind}")
         if m.device != device:
             m = ZooModel(m.net.to(device), m.kind, m.model_config, m.normalisation, m.record,
                          m.source, device)
@@ -189,10 +188,10 @@ def load(name_or_path: str | os.PathLike | ZooModel, *, kind: str | None = None,
         raise TypeError(f"name_or_path must be a str, path or ZooModel, got {type(name_or_path).__name__}")
     text = os.fspath(name_or_path)
     if text.lower().startswith("deepcr:"):
-        from .interop import load_deepcr_mask
+        from crforge.deepcr_models.interop import load_deepcr_mask
 
         if kind not in (None, "mask"):
-            raise ValueError(f"{text}: deepCR's published models are mask models")
+            raise InputError(f"{text}: deepCR's published models are mask models")
         net, mc, norm = load_deepcr_mask(text.split(":", 1)[1])
         return ZooModel(net.to(device).eval(), "mask", mc, norm, None, text, device)
     path = Path(text)
@@ -200,7 +199,7 @@ def load(name_or_path: str | os.PathLike | ZooModel, *, kind: str | None = None,
     if looks_like_file:
         info = _load_file(path, device)
         if kind is not None and info["kind"] != kind:
-            raise ValueError(f"{path}: holds a {info['kind']} model, not {kind}")
+            raise InputError(f"{path}: holds a {info['kind']} model, not {kind}")
         net = _build(info["kind"], info["model_config"], info["state"], device)
         return ZooModel(net, info["kind"], info["model_config"], info["normalisation"], None,
                         str(path), device)
@@ -209,7 +208,7 @@ def load(name_or_path: str | os.PathLike | ZooModel, *, kind: str | None = None,
     info = _load_file(zdir / rec.weights, device, sha256=rec.sha256)
     if info["kind"] != rec.kind or int(info["model_config"]["depth"]) != rec.depth \
             or int(info["model_config"]["width"]) != rec.width:
-        raise ValueError(f"{zdir / rec.weights}: holds a {info['kind']} "
+        raise InputError(f"{zdir / rec.weights}: holds a {info['kind']} "
                          f"{info['model_config']['depth']}-{info['model_config']['width']} model; "
                          f"the record says {rec.kind} {rec.depth}-{rec.width}")
     net = _build(info["kind"], info["model_config"], info["state"], device)
@@ -219,7 +218,7 @@ def load(name_or_path: str | os.PathLike | ZooModel, *, kind: str | None = None,
 def list_models(zoo: str | os.PathLike | None = None, *, kind: str | None = None) -> list[reg.ModelRecord]:
     """The zoo's model records (optionally only one ``kind``), sorted by name and kind."""
     if kind is not None and kind not in ("mask", "inpaint"):
-        raise ValueError(f"kind={kind!r}: expected 'mask', 'inpaint' or None")
+        raise InputError(f"kind={kind!r}: expected 'mask', 'inpaint' or None")
     return [r for r in reg.read_registry(zoo) if kind is None or r.kind == kind]
 
 
@@ -234,7 +233,7 @@ def receptive_radius(depth: int) -> int:
     2, 9, 23, 51 for depths 1-4; this bound gives 2, 10, 26, 58.
     """
     if not isinstance(depth, int) or depth < 1:
-        raise ValueError(f"depth={depth!r}: expected an int >= 1")
+        raise InputError(f"depth={depth!r}: expected an int >= 1")
     r = 2
     for k in range(1, depth):
         r += 2 ** (k - 1) + 2 * 2 ** k  # pool, two convolutions going down
@@ -257,7 +256,7 @@ def _axis_windows(n: int, tile: int, overlap: int, step: int) -> tuple[list[tupl
         return [(0, 0, n)], n
     core_max = tile - 2 * overlap
     if core_max < step:
-        raise ValueError(f"tile={tile}: too small for overlap={overlap} (need tile > 2 * overlap + {step})")
+        raise InputError(f"tile={tile}: too small for overlap={overlap} (need tile > 2 * overlap + {step})")
     k = -(-n // core_max)
     core = _round_up(-(-n // k), step)
     window = min(core + 2 * overlap, n)
@@ -274,11 +273,11 @@ def _axis_windows(n: int, tile: int, overlap: int, step: int) -> tuple[list[tupl
 def _check_tiling(tile: Any, overlap: Any, depth: int) -> tuple[int, int, int]:
     step = 2 ** (depth - 1)
     if not isinstance(tile, (int, np.integer)) or isinstance(tile, bool) or tile < 8 * step:
-        raise ValueError(f"tile={tile!r}: expected an int >= {8 * step}")
+        raise InputError(f"tile={tile!r}: expected an int >= {8 * step}")
     if overlap is None:
         overlap = receptive_radius(depth)
     if not isinstance(overlap, (int, np.integer)) or isinstance(overlap, bool) or overlap < 0:
-        raise ValueError(f"overlap={overlap!r}: expected an int >= 0 (or None: the receptive radius)")
+        raise InputError(f"overlap={overlap!r}: expected an int >= 0 (or None: the receptive radius)")
     if overlap < receptive_radius(depth):
         logger.warning("overlap=%d is below the depth-%d receptive radius %d: tile seams may show",
                        overlap, depth, receptive_radius(depth))
@@ -384,15 +383,15 @@ def estimate_sky(image: np.ndarray, ignore: np.ndarray | None = None, *, sigma: 
     """
     image = np.asarray(image)
     if image.ndim != 2:
-        raise ValueError(f"image: expected a 2-D array, got shape {image.shape}")
+        raise InputError(f"image: expected a 2-D array, got shape {image.shape}")
     if not sigma > 0:
-        raise ValueError(f"sigma={sigma!r}: expected > 0")
+        raise InputError(f"sigma={sigma!r}: expected > 0")
     flat = image.reshape(-1)
     good = np.isfinite(flat)
     if ignore is not None:
         ignore = np.asarray(ignore, bool)
         if ignore.shape != image.shape:
-            raise ValueError(f"ignore: shape {ignore.shape} differs from image {image.shape}")
+            raise InputError(f"ignore: shape {ignore.shape} differs from image {image.shape}")
         good &= ~ignore.reshape(-1)
     stride = max(1, flat.size // max_pixels)
     v = flat[::stride][good[::stride]].astype(np.float64)
@@ -421,13 +420,13 @@ def unit_factor(bunit: str, model_bunit: str, exptime: float | None) -> float:
     for name, value in (("bunit", bunit), ("model bunit", model_bunit)):
         key = str(value).strip().upper().replace(" ", "")
         if key not in BUNITS:
-            raise ValueError(f"{name}={value!r}: expected one of {sorted(BUNITS)}")
+            raise InputError(f"{name}={value!r}: expected one of {sorted(BUNITS)}")
         units.append(BUNITS[key])
     rate_in, rate_model = units
     if rate_in == rate_model:
         return 1.0
     if exptime is None or not float(exptime) > 0:
-        raise ValueError(f"exptime={exptime!r}: a positive exposure time is needed to convert "
+        raise InputError(f"exptime={exptime!r}: a positive exposure time is needed to convert "
                          f"{bunit} to {model_bunit}")
     return float(exptime) if rate_in else 1.0 / float(exptime)
 
@@ -448,7 +447,7 @@ def _as_image(image: Any) -> np.ndarray:
         image = image.detach().cpu().numpy()
     image = np.asarray(image)
     if image.ndim != 2:
-        raise ValueError(f"image: expected a 2-D array, got shape {image.shape}")
+        raise InputError(f"image: expected a 2-D array, got shape {image.shape}")
     if not np.issubdtype(image.dtype, np.number) or np.iscomplexobj(image):
         raise TypeError(f"image: expected real numbers, got dtype {image.dtype}")
     return image
@@ -466,11 +465,11 @@ def _normalised(image: np.ndarray, model: ZooModel, factor: float, sky_in: float
 
 def _check_common(batch_size, precision, threads):
     if not isinstance(batch_size, (int, np.integer)) or isinstance(batch_size, bool) or batch_size < 1:
-        raise ValueError(f"batch_size={batch_size!r}: expected an int >= 1")
+        raise InputError(f"batch_size={batch_size!r}: expected an int >= 1")
     if precision not in ("float32", "bfloat16"):
-        raise ValueError(f"precision={precision!r}: expected 'float32' or 'bfloat16'")
+        raise InputError(f"precision={precision!r}: expected 'float32' or 'bfloat16'")
     if threads is not None and (not isinstance(threads, int) or threads < 0):
-        raise ValueError(f"threads={threads!r}: expected an int >= 0 or None")
+        raise InputError(f"threads={threads!r}: expected an int >= 0 or None")
 
 
 def _progress(progress, total: int, desc: str):
@@ -533,7 +532,7 @@ def inpaint(image: np.ndarray, mask: np.ndarray, model: str | os.PathLike | ZooM
     image = _as_image(image)
     mask = np.asarray(mask, bool)
     if mask.shape != image.shape:
-        raise ValueError(f"mask: shape {mask.shape} differs from image {image.shape}")
+        raise InputError(f"mask: shape {mask.shape} differs from image {image.shape}")
     _check_common(batch_size, precision, threads)
     m = load(model, kind="inpaint", zoo=zoo, device=device or _default_device(model))
     ign = _check_ignore(ignore, image.shape)
@@ -557,7 +556,7 @@ def _check_ignore(ignore, shape) -> np.ndarray | None:
         return None
     ign = np.asarray(ignore, bool)
     if ign.shape != shape:
-        raise ValueError(f"ignore: shape {ign.shape} differs from image {shape}")
+        raise InputError(f"ignore: shape {ign.shape} differs from image {shape}")
     return ign
 
 
@@ -637,7 +636,7 @@ def clean(image: np.ndarray, mask_model: str | os.PathLike | ZooModel,
             threshold = 0.5
             logger.info("%s has no recommended threshold: using 0.5", m.source)
     if not isinstance(threshold, numbers.Real) or isinstance(threshold, bool) or not 0 <= threshold < 1:
-        raise ValueError(f"threshold={threshold!r}: expected a probability in [0, 1)")
+        raise InputError(f"threshold={threshold!r}: expected a probability in [0, 1)")
     ign = _check_ignore(ignore, image.shape)
     if sky is None:
         unit_factor(bunit or m.bunit, m.bunit, exptime)  # a bad unit fails before any work

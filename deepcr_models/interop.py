@@ -42,22 +42,22 @@ Import (``crforge train --init deepcr:ACS-WFC`` / ``deepcr:WFC3-UVIS``)
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
 import re
-import sys
 from collections import OrderedDict
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from crforge.errors import InputError
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["to_deepcr_state_dict", "from_deepcr_state_dict", "export_deepcr", "load_deepcr_mask",
-           "deepcr_init_state", "DEEPCR_MODELS", "add_arguments", "run"]
+           "deepcr_init_state", "DEEPCR_MODELS",]
 
 #: deepCR's published mask models we can import: name -> (batch norm, input standardised per image)
 DEEPCR_MODELS = {"ACS-WFC": (True, False), "WFC3-UVIS": (False, True)}
@@ -75,14 +75,14 @@ def _ours(key: str) -> str:
     for a, b in _PREFIXES:
         if key.startswith(a):
             return b + key[len(a):]
-    raise ValueError(f"deepCR state dict: unexpected key {key!r} (not a depth-2 UNet2Sigmoid)")
+    raise InputError(f"deepCR state dict: unexpected key {key!r} (not a depth-2 UNet2Sigmoid)")
 
 
 def _theirs(key: str) -> str:
     for a, b in _PREFIXES:
         if key.startswith(b):
             return a + key[len(b):]
-    raise ValueError(f"state dict: unexpected key {key!r} (not a depth-2 crforge UNet)")
+    raise InputError(f"state dict: unexpected key {key!r} (not a depth-2 crforge UNet)")
 
 
 def _resolve_weight_norm(sd: dict) -> dict:
@@ -124,7 +124,7 @@ def from_deepcr_state_dict(sd: dict, *, scale: float, sky: float = 0.0, mean: fl
         A state dict for ``MaskNet(2, width, batch_norm)``.
     """
     if not scale > 0 or not std > 0:
-        raise ValueError(f"scale={scale!r}, std={std!r}: expected > 0")
+        raise InputError(f"scale={scale!r}, std={std!r}: expected > 0")
     sd = {k[len("module."):] if k.startswith("module.") else k: v.detach().float().clone()
           for k, v in sd.items()}
     sd = _resolve_weight_norm(sd)
@@ -152,12 +152,12 @@ def _deepcr_file(name: str) -> Path:
     import importlib.util
 
     if name not in DEEPCR_MODELS:
-        raise ValueError(f"deepcr:{name}: crforge can import {sorted(DEEPCR_MODELS)}")
+        raise InputError(f"deepcr:{name}: crforge can import {sorted(DEEPCR_MODELS)}")
     # deepCR ships its weights in a top-level package `learned_models`; find it without
     # importing it (importing it before deepCR is a circular import in deepCR 0.3.1)
     spec = importlib.util.find_spec("learned_models")
     if spec is None or spec.origin is None:
-        raise ValueError("deepcr:<model> needs the deepCR package (pip install deepCR==0.3.1)")
+        raise InputError("deepcr:<model> needs the deepCR package (pip install deepCR==0.3.1)")
     path = Path(spec.origin).parent / "mask" / f"{name}.pth"
     if not path.is_file():
         raise FileNotFoundError(2, "No such file or directory", str(path))
@@ -217,16 +217,16 @@ def to_deepcr_state_dict(net: nn.Module, *, scale: float, sky: float = 0.0) -> "
     sky : float
         Sky level folded into the first convolution's bias (see the module notes).
     """
-    from .inference import fuse_batch_norm
+    from crforge.deepcr_models.inference import fuse_batch_norm
 
     if getattr(net, "kind", None) != "mask":
-        raise ValueError("only mask models can be exported to deepCR (deepCR 0.3.1 loads no custom "
+        raise InputError("only mask models can be exported to deepCR (deepCR 0.3.1 loads no custom "
                          "inpaint model)")
     if net.unet.depth != 2:
-        raise ValueError(f"a depth-{net.unet.depth} model cannot be exported: deepCR 0.3.1 builds only "
+        raise InputError(f"a depth-{net.unet.depth} model cannot be exported: deepCR 0.3.1 builds only "
                          "depth-2 networks (UNet2Sigmoid) for a custom model file")
     if not scale > 0:
-        raise ValueError(f"scale={scale!r}: expected > 0")
+        raise InputError(f"scale={scale!r}: expected > 0")
     fused = fuse_batch_norm(net)
     has_bn = any(isinstance(x, nn.BatchNorm2d) for x in net.modules())
     sd = {}
@@ -275,14 +275,14 @@ def export_deepcr(model, output: str | os.PathLike, *, sky: float = 0.0, zoo=Non
         What was written: ``path``, ``hidden``, ``threshold`` (the record's, else
         0.5), ``sky``, ``scale`` and the deepCR call.
     """
-    from .inference import load
+    from crforge.deepcr_models.inference import load
 
     output = Path(output)
     if output.exists() and not overwrite:
-        raise ValueError(f"{output} exists (pass --overwrite to replace it)")
+        raise InputError(f"{output} exists (pass --overwrite to replace it)")
     m = load(model, kind="mask", zoo=zoo)
     if m.bunit != "ELECTRONS":
-        raise ValueError(f"{m.source}: trained on {m.bunit}; deepCR's models take electrons, export "
+        raise InputError(f"{m.source}: trained on {m.bunit}; deepCR's models take electrons, export "
                          "needs a model trained on electrons")
     sd = to_deepcr_state_dict(m.net, scale=m.scale, sky=float(sky))
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -303,21 +303,5 @@ def export_deepcr(model, output: str | os.PathLike, *, sky: float = 0.0, zoo=Non
 # --------------------------------------------------------------------------- CLI
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Arguments of ``crforge export``."""
-    parser.add_argument("model", help="zoo name, or a crforge checkpoint / weights file (a mask model)")
-    parser.add_argument("--to", choices=("deepcr",), required=True, help="target format (deepcr: "
-                        "a state dict deepCR 0.3.1 loads with deepCR(mask=FILE, hidden=WIDTH))")
-    parser.add_argument("--output", "-o", type=Path, required=True, help="the .pth file to write")
-    parser.add_argument("--sky", type=float, default=0.0, help="sky level in electrons folded into "
-                        "the first convolution (deepCR does not subtract a sky; default 0)")
-    parser.add_argument("--zoo", type=Path, default=None, help="zoo directory (default: the package's "
-                        "deepcr_models/, or $CRFORGE_ZOO)")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing output file")
 
 
-def run(args: argparse.Namespace) -> int:
-    """Entry point of ``crforge export``."""
-    info = export_deepcr(args.model, args.output, sky=args.sky, zoo=args.zoo, overwrite=args.overwrite)
-    sys.stdout.write(f"wrote {info['path']}: {info['usage'].replace('THRESHOLD', str(round(info['threshold'], 6)))}\n")
-    return 0

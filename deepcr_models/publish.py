@@ -21,7 +21,6 @@ name.
 
 from __future__ import annotations
 
-import argparse
 import datetime as _dt
 import hashlib
 import io
@@ -30,18 +29,18 @@ import logging
 import os
 import platform
 import shutil
-import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from . import registry as reg
+from crforge.deepcr_models import registry as reg
+from crforge.errors import InputError
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["publish", "read_evaluation", "model_card", "EVALUATION_FORMAT", "add_arguments", "run"]
+__all__ = ["publish", "read_evaluation", "model_card", "EVALUATION_FORMAT",]
 
 EVALUATION_FORMAT = "crforge-evaluation/1"
 FIELDS = ("all", "extragalactic", "globular_cluster", "resolved_galaxy")
@@ -59,29 +58,29 @@ def read_evaluation(run_dir: str | os.PathLike) -> dict:
     run_dir = Path(run_dir)
     path = run_dir / "evaluation.json"
     if not path.is_file():
-        raise ValueError(f"{path} not found: the run has no evaluation figures, and a model without "
+        raise InputError(f"{path} not found: the run has no evaluation figures, and a model without "
                          f"them is not published; run `crforge evaluate --run {run_dir} --data DATA.h5` "
                          "(or `make evaluate`) first")
     try:
         ev = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}: not valid JSON ({exc})") from exc
+        raise InputError(f"{path}: not valid JSON ({exc})") from exc
     if not isinstance(ev, dict) or ev.get("format") != EVALUATION_FORMAT:
-        raise ValueError(f"{path}: not a crforge evaluation (format {EVALUATION_FORMAT!r} expected, "
+        raise InputError(f"{path}: not a crforge evaluation (format {EVALUATION_FORMAT!r} expected, "
                          f"got {ev.get('format') if isinstance(ev, dict) else type(ev).__name__!r})")
     for key in ("data", "models"):
         if not isinstance(ev.get(key), dict):
-            raise ValueError(f"{path}: no {key!r} table")
+            raise InputError(f"{path}: no {key!r} table")
     for key in ("instrument", "filters"):
         if key not in ev["data"]:
-            raise ValueError(f"{path}: data.{key} is missing")
+            raise InputError(f"{path}: data.{key} is missing")
     return ev
 
 
 def _figures(ev: dict, kind: str, path: Path) -> dict:
     figs = ev.get(kind, {}).get("crforge") if isinstance(ev.get(kind), dict) else None
     if not isinstance(figs, dict) or not figs:
-        raise ValueError(f"{path}: no {kind}.crforge figures: evaluate the {kind} model "
+        raise InputError(f"{path}: no {kind}.crforge figures: evaluate the {kind} model "
                          "(`crforge evaluate`) before publishing it")
     return figs
 
@@ -89,11 +88,11 @@ def _figures(ev: dict, kind: str, path: Path) -> dict:
 def _threshold(ev: dict, path: Path) -> tuple[float, float, str]:
     th = ev.get("threshold")
     if not isinstance(th, dict) or "value" not in th:
-        raise ValueError(f"{path}: no threshold.value: the mask model's recommended threshold is "
+        raise InputError(f"{path}: no threshold.value: the mask model's recommended threshold is "
                          "chosen by `crforge evaluate`")
     value = float(th["value"])
     if not 0 < value < 1:
-        raise ValueError(f"{path}: threshold.value={value!r}: expected a probability in (0, 1)")
+        raise InputError(f"{path}: threshold.value={value!r}: expected a probability in (0, 1)")
     return value, float(th.get("fpr", float("nan"))), str(th.get("split", "val"))
 
 
@@ -255,7 +254,7 @@ def publish(run_dir: str | os.PathLike, name: str, *, zoo: str | os.PathLike | N
     if not run_dir.is_dir():
         raise FileNotFoundError(2, "No such file or directory", str(run_dir))
     if not isinstance(name, str) or not reg.NAME_PATTERN.match(name):
-        raise ValueError(f"name={name!r}: expected letters, digits, '.', '_' or '-' (starting with a "
+        raise InputError(f"name={name!r}: expected letters, digits, '.', '_' or '-' (starting with a "
                          "letter or digit)")
     ev_path = run_dir / "evaluation.json"
     ev = read_evaluation(run_dir)
@@ -263,7 +262,7 @@ def publish(run_dir: str | os.PathLike, name: str, *, zoo: str | os.PathLike | N
     existing = reg.read_registry(zdir)
     taken = [r for r in existing if r.name == name]
     if taken and not overwrite:
-        raise ValueError(f"{name!r} is already in the zoo {zdir} ({', '.join(r.key for r in taken)}); "
+        raise InputError(f"{name!r} is already in the zoo {zdir} ({', '.join(r.key for r in taken)}); "
                          "pass --overwrite to replace it or choose another --name")
     ckpts = {}
     for kind in ("mask", "inpaint"):
@@ -271,7 +270,7 @@ def publish(run_dir: str | os.PathLike, name: str, *, zoo: str | os.PathLike | N
         if path.is_file():
             ckpts[kind] = path
     if not ckpts:
-        raise ValueError(f"{run_dir}: no mask/best.pt or inpaint/best.pt (train the run first: crforge train)")
+        raise InputError(f"{run_dir}: no mask/best.pt or inpaint/best.pt (train the run first: crforge train)")
     data = dict(ev["data"])
     now = _utc_now()
     software = {"crforge": str(__version__), "torch": torch.__version__, "numpy": np.__version__,
@@ -283,12 +282,12 @@ def publish(run_dir: str | os.PathLike, name: str, *, zoo: str | os.PathLike | N
             figs = _figures(ev, kind, ev_path)
             ckpt = _read_checkpoint(path)
             if ckpt["kind"] != kind:
-                raise ValueError(f"{path}: holds a {ckpt['kind']} model, expected {kind}")
+                raise InputError(f"{path}: holds a {ckpt['kind']} model, expected {kind}")
             mc = ckpt["model_config"]
             evm = ev["models"].get(kind, {})
             for key in ("depth", "width"):
                 if key in evm and int(evm[key]) != int(mc[key]):
-                    raise ValueError(f"{ev_path}: evaluated a {kind} model with {key} {evm[key]}, but "
+                    raise InputError(f"{ev_path}: evaluated a {kind} model with {key} {evm[key]}, but "
                                      f"{path} has {key} {mc[key]}: re-run crforge evaluate")
             if path.stat().st_mtime > ev_path.stat().st_mtime + 1:
                 logger.warning("%s is newer than %s: the figures may be of an earlier model", path, ev_path)
@@ -344,26 +343,5 @@ def publish(run_dir: str | os.PathLike, name: str, *, zoo: str | os.PathLike | N
 # --------------------------------------------------------------------------- CLI
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Arguments of ``crforge publish``."""
-    parser.add_argument("run", type=Path, help="the run directory (runs/<run>: mask/best.pt, "
-                        "inpaint/best.pt, evaluation.json)")
-    parser.add_argument("--name", required=True, help="published name")
-    parser.add_argument("--zoo", type=Path, default=None, help="zoo directory (default: the package's "
-                        "deepcr_models/, or $CRFORGE_ZOO)")
-    parser.add_argument("--overwrite", action="store_true", help="replace models already published "
-                        "under this name")
-    parser.add_argument("--description", help="one line describing the models (default: made from "
-                        "the architecture and the data)")
 
 
-def run(args: argparse.Namespace) -> int:
-    """Entry point of ``crforge publish``."""
-    records = publish(args.run, args.name, zoo=args.zoo, overwrite=args.overwrite,
-                      description=args.description)
-    zdir = reg.default_zoo() if args.zoo is None else Path(args.zoo)
-    for r in records:
-        extra = f", threshold {r.threshold:.6g} at FPR {r.threshold_fpr:g}" if r.threshold is not None else ""
-        sys.stdout.write(f"{r.key}: {zdir / r.weights} (sha256 {r.sha256[:12]}...{extra})\n")
-    sys.stdout.write(f"card: {zdir / records[0].card}\n")
-    return 0

@@ -33,6 +33,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Mapping
 
+from crforge.errors import InputError
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["ModelRecord", "WeightsError", "REGISTRY_FORMAT", "WEIGHTS_FORMAT", "REGISTRY_FILE",
@@ -47,7 +49,7 @@ NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 _WEIGHTS_NAME = re.compile(r"-(?P<hash>[0-9a-f]{12})\.pt$")
 
 
-class WeightsError(ValueError):
+class WeightsError(InputError):
     """A weights file is missing or does not match its recorded sha256."""
 
 
@@ -125,14 +127,14 @@ class ModelRecord:
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not NAME_PATTERN.match(self.name):
-            raise ValueError(f"name={self.name!r}: expected letters, digits, '.', '_' or '-' "
+            raise InputError(f"name={self.name!r}: expected letters, digits, '.', '_' or '-' "
                              "(starting with a letter or digit)")
         if self.kind not in ("mask", "inpaint"):
-            raise ValueError(f"kind={self.kind!r}: expected 'mask' or 'inpaint'")
+            raise InputError(f"kind={self.kind!r}: expected 'mask' or 'inpaint'")
         if not re.fullmatch(r"[0-9a-f]{64}", str(self.sha256)):
-            raise ValueError(f"sha256={self.sha256!r}: expected 64 hex digits")
+            raise InputError(f"sha256={self.sha256!r}: expected 64 hex digits")
         if self.threshold is not None and not 0 < self.threshold < 1:
-            raise ValueError(f"threshold={self.threshold!r}: expected a probability in (0, 1)")
+            raise InputError(f"threshold={self.threshold!r}: expected a probability in (0, 1)")
         object.__setattr__(self, "filters", tuple(self.filters))
 
     @property
@@ -157,11 +159,11 @@ class ModelRecord:
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - names)
         if unknown:
-            raise ValueError(f"model record: unknown key(s) {unknown}")
+            raise InputError(f"model record: unknown key(s) {unknown}")
         try:
             return cls(**dict(data))
         except TypeError as exc:
-            raise ValueError(f"model record {data.get('name')!r}: {exc}") from None
+            raise InputError(f"model record {data.get('name')!r}: {exc}") from None
 
 
 def default_zoo() -> Path:
@@ -188,9 +190,9 @@ def read_registry(zoo: str | os.PathLike | None = None) -> list[ModelRecord]:
     try:
         doc = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}: not valid JSON ({exc})") from exc
+        raise InputError(f"{path}: not valid JSON ({exc})") from exc
     if not isinstance(doc, dict) or doc.get("format") != REGISTRY_FORMAT:
-        raise ValueError(f"{path}: not a crforge zoo registry (format {REGISTRY_FORMAT} expected)")
+        raise InputError(f"{path}: not a crforge zoo registry (format {REGISTRY_FORMAT} expected)")
     return [ModelRecord.from_dict(r) for r in doc.get("models", [])]
 
 
@@ -201,7 +203,7 @@ def write_registry(records: list[ModelRecord], zoo: str | os.PathLike | None = N
     keys = [r.key for r in records]
     dup = sorted({k for k in keys if keys.count(k) > 1})
     if dup:
-        raise ValueError(f"registry: duplicate model(s) {dup}")
+        raise InputError(f"registry: duplicate model(s) {dup}")
     doc = {"format": REGISTRY_FORMAT,
            "models": [r.to_dict() for r in sorted(records, key=lambda r: (r.name, r.kind))]}
     path = zdir / REGISTRY_FILE
@@ -222,13 +224,13 @@ def find_record(name: str, kind: str = "mask", zoo: str | os.PathLike | None = N
     if not isinstance(name, str):
         raise TypeError(f"name must be a str, got {type(name).__name__}")
     if kind not in ("mask", "inpaint"):
-        raise ValueError(f"kind={kind!r}: expected 'mask' or 'inpaint'")
+        raise InputError(f"kind={kind!r}: expected 'mask' or 'inpaint'")
     records = read_registry(zoo)
     for r in records:
         if r.name == name and r.kind == kind:
             return r
     known = ", ".join(r.key for r in records) or "none"
-    raise ValueError(f"no {kind} model {name!r} in the zoo {_zoo_dir(zoo)} (it has: {known})")
+    raise InputError(f"no {kind} model {name!r} in the zoo {_zoo_dir(zoo)} (it has: {known})")
 
 
 def sha256_of(path: str | os.PathLike) -> str:

@@ -34,7 +34,6 @@ Counting conventions of :func:`summarise`
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
@@ -48,8 +47,16 @@ from typing import Any
 import h5py
 import numpy as np
 
-from .schema import (FIELDS_DTYPE, META_DTYPE, PIXEL_DTYPES, ROOT_ATTRS, SCHEMA_VERSION, SPLITS,
-                     TRUTH_SNR_BINS)
+from crforge.errors import InputError
+from crforge.pipeline.schema import (
+    FIELDS_DTYPE,
+    META_DTYPE,
+    PIXEL_DTYPES,
+    ROOT_ATTRS,
+    SCHEMA_VERSION,
+    SPLITS,
+    TRUTH_SNR_BINS,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -61,8 +68,6 @@ __all__ = [
     "validate",
     "summarise",
     "format_summary",
-    "add_arguments",
-    "run",
 ]
 
 #: The field types crforge simulates and labels (others are reported, not rejected).
@@ -91,9 +96,9 @@ def _check_path(path: Any) -> Path:
     if not p.exists():
         raise FileNotFoundError(f"path: no such file: {p}")
     if not p.is_file():
-        raise ValueError(f"path: not a regular file: {p}")
+        raise InputError(f"path: not a regular file: {p}")
     if not h5py.is_hdf5(p):
-        raise ValueError(f"path: not an HDF5 file: {p}")
+        raise InputError(f"path: not an HDF5 file: {p}")
     return p
 
 
@@ -101,7 +106,7 @@ def _check_block(block: Any) -> int:
     if isinstance(block, bool) or not isinstance(block, (int, np.integer)):
         raise TypeError(f"block must be an int, got {type(block).__name__}")
     if block < 1:
-        raise ValueError(f"block must be >= 1, got {block}")
+        raise InputError(f"block must be >= 1, got {block}")
     return int(block)
 
 
@@ -757,7 +762,7 @@ def format_summary(summary: Mapping[str, Any]) -> str:
         raise TypeError(f"summary must be a mapping, got {type(summary).__name__}")
     for key in ("splits", "total"):
         if key not in summary:
-            raise ValueError(f"summary: missing key {key!r} (expected summarise() output)")
+            raise InputError(f"summary: missing key {key!r} (expected summarise() output)")
     splits: Mapping[str, Any] = summary["splits"]
     total: Mapping[str, Any] = summary["total"]
     lines = [f"crforge training set: {summary.get('file', '?')}"]
@@ -816,56 +821,5 @@ def format_summary(summary: Mapping[str, Any]) -> str:
 # ------------------------------------------------------------------------------- CLI
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Arguments of ``crforge inspect``.
-
-    Parameters
-    ----------
-    parser : argparse.ArgumentParser
-        The subcommand's parser.
-    """
-    if not isinstance(parser, argparse.ArgumentParser):
-        raise TypeError(f"parser must be an argparse.ArgumentParser, got {type(parser).__name__}")
-    parser.add_argument("file", type=Path, help="HDF5 training set written by `crforge dataset`")
-    parser.add_argument("--json", action="store_true",
-                        help="print the summary as JSON instead of the text report")
 
 
-def run(args: argparse.Namespace) -> int:
-    """Entry point of ``crforge inspect``: validate, then summarise a training set.
-
-    Parameters
-    ----------
-    args : argparse.Namespace
-        Parsed arguments with ``file`` and ``json``.
-
-    Returns
-    -------
-    int
-        0 if the file is valid (the report, or JSON with ``--json``, goes to stdout);
-        1 if not (each problem on its own line on stderr, no report).
-
-    Raises
-    ------
-    TypeError
-        If ``args`` has no ``file`` attribute.
-    FileNotFoundError
-        If the file does not exist.
-    ValueError
-        If the file is not HDF5.
-    """
-    path = getattr(args, "file", None)
-    if path is None:
-        raise TypeError("args must have a 'file' attribute (the HDF5 training set)")
-    problems = validate(path)
-    if problems:
-        for msg in problems:
-            sys.stderr.write(f"{path}: {msg}\n")
-        sys.stderr.write(f"{path}: INVALID ({len(problems)} problem(s))\n")
-        return 1
-    summary = summarise(path)
-    if getattr(args, "json", False):
-        sys.stdout.write(json.dumps(summary, indent=2) + "\n")
-    else:
-        sys.stdout.write(format_summary(summary))
-    return 0

@@ -29,6 +29,8 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Mapping
 
+from crforge.errors import InputError
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["Chip", "Instrument", "INSTRUMENTS", "get_instrument", "instrument_for_header"]
@@ -159,7 +161,7 @@ class Instrument:
         for c in self.chips:
             if c.extver == extver:
                 return c
-        raise ValueError(
+        raise InputError(
             f"extver={extver!r}: {self.name} has chips "
             f"{[c.extver for c in self.chips]}"
         )
@@ -170,7 +172,7 @@ class Instrument:
         try:
             return table[filt.upper()]
         except KeyError:
-            raise ValueError(f"filter={filt!r}: {self.name} table knows {sorted(table)}") from None
+            raise InputError(f"filter={filt!r}: {self.name} table knows {sorted(table)}") from None
 
     def fwhm(self, filt: str) -> float:
         """PSF FWHM in pixels for filter ``filt``.
@@ -328,7 +330,7 @@ def get_instrument(name: str) -> Instrument:
     key = name.strip().upper().replace("_", "/").replace("-", "/")
     if key in INSTRUMENTS:
         return INSTRUMENTS[key]
-    raise ValueError(f"instrument={name!r}: known imagers are {sorted(INSTRUMENTS)}")
+    raise InputError(f"instrument={name!r}: known imagers are {sorted(INSTRUMENTS)}")
 
 
 def instrument_for_header(header: Mapping) -> Instrument:
@@ -342,5 +344,5 @@ def instrument_for_header(header: Mapping) -> Instrument:
     inst = str(header.get("INSTRUME", "")).strip().upper()
     det = str(header.get("DETECTOR", "")).strip().upper()
     if not inst or not det:
-        raise ValueError("primary header: INSTRUME and DETECTOR are required")
+        raise InputError("primary header: INSTRUME and DETECTOR are required")
     return get_instrument(f"{inst}/{det}")

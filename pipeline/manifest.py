@@ -43,11 +43,11 @@ from pathlib import Path
 from typing import Any
 
 from crforge import config as cfgmod
-
-from .drizzle import LabelConfig
-from .instruments import get_instrument
-from .schema import SPLITS
-from .simulate import FIELD_TYPES, SimulateConfig, base36
+from crforge.errors import InputError
+from crforge.pipeline.instruments import get_instrument
+from crforge.pipeline.label.config import LabelConfig
+from crforge.pipeline.names import FIELD_TYPES, SPLITS
+from crforge.pipeline.simulate.config import SimulateConfig, base36
 
 logger = logging.getLogger(__name__)
 
@@ -121,13 +121,13 @@ class Manifest:
 def _check_common(where: str, row: dict) -> tuple[str, str | None]:
     ft = row.get("field_type")
     if ft not in FIELD_TYPES:
-        raise ValueError(f"{where}: field_type={ft!r}, expected one of {FIELD_TYPES}")
+        raise InputError(f"{where}: field_type={ft!r}, expected one of {FIELD_TYPES}")
     split = row.get("split") or None
     if split is not None and split not in SPLITS:
-        raise ValueError(f"{where}: split={split!r}, expected one of {SPLITS} or empty")
+        raise InputError(f"{where}: split={split!r}, expected one of {SPLITS} or empty")
     lab = row.get("label", {})
     if not isinstance(lab, dict):
-        raise ValueError(f"{where}: label must be a table of LabelConfig overrides")
+        raise InputError(f"{where}: label must be a table of LabelConfig overrides")
     cfgmod.merge(LabelConfig(), lab, where=f"{where}: label")  # unknown keys fail here
     return ft, split
 
@@ -136,7 +136,7 @@ def _sim_visit(where: str, i: int, row: dict, base_seed: int) -> VisitSpec:
     ft, split = _check_common(where, row)
     unknown = set(row) - _SIM_KEYS - _COMMON_KEYS
     if unknown:
-        raise ValueError(f"{where}: unknown key(s) {sorted(unknown)} for a simulated visit; "
+        raise InputError(f"{where}: unknown key(s) {sorted(unknown)} for a simulated visit; "
                          f"valid: {sorted(_SIM_KEYS | _COMMON_KEYS)}")
     sim = {k: v for k, v in row.items() if k in _SIM_KEYS}
     sim.setdefault("seed", base_seed + i)
@@ -155,19 +155,19 @@ def _archive_visit(where: str, i: int, row: dict) -> VisitSpec:
     ft, split = _check_common(where, row)
     unknown = set(row) - _ARCHIVE_KEYS - _COMMON_KEYS
     if unknown:
-        raise ValueError(f"{where}: unknown key(s) {sorted(unknown)} for an archive visit; "
+        raise InputError(f"{where}: unknown key(s) {sorted(unknown)} for an archive visit; "
                          f"valid: {sorted(_ARCHIVE_KEYS | _COMMON_KEYS)}")
     for key in ("instrument", "filter", "proposal_id", "obset_id"):
         if row.get(key) in (None, ""):
-            raise ValueError(f"{where}: {key} is required for an archive visit")
+            raise InputError(f"{where}: {key} is required for an archive visit")
     get_instrument(str(row["instrument"]))
     try:
         pid = int(row["proposal_id"])
     except (TypeError, ValueError):
-        raise ValueError(f"{where}: proposal_id={row['proposal_id']!r} is not an integer") from None
+        raise InputError(f"{where}: proposal_id={row['proposal_id']!r} is not an integer") from None
     obset = str(row["obset_id"]).strip().lower().zfill(2)
     if len(obset) != 2 or not obset.isalnum():
-        raise ValueError(f"{where}: obset_id={row['obset_id']!r}: expected one or two letters/digits "
+        raise InputError(f"{where}: obset_id={row['obset_id']!r}: expected one or two letters/digits "
                          "(the 'ss' of an HST rootname ipppssoot)")
     exps = row.get("exposures") or []
     if isinstance(exps, str):
@@ -179,17 +179,17 @@ def _archive_visit(where: str, i: int, row: dict) -> VisitSpec:
     try:
         sizes = [int(s) for s in sizes]
     except (TypeError, ValueError):
-        raise ValueError(f"{where}: sizes={row.get('sizes')!r}: expected byte counts (integers)") from None
+        raise InputError(f"{where}: sizes={row.get('sizes')!r}: expected byte counts (integers)") from None
     if sizes and len(sizes) != len(exps):
-        raise ValueError(f"{where}: sizes has {len(sizes)} entries for {len(exps)} exposures; "
+        raise InputError(f"{where}: sizes has {len(sizes)} entries for {len(exps)} exposures; "
                          "give one size per exposure (or none)")
     if any(s <= 0 for s in sizes):
-        raise ValueError(f"{where}: sizes={sizes!r}: every size must be > 0 bytes")
+        raise InputError(f"{where}: sizes={sizes!r}: every size must be > 0 bytes")
     if len(set(exps)) != len(exps):
-        raise ValueError(f"{where}: exposures lists a rootname twice: {exps!r}")
+        raise InputError(f"{where}: exposures lists a rootname twice: {exps!r}")
     product = str(row.get("product", "") or "").strip().lower()
     if product and product not in ARCHIVE_PRODUCTS:
-        raise ValueError(f"{where}: product={row.get('product')!r}, expected one of {ARCHIVE_PRODUCTS} or empty")
+        raise InputError(f"{where}: product={row.get('product')!r}, expected one of {ARCHIVE_PRODUCTS} or empty")
     arch = {"instrument": str(row["instrument"]), "filter": str(row["filter"]).upper(),
             "proposal_id": pid, "obset_id": obset, "exposures": exps, "sizes": sizes,
             "product": product, "target": str(row.get("target", ""))}
@@ -202,7 +202,7 @@ def _parse_label_cell(where: str, text: str) -> dict:
     out: dict[str, Any] = {}
     for part in filter(None, (p.strip() for p in text.split(";"))):
         if "=" not in part:
-            raise ValueError(f"{where}: label entry {part!r} is not key=value")
+            raise InputError(f"{where}: label entry {part!r} is not key=value")
         key, value = (s.strip() for s in part.split("=", 1))
         out[key] = cfgmod.parse_override(f"{key}={value}")[1]
     return out
@@ -230,17 +230,17 @@ def load_manifest(path: str | os.PathLike) -> Manifest:
         try:
             doc = tomllib.loads(raw.decode())
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-            raise ValueError(f"{path}: not valid TOML ({exc})") from None
+            raise InputError(f"{path}: not valid TOML ({exc})") from None
         unknown = set(doc) - {"name", "description", "defaults", "visit", "seed"}
         if unknown:
-            raise ValueError(f"{path}: unknown top-level key(s) {sorted(unknown)}")
+            raise InputError(f"{path}: unknown top-level key(s) {sorted(unknown)}")
         name = str(doc.get("name", name))
         description = str(doc.get("description", ""))
         base_seed = int(doc.get("seed", 0))
         defaults = doc.get("defaults", {})
         rows = doc.get("visit", [])
         if not isinstance(rows, list) or not rows:
-            raise ValueError(f"{path}: no [[visit]] rows")
+            raise InputError(f"{path}: no [[visit]] rows")
         for i, row in enumerate(rows):
             merged = {**defaults, **row}
             if "label" in defaults and "label" in row:
@@ -252,7 +252,7 @@ def load_manifest(path: str | os.PathLike) -> Manifest:
             elif source == "archive":
                 visits.append(_archive_visit(where, i, merged))
             else:
-                raise ValueError(f"{where}: source={source!r}, expected 'simulate' or 'archive'")
+                raise InputError(f"{where}: source={source!r}, expected 'simulate' or 'archive'")
     elif path.suffix.lower() == ".csv":
         text = raw.decode()
         lines = [ln for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
@@ -265,12 +265,12 @@ def load_manifest(path: str | os.PathLike) -> Manifest:
                 row["label"] = _parse_label_cell(where, row["label"])
             visits.append(_archive_visit(where, i, row))
         if not visits:
-            raise ValueError(f"{path}: no visit rows")
+            raise InputError(f"{path}: no visit rows")
     else:
-        raise ValueError(f"{path}: manifest must be .toml or .csv")
+        raise InputError(f"{path}: manifest must be .toml or .csv")
     seen: dict[str, int] = {}
     for v in visits:
         if v.name in seen:
-            raise ValueError(f"{path}: visits {seen[v.name] + 1} and {v.row + 1} are both named {v.name!r}")
+            raise InputError(f"{path}: visits {seen[v.name] + 1} and {v.row + 1} are both named {v.name!r}")
         seen[v.name] = v.row
     return Manifest(name=name, path=path, sha256=sha, visits=visits, description=description)

@@ -20,7 +20,8 @@ import logging
 import numpy as np
 from scipy import ndimage
 
-from .instruments import Instrument
+from crforge.errors import InputError
+from crforge.pipeline.instruments import Instrument
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +46,7 @@ SNR_BINS = (0.0, 3.0, 5.0, 10.0, np.inf)
 def _check_2d(name: str, a: np.ndarray) -> np.ndarray:
     a = np.asarray(a)
     if a.ndim != 2:
-        raise ValueError(f"{name} must be a 2-D array, got shape {a.shape}")
+        raise InputError(f"{name} must be a 2-D array, got shape {a.shape}")
     return a
 
 
@@ -53,7 +54,7 @@ def grow(mask: np.ndarray, radius: int) -> np.ndarray:
     """Dilate a boolean mask by a disc of ``radius`` pixels (0 returns a copy)."""
     mask = _check_2d("mask", mask).astype(bool)
     if not isinstance(radius, (int, np.integer)) or radius < 0:
-        raise ValueError(f"radius={radius!r}: expected an int >= 0")
+        raise InputError(f"radius={radius!r}: expected an int >= 0")
     if radius == 0 or not mask.any():
         return mask.copy()
     yy, xx = np.mgrid[-radius:radius + 1, -radius:radius + 1]
@@ -107,7 +108,7 @@ def ignore_mask(
     # CR flags from the HST pipeline are labels, not defects.
     bad &= ~instrument.cr_bits
     if not isinstance(saturation_grow, (int, np.integer)) or saturation_grow < 0:
-        raise ValueError(f"saturation_grow={saturation_grow!r}: expected an int >= 0")
+        raise InputError(f"saturation_grow={saturation_grow!r}: expected an int >= 0")
     dq = dq.astype(np.int32, copy=False)  # int16 DQ holds bit 16384 at most
     out = np.zeros(dq.shape, np.uint8)
     out[(dq & bad) != 0] |= IGNORE_BAD
@@ -117,7 +118,7 @@ def ignore_mask(
     if no_coverage is not None:
         no_coverage = _check_2d("no_coverage", no_coverage)
         if no_coverage.shape != dq.shape:
-            raise ValueError(f"no_coverage shape {no_coverage.shape} != dq shape {dq.shape}")
+            raise InputError(f"no_coverage shape {no_coverage.shape} != dq shape {dq.shape}")
         nod |= no_coverage.astype(bool)
     out[nod] |= IGNORE_NODATA
     return out
@@ -196,11 +197,11 @@ def refine_cr_mask(
     sci = _check_2d("sci", sci).astype(np.float32)
     reference = _check_2d("reference", reference).astype(np.float32)
     if sci.shape != reference.shape:
-        raise ValueError(f"sci shape {sci.shape} != reference shape {reference.shape}")
+        raise InputError(f"sci shape {sci.shape} != reference shape {reference.shape}")
     if not readnoise >= 0:
-        raise ValueError(f"readnoise={readnoise!r}: expected >= 0")
+        raise InputError(f"readnoise={readnoise!r}: expected >= 0")
     if len(snr) != 2 or not snr[0] >= snr[1] > 0:  # snr[0] = inf: grow ``initial`` only
-        raise ValueError(f"snr={snr!r}: expected (seed, grow) with seed >= grow > 0")
+        raise InputError(f"snr={snr!r}: expected (seed, grow) with seed >= grow > 0")
     var_one = np.abs(reference) + np.float32(readnoise) ** 2
     var = var_one + (var_one if reference_var is None else reference_var.astype(np.float32))
     sigma = np.sqrt(var)
@@ -209,7 +210,7 @@ def refine_cr_mask(
     if other_residual is not None:
         other = _check_2d("other_residual", other_residual).astype(np.float32)
         if other.shape != sci.shape:
-            raise ValueError(f"other_residual shape {other.shape} != sci shape {sci.shape}")
+            raise InputError(f"other_residual shape {other.shape} != sci shape {sci.shape}")
         slack += np.float32(other_scale) * np.nan_to_num(np.maximum(other, 0), nan=0.0)
     seed = diff > snr[0] * sigma + slack
     if initial is not None:
@@ -261,7 +262,7 @@ def label_scores(
     label = _check_2d("label", label).astype(bool)
     truth_snr = _check_2d("truth_snr", truth_snr)
     if label.shape != truth_snr.shape:
-        raise ValueError(f"label shape {label.shape} != truth shape {truth_snr.shape}")
+        raise InputError(f"label shape {label.shape} != truth shape {truth_snr.shape}")
     use = np.ones(label.shape, bool) if ignore is None else (np.asarray(ignore) == 0)
     is_cr = truth_snr > 0
     # an infinite SNR (zero noise) belongs to the top bin, not outside every bin

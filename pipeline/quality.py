@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 from astropy.io import fits
 
-from . import masks
-from .simulate import read_truth
+from crforge.pipeline import masks
+from crforge.pipeline.simulate.visit import read_truth
 
 logger = logging.getLogger(__name__)
 

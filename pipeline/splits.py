@@ -21,6 +21,8 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from crforge.errors import InputError
+
 __all__ = ["quads_overlap", "group_fields", "assign_splits", "DEFAULT_FRACTIONS"]
 
 #: Default shares of fields per split.
@@ -51,7 +53,7 @@ def quads_overlap(a: np.ndarray, b: np.ndarray) -> bool:
     """Whether two convex sky quadrilaterals (``[4, 2]`` RA/Dec degrees) overlap."""
     a, b = np.asarray(a, float), np.asarray(b, float)
     if a.shape != (4, 2) or b.shape != (4, 2):
-        raise ValueError(f"quadrilaterals must be [4, 2] arrays, got {a.shape} and {b.shape}")
+        raise InputError(f"quadrilaterals must be [4, 2] arrays, got {a.shape} and {b.shape}")
     both = np.vstack([a, b])
     # mean position on the sphere (RA wraps at 360)
     v = np.c_[np.cos(np.radians(both[:, 1])) * np.cos(np.radians(both[:, 0])),
@@ -143,7 +145,7 @@ def assign_splits(
     fractions = dict(DEFAULT_FRACTIONS if fractions is None else fractions)
     if set(fractions) != {"train", "val", "test"} or any(v < 0 for v in fractions.values()) \
             or abs(sum(fractions.values()) - 1) > 1e-6:
-        raise ValueError(f"fractions={fractions!r}: expected train/val/test shares summing to 1")
+        raise InputError(f"fractions={fractions!r}: expected train/val/test shares summing to 1")
     fixed: dict[int, tuple[str, str]] = {}
     for visit in sorted(field_of):
         s = explicit.get(visit)
@@ -152,7 +154,7 @@ def assign_splits(
         f = field_of[visit]
         if f in fixed and fixed[f][0] != s:
             other = fixed[f][1]
-            raise ValueError(
+            raise InputError(
                 f"visits {other!r} (split {fixed[f][0]}) and {visit!r} (split {s}) overlap on "
                 f"the sky (field {f}) but their manifest splits differ")
         fixed.setdefault(f, (s, visit))

@@ -15,34 +15,14 @@ the networks nothing).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
-__all__ = ["StampConfig", "stamp_origins", "cut_stamps", "snr_class"]
+from crforge.errors import InputError
+from crforge.pipeline.dataset.config import StampConfig
+
+__all__ = [ "stamp_origins", "cut_stamps", "snr_class"]
 
 
-@dataclass
-class StampConfig:
-    """How stamps are cut.
-
-    Parameters
-    ----------
-    size : int
-        Stamp side in pixels (the HDF5 schema fixes 256).
-    max_ignored : float
-        Drop a stamp whose ignored fraction exceeds this.
-    """
-
-    size: int = 256
-    max_ignored: float = 0.5
-
-    def validate(self) -> None:
-        """Raise ``ValueError`` naming a bad parameter."""
-        if not isinstance(self.size, int) or self.size < 8:
-            raise ValueError(f"size={self.size!r}: expected an int >= 8")
-        if not 0.0 <= self.max_ignored <= 1.0:
-            raise ValueError(f"max_ignored={self.max_ignored!r}: expected a fraction in [0, 1]")
 
 
 def _starts(n: int, size: int) -> list[int]:
@@ -63,7 +43,7 @@ def stamp_origins(shape: tuple[int, int], size: int = 256) -> list[tuple[int, in
         If ``size`` is not a positive int.
     """
     if not isinstance(size, (int, np.integer)) or size < 1:
-        raise ValueError(f"size={size!r}: expected a positive int")
+        raise InputError(f"size={size!r}: expected a positive int")
     ny, nx = shape
     return [(y, x) for y in _starts(ny, size) for x in _starts(nx, size)]
 
@@ -112,7 +92,7 @@ def cut_stamps(
     shape = arrays["image"].shape
     for k, a in arrays.items():
         if a.ndim != 2 or a.shape != shape:
-            raise ValueError(f"{k} has shape {a.shape}, expected the chip shape {shape}")
+            raise InputError(f"{k} has shape {a.shape}, expected the chip shape {shape}")
     s = cfg.size
     keep = []
     for y0, x0 in stamp_origins(shape, s):

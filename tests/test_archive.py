@@ -16,16 +16,28 @@ from pathlib import Path
 import h5py
 import pytest
 import requests
+from fakemast import ENDPOINTS, FakeMast
 
 from crforge import cli
-from crforge.runconfig import RunConfig
-from fakemast import ENDPOINTS, FakeMast
-from crforge.pipeline.archive import (ArchiveConfig, Criteria, download_url, fetch_file, fetch_specs,
-                              fetch_visits, find_visits, group_visits, mast_criteria,
-                              normalise_filter, resolve_manifest, resolve_specs)
+from crforge.cli.runconfig import RunConfig
+from crforge.pipeline.archive.config import ArchiveConfig
+from crforge.pipeline.archive.stage import (
+    Criteria,
+    download_url,
+    fetch_file,
+    fetch_specs,
+    fetch_visits,
+    find_visits,
+    group_visits,
+    mast_criteria,
+    normalise_filter,
+    resolve_manifest,
+    resolve_specs,
+)
 from crforge.pipeline.inspect import validate
 from crforge.pipeline.manifest import load_manifest
-from crforge.pipeline.simulate import SimulateConfig, simulate_visit
+from crforge.pipeline.simulate.config import SimulateConfig
+from crforge.pipeline.simulate.visit import simulate_visit
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -127,7 +139,7 @@ def test_the_fake_serves_exactly_what_astroquery_asks_for(mast, tmp_path):
 
 
 def test_an_unimplemented_request_fails_the_test(mast):
-    from crforge.pipeline.archive import _observations
+    from crforge.pipeline.archive.stage import _observations
 
     obs = _observations(ArchiveConfig())
     with pytest.raises(requests.HTTPError, match="501"):
@@ -519,9 +531,10 @@ def test_dataset_from_the_fake_mast_end_to_end(mast, tmp_path, capsys):
         cfg.dataset.scheduler = "serial"
         cfg.dataset.max_failed_fraction = 0.5
         cfg.archive.retries = 0
-        from crforge.pipeline.dataset import build_dataset
+        from crforge.pipeline.dataset.stage import build_dataset
 
-        again = build_dataset(man, work, cfg)
+        again = build_dataset(man, work, dataset=cfg.dataset, label=cfg.label, stamps=cfg.stamps,
+                              archive=cfg.archive)
     assert mast.log == []
     assert again["visits_done"] == 2
     assert "cannot query MAST" not in again["visits_failed"][0]["reason"]

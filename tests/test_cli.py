@@ -1,4 +1,4 @@
-"""Tests of the crforge command line with injected fake stage modules."""
+"""Tests of the crforge command line with injected fake command modules."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from crforge import __version__, cli, config
+from crforge import __version__, cli
+from crforge.errors import InputError
 
 
 @dataclass
@@ -39,8 +40,7 @@ def fake_stage(monkeypatch):
         parser.add_argument("--input", default="in.fits")
         parser.add_argument("--status", type=int, default=0)
 
-    def run(args: argparse.Namespace) -> int | None:
-        cfg = config.load(FakeConfig, args.config, args.set)
+    def run(args: argparse.Namespace, cfg: FakeConfig) -> int | None:
         mod.calls.append((args, cfg))
         logging.getLogger("fake_stage").info("running on %s", args.input)
         logging.getLogger("fake_stage").debug("debug detail")
@@ -48,6 +48,7 @@ def fake_stage(monkeypatch):
             raise mod.behaviour
         return None if args.status == 99 else args.status
 
+    mod.CONFIG = FakeConfig
     mod.add_arguments = add_arguments
     mod.run = run
     monkeypatch.setitem(sys.modules, "fake_stage", mod)
@@ -69,7 +70,7 @@ def _restore_root_logger():
 
 
 def test_success_returns_zero_and_passes_args(fake_stage, stages, capsys):
-    rc = cli.main(["fake", "--input", "x.fits"], stages=stages)
+    rc = cli.main(["fake", "--input", "x.fits"], commands=stages)
     assert rc == 0
     args, cfg = fake_stage.calls[-1]
     assert args.command == "fake" and args.input == "x.fits"
@@ -79,8 +80,8 @@ def test_success_returns_zero_and_passes_args(fake_stage, stages, capsys):
 
 
 def test_none_status_is_zero_and_stage_status_passes_through(fake_stage, stages):
-    assert cli.main(["fake", "--status", "99"], stages=stages) == 0
-    assert cli.main(["fake", "--status", "3"], stages=stages) == 3
+    assert cli.main(["fake", "--status", "99"], commands=stages) == 0
+    assert cli.main(["fake", "--status", "3"], commands=stages) == 3
 
 
 def test_config_and_set_reach_the_stage(fake_stage, stages, tmp_path):
@@ -89,7 +90,7 @@ def test_config_and_set_reach_the_stage(fake_stage, stages, tmp_path):
     rc = cli.main(
         ["fake", "--config", str(path), "--set", "rate=3", "--set", "sub.level=7",
          "--set", "out=o/p"],
-        stages=stages,
+        commands=stages,
     )
     assert rc == 0
     _, cfg = fake_stage.calls[-1]
@@ -97,7 +98,7 @@ def test_config_and_set_reach_the_stage(fake_stage, stages, tmp_path):
 
 
 def test_unknown_config_key_is_exit_2_with_message(fake_stage, stages, capsys):
-    rc = cli.main(["fake", "--set", "sub.levle=2"], stages=stages)
+    rc = cli.main(["fake", "--set", "sub.levle=2"], commands=stages)
     assert rc == 2
     err = capsys.readouterr().err
     assert err.startswith("crforge fake: error: ")
@@ -105,102 +106,118 @@ def test_unknown_config_key_is_exit_2_with_message(fake_stage, stages, capsys):
 
 
 def test_type_error_is_exit_2(fake_stage, stages, capsys):
-    assert cli.main(["fake", "--set", "rate=fast"], stages=stages) == 2
+    assert cli.main(["fake", "--set", "rate=fast"], commands=stages) == 2
     err = capsys.readouterr().err
     assert "crforge fake: error:" in err and "'rate'" in err and "float" in err
 
 
 def test_missing_config_file_is_exit_2(fake_stage, stages, capsys):
-    assert cli.main(["fake", "--config", "missing.toml"], stages=stages) == 2
+    assert cli.main(["fake", "--config", "missing.toml"], commands=stages) == 2
     err = capsys.readouterr().err
     assert err == "crforge fake: error: config file not found: missing.toml\n"
 
 
 def test_oserror_style_file_not_found(fake_stage, stages, capsys):
     fake_stage.behaviour = FileNotFoundError(2, "No such file or directory", "a.fits")
-    assert cli.main(["fake"], stages=stages) == 2
+    assert cli.main(["fake"], commands=stages) == 2
     assert capsys.readouterr().err == (
         "crforge fake: error: No such file or directory: a.fits\n"
     )
 
 
-@pytest.mark.parametrize("exc", [ValueError("bad value"), TypeError("bad type")])
-def test_value_and_type_errors_are_exit_2(fake_stage, stages, capsys, exc):
+def test_input_errors_are_exit_2(fake_stage, stages, capsys):
+    fake_stage.behaviour = InputError("x.fits[SCI,1]: keyword BUNIT missing")
+    assert cli.main(["fake"], commands=stages) == 2
+    assert capsys.readouterr().err == "crforge fake: error: x.fits[SCI,1]: keyword BUNIT missing\n"
+
+
+@pytest.mark.parametrize("exc", [ValueError("bad value"), TypeError("bad type"), RuntimeError("bug")])
+def test_unexpected_errors_are_exit_1_with_the_traceback_behind_v(fake_stage, stages, capsys, exc):
+    """A plain ValueError or TypeError is a fault of ours, not bad input: never hidden as exit 2."""
     fake_stage.behaviour = exc
-    assert cli.main(["fake"], stages=stages) == 2
-    assert capsys.readouterr().err == f"crforge fake: error: {exc}\n"
+    assert cli.main(["fake"], commands=stages) == 1
+    err = capsys.readouterr().err
+    assert err == f"crforge fake: error: unexpected {type(exc).__name__}: {exc} (run with -v for the traceback)\n"
+    assert cli.main(["fake", "-v"], commands=stages) == 1
+    err = capsys.readouterr().err
+    assert "Traceback (most recent call last)" in err and f"{type(exc).__name__}: {exc}" in err
 
 
 def test_keyboard_interrupt_is_130(fake_stage, stages, capsys):
     fake_stage.behaviour = KeyboardInterrupt()
-    assert cli.main(["fake"], stages=stages) == 130
+    assert cli.main(["fake"], commands=stages) == 130
     assert "interrupted" in capsys.readouterr().err
 
 
-def test_other_exceptions_propagate(fake_stage, stages):
-    fake_stage.behaviour = RuntimeError("bug")
-    with pytest.raises(RuntimeError, match="bug"):
-        cli.main(["fake"], stages=stages)
-
-
 def test_usage_errors_are_exit_2(fake_stage, stages, capsys):
-    assert cli.main(["fake", "--no-such-option"], stages=stages) == 2
+    assert cli.main(["fake", "--no-such-option"], commands=stages) == 2
     assert "unrecognized arguments: --no-such-option" in capsys.readouterr().err
-    assert cli.main(["nonsense"], stages=stages) == 2
+    assert cli.main(["nonsense"], commands=stages) == 2
     assert "invalid choice" in capsys.readouterr().err
-    assert cli.main(["fake", "--status", "x"], stages=stages) == 2
+    assert cli.main(["fake", "--status", "x"], commands=stages) == 2
 
 
 def test_no_command_prints_help_and_exits_2(stages, capsys):
-    assert cli.main([], stages=stages) == 2
+    assert cli.main([], commands=stages) == 2
     err = capsys.readouterr().err
     assert "usage: crforge" in err and "fake" in err
 
 
 def test_help_and_version_exit_0(fake_stage, stages, capsys):
-    assert cli.main(["--help"], stages=stages, pending=PENDING_FAKE) == 0
+    assert cli.main(["--help"], commands=stages) == 0
     out = capsys.readouterr().out
-    assert "fake" in out and "do fake things" in out and "someday" in out
-    assert cli.main(["--version"], stages=stages) == 0
+    assert "fake" in out and "do fake things" in out
+    assert cli.main(["--version"], commands=stages) == 0
     assert capsys.readouterr().out.strip() == f"crforge {__version__}"
-    assert cli.main(["fake", "--help"], stages=stages) == 0
+    assert cli.main(["fake", "--help"], commands=stages) == 0
     out = capsys.readouterr().out
     assert "--input" in out and "--config" in out and "--set" in out and "--verbose" in out
 
 
-#: a stage announced but not built (the real table may have none left)
-PENDING_FAKE = {"someday": ("a stage to come", "someday is not built yet")}
+def test_default_command_table():
+    """Every command is a thin module of crforge.cli with run(args, cfg) and its flags."""
+    import importlib
+
+    assert set(cli.COMMANDS) == {"simulate", "label", "query", "fetch", "dataset", "inspect", "train",
+                                 "evaluate", "publish", "clean", "export"}
+    with_config = set()
+    for name, (module, help_) in cli.COMMANDS.items():
+        assert module.startswith("crforge.cli.") and help_
+        mod = importlib.import_module(module)
+        assert callable(mod.run) and callable(mod.add_arguments)
+        if mod.CONFIG is not None:
+            with_config.add(name)
+    assert with_config == {"simulate", "label", "query", "fetch", "dataset", "train", "evaluate"}
 
 
-def test_pending_stages_exit_2_with_message(stages, capsys):
-    rc = cli.main(["someday", "--data", "work/x.h5", "--whatever", "1"], stages=stages,
-                  pending=PENDING_FAKE)
-    assert rc == 2
-    err = capsys.readouterr().err
-    assert err.startswith("crforge someday: ")
-    assert "not built yet" in err
+@pytest.mark.parametrize("cmd", [["inspect", "x"], ["clean", "x", "--model", "m"], ["publish", "x", "--name", "n"],
+                                 ["export", "x", "--to", "deepcr", "--output", "o"]])
+def test_commands_without_a_config_table_refuse_config_and_set(cmd, capsys):
+    assert cli.main(cmd + ["--set", "a=1"]) == 2
+    assert "unrecognized arguments: --set" in capsys.readouterr().err
 
 
-def test_default_stage_table():
-    assert cli.STAGES["simulate"][0] == "crforge.pipeline.simulate"
-    assert cli.STAGES["label"][0] == "crforge.pipeline.drizzle"
-    assert cli.STAGES["dataset"][0] == "crforge.pipeline.dataset"
-    assert cli.STAGES["inspect"][0] == "crforge.pipeline.inspect"
-    assert cli.STAGES["train"][0] == "crforge.training.train"
-    assert cli.STAGES["evaluate"][0] == "crforge.training.evaluate"
-    assert not {"dataset", "inspect", "train", "evaluate"} & set(cli.PENDING)
+def test_set_without_a_table_is_the_commands_own(tmp_path):
+    """``crforge simulate --set seed=3`` is ``--set simulate.seed=3``; other tables stay reachable."""
+    import types as _types
+
+    mod = _types.SimpleNamespace(CONFIG=__import__("crforge.cli.runconfig", fromlist=["x"]).RunConfig,
+                                 SECTION="simulate")
+    args = argparse.Namespace(config=None, set=["seed=3", "label.grow_snr=2.5"])
+    cfg = cli._resolve_config(mod, args)
+    assert cfg.simulate.seed == 3 and cfg.label.grow_snr == 2.5
 
 
 def test_only_the_chosen_stage_is_imported(fake_stage, monkeypatch, capsys):
-    stages = {"fake": "fake_stage", "other": ("no_such_module_xyz", "never imported")}
-    assert cli.main(["fake"], stages=stages) == 0
-    assert cli.main(["--help"], stages=stages) == 0
+    stages = {"fake": ("fake_stage", "fake"), "other": ("no_such_module_xyz", "never imported")}
+    assert cli.main(["fake"], commands=stages) == 0
+    assert cli.main(["--help"], commands=stages) == 0
     assert "never imported" in capsys.readouterr().out
 
 
 def test_broken_stage_reports_import_error(stages, capsys):
     stages = {"broken": ("no_such_module_xyz", "a broken stage")}
-    rc = cli.main(["broken", "--anything"], stages=stages)
+    rc = cli.main(["broken", "--anything"], commands=stages)
     assert rc == 1
     err = capsys.readouterr().err
     assert "crforge broken: error: cannot import no_such_module_xyz" in err
@@ -209,24 +226,24 @@ def test_broken_stage_reports_import_error(stages, capsys):
 def test_stage_without_run_is_reported(monkeypatch, capsys):
     mod = types.ModuleType("runless_stage")
     monkeypatch.setitem(sys.modules, "runless_stage", mod)
-    assert cli.main(["x"], stages={"x": "runless_stage"}) == 1
-    assert "has no run(args)" in capsys.readouterr().err
+    assert cli.main(["x"], commands={"x": ("runless_stage", "no run")}) == 1
+    assert "has no run(args, cfg)" in capsys.readouterr().err
 
 
 def test_build_parser_imports_all_and_calls_add_arguments(fake_stage, stages):
-    parser = cli.build_parser(stages=stages)
+    parser = cli.build_parser(commands=stages)
     args = parser.parse_args(["fake", "--input", "a", "--set", "x=1", "--set", "y=2", "-vv"])
     assert args.input == "a" and args.set == ["x=1", "y=2"] and args.verbose == 2
-    assert args._run is fake_stage.run
+    assert args._command is fake_stage
 
 
 def test_verbose_logging_to_stderr(fake_stage, stages, capsys):
-    assert cli.main(["fake"], stages=stages) == 0
+    assert cli.main(["fake"], commands=stages) == 0
     assert "running on" not in capsys.readouterr().err
-    assert cli.main(["fake", "-v"], stages=stages) == 0
+    assert cli.main(["fake", "-v"], commands=stages) == 0
     err = capsys.readouterr().err
     assert "I fake_stage: running on in.fits" in err and "debug detail" not in err
-    assert cli.main(["fake", "-vv"], stages=stages) == 0
+    assert cli.main(["fake", "-vv"], commands=stages) == 0
     assert "D fake_stage: debug detail" in capsys.readouterr().err
     # repeated calls do not stack handlers
     handlers = [h for h in logging.getLogger().handlers if isinstance(h, cli._StderrHandler)]

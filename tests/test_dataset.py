@@ -14,12 +14,12 @@ import h5py
 import numpy as np
 import pytest
 
-from crforge.runconfig import RunConfig
-from crforge.pipeline.dataset import DatasetConfig, build_dataset
+from crforge.pipeline.dataset.config import DatasetConfig, StampConfig
+from crforge.pipeline.dataset.stage import build_dataset
 from crforge.pipeline.inspect import summarise, validate
 from crforge.pipeline.manifest import load_manifest
 from crforge.pipeline.splits import assign_splits, group_fields, quads_overlap
-from crforge.pipeline.stamps import StampConfig, cut_stamps, snr_class, stamp_origins
+from crforge.pipeline.stamps import cut_stamps, snr_class, stamp_origins
 
 SMALL = """
 name = "small"
@@ -83,14 +83,14 @@ def _same(a, b):
 
 
 def _cfg(**kw):
-    return RunConfig(dataset=DatasetConfig(**kw))
+    return {"dataset": DatasetConfig(**kw)}
 
 
 @pytest.fixture(scope="module")
 def serial_build(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("serial")
     man = _manifest(tmp, SIX)
-    report = build_dataset(man, tmp / "work", _cfg(scheduler="serial"))
+    report = build_dataset(man, tmp / "work", **_cfg(scheduler="serial"))
     return man, tmp / "work" / "small.h5", report
 
 
@@ -132,7 +132,7 @@ def test_file_is_valid_schema_v1_and_split_by_field(serial_build):
 
 def test_dask_and_serial_give_identical_files(serial_build, tmp_path):
     man, h5, _ = serial_build
-    build_dataset(man, tmp_path / "work", _cfg(scheduler="local", workers=2))
+    build_dataset(man, tmp_path / "work", **_cfg(scheduler="local", workers=2))
     _same(_content(h5), _content(tmp_path / "work" / "small.h5"))
 
 
@@ -143,7 +143,7 @@ def test_an_existing_scheduler_by_address(serial_build, tmp_path):
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
                       dashboard_address=None) as cluster:
         assert cluster.scheduler_address.startswith("tcp://127.0.0.1:")
-        build_dataset(man, tmp_path / "work", _cfg(scheduler=cluster.scheduler_address))
+        build_dataset(man, tmp_path / "work", **_cfg(scheduler=cluster.scheduler_address))
     _same(_content(h5), _content(tmp_path / "work" / "small.h5"))
 
 
@@ -164,7 +164,7 @@ def test_killed_run_resumes_to_the_same_file(serial_build, tmp_path):
     assert not (work / "small.h5").exists()
     n_done = len(list((work / "stamps").glob("*.npz")))
     assert 2 <= n_done < 6
-    report = build_dataset(man, work, _cfg(scheduler="serial"))
+    report = build_dataset(man, work, **_cfg(scheduler="serial"))
     assert report["status"] == "ok"
     _same(_content(h5), _content(work / "small.h5"))
     # nothing half-written survives
@@ -187,7 +187,7 @@ def test_overlapping_visits_with_conflicting_splits_are_refused(tmp_path):
     dec = -30.0
     """
     with pytest.raises(ValueError, match=r"visits 'j4e000' \(split train\) and 'j4e001' \(split test\) overlap"):
-        build_dataset(_manifest(tmp_path, rows), tmp_path / "w", _cfg(scheduler="serial"))
+        build_dataset(_manifest(tmp_path, rows), tmp_path / "w", **_cfg(scheduler="serial"))
 
 
 def test_failing_visit_is_reported_and_skipped(tmp_path):
@@ -209,7 +209,7 @@ def test_failing_visit_is_reported_and_skipped(tmp_path):
     n_exposures = 2
     """
     man = _manifest(tmp_path, rows)
-    report = build_dataset(man, tmp_path / "w", _cfg(scheduler="serial"))
+    report = build_dataset(man, tmp_path / "w", **_cfg(scheduler="serial"))
     assert [f["visit"] for f in report["visits_failed"]] == ["j4e001"]
     assert "1 usable exposure(s), at least 2 needed" in report["visits_failed"][0]["reason"]
     with h5py.File(tmp_path / "w" / "small.h5") as h:
@@ -220,10 +220,10 @@ def test_failing_visit_is_reported_and_skipped(tmp_path):
     disk = json.loads((tmp_path / "w" / "small.report.json").read_text())
     assert disk["visits_failed"][0]["visit"] == "j4e001"
     # too many failures: no data set, a clear error, finished visits kept for the rerun
-    from crforge.pipeline.dataset import DatasetError
+    from crforge.pipeline.dataset.stage import DatasetError
 
     with pytest.raises(DatasetError, match="1 of 5 visits failed"):
-        build_dataset(man, tmp_path / "w", _cfg(scheduler="serial", max_failed_fraction=0.1),
+        build_dataset(man, tmp_path / "w", **_cfg(scheduler="serial", max_failed_fraction=0.1),
                       output=tmp_path / "w" / "strict.h5")
     assert not (tmp_path / "w" / "strict.h5").exists()
 
@@ -319,8 +319,8 @@ def test_an_edited_manifest_row_is_rebuilt_not_reused(tmp_path):
     n_exposures = {n}
     """
     work = tmp_path / "w"
-    first = build_dataset(_manifest(tmp_path, row.format(n=2)), work, _cfg(scheduler="serial"))
-    again = build_dataset(_manifest(tmp_path, row.format(n=3)), work, _cfg(scheduler="serial"))
+    first = build_dataset(_manifest(tmp_path, row.format(n=2)), work, **_cfg(scheduler="serial"))
+    again = build_dataset(_manifest(tmp_path, row.format(n=3)), work, **_cfg(scheduler="serial"))
     assert sum(again["stamps"].values()) == sum(first["stamps"].values()) * 3 // 2
     assert len(list((work / "raw" / "j4e000").glob("*_flc.fits"))) == 3
     assert json.loads((work / "labels" / "j4e000" / "labels.json").read_text())["n_exposures"] == 3

@@ -10,16 +10,17 @@ import pytest
 from astropy.io import fits
 
 from crforge.pipeline import masks
-from crforge.pipeline.drizzle import (
+from crforge.pipeline.label.config import LabelConfig
+from crforge.pipeline.label.stage import (
     DrizzleError,
     ExposureError,
-    LabelConfig,
     VisitError,
     label_visit,
     validate_exposure,
 )
 from crforge.pipeline.quality import score_visit, summarise
-from crforge.pipeline.simulate import SimulateConfig, simulate_visit
+from crforge.pipeline.simulate.config import SimulateConfig
+from crforge.pipeline.simulate.visit import simulate_visit
 
 SHAPE = (256, 512)
 

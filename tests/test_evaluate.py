@@ -19,10 +19,10 @@ from crforge import cli
 from crforge.pipeline.schema import META_DTYPE
 from crforge.training import metrics as M
 from crforge.training.baselines import biharmonic_fill, lacosmic_mask, median_fill
-from crforge.training.evaluate import (EvaluateConfig, aperture_flux, evaluate_run, find_stars, hit_stars,
-                               load_stamps)
-from crforge.training.models import ModelConfig
-from crforge.training.train import TrainConfig, main
+from crforge.training.config import ModelConfig, TrainConfig
+from crforge.training.evaluate.config import EvaluateConfig
+from crforge.training.evaluate.stage import aperture_flux, evaluate_run, find_stars, hit_stars, load_stamps
+from crforge.training.train import main
 
 S = 64
 FIELD_TYPES = ("extragalactic", "globular_cluster", "resolved_galaxy")
@@ -347,7 +347,7 @@ def test_roc_dilated_curve_equals_dilating_each_binary_call():
 
 
 def test_mask_scores_use_the_folded_network_and_match_the_plain_one(tiny_run):
-    from crforge.training.evaluate import mask_scores
+    from crforge.training.evaluate.stage import mask_scores
     from crforge.training.train import load_checkpoint
 
     _, run_dir = tiny_run

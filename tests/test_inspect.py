@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 
 import h5py
 import numpy as np
 import pytest
 
+from crforge import cli
 from crforge.pipeline import inspect as ins
 from crforge.pipeline.schema import FIELDS_DTYPE, META_DTYPE
 
@@ -312,17 +312,11 @@ def test_meta_field_missing_and_nan_image(h5file):
 # ------------------------------------------------------------------------------- CLI
 
 
-def _args(*argv):
-    parser = argparse.ArgumentParser()
-    ins.add_arguments(parser)
-    return parser.parse_args([str(a) for a in argv])
-
-
 def test_run_valid_text_and_json(h5file, capsys):
-    assert ins.run(_args(h5file)) == 0
+    assert cli.main(["inspect", str(h5file)]) == 0
     out = capsys.readouterr().out
     assert "Stamps and pixels per split" in out
-    assert ins.run(_args(h5file, "--json")) == 0
+    assert cli.main(["inspect", str(h5file), "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert data["splits"]["train"]["stamps"] == 3
     assert data["truth"]["injected"] == 18
@@ -331,19 +325,19 @@ def test_run_valid_text_and_json(h5file, capsys):
 def test_run_invalid(h5file, capsys):
     with h5py.File(h5file, "a") as f:
         f["train/cr"][0, 0, 0] = 2
-    assert ins.run(_args(h5file)) == 1
+    assert cli.main(["inspect", str(h5file)]) == 1
     cap = capsys.readouterr()
     assert cap.out == ""
     assert "/train/cr" in cap.err
 
 
-def test_run_missing_and_non_hdf5(tmp_path):
-    with pytest.raises(FileNotFoundError, match="nope.h5"):
-        ins.run(_args(tmp_path / "nope.h5"))
+def test_run_missing_and_non_hdf5(tmp_path, capsys):
+    assert cli.main(["inspect", str(tmp_path / "nope.h5")]) == 2
+    assert "nope.h5" in capsys.readouterr().err
     bad = tmp_path / "bad.h5"
     bad.write_text("not hdf5")
-    with pytest.raises(ValueError, match="bad.h5"):
-        ins.run(_args(bad))
+    assert cli.main(["inspect", str(bad)]) == 2
+    assert "bad.h5" in capsys.readouterr().err
 
 
 def test_input_checks(h5file):

@@ -12,8 +12,8 @@ from astropy.wcs import WCS
 from scipy import ndimage
 
 from crforge.pipeline.instruments import ACS_WFC
-from crforge.pipeline.simulate import (
-    SimulateConfig,
+from crforge.pipeline.simulate.config import SimulateConfig
+from crforge.pipeline.simulate.visit import (
     bleed_saturation,
     read_truth,
     render_cosmic_rays,

@@ -13,13 +13,22 @@ from torch.utils.data import DataLoader
 
 from crforge import cli
 from crforge import config as cfgmod
+from crforge.cli.runconfig import RunConfig
 from crforge.pipeline.schema import META_DTYPE
-from crforge.training.data import AugmentConfig, EpochSampler, StampDataset, normalise
+from crforge.training.config import AugmentConfig, ModelConfig, TrainConfig
+from crforge.training.data import EpochSampler, StampDataset, normalise
 from crforge.training.metrics import rates_at_threshold, threshold_at_fpr, tpr_at_fpr
-from crforge.training.models import InpaintNet, MaskNet, ModelConfig, UNet, build_model
-from crforge.runconfig import RunConfig
-from crforge.training.train import (TrainConfig, batch_loss, evaluate, inpaint_loss,
-                            load_checkpoint, lr_factor, main, mask_loss, train_one_epoch)
+from crforge.training.models import InpaintNet, MaskNet, UNet, build_model
+from crforge.training.train import (
+    batch_loss,
+    evaluate,
+    inpaint_loss,
+    load_checkpoint,
+    lr_factor,
+    main,
+    mask_loss,
+    train_one_epoch,
+)
 
 S = 64
 FIELD_TYPES = ("extragalactic", "globular_cluster", "resolved_galaxy")

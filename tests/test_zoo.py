@@ -18,18 +18,22 @@ import pytest
 import torch
 from astropy.io import fits
 
-from crforge import deepcr_models
-from crforge import cli
+from crforge import cli, deepcr_models
 from crforge.deepcr_models import interop, registry
-from crforge.deepcr_models.inference import (estimate_sky, mask_probability, receptive_radius, tile_windows,
-                                     unit_factor)
+from crforge.deepcr_models.inference import (
+    estimate_sky,
+    mask_probability,
+    receptive_radius,
+    tile_windows,
+    unit_factor,
+)
 from crforge.pipeline.instruments import ACS_WFC, WFC3_UVIS
 from crforge.pipeline.masks import ignore_mask
 from crforge.pipeline.schema import META_DTYPE
+from crforge.training.config import ModelConfig, TrainConfig
 from crforge.training.data import normalise
 from crforge.training.models import build_model
-from crforge.training.train import TrainConfig, load_checkpoint, main
-from crforge.training.models import ModelConfig
+from crforge.training.train import load_checkpoint, main
 
 S = 64
 FIELD_TYPES = ("extragalactic", "globular_cluster", "resolved_galaxy")
@@ -289,7 +293,8 @@ def test_estimate_sky_and_helpers():
 
 
 def _visit(tmp_path) -> Path:
-    from crforge.pipeline.simulate import SimulateConfig, simulate_visit
+    from crforge.pipeline.simulate.config import SimulateConfig
+    from crforge.pipeline.simulate.visit import simulate_visit
 
     cfg = SimulateConfig(n_exposures=1, chip_shape=(96, 160), exptime=500.0, seed=3,
                          field_type="globular_cluster")

@@ -25,6 +25,8 @@ from typing import Any
 
 import numpy as np
 
+from crforge.errors import InputError
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["LACOSMIC_DEFAULT", "lacosmic_mask", "median_fill", "biharmonic_fill",
@@ -61,16 +63,16 @@ def lacosmic_mask(image, *, readnoise: float, gain: float = 1.0, ignore=None, si
 
     img = np.asarray(image, dtype=np.float32)
     if img.ndim != 2:
-        raise ValueError(f"image: expected a 2-D array, got shape {img.shape}")
+        raise InputError(f"image: expected a 2-D array, got shape {img.shape}")
     if not readnoise >= 0:
-        raise ValueError(f"readnoise={readnoise!r}: expected >= 0")
+        raise InputError(f"readnoise={readnoise!r}: expected >= 0")
     if not gain > 0:
-        raise ValueError(f"gain={gain!r}: expected > 0")
+        raise InputError(f"gain={gain!r}: expected > 0")
     inmask = None
     if ignore is not None:
         inmask = np.asarray(ignore, dtype=bool)
         if inmask.shape != img.shape:
-            raise ValueError(f"ignore: shape {inmask.shape} differs from image {img.shape}")
+            raise InputError(f"ignore: shape {inmask.shape} differs from image {img.shape}")
     img = np.nan_to_num(img, nan=0.0, posinf=0.0, neginf=0.0)
     crmask, _ = astroscrappy.detect_cosmics(
         img, inmask=inmask, sigclip=float(sigclip), sigfrac=float(sigfrac), objlim=float(objlim),
@@ -83,9 +85,9 @@ def _check_fill_args(image, mask) -> tuple[np.ndarray, np.ndarray]:
     img = np.asarray(image, dtype=np.float32)
     m = np.asarray(mask, dtype=bool)
     if img.ndim != 2:
-        raise ValueError(f"image: expected a 2-D array, got shape {img.shape}")
+        raise InputError(f"image: expected a 2-D array, got shape {img.shape}")
     if m.shape != img.shape:
-        raise ValueError(f"mask: shape {m.shape} differs from image {img.shape}")
+        raise InputError(f"mask: shape {m.shape} differs from image {img.shape}")
     return img, m
 
 
@@ -109,14 +111,14 @@ def median_fill(image, mask, size: int = 5) -> np.ndarray:
         float32 copy of ``image`` with the masked pixels filled.
     """
     if not isinstance(size, (int, np.integer)) or size < 1 or size % 2 == 0:
-        raise ValueError(f"size={size!r}: expected an odd int >= 1")
+        raise InputError(f"size={size!r}: expected an odd int >= 1")
     img, m = _check_fill_args(image, mask)
     out = img.copy()
     todo = np.argwhere(m)
     if todo.size == 0:
         return out
     if m.all():
-        raise ValueError("mask: every pixel is masked; nothing to fill from")
+        raise InputError("mask: every pixel is masked; nothing to fill from")
     vals = np.where(m, np.nan, img).astype(np.float32)
     h, w = img.shape
     half = size // 2
@@ -153,7 +155,7 @@ def biharmonic_fill(image, mask) -> np.ndarray:
     if not m.any():
         return img.copy()
     if m.all():
-        raise ValueError("mask: every pixel is masked; nothing to fill from")
+        raise InputError("mask: every pixel is masked; nothing to fill from")
     return inpaint_biharmonic(img.astype(np.float64), m).astype(np.float32)
 
 
@@ -182,7 +184,7 @@ class DeepCRPeer:
 
         name = str(instrument).replace("/", "-")
         if name not in DEEPCR_MODELS:
-            raise ValueError(f"instrument={instrument!r}: deepCR 0.3.1 publishes mask models for "
+            raise InputError(f"instrument={instrument!r}: deepCR 0.3.1 publishes mask models for "
                              f"{sorted(k.replace('-', '/') for k in DEEPCR_MODELS)} only")
         import warnings
 
@@ -201,7 +203,7 @@ class DeepCRPeer:
 
         img = np.asarray(image, dtype=np.float32)
         if img.ndim != 2:
-            raise ValueError(f"image: expected a 2-D array, got shape {img.shape}")
+            raise InputError(f"image: expected a 2-D array, got shape {img.shape}")
         img = np.nan_to_num(img, nan=0.0, posinf=0.0, neginf=0.0)
         before = torch.get_num_threads()
         if self.threads:

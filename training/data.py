@@ -55,7 +55,6 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Literal
 
@@ -63,11 +62,13 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from crforge.pipeline.schema import SPLITS
+from crforge.errors import InputError
+from crforge.pipeline.names import SPLITS
+from crforge.training.config import AugmentConfig
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["AugmentConfig", "StampDataset", "EpochSampler", "normalise", "normalisation_info",
+__all__ = [ "StampDataset", "EpochSampler", "normalise", "normalisation_info",
            "NORM_SCHEME", "SPLITS"]
 
 #: How the inputs are normalised (stored with every model).
@@ -78,44 +79,6 @@ _SALT_ITEM = 0
 _SALT_ORDER = 1
 
 
-@dataclass
-class AugmentConfig:
-    """Augmentation of the training stamps (the ``[train.augment]`` table).
-
-    Parameters
-    ----------
-    sky_range : tuple of float
-        ``(low, high)``: add ``f * sky`` with ``f`` uniform in this range (deepCR:
-        -0.9 to 3). ``(0, 0)`` turns sky augmentation off.
-    sky_noise : bool
-        Add Gaussian noise of variance ``f * sky`` when ``f > 0`` (noise consistent
-        with the brighter sky).
-    flip : bool
-        Random horizontal flip.
-    rot90 : bool
-        Random rotation by a multiple of 90 degrees (with ``flip``: all 8 symmetries).
-    n_masks : tuple of int
-        ``(low, high)``: an inpainting mask is the union of this many (inclusive,
-        uniform) CR masks of other stamps (deepCR: 1 to 9).
-    """
-
-    sky_range: tuple[float, float] = (-0.9, 3.0)
-    sky_noise: bool = True
-    flip: bool = True
-    rot90: bool = True
-    n_masks: tuple[int, int] = (1, 9)
-
-    def validate(self) -> None:
-        """Raise ``ValueError`` naming a bad parameter."""
-        lo, hi = self.sky_range
-        if not lo <= hi:
-            raise ValueError(f"augment.sky_range={self.sky_range!r}: expected low <= high")
-        if lo < -1:
-            raise ValueError(f"augment.sky_range={self.sky_range!r}: low < -1 would make "
-                             "the sky negative")
-        a, b = self.n_masks
-        if not 1 <= a <= b:
-            raise ValueError(f"augment.n_masks={self.n_masks!r}: expected 1 <= low <= high")
 
 
 def normalise(image: np.ndarray | torch.Tensor, sky: float, scale: float):
@@ -136,7 +99,7 @@ def normalise(image: np.ndarray | torch.Tensor, sky: float, scale: float):
         Normalised pixels (float32 for NumPy input); non-finite pixels become 0.
     """
     if not scale > 0:
-        raise ValueError(f"scale={scale!r}: expected > 0")
+        raise InputError(f"scale={scale!r}: expected > 0")
     if isinstance(image, torch.Tensor):
         return torch.nan_to_num((image.float() - sky) / scale, nan=0.0, posinf=0.0, neginf=0.0)
     x = (np.asarray(image, dtype=np.float32) - np.float32(sky)) / np.float32(scale)
@@ -194,15 +157,15 @@ class StampDataset(Dataset):
         import h5py
 
         if split not in SPLITS:
-            raise ValueError(f"split={split!r}: expected one of {SPLITS}")
+            raise InputError(f"split={split!r}: expected one of {SPLITS}")
         if kind not in ("mask", "inpaint"):
-            raise ValueError(f"kind={kind!r}: expected 'mask' or 'inpaint'")
+            raise InputError(f"kind={kind!r}: expected 'mask' or 'inpaint'")
         if augment is not None and not isinstance(augment, AugmentConfig):
             raise TypeError(f"augment must be an AugmentConfig or None, got {type(augment).__name__}")
         if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool):
             raise TypeError(f"seed must be an int, got {type(seed).__name__}")
         if not norm_scale > 0:
-            raise ValueError(f"norm_scale={norm_scale!r}: expected > 0")
+            raise InputError(f"norm_scale={norm_scale!r}: expected > 0")
         if augment is not None:
             augment.validate()
         self.path = Path(path)
@@ -215,21 +178,21 @@ class StampDataset(Dataset):
         # HDF5 handle may be inherited by forked DataLoader workers
         with h5py.File(self.path, "r") as h5:
             if split not in h5:
-                raise ValueError(f"{self.path}: no split {split!r} (not an HDF5 training set of "
+                raise InputError(f"{self.path}: no split {split!r} (not an HDF5 training set of "
                                  "schema v1?)")
             g = h5[split]
             for name in ("image", "cr", "ignore", "meta"):
                 if name not in g:
-                    raise ValueError(f"{self.path}: /{split}/{name} missing (schema v1)")
+                    raise InputError(f"{self.path}: /{split}/{name} missing (schema v1)")
             shape = g["image"].shape
             self.stamp_size = int(h5.attrs.get("stamp_size", shape[-1]))
             if shape[1:] != (self.stamp_size, self.stamp_size):
-                raise ValueError(f"{self.path}: /{split}/image has shape {shape}, expected stamps "
+                raise InputError(f"{self.path}: /{split}/image has shape {shape}, expected stamps "
                                  f"of stamp_size={self.stamp_size}")
             meta = g["meta"][()]
             self.bunit = str(g["image"].attrs.get("BUNIT", "ELECTRONS"))
         if len(meta) != shape[0]:
-            raise ValueError(f"{self.path}: /{split}/meta has {len(meta)} rows for {shape[0]} stamps")
+            raise InputError(f"{self.path}: /{split}/meta has {len(meta)} rows for {shape[0]} stamps")
         self._n = int(shape[0])
         names = meta.dtype.names or ()
         self.sky = (np.nan_to_num(meta["sky"].astype(np.float64)) if "sky" in names
@@ -257,7 +220,7 @@ class StampDataset(Dataset):
     def set_epoch(self, epoch: int) -> None:
         """Select the epoch whose augmentation draws the next items use."""
         if not isinstance(epoch, (int, np.integer)) or epoch < 0:
-            raise ValueError(f"epoch={epoch!r}: expected an int >= 0")
+            raise InputError(f"epoch={epoch!r}: expected an int >= 0")
         self.epoch = int(epoch)
 
     def _group(self):
@@ -376,9 +339,9 @@ class EpochSampler(Sampler[int]):
 
     def __init__(self, n: int, seed: int = 0, shuffle: bool = True, limit: int = 0) -> None:
         if n < 0:
-            raise ValueError(f"n={n!r}: expected >= 0")
+            raise InputError(f"n={n!r}: expected >= 0")
         if limit < 0:
-            raise ValueError(f"limit={limit!r}: expected >= 0 (0 = all)")
+            raise InputError(f"limit={limit!r}: expected >= 0 (0 = all)")
         self.n, self.seed, self.shuffle, self.limit = int(n), int(seed), bool(shuffle), int(limit)
         self.epoch = 0
 

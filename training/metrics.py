@@ -11,6 +11,8 @@ import logging
 
 import numpy as np
 
+from crforge.errors import InputError
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["tpr_at_fpr", "threshold_at_fpr", "rates_at_threshold", "dilate_scores", "roc_curve",
@@ -21,11 +23,11 @@ def _check(scores, labels) -> tuple[np.ndarray, np.ndarray]:
     scores = np.asarray(scores).ravel()
     labels = np.asarray(labels).ravel()
     if scores.shape != labels.shape:
-        raise ValueError(f"scores and labels: {scores.size} scores but {labels.size} labels")
+        raise InputError(f"scores and labels: {scores.size} scores but {labels.size} labels")
     if scores.dtype.kind not in "fiub":
         raise TypeError(f"scores must be numeric, got dtype {scores.dtype}")
     if not np.all(np.isfinite(scores)):
-        raise ValueError("scores: contains NaN or infinite values")
+        raise InputError("scores: contains NaN or infinite values")
     return scores, labels.astype(bool)
 
 
@@ -53,7 +55,7 @@ def threshold_at_fpr(scores, labels, fpr: float) -> float:
         there are no negatives).
     """
     if not 0 <= fpr <= 1:
-        raise ValueError(f"fpr={fpr!r}: expected a rate in [0, 1]")
+        raise InputError(f"fpr={fpr!r}: expected a rate in [0, 1]")
     scores, labels = _check(scores, labels)
     neg = scores[~labels]
     k = int(np.floor(fpr * neg.size + 1e-9))  # 1e-9: 0.005 * 1000 must give 5, not 4
@@ -120,7 +122,7 @@ def tpr_at_fpr(scores, labels, fpr: float = 0.005) -> float:
 def _check_stack(name: str, arr, ndim_min: int = 2) -> np.ndarray:
     arr = np.asarray(arr)
     if arr.ndim < ndim_min:
-        raise ValueError(f"{name}: expected an image or a stack of images (>= {ndim_min} "
+        raise InputError(f"{name}: expected an image or a stack of images (>= {ndim_min} "
                          f"dimensions), got shape {arr.shape}")
     return arr
 
@@ -149,12 +151,12 @@ def dilate_scores(scores, size: int = 3, valid=None) -> np.ndarray:
     from scipy import ndimage
 
     if not isinstance(size, (int, np.integer)) or size < 1 or size % 2 == 0:
-        raise ValueError(f"size={size!r}: expected an odd int >= 1")
+        raise InputError(f"size={size!r}: expected an odd int >= 1")
     s = _check_stack("scores", scores).astype(np.float32, copy=True)
     if valid is not None:
         valid = np.asarray(valid, dtype=bool)
         if valid.shape != s.shape:
-            raise ValueError(f"valid: shape {valid.shape} differs from scores {s.shape}")
+            raise InputError(f"valid: shape {valid.shape} differs from scores {s.shape}")
         s[~valid] = -np.inf
     footprint = (1,) * (s.ndim - 2) + (size, size)
     # mode='constant' with -inf: outside the image there is nothing to dilate from
@@ -187,10 +189,10 @@ def roc_curve(scores, labels, valid=None, dilated_scores=None) -> dict:
     s = np.asarray(scores)
     lab = np.asarray(labels)
     if s.shape != lab.shape:
-        raise ValueError(f"scores and labels: shapes {s.shape} and {lab.shape} differ")
+        raise InputError(f"scores and labels: shapes {s.shape} and {lab.shape} differ")
     keep = np.ones(s.shape, bool) if valid is None else np.asarray(valid, dtype=bool)
     if keep.shape != s.shape:
-        raise ValueError(f"valid: shape {keep.shape} differs from scores {s.shape}")
+        raise InputError(f"valid: shape {keep.shape} differs from scores {s.shape}")
     sv, lv = _check(s[keep], lab[keep])
     order = np.argsort(-sv, kind="stable")
     ss, ls = sv[order], lv[order]
@@ -206,7 +208,7 @@ def roc_curve(scores, labels, valid=None, dilated_scores=None) -> dict:
     if dilated_scores is not None:
         d = np.asarray(dilated_scores)
         if d.shape != s.shape:
-            raise ValueError(f"dilated_scores: shape {d.shape} differs from scores {s.shape}")
+            raise InputError(f"dilated_scores: shape {d.shape} differs from scores {s.shape}")
         dpos = np.sort(d[keep][lv].astype(np.float64))
         # positives whose dilated score is >= each threshold (the call is
         # score >= t at the run's own score, i.e. > the next lower one)
@@ -240,11 +242,11 @@ def interp_tpr(fpr_curve, tpr_curve, fpr: float) -> float:
         the last TPR is returned (no extrapolation).
     """
     if not 0 <= fpr <= 1:
-        raise ValueError(f"fpr={fpr!r}: expected a rate in [0, 1]")
+        raise InputError(f"fpr={fpr!r}: expected a rate in [0, 1]")
     x = np.asarray(fpr_curve, dtype=np.float64).ravel()
     y = np.asarray(tpr_curve, dtype=np.float64).ravel()
     if x.shape != y.shape:
-        raise ValueError(f"fpr_curve and tpr_curve: {x.size} and {y.size} points")
+        raise InputError(f"fpr_curve and tpr_curve: {x.size} and {y.size} points")
     ok = np.isfinite(x) & np.isfinite(y)
     x, y = x[ok], y[ok]
     if x.size == 0:
@@ -278,7 +280,7 @@ def binary_rates(pred, labels, valid=None, dilate: int = 0) -> dict:
     p = _check_stack("pred", pred).astype(bool)
     lab = np.asarray(labels).astype(bool)
     if lab.shape != p.shape:
-        raise ValueError(f"pred and labels: shapes {p.shape} and {lab.shape} differ")
+        raise InputError(f"pred and labels: shapes {p.shape} and {lab.shape} differ")
     keep = np.ones(p.shape, bool) if valid is None else np.asarray(valid, dtype=bool)
     tpr, fpr = rates_at_threshold(p[keep].astype(np.uint8), lab[keep], 0.5)
     out = {"tpr": tpr, "fpr": fpr}
@@ -324,7 +326,7 @@ def masked_mse(pred, target, mask) -> tuple[float, int]:
     t = np.asarray(target, dtype=np.float64)
     m = np.asarray(mask, dtype=bool)
     if not p.shape == t.shape == m.shape:
-        raise ValueError(f"pred, target, mask: shapes {p.shape}, {t.shape}, {m.shape} differ")
+        raise InputError(f"pred, target, mask: shapes {p.shape}, {t.shape}, {m.shape} differ")
     n = int(m.sum())
     if n == 0:
         return float("nan"), 0

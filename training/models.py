@@ -20,52 +20,20 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
 from typing import Literal
 
 import torch
 from torch import nn
 
+from crforge.errors import InputError
+from crforge.training.config import KINDS
+
 logger = logging.getLogger(__name__)
 
-__all__ = ["ModelConfig", "UNet", "MaskNet", "InpaintNet", "build_model", "fuse_batch_norm", "KINDS"]
-
-#: The two kinds of model.
-KINDS = ("mask", "inpaint")
+__all__ = [ "UNet", "MaskNet", "InpaintNet", "build_model", "fuse_batch_norm",]
 
 
-@dataclass
-class ModelConfig:
-    """Architecture of a deepCR network (the ``[train.model]`` table).
 
-    Parameters
-    ----------
-    depth : int
-        Resolution levels of the UNet (deepCR: 2 or 3).
-    width : int
-        Channels of the first level, doubled at each level down (deepCR: 4 or 32).
-    batch_norm : bool
-        Batch norm after every 3x3 convolution (deepCR's trained models have it).
-    bn_momentum : float
-        Momentum of the batch-norm running statistics. deepCR used 0.005 over a long
-        run; with the short runs of ``make train`` the running statistics must have
-        converged by the time they are frozen (``bn_freeze_epoch``) or used for
-        validation, hence PyTorch's 0.1.
-    """
-
-    depth: int = 2
-    width: int = 32
-    batch_norm: bool = True
-    bn_momentum: float = 0.1
-
-    def validate(self) -> None:
-        """Raise ``ValueError`` naming a bad parameter."""
-        if not 1 <= self.depth <= 6:
-            raise ValueError(f"model.depth={self.depth!r}: expected 1..6")
-        if self.width < 1:
-            raise ValueError(f"model.width={self.width!r}: expected >= 1")
-        if not 0 < self.bn_momentum <= 1:
-            raise ValueError(f"model.bn_momentum={self.bn_momentum!r}: expected (0, 1]")
 
 
 def _double_conv(in_ch: int, out_ch: int, batch_norm: bool, momentum: float) -> nn.Sequential:
@@ -104,7 +72,7 @@ class UNet(nn.Module):
             if not isinstance(value, int) or isinstance(value, bool):
                 raise TypeError(f"{name} must be an int, got {type(value).__name__}")
             if value < 1:
-                raise ValueError(f"{name}={value!r}: expected >= 1")
+                raise InputError(f"{name}={value!r}: expected >= 1")
         self.depth = depth
         chans = [width * 2 ** k for k in range(depth)]
         self.inc = _double_conv(in_ch, chans[0], batch_norm, bn_momentum)
@@ -121,10 +89,10 @@ class UNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Map ``[B, in_ch, H, W]`` to ``[B, out_ch, H, W]``."""
         if x.dim() != 4:
-            raise ValueError(f"x: expected [B, C, H, W], got shape {tuple(x.shape)}")
+            raise InputError(f"x: expected [B, C, H, W], got shape {tuple(x.shape)}")
         step = 2 ** (self.depth - 1)
         if x.shape[-1] % step or x.shape[-2] % step:
-            raise ValueError(f"x: height and width must be multiples of {step} for depth "
+            raise InputError(f"x: height and width must be multiples of {step} for depth "
                              f"{self.depth}, got {tuple(x.shape[-2:])}")
         # the second convolution: its weight has C > 1 and k > 1, so its layout is unambiguous
         probe = [m for m in self.inc if isinstance(m, nn.Conv2d)][1].weight
@@ -205,7 +173,7 @@ class InpaintNet(nn.Module):
             held (a CR) cannot leak into the prediction.
         """
         if image.shape != mask.shape:
-            raise ValueError(f"mask: shape {tuple(mask.shape)} differs from image "
+            raise InputError(f"mask: shape {tuple(mask.shape)} differs from image "
                              f"{tuple(image.shape)}")
         mask = mask.to(image.dtype)
         return self.unet(torch.cat([image * (1 - mask), mask], dim=1))
@@ -238,7 +206,7 @@ def build_model(kind: Literal["mask", "inpaint"], depth: int = 2, width: int = 3
         return MaskNet(depth, width, batch_norm, bn_momentum)
     if kind == "inpaint":
         return InpaintNet(depth, width, batch_norm, bn_momentum)
-    raise ValueError(f"kind={kind!r}: expected one of {KINDS}")
+    raise InputError(f"kind={kind!r}: expected one of {KINDS}")
 
 
 def fuse_batch_norm(model: nn.Module) -> nn.Module:

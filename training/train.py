@@ -45,16 +45,13 @@ tensors and plain Python values and load with ``torch.load(weights_only=True)``.
 
 from __future__ import annotations
 
-import argparse
-import copy
 import json
 import logging
 import math
 import os
 import random
-import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Literal
 
@@ -64,14 +61,16 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
-from .data import AugmentConfig, EpochSampler, StampDataset, normalisation_info
-from .metrics import rates_at_threshold, tpr_at_fpr
-from .models import ModelConfig, build_model
+from crforge.errors import InputError
+from crforge.training.config import TrainConfig
+from crforge.training.data import EpochSampler, StampDataset, normalisation_info
+from crforge.training.metrics import rates_at_threshold, tpr_at_fpr
+from crforge.training.models import build_model
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["TrainConfig", "train_one_epoch", "evaluate", "main", "load_checkpoint",
-           "mask_loss", "inpaint_loss", "batch_loss", "lr_factor", "add_arguments", "run",
+__all__ = [ "train_one_epoch", "evaluate", "main", "load_checkpoint",
+           "mask_loss", "inpaint_loss", "batch_loss", "lr_factor",
            "CHECKPOINT_FORMAT"]
 
 CHECKPOINT_FORMAT = "crforge-train-checkpoint/1"
@@ -81,131 +80,6 @@ CHECKPOINT_FORMAT = "crforge-train-checkpoint/1"
 _RESUMABLE_CHANGES = {"epochs", "num_workers", "device", "threads"}
 
 
-@dataclass
-class TrainConfig:
-    """Settings of one training run (the ``[train]`` table).
-
-    Parameters
-    ----------
-    kind : {'mask', 'inpaint'}
-        Which network (``crforge train --kind`` sets it).
-    model : ModelConfig
-        Architecture (``[train.model]``).
-    augment : AugmentConfig
-        Augmentation of the training stamps (``[train.augment]``).
-    epochs : int
-        Epochs to train.
-    batch_size : int
-        Stamps per optimisation step.
-    stamps_per_epoch : int
-        Training stamps per epoch, a different random subset each epoch (0 = the whole
-        split); bounds the time of an epoch on a large data set.
-    lr : float
-        Adam's learning rate (deepCR: 0.005).
-    weight_decay : float
-        Adam's L2 weight decay.
-    clip_grad_norm : float
-        Largest gradient norm of a step (0 = no clipping).
-    schedule : {'constant', 'step', 'cosine'}
-        Learning-rate schedule over epochs.
-    step_epochs : int
-        ``step``: multiply the rate by ``gamma`` every this many epochs.
-    gamma : float
-        ``step``: the factor.
-    min_lr_factor : float
-        ``cosine``: the factor reached at the last epoch.
-    bn_freeze_epoch : int
-        First epoch (0-based) of the second phase, where the batch-norm layers use
-        frozen running statistics; 0 = never; -1 (default) = ``epochs // 2`` for the
-        inpaint network and never for the mask network (see :meth:`freeze_epoch`).
-    bn_freeze_lr_factor : float
-        Learning-rate factor of the second phase.
-    norm_scale : float
-        Input normalisation ``(image - sky) / norm_scale`` (image unit, e.g.
-        electrons); stored with the model.
-    fill_ignored : bool
-        Set ignored pixels of the input to 0 (see :mod:`crforge.training.data`).
-    val_fpr : float
-        False-positive rate of the mask model's validation TPR (deepCR: 0.005).
-    val_stamps : int
-        Validate on this many stamps, evenly spaced over the split (0 = all).
-    seed : int
-        Seed of the weights, the data order and the augmentation.
-    device : {'auto', 'cpu', 'cuda'}
-        ``auto``: CUDA when available.
-    amp : bool
-        Automatic mixed precision (float16, with gradient scaling) on CUDA; ignored
-        on the CPU.
-    cpu_bf16 : {'auto', 'on', 'off'}
-        bfloat16 autocast of the training steps on the CPU. ``auto`` (default) turns
-        it on where the CPU has bfloat16 instructions (AVX512-BF16/AMX, as oneDNN
-        reports), where it is about 2x faster at the same validation loss
-        (``benchmarks/train_throughput.py``), and off elsewhere, where it would be
-        emulated and slow. Validation stays float32.
-    num_workers : int
-        DataLoader worker processes (0 = load in the training process).
-    threads : int
-        ``torch.set_num_threads`` for the run (0 = leave torch's default).
-    channels_last : bool
-        Keep the network's tensors in channels-last memory layout: the same numbers,
-        about 1.5x faster convolutions on the CPU (oneDNN).
-    """
-
-    kind: Literal["mask", "inpaint"] = "mask"
-    model: ModelConfig = field(default_factory=ModelConfig)
-    augment: AugmentConfig = field(default_factory=AugmentConfig)
-    # sized for `make train` on 2 CPU cores (<= 20 min for both models at about 3
-    # stamps/s): 6 x 256 stamps = 96 steps of 16; raise both on a GPU
-    epochs: int = 6
-    batch_size: int = 16
-    stamps_per_epoch: int = 256
-    lr: float = 0.005
-    weight_decay: float = 0.0
-    clip_grad_norm: float = 1.0
-    schedule: Literal["constant", "step", "cosine"] = "cosine"
-    step_epochs: int = 10
-    gamma: float = 0.1
-    min_lr_factor: float = 0.05
-    bn_freeze_epoch: int = -1
-    bn_freeze_lr_factor: float = 0.4
-    norm_scale: float = 100.0
-    fill_ignored: bool = True
-    val_fpr: float = 0.005
-    val_stamps: int = 96
-    seed: int = 0
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    amp: bool = True
-    cpu_bf16: Literal["auto", "on", "off"] = "auto"
-    num_workers: int = 0
-    threads: int = 0
-    channels_last: bool = True
-
-    def freeze_epoch(self) -> int:
-        """The effective ``bn_freeze_epoch`` (0 = never), resolving -1 (auto) by ``kind``."""
-        if self.bn_freeze_epoch >= 0:
-            return self.bn_freeze_epoch
-        return self.epochs // 2 if self.kind == "inpaint" and self.model.batch_norm else 0
-
-    def validate(self) -> None:
-        """Raise ``ValueError`` naming a bad parameter."""
-        self.model.validate()
-        self.augment.validate()
-        for name in ("epochs", "batch_size", "step_epochs"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"train.{name}={getattr(self, name)!r}: expected >= 1")
-        if self.bn_freeze_epoch < -1:
-            raise ValueError(f"train.bn_freeze_epoch={self.bn_freeze_epoch!r}: expected >= 0, or -1 (auto)")
-        for name in ("stamps_per_epoch", "val_stamps", "num_workers", "threads",
-                     "weight_decay", "clip_grad_norm"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"train.{name}={getattr(self, name)!r}: expected >= 0")
-        for name in ("lr", "norm_scale", "gamma", "bn_freeze_lr_factor"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"train.{name}={getattr(self, name)!r}: expected > 0")
-        if not 0 < self.min_lr_factor <= 1:
-            raise ValueError(f"train.min_lr_factor={self.min_lr_factor!r}: expected (0, 1]")
-        if not 0 < self.val_fpr < 1:
-            raise ValueError(f"train.val_fpr={self.val_fpr!r}: expected (0, 1)")
 
 
 # --------------------------------------------------------------------------- losses
@@ -230,7 +104,7 @@ def mask_loss(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor,
     cross-entropy with logits is finite for any finite logit).
     """
     if logits.shape != target.shape or logits.shape != weight.shape:
-        raise ValueError(f"logits, target, weight: shapes differ ({tuple(logits.shape)}, "
+        raise InputError(f"logits, target, weight: shapes differ ({tuple(logits.shape)}, "
                          f"{tuple(target.shape)}, {tuple(weight.shape)})")
     # a label under weight 0 may be anything (NaN included): make it harmless first
     target = torch.where(weight > 0, target, torch.zeros_like(target))
@@ -256,7 +130,7 @@ def inpaint_loss(pred: torch.Tensor, target: torch.Tensor, loss_mask: torch.Tens
         ``sum``: ``(sum of squares, pixel count)``.
     """
     if pred.shape != target.shape or pred.shape != loss_mask.shape:
-        raise ValueError(f"pred, target, loss_mask: shapes differ ({tuple(pred.shape)}, "
+        raise InputError(f"pred, target, loss_mask: shapes differ ({tuple(pred.shape)}, "
                          f"{tuple(target.shape)}, {tuple(loss_mask.shape)})")
     inside = loss_mask > 0
     # where(): values outside the mask (a CR's charge, NaN) never reach the sum
@@ -286,7 +160,7 @@ def batch_loss(model: nn.Module, batch: dict, kind: str, reduction: Literal["mea
         out = model(batch["image"], mask_in)
         loss = inpaint_loss(out, batch["image"], batch["loss_mask"], reduction)
     else:
-        raise ValueError(f"kind={kind!r}: expected 'mask' or 'inpaint'")
+        raise InputError(f"kind={kind!r}: expected 'mask' or 'inpaint'")
     return (*loss, out) if reduction == "sum" else loss
 
 
@@ -303,7 +177,7 @@ def lr_factor(epoch: int, cfg: TrainConfig) -> float:
         t = min(epoch / max(cfg.epochs - 1, 1), 1.0)
         f = cfg.min_lr_factor + (1 - cfg.min_lr_factor) * 0.5 * (1 + math.cos(math.pi * t))
     else:
-        raise ValueError(f"train.schedule={cfg.schedule!r}: expected constant, step or cosine")
+        raise InputError(f"train.schedule={cfg.schedule!r}: expected constant, step or cosine")
     if cfg.freeze_epoch() and epoch >= cfg.freeze_epoch():
         f *= cfg.bn_freeze_lr_factor
     return f
@@ -312,7 +186,7 @@ def lr_factor(epoch: int, cfg: TrainConfig) -> float:
 def cpu_bf16_enabled(setting: str) -> bool:
     """Whether bfloat16 autocast is used on the CPU for ``train.cpu_bf16 = setting``."""
     if setting not in ("auto", "on", "off"):
-        raise ValueError(f"cpu_bf16={setting!r}: expected 'auto', 'on' or 'off'")
+        raise InputError(f"cpu_bf16={setting!r}: expected 'auto', 'on' or 'off'")
     if setting != "auto":
         return setting == "on"
     try:
@@ -528,9 +402,9 @@ def _read_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:
-        raise ValueError(f"{path}: not a readable crforge checkpoint ({type(exc).__name__}: {exc})") from exc
+        raise InputError(f"{path}: not a readable crforge checkpoint ({type(exc).__name__}: {exc})") from exc
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path}: not a crforge checkpoint (format {CHECKPOINT_FORMAT} expected)")
+        raise InputError(f"{path}: not a crforge checkpoint (format {CHECKPOINT_FORMAT} expected)")
     return ckpt
 
 
@@ -571,12 +445,12 @@ def _init_from_deepcr(model: nn.Module, init: str, cfg: TrainConfig) -> None:
 
     name = init.split(":", 1)[1]
     if name not in DEEPCR_MODELS:
-        raise ValueError(f"init={init!r}: deepCR models crforge can start from are "
+        raise InputError(f"init={init!r}: deepCR models crforge can start from are "
                          f"{', '.join('deepcr:' + k for k in DEEPCR_MODELS)}")
     mc = cfg.model
     has_bn = DEEPCR_MODELS[name][0]
     if cfg.kind != "mask" or mc.depth != 2 or mc.width != 32 or mc.batch_norm != has_bn:
-        raise ValueError(f"init={init!r}: deepCR's {name} is a mask model, depth 2, width 32, "
+        raise InputError(f"init={init!r}: deepCR's {name} is a mask model, depth 2, width 32, "
                          f"batch_norm={has_bn}; this run is a {cfg.kind} model {asdict(mc)} (set "
                          f"--kind mask and train.model.batch_norm={str(has_bn).lower()})")
     state, _, _ = deepcr_init_state(name, scale=cfg.norm_scale)
@@ -602,7 +476,7 @@ class _RunLog:
 
 def _device(cfg: TrainConfig) -> torch.device:
     if cfg.device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("train.device='cuda' but torch sees no CUDA device")
+        raise InputError("train.device='cuda' but torch sees no CUDA device")
     if cfg.device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(cfg.device)
@@ -623,9 +497,9 @@ def _loaders(cfg: TrainConfig, data: Path, device: torch.device) -> tuple[DataLo
     common = {"norm_scale": cfg.norm_scale, "fill_ignored": cfg.fill_ignored}
     train_ds = StampDataset(data, "train", cfg.kind, cfg.augment, cfg.seed, **common)
     if len(train_ds) == 0:
-        raise ValueError(f"{data}: the train split has no stamps")
+        raise InputError(f"{data}: the train split has no stamps")
     if train_ds.stamp_size % 2 ** (cfg.model.depth - 1):
-        raise ValueError(f"{data}: stamp_size {train_ds.stamp_size} is not a multiple of "
+        raise InputError(f"{data}: stamp_size {train_ds.stamp_size} is not a multiple of "
                          f"2**(model.depth-1) = {2 ** (cfg.model.depth - 1)}")
     val_ds = StampDataset(data, "val", cfg.kind, None, cfg.seed, **common)
     kw = {"batch_size": cfg.batch_size, "num_workers": cfg.num_workers,
@@ -693,7 +567,7 @@ def main(cfg: TrainConfig, data: str | os.PathLike, out_dir: str | os.PathLike, 
     if not data.is_file():
         raise FileNotFoundError(2, "No such file or directory", str(data))
     if stop_after is not None and stop_after < 0:
-        raise ValueError(f"stop_after={stop_after!r}: expected >= 0")
+        raise InputError(f"stop_after={stop_after!r}: expected >= 0")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     last_path, best_path = out / "last.pt", out / "best.pt"
@@ -703,12 +577,12 @@ def main(cfg: TrainConfig, data: str | os.PathLike, out_dir: str | os.PathLike, 
         ckpt = _read_checkpoint(last_path)
         diff = [k for k in _config_diff(ckpt["config"], cfgmod.to_dict(cfg)) if k not in _RESUMABLE_CHANGES]
         if diff:
-            raise ValueError(f"{last_path}: cannot resume with a different configuration "
+            raise InputError(f"{last_path}: cannot resume with a different configuration "
                              f"({', '.join(diff)}); use the run's {out / 'config.toml'}")
     elif resume:
         logger.warning("%s: no last.pt to resume from; starting a new run", out)
     elif last_path.exists():
-        raise ValueError(f"{out} already holds a run (last.pt): pass --resume to continue it, "
+        raise InputError(f"{out} already holds a run (last.pt): pass --resume to continue it, "
                          "or choose another run name")
 
     t_start = time.perf_counter()
@@ -730,7 +604,7 @@ def main(cfg: TrainConfig, data: str | os.PathLike, out_dir: str | os.PathLike, 
             src = _read_checkpoint(init)
             arch = ("depth", "width", "batch_norm")
             if src["kind"] != cfg.kind or any(src["model_config"][k] != getattr(mc, k) for k in arch):
-                raise ValueError(f"init={str(init)!r}: a {src['kind']} model {src['model_config']} "
+                raise InputError(f"init={str(init)!r}: a {src['kind']} model {src['model_config']} "
                                  f"cannot start a {cfg.kind} model {asdict(mc)}")
             model.load_state_dict(src["model"])
         model.to(device)
@@ -768,9 +642,7 @@ def main(cfg: TrainConfig, data: str | os.PathLike, out_dir: str | os.PathLike, 
                 log("initialised from %s", init)
         if val_loader is None:
             log("%s: the val split is empty; no validation (best.pt = last.pt)", data, level=logging.WARNING)
-        from crforge.runconfig import RunConfig
-
-        cfgmod.write_toml(RunConfig(train=cfg), out / "config.toml",
+        cfgmod.write_toml({"train": cfg}, out / "config.toml",
                           header=f"crforge train: resolved configuration of {out.name}\ndata: {data}")
 
         end = cfg.epochs if stop_after is None else min(cfg.epochs, stop_after)
@@ -825,52 +697,7 @@ def main(cfg: TrainConfig, data: str | os.PathLike, out_dir: str | os.PathLike, 
 # --------------------------------------------------------------------------- CLI
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Arguments of ``crforge train``."""
-    parser.add_argument("--data", type=Path, required=True, help="HDF5 training set (schema v1)")
-    parser.add_argument("--runs", type=Path, default=Path("runs"), help="runs directory (default: runs)")
-    parser.add_argument("--kind", choices=("mask", "inpaint", "both"), default="both",
-                        help="which network: mask, inpaint, or both one after the other (default)")
-    parser.add_argument("--name", help="run name (default: the data file's stem); the run directory "
-                        "is RUNS/<name>, each network in RUNS/<name>/<kind>/")
-    parser.add_argument("--resume", action="store_true", help="continue the run(s) from last.pt")
-    parser.add_argument("--init", type=Path, help="start from this checkpoint's weights (one --kind), "
-                        "or from deepCR 0.3.1's published mask model: deepcr:ACS-WFC or deepcr:WFC3-UVIS")
 
 
-def _summary_line(res: dict, fpr: float) -> str:
-    val = res["val"]
-    parts = [f"{res['kind']} model: {res['best']} (epoch {res['best_epoch']} of {res['epochs_done']})"]
-    if "val_loss" in val:
-        parts.append(f"val loss {val['val_loss']:.5g}")
-    if "tpr_at_fpr" in val:
-        by = ", ".join(f"{ft} {d['tpr_at_fpr']:.2%}" for ft, d in val.get("by_field_type", {}).items())
-        parts.append(f"TPR at {fpr:.1%} FPR {val['tpr_at_fpr']:.2%} ({by})")
-    elif res["kind"] == "inpaint" and val.get("by_field_type"):
-        by = ", ".join(f"{ft} {d['mse']:.4g}" for ft, d in val["by_field_type"].items())
-        parts.append(f"MSE by field type ({by})")
-    return "; ".join(parts) + "\n"
 
 
-def run(args: argparse.Namespace) -> int:
-    """Entry point of ``crforge train``."""
-    from crforge import config as cfgmod
-    from crforge.runconfig import RunConfig
-
-    cfg = cfgmod.load(RunConfig, getattr(args, "config", None), list(getattr(args, "set", None) or []))
-    kinds = ["mask", "inpaint"] if args.kind == "both" else [args.kind]
-    if args.init is not None and len(kinds) > 1:
-        raise ValueError("--init needs --kind mask or --kind inpaint (a checkpoint holds one model)")
-    if not Path(args.data).is_file():
-        raise FileNotFoundError(2, "No such file or directory", str(args.data))
-    name = args.name or Path(args.data).stem
-    results = []
-    for kind in kinds:
-        kcfg = copy.deepcopy(cfg.train)
-        kcfg.kind = kind
-        res = main(kcfg, args.data, Path(args.runs) / name / kind, resume=args.resume, init=args.init)
-        results.append(res)
-        sys.stdout.write(_summary_line(res, kcfg.val_fpr))
-    for res in results:
-        sys.stdout.write(f"{res['kind']}: {res['run_dir']} ({res['seconds']:.0f} s)\n")
-    return 0

@@ -40,29 +40,28 @@ The recommended threshold of the mask model is chosen on the ``val`` split at
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import logging
 import os
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from crforge.pipeline.schema import SPLITS, TRUTH_SNR_BINS as _BINS
+from crforge.errors import InputError
+from crforge.pipeline.schema import SPLITS
+from crforge.pipeline.schema import TRUTH_SNR_BINS as _BINS
 from crforge.training import metrics as M
+from crforge.training.evaluate.config import EvaluateConfig
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["EvaluateConfig", "EVALUATION_FORMAT", "evaluate_run", "load_stamps", "mask_scores",
-           "find_stars", "hit_stars", "aperture_flux", "write_report", "plot_roc", "add_arguments",
-           "run"]
+__all__ = ["EVALUATION_FORMAT", "evaluate_run", "load_stamps", "mask_scores",
+           "find_stars", "hit_stars", "aperture_flux", "write_report", "plot_roc",]
 
 EVALUATION_FORMAT = "crforge-evaluation/1"
 #: SNR bins of the ``truth`` pixels, by ``value - 1`` (0: "<3", 1: "3-5", 2: "5-10", 3: ">10")
@@ -70,7 +69,6 @@ TRUTH_SNR_BINS = [_BINS[k + 1] for k in range(len(_BINS))]
 FIELD_TYPES = ("extragalactic", "globular_cluster", "resolved_galaxy")
 MASK_METHODS = ("crforge", "deepcr", "astroscrappy")
 INPAINT_METHODS = ("crforge", "median5", "biharmonic")
-BASELINES = ("deepcr", "astroscrappy", "median5", "biharmonic")
 #: False-positive rates the stored ROC curves are read at (for plots and the JSON).
 ROC_GRID = np.logspace(-6, 0, 97)
 _LABEL = {"crforge": "crforge", "deepcr": "deepCR 0.3.1", "astroscrappy": "LACosmic (astroscrappy)",
@@ -78,102 +76,6 @@ _LABEL = {"crforge": "crforge", "deepcr": "deepCR 0.3.1", "astroscrappy": "LACos
           "none": "no fill (sky)"}
 
 
-@dataclass
-class EvaluateConfig:
-    """Settings of ``crforge evaluate`` (the ``[evaluate]`` table).
-
-    Parameters
-    ----------
-    split : {'test', 'val', 'train'}
-        The split evaluated.
-    stamps_per_field_type : int
-        Evaluate a seeded random subset of this many stamps per field type (0 = all):
-        LACosmic's sweep costs about 3 s per stamp on 2 cores, and every method is
-        scored on the same stamps.
-    fprs : tuple of float
-        False-positive rates of the TPR figures (deepCR: 0.05% and 0.5%).
-    dilation : int
-        Kernel size of the dilated variant (deepCR: 3; 0 = no dilated figures).
-    threshold_fpr : float
-        The recommended threshold of the mask model is the one giving this
-        false-positive rate on the ``val`` split.
-    checkpoint : {'best', 'last'}
-        Which checkpoint of each network.
-    baselines : tuple of str
-        Baselines to run: ``deepcr``, ``astroscrappy`` (detection), ``median5``,
-        ``biharmonic`` (inpainting).
-    lacosmic_sigclip : tuple of float
-        ``sigclip`` values swept to trace LACosmic's ROC.
-    truth_min_bin : int
-        Against the injected truth, CR pixels of ``truth >= truth_min_bin`` are the
-        positives (``crforge.pipeline.schema.TRUTH_SNR_BINS``: 2 = 3-5 sigma, 3 = 5-10 sigma,
-        4 = above 10) and fainter CR pixels are left out.
-    photometry : bool
-        Measure the photometric fidelity of the inpainting.
-    aperture_radius : float
-        Aperture radius in pixels (ACS/WFC's PSF FWHM is about 2 px).
-    star_min_snr : float
-        A star's peak must stand this many sigma above the sky.
-    stars_per_stamp : int
-        At most this many stars hit per stamp.
-    batch_size : int
-        Stamps per network forward pass.
-    threads : int
-        Threads for torch and the baselines (0 = all cores).
-    seed : int
-        Seed of the subset, the evaluation masks and the hits.
-    """
-
-    split: str = "test"
-    stamps_per_field_type: int = 64
-    fprs: tuple[float, ...] = (0.0005, 0.005)
-    dilation: int = 3
-    threshold_fpr: float = 0.005
-    checkpoint: str = "best"
-    baselines: tuple[str, ...] = BASELINES
-    # 3 already calls about 0.5-1% of the sky pixels CRs on ACS/WFC stamps; below it
-    # astroscrappy slows down tenfold (2 s per stamp) for FPRs nobody uses
-    lacosmic_sigclip: tuple[float, ...] = (3.0, 4.5, 6.0, 9.0, 15.0)
-    truth_min_bin: int = 3
-    photometry: bool = True
-    aperture_radius: float = 3.0
-    star_min_snr: float = 30.0
-    stars_per_stamp: int = 4
-    batch_size: int = 16
-    threads: int = 0
-    seed: int = 0
-
-    def validate(self) -> None:
-        """Raise ``ValueError`` naming a bad parameter."""
-        if self.split not in SPLITS:
-            raise ValueError(f"evaluate.split={self.split!r}: expected one of {SPLITS}")
-        if self.stamps_per_field_type < 0:
-            raise ValueError(f"evaluate.stamps_per_field_type={self.stamps_per_field_type!r}: expected >= 0")
-        if not self.fprs or not all(0 < f < 1 for f in self.fprs):
-            raise ValueError(f"evaluate.fprs={self.fprs!r}: expected rates in (0, 1)")
-        if self.dilation < 0 or (self.dilation and self.dilation % 2 == 0):
-            raise ValueError(f"evaluate.dilation={self.dilation!r}: expected 0 or an odd size")
-        if not 0 < self.threshold_fpr < 1:
-            raise ValueError(f"evaluate.threshold_fpr={self.threshold_fpr!r}: expected (0, 1)")
-        if self.checkpoint not in ("best", "last"):
-            raise ValueError(f"evaluate.checkpoint={self.checkpoint!r}: expected 'best' or 'last'")
-        unknown = set(self.baselines) - set(BASELINES)
-        if unknown:
-            raise ValueError(f"evaluate.baselines: unknown {sorted(unknown)}; valid: {list(BASELINES)}")
-        if not self.lacosmic_sigclip or not all(s > 0 for s in self.lacosmic_sigclip):
-            raise ValueError(f"evaluate.lacosmic_sigclip={self.lacosmic_sigclip!r}: expected values > 0")
-        if not self.aperture_radius > 0:
-            raise ValueError(f"evaluate.aperture_radius={self.aperture_radius!r}: expected > 0")
-        for name in ("star_min_snr",):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"evaluate.{name}={getattr(self, name)!r}: expected > 0")
-        for name in ("stars_per_stamp", "threads"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"evaluate.{name}={getattr(self, name)!r}: expected >= 0")
-        if self.truth_min_bin not in (2, 3, 4):
-            raise ValueError(f"evaluate.truth_min_bin={self.truth_min_bin!r}: expected 2, 3 or 4")
-        if self.batch_size < 1:
-            raise ValueError(f"evaluate.batch_size={self.batch_size!r}: expected >= 1")
 
 
 # --------------------------------------------------------------------------- data
@@ -230,12 +132,12 @@ def load_stamps(path: str | os.PathLike, split: str, per_field_type: int = 0, se
     if not path.is_file():
         raise FileNotFoundError(2, "No such file or directory", str(path))
     if split not in SPLITS:
-        raise ValueError(f"split={split!r}: expected one of {SPLITS}")
+        raise InputError(f"split={split!r}: expected one of {SPLITS}")
     if per_field_type < 0:
-        raise ValueError(f"per_field_type={per_field_type!r}: expected >= 0")
+        raise InputError(f"per_field_type={per_field_type!r}: expected >= 0")
     with h5py.File(path, "r") as h5:
         if split not in h5 or "meta" not in h5[split]:
-            raise ValueError(f"{path}: no split {split!r} with a meta table (schema v1 expected)")
+            raise InputError(f"{path}: no split {split!r} with a meta table (schema v1 expected)")
         g = h5[split]
         meta = g["meta"][()]
         ftypes = np.array([_text(v) for v in meta["field_type"]])
@@ -251,7 +153,7 @@ def load_stamps(path: str | os.PathLike, split: str, per_field_type: int = 0, se
             keep.append(idx)
         index = np.sort(np.concatenate(keep)) if keep else np.zeros(0, int)
         if index.size == 0:
-            raise ValueError(f"{path}: split {split!r} holds no stamps")
+            raise InputError(f"{path}: split {split!r} holds no stamps")
         image = g["image"][index].astype(np.float32)
         ignore = g["ignore"][index] != 0
         out = {
@@ -288,7 +190,7 @@ def _load_model(run_dir: Path, kind: str, which: str):
         return None, None, path
     model, ckpt = load_checkpoint(path)
     if ckpt["kind"] != kind:
-        raise ValueError(f"{path}: holds a {ckpt['kind']} model, expected {kind}")
+        raise InputError(f"{path}: holds a {ckpt['kind']} model, expected {kind}")
     return model, ckpt, path
 
 
@@ -297,7 +199,7 @@ def _normalised(data: dict, ckpt: dict) -> np.ndarray:
 
     norm = ckpt["normalisation"]
     if norm.get("bunit", "ELECTRONS").upper() != data["bunit"].upper():
-        raise ValueError(f"{data['path']}: images in {data['bunit']}, but the model was trained on "
+        raise InputError(f"{data['path']}: images in {data['bunit']}, but the model was trained on "
                          f"{norm.get('bunit')}")
     sky = np.maximum(np.nan_to_num(data["meta"]["sky"].astype(np.float32)), 0)
     x = np.stack([normalise(im, float(s), norm["scale"]) for im, s in zip(data["image"], sky)])
@@ -494,9 +396,9 @@ def aperture_flux(image: np.ndarray, y: float, x: float, radius: float) -> float
     """Sum of the pixels whose centres lie within ``radius`` of ``(y, x)``."""
     img = np.asarray(image)
     if img.ndim != 2:
-        raise ValueError(f"image: expected a 2-D array, got shape {img.shape}")
+        raise InputError(f"image: expected a 2-D array, got shape {img.shape}")
     if not radius > 0:
-        raise ValueError(f"radius={radius!r}: expected > 0")
+        raise InputError(f"radius={radius!r}: expected > 0")
     yy, xx = np.ogrid[:img.shape[0], :img.shape[1]]
     return float(img[(yy - y) ** 2 + (xx - x) ** 2 <= radius ** 2].sum())
 
@@ -1027,44 +929,7 @@ def plot_roc(doc: dict, path: str | os.PathLike) -> Path:
 # --------------------------------------------------------------------------- CLI
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Arguments of ``crforge evaluate``."""
-    parser.add_argument("--run", type=Path, required=True,
-                        help="run directory (runs/<name>, holding mask/ and inpaint/)")
-    parser.add_argument("--data", type=Path, required=True, help="HDF5 data set (schema v1)")
-    parser.add_argument("--split", choices=SPLITS, help="split to evaluate (default: evaluate.split, test)")
-    parser.add_argument("--out", type=Path, help="output directory (default: the run directory)")
-    parser.add_argument("--no-baselines", action="store_true", help="evaluate crforge's models only")
 
 
-def run(args: argparse.Namespace) -> int:
-    """Entry point of ``crforge evaluate``."""
-    from crforge import config as cfgmod
-    from crforge.runconfig import RunConfig
-
-    sets = list(getattr(args, "set", None) or [])
-    if args.split:
-        sets.append(f"evaluate.split={args.split}")
-    if args.no_baselines:
-        sets.append("evaluate.baselines=[]")
-    cfg = cfgmod.load(RunConfig, getattr(args, "config", None), sets).evaluate
-    doc = evaluate_run(args.run, args.data, cfg, args.out, progress=None)
-    out = Path(args.out or args.run)
-    sys.stdout.write(_summary(doc))
-    sys.stdout.write(f"wrote {out / 'evaluation.json'}, {out / 'report.md'}"
-                     + (f", {out / 'roc.png'}" if doc["mask"] else "") + "\n")
-    return 0
 
 
-def _summary(doc: dict) -> str:
-    lines = []
-    fpr = _key(doc["fprs"][-1])
-    for m, r in doc["mask"].items():
-        if "tpr" in r:
-            per = ", ".join(f"{f} {_pct(v.get(fpr))}%" for f, v in r["tpr"].items())
-            lines.append(f"{_LABEL[m]}: TPR at {100 * float(fpr):g}% FPR: {per}; "
-                         f"{r.get('seconds_per_100', 0):.2f} s/100 stamps")
-    for m, r in doc["inpaint"].items():
-        per = ", ".join(f"{f} {v:.4g}" for f, v in r["mse"].items() if v is not None)
-        lines.append(f"{_LABEL[m]} inpaint MSE: {per}")
-    return "\n".join(lines) + "\n"

@@ -1,6 +1,6 @@
 """``crforge fetch``: download a manifest's exposures from MAST into the raw area.
 
-The work is :func:`crforge.pipeline.archive.fetch_specs` (sizes verified against MAST's
+The work is :func:`crforge.pipeline.archive.stage.fetch_specs` (sizes verified against MAST's
 listing, ``.part`` files resumed, retries with backoff, bounded concurrency); this
 module is its command line. Rows that list exposures and sizes (a manifest written
 by ``crforge query``) need no query; the others are resolved on MAST first.
@@ -13,17 +13,15 @@ manifest or configuration.
 from __future__ import annotations
 
 import argparse
-import json
-import logging
 import sys
 from pathlib import Path
 
-from .archive import fetch_specs, load_config
-from .manifest import load_manifest
+from crforge.cli.query import archive_config
+from crforge.cli.runconfig import RunConfig
+from crforge.errors import InputError
 
-logger = logging.getLogger(__name__)
-
-__all__ = ["add_arguments", "run"]
+CONFIG = RunConfig
+SECTION = "archive"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -38,26 +36,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
-def run(args: argparse.Namespace) -> int:
-    """Entry point of ``crforge fetch``."""
-    extra = []
-    if args.concurrency is not None:
-        extra.append(f"concurrency={args.concurrency}")
-    if args.server:
-        extra.append(f"server={json.dumps(args.server)}")
-    cfg = load_config(args, extra)
+def run(args: argparse.Namespace, cfg: RunConfig) -> int:
+    """Fetch every (or each ``--visit``) archive visit; 1 when one is not ready."""
+    from crforge.pipeline.archive.stage import fetch_specs
+    from crforge.pipeline.manifest import load_manifest
+
+    archive = archive_config(args, cfg)
     man = load_manifest(args.manifest)
     specs = [v for v in man.visits if v.source == "archive"]
     if args.visit:
         names = {v.name for v in specs}
         unknown = sorted(set(args.visit) - names)
         if unknown:
-            raise ValueError(f"--visit {unknown[0]!r}: not an archive visit of {args.manifest} "
+            raise InputError(f"--visit {unknown[0]!r}: not an archive visit of {args.manifest} "
                              f"(visits: {', '.join(sorted(names)[:5])}{', ...' if len(names) > 5 else ''})")
         specs = [v for v in specs if v.name in set(args.visit)]
     if not specs:
-        raise ValueError(f"{args.manifest}: no archive visits to fetch")
-    results = fetch_specs(specs, args.work, cfg, progress=False if args.no_progress else None)
+        raise InputError(f"{args.manifest}: no archive visits to fetch")
+    results = fetch_specs(specs, args.work, archive, progress=False if args.no_progress else None)
     bad = 0
     for name, res in results.items():
         got = sum(f.transferred for f in res.files)

@@ -43,7 +43,6 @@ to succeed).
 
 from __future__ import annotations
 
-import argparse
 import csv
 import io
 import json
@@ -63,13 +62,14 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from .manifest import ARCHIVE_PRODUCTS, VisitSpec, load_manifest
-from .simulate import FIELD_TYPES
+from crforge.errors import InputError
+from crforge.pipeline.archive.config import ArchiveConfig
+from crforge.pipeline.manifest import VisitSpec, load_manifest
+from crforge.pipeline.names import ARCHIVE_PRODUCTS, FIELD_TYPES
 
 logger = logging.getLogger(__name__)
 
-__all__ = [
-    "ArchiveConfig", "Criteria", "Exposure", "Visit", "FileResult", "VisitResult",
+__all__ = [ "Criteria", "Exposure", "Visit", "FileResult", "VisitResult",
     "ArchiveError", "mast_criteria", "normalise_filter", "group_visits", "download_url",
     "find_visits", "resolve_specs", "resolve_manifest", "write_manifest", "manifest_row",
     "fetch_file", "fetch_visits", "fetch_specs", "prepare_visits", "MANIFEST_COLUMNS",
@@ -98,86 +98,6 @@ class ArchiveError(RuntimeError):
 # --------------------------------------------------------------------------------------
 
 
-@dataclass
-class ArchiveConfig:
-    """Settings of the archive stage (the ``[archive]`` table).
-
-    Parameters
-    ----------
-    server : str
-        MAST base URL; empty: ``astroquery.mast.conf.server`` (https://mast.stsci.edu,
-        or what the user's astroquery configuration says).
-    cloud : bool
-        Download from MAST's cloud (S3) copies. Not supported: crforge downloads from
-        MAST over HTTPS, where it verifies sizes and resumes (must stay ``false``).
-    products : tuple of str
-        Product types in order of preference (``flc``: CTE-corrected, ``flt``).
-    min_exposures : int
-        Visits with fewer exposures are left out of queries, and fail when fewer
-        were fetched (AstroDrizzle labels need at least 2).
-    partial_visits : bool
-        Label a visit from its verified exposures when some could not be fetched
-        (at least ``min_exposures``); ``false`` (default): the visit fails.
-    pagesize : int
-        Rows per MAST page (astroquery asks for every page).
-    concurrency : int
-        Downloads at once.
-    retries : int
-        Further attempts of a file after a 5xx, a timeout or a broken connection.
-    backoff : float
-        Seconds before the first retry, doubled for each further one.
-    max_backoff : float
-        Longest wait between attempts (seconds).
-    timeout : float
-        Seconds to connect, and seconds without a byte before a transfer is given up
-        (and retried).
-    chunk_size : int
-        Bytes per read while downloading.
-    """
-
-    server: str = ""
-    cloud: bool = False
-    products: tuple[str, ...] = ("flc", "flt")
-    min_exposures: int = 2
-    partial_visits: bool = False
-    pagesize: int = 50000
-    concurrency: int = 4
-    retries: int = 4
-    backoff: float = 1.0
-    max_backoff: float = 60.0
-    timeout: float = 60.0
-    chunk_size: int = 1 << 20
-
-    def validate(self) -> None:
-        """Raise ``ValueError`` naming a bad parameter and its value."""
-        if self.cloud:
-            raise ValueError("archive.cloud=True: cloud (S3) downloads are not supported; crforge "
-                             "downloads from MAST over HTTPS, where it verifies sizes and resumes")
-        if self.server and not re.match(r"^https?://[^/\s]+", self.server):
-            raise ValueError(f"archive.server={self.server!r}: expected an http(s):// URL or empty")
-        prods = tuple(p.lower() for p in self.products)
-        if not prods or any(p not in ARCHIVE_PRODUCTS for p in prods) or len(set(prods)) != len(prods):
-            raise ValueError(f"archive.products={self.products!r}: expected distinct values from "
-                             f"{ARCHIVE_PRODUCTS}, in order of preference")
-        for name, lo in (("min_exposures", 1), ("pagesize", 1), ("concurrency", 1),
-                         ("retries", 0), ("chunk_size", 1024)):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < lo:
-                raise ValueError(f"archive.{name}={v!r}: expected an integer >= {lo}")
-        for name in ("backoff", "max_backoff", "timeout"):
-            v = getattr(self, name)
-            if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) or v < 0:
-                raise ValueError(f"archive.{name}={v!r}: expected seconds >= 0")
-        if self.timeout <= 0:
-            raise ValueError(f"archive.timeout={self.timeout!r}: expected seconds > 0")
-
-    def mast_server(self) -> str:
-        """The MAST base URL in use (no trailing slash)."""
-        if self.server:
-            return self.server.rstrip("/")
-        from astroquery.mast import conf
-
-        return str(conf.server).rstrip("/")
 
 
 @dataclass
@@ -211,23 +131,23 @@ class Criteria:
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming a bad parameter and its value."""
-        from .instruments import get_instrument
+        from crforge.pipeline.instruments import get_instrument
 
         get_instrument(self.instrument)
         if self.exptime is not None:
             if len(self.exptime) != 2 or not 0 <= self.exptime[0] <= self.exptime[1]:
-                raise ValueError(f"exptime={self.exptime!r}: expected (min, max) seconds, 0 <= min <= max")
+                raise InputError(f"exptime={self.exptime!r}: expected (min, max) seconds, 0 <= min <= max")
         for p in self.proposal_ids:
             if isinstance(p, bool) or not isinstance(p, int) or p <= 0:
-                raise ValueError(f"proposal_ids: {p!r} is not a proposal number")
+                raise InputError(f"proposal_ids: {p!r} is not a proposal number")
         if self.dates is not None:
             if len(self.dates) != 2:
-                raise ValueError(f"dates={self.dates!r}: expected (start, end)")
+                raise InputError(f"dates={self.dates!r}: expected (start, end)")
             a, b = (_mjd(d, "dates") for d in self.dates)
             if a > b:
-                raise ValueError(f"dates={self.dates!r}: start after end")
+                raise InputError(f"dates={self.dates!r}: start after end")
         if not (self.filters or self.proposal_ids or self.target_classification or self.dates):
-            raise ValueError("criteria: give at least one of filters, proposal_ids, dates or "
+            raise InputError("criteria: give at least one of filters, proposal_ids, dates or "
                              "target_classification (a query of a whole instrument is too large)")
 
 
@@ -242,7 +162,7 @@ def _mjd(value: Any, name: str) -> float:
     try:
         return float(Time(str(value), scale="utc").mjd)
     except ValueError:
-        raise ValueError(f"{name}: {value!r} is neither an ISO date (2005-01-31) nor an MJD") from None
+        raise InputError(f"{name}: {value!r} is neither an ISO date (2005-01-31) nor an MJD") from None
 
 
 def mast_criteria(criteria: Criteria) -> dict:
@@ -467,9 +387,9 @@ def group_visits(observations: Iterable[Mapping], products: Iterable[Mapping], *
     """
     prefs = [p.lower() for p in products_pref]
     if not prefs or any(p not in ARCHIVE_PRODUCTS for p in prefs):
-        raise ValueError(f"products_pref={products_pref!r}: expected values from {ARCHIVE_PRODUCTS}")
+        raise InputError(f"products_pref={products_pref!r}: expected values from {ARCHIVE_PRODUCTS}")
     if isinstance(min_exposures, bool) or not isinstance(min_exposures, int) or min_exposures < 1:
-        raise ValueError(f"min_exposures={min_exposures!r}: expected an integer >= 1")
+        raise InputError(f"min_exposures={min_exposures!r}: expected an integer >= 1")
     visits = []
     for (pid, obset, filt), g in sorted(_collect(observations, products).items()):
         kind, chosen, left = _choose(g["members"], prefs)
@@ -490,9 +410,9 @@ def download_url(server: str, filename: str) -> str:
     'https://mast.stsci.edu/api/v0.1/Download/file?uri=mast:HST/product/j9l9ab01q_flc.fits'
     """
     if not isinstance(server, str) or not re.match(r"^https?://", server):
-        raise ValueError(f"server={server!r}: expected an http(s):// URL")
+        raise InputError(f"server={server!r}: expected an http(s):// URL")
     if not isinstance(filename, str) or not filename or "/" in filename:
-        raise ValueError(f"filename={filename!r}: expected a product file name")
+        raise InputError(f"filename={filename!r}: expected a product file name")
     return f"{server.rstrip('/')}{DOWNLOAD_PATH}?uri=" + quote(PRODUCT_URI.format(filename), safe=":/")
 
 
@@ -650,7 +570,7 @@ def resolve_specs(specs: Sequence[VisitSpec], cfg: ArchiveConfig | None = None
     cfg.validate()
     for s in specs:
         if not isinstance(s, VisitSpec) or s.source != "archive":
-            raise ValueError(f"specs: {getattr(s, 'name', s)!r} is not an archive visit")
+            raise InputError(f"specs: {getattr(s, 'name', s)!r} is not an archive visit")
     out: dict[str, Visit | str] = {}
     batches: dict[tuple[str, int], list[VisitSpec]] = {}
     for s in specs:
@@ -715,7 +635,7 @@ def manifest_row(visit: Visit, field_type: str, split: str = "", label: str = ""
                  target: str | None = None) -> dict:
     """A CSV manifest row (``MANIFEST_COLUMNS``) of a resolved visit."""
     if field_type not in FIELD_TYPES:
-        raise ValueError(f"field_type={field_type!r}: expected one of {FIELD_TYPES}")
+        raise InputError(f"field_type={field_type!r}: expected one of {FIELD_TYPES}")
     return {"instrument": visit.instrument, "filter": visit.filter,
             "proposal_id": str(visit.proposal_id), "obset_id": visit.obset_id,
             "field_type": field_type, "split": split or "",
@@ -748,9 +668,9 @@ def write_manifest(path: str | os.PathLike, rows: Sequence[Mapping[str, str]], *
     """
     path = Path(path)
     if path.suffix.lower() != ".csv":
-        raise ValueError(f"path={str(path)!r}: a written manifest is a .csv file")
+        raise InputError(f"path={str(path)!r}: a written manifest is a .csv file")
     if not rows:
-        raise ValueError(f"{path}: no rows to write (a manifest needs at least one visit)")
+        raise InputError(f"{path}: no rows to write (a manifest needs at least one visit)")
     buf = io.StringIO()
     for c in comments:
         buf.write((c if c.startswith("#") else f"# {c}".rstrip()) + "\n")
@@ -810,7 +730,7 @@ def resolve_manifest(manifest: str | os.PathLike, out: str | os.PathLike,
     man = load_manifest(manifest)
     sim = [v.name for v in man.visits if v.source != "archive"]
     if sim:
-        raise ValueError(f"{man.path}: simulated visit(s) {sim[:3]} cannot be resolved on MAST; "
+        raise InputError(f"{man.path}: simulated visit(s) {sim[:3]} cannot be resolved on MAST; "
                          "query takes manifests of archive visits only")
     todo = [v for v in man.visits if refresh or not (v.archive["exposures"] and v.archive["sizes"])]
     resolved = resolve_specs(todo, cfg) if todo else {}
@@ -1075,9 +995,9 @@ def fetch_file(url: str, dest: str | os.PathLike, size: int, cfg: ArchiveConfig 
     cfg = ArchiveConfig() if cfg is None else cfg
     cfg.validate()
     if not isinstance(url, str) or not re.match(r"^https?://", url):
-        raise ValueError(f"url={url!r}: expected an http(s):// URL")
+        raise InputError(f"url={url!r}: expected an http(s):// URL")
     if isinstance(size, bool) or not isinstance(size, int) or size <= 0:
-        raise ValueError(f"size={size!r}: expected the product's size in bytes (> 0)")
+        raise InputError(f"size={size!r}: expected the product's size in bytes (> 0)")
     dest = Path(dest)
     part = dest.with_name(dest.name + ".part")
     progress = progress or (lambda n: None)
@@ -1160,7 +1080,7 @@ def fetch_visits(visits: Sequence[Visit], raw_root: str | os.PathLike, cfg: Arch
     raw_root = Path(raw_root)
     names = [v.name for v in visits] if names is None else list(names)
     if len(names) != len(visits) or len(set(names)) != len(names):
-        raise ValueError(f"names={names!r}: expected one distinct directory name per visit")
+        raise InputError(f"names={names!r}: expected one distinct directory name per visit")
     server = cfg.mast_server()
     jobs = []
     results = {n: VisitResult(n) for n in names}
@@ -1307,7 +1227,7 @@ def fetch_specs(specs: Sequence[VisitSpec], work: str | os.PathLike, cfg: Archiv
     unresolved: list[VisitSpec] = []
     for s in specs:
         if s.source != "archive":
-            raise ValueError(f"specs: visit {s.name!r} is not an archive visit")
+            raise InputError(f"specs: visit {s.name!r} is not an archive visit")
         raw = raw_root / s.name
         plan = _planned(s, raw)
         if plan is not None:
@@ -1365,87 +1285,7 @@ def prepare_visits(specs: Sequence[VisitSpec], work: str | os.PathLike, cfg: Arc
 # --------------------------------------------------------------------------------------
 
 
-def load_config(args: argparse.Namespace, extra: Sequence[str] = ()) -> ArchiveConfig:
-    """``[archive]`` of ``--config`` < ``--set`` < ``extra`` overrides (flags)."""
-    from crforge import config as cfgmod
-
-    overrides = list(getattr(args, "set", None) or []) + list(extra)
-    cfg = cfgmod.load_section(ArchiveConfig, "archive", getattr(args, "config", None), overrides)
-    cfg.validate()
-    return cfg
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Arguments of ``crforge query``."""
-    parser.add_argument("--out", type=Path, required=True,
-                        help="manifest to write (.csv; may be --manifest itself)")
-    parser.add_argument("--manifest", type=Path,
-                        help="resolve this manifest's rows (exposures, sizes, product) instead of "
-                             "searching by criteria")
-    parser.add_argument("--refresh", action="store_true",
-                        help="with --manifest: resolve rows that already list exposures and sizes too")
-    g = parser.add_argument_group("criteria (without --manifest)")
-    g.add_argument("--instrument", default="ACS/WFC", help="MAST instrument_name (default ACS/WFC)")
-    g.add_argument("--filter", dest="filters", action="append", default=[],
-                   help="filter (repeatable: any of them)")
-    g.add_argument("--exptime", nargs=2, type=float, metavar=("MIN", "MAX"),
-                   help="seconds of MAST's t_exptime")
-    g.add_argument("--proposal", dest="proposals", action="append", type=int, default=[],
-                   help="proposal id (repeatable)")
-    g.add_argument("--dates", nargs=2, metavar=("START", "END"),
-                   help="observation start between two ISO dates (or MJDs)")
-    g.add_argument("--target-classification", default="",
-                   help="MAST target_classification, e.g. 'GLOBULAR CLUSTER' (* wildcards)")
-    g.add_argument("--min-exposures", type=int, help="exposures per visit and filter (default 2)")
-    g.add_argument("--field-type", choices=FIELD_TYPES, help="field type of every visit found (required)")
-    g.add_argument("--split", choices=("train", "val", "test"), help="explicit split of every visit found")
-    parser.add_argument("--server", help="MAST base URL (default: astroquery.mast.conf.server)")
 
 
-def run(args: argparse.Namespace) -> int:
-    """Entry point of ``crforge query``."""
-    import sys
-
-    extra = []
-    if getattr(args, "server", None):
-        extra.append(f"server={json.dumps(args.server)}")
-    if getattr(args, "min_exposures", None) is not None:
-        extra.append(f"min_exposures={args.min_exposures}")
-    cfg = load_config(args, extra)
-    out = Path(args.out)
-    if args.manifest is not None:
-        path, failures = resolve_manifest(args.manifest, out, cfg, refresh=args.refresh)
-        man = load_manifest(path)
-        n_exp = sum(len(v.archive["exposures"]) for v in man.visits)
-        size = sum(sum(v.archive["sizes"]) for v in man.visits)
-        for name, reason in failures.items():
-            sys.stderr.write(f"crforge query: visit {name} not resolved: {reason}\n")
-        sys.stdout.write(f"{path}: {len(man.visits) - len(failures)} of {len(man.visits)} visits "
-                         f"resolved, {n_exp} exposures, {size / 1e9:.2f} GB\n")
-        return 1 if failures else 0
-    if not args.field_type:
-        raise ValueError("--field-type is required when searching by criteria (it is written "
-                         "into every row of the manifest)")
-    crit = Criteria(instrument=args.instrument, filters=tuple(args.filters),
-                    exptime=tuple(args.exptime) if args.exptime else None,
-                    proposal_ids=tuple(args.proposals),
-                    dates=tuple(args.dates) if args.dates else None,
-                    target_classification=args.target_classification)
-    try:
-        visits = find_visits(crit, cfg)
-    except ArchiveError as exc:
-        sys.stderr.write(f"crforge query: {exc}\n")
-        return 1
-    if not visits:
-        sys.stderr.write("crforge query: no visit matches (nothing written)\n")
-        return 1
-    rows = [manifest_row(v, args.field_type, args.split or "") for v in visits]
-    crit_text = json.dumps(mast_criteria(crit), sort_keys=True)
-    write_manifest(out, rows, comments=[f"crforge query {datetime.now(timezone.utc):%Y-%m-%d}, "
-                                        f"{cfg.mast_server()}", f"criteria: {crit_text}",
-                                        f"min_exposures: {cfg.min_exposures}, products: "
-                                        f"{' then '.join(cfg.products)}"])
-    size = sum(v.size for v in visits)
-    sys.stdout.write(f"{out}: {len(visits)} visits, {sum(len(v.exposures) for v in visits)} exposures, "
-                     f"{size / 1e9:.2f} GB\n")
-    return 0

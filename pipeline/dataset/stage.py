@@ -31,7 +31,6 @@ rerun); 2 for a bad manifest or configuration.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import logging
@@ -40,29 +39,28 @@ import platform
 import time
 import traceback
 import zlib
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 from astropy.io import fits
 from astropy.wcs import WCS
 
-from .drizzle import LabelConfig, label_visit
-from .instruments import get_instrument
-from .manifest import Manifest, VisitSpec, load_manifest
-from .schema import FIELDS_DTYPE, META_DTYPE, SCHEMA_VERSION, SPLITS
-from .simulate import read_truth, simulate_visit
-from .splits import DEFAULT_FRACTIONS, assign_splits, group_fields
-from .stamps import StampConfig, cut_stamps, snr_class
-
-if TYPE_CHECKING:  # pragma: no cover
-    from crforge.runconfig import RunConfig
+from crforge.pipeline.archive.config import ArchiveConfig
+from crforge.pipeline.dataset.config import DatasetConfig, StampConfig
+from crforge.pipeline.instruments import get_instrument
+from crforge.pipeline.label.config import LabelConfig
+from crforge.pipeline.label.stage import label_visit
+from crforge.pipeline.manifest import Manifest, VisitSpec, load_manifest
+from crforge.pipeline.schema import FIELDS_DTYPE, META_DTYPE, SCHEMA_VERSION, SPLITS
+from crforge.pipeline.simulate.visit import read_truth, simulate_visit
+from crforge.pipeline.splits import assign_splits, group_fields
+from crforge.pipeline.stamps import cut_stamps, snr_class
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["DatasetConfig", "build_dataset", "process_visit", "DatasetError",
+__all__ = [ "build_dataset", "process_visit", "DatasetError",
            "META_DTYPE", "FIELDS_DTYPE", "SCHEMA_VERSION"]
 
 
@@ -71,45 +69,6 @@ class DatasetError(RuntimeError):
     """Too many visits failed to build a data set."""
 
 
-@dataclass
-class DatasetConfig:
-    """Settings of the dataset stage.
-
-    Parameters
-    ----------
-    seed : int
-        Seed of the split assignment (simulated visits have their own seeds).
-    fractions : dict
-        Share of fields per split when the manifest does not fix one.
-    scheduler : str
-        ``local`` (a dask LocalCluster on this machine), ``serial`` (no dask, same
-        results) or the address of a running dask scheduler (``tcp://host:8786``).
-    workers : int
-        LocalCluster worker processes; 0 = one per CPU core.
-    compression : str
-        HDF5 filter for the stamp datasets (``gzip`` or ``lzf``).
-    max_failed_fraction : float
-        Refuse to write the data set when more visits than this fraction failed.
-    """
-
-    seed: int = 0
-    fractions: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_FRACTIONS))
-    scheduler: str = "local"
-    workers: int = 0
-    compression: str = "gzip"
-    max_failed_fraction: float = 0.2
-
-    def validate(self) -> None:
-        """Raise ``ValueError`` naming a bad parameter."""
-        if self.workers < 0:
-            raise ValueError(f"workers={self.workers!r}: expected >= 0 (0 = one per core)")
-        if self.compression not in ("gzip", "lzf"):
-            raise ValueError(f"compression={self.compression!r}: expected 'gzip' or 'lzf'")
-        if not 0 <= self.max_failed_fraction <= 1:
-            raise ValueError(f"max_failed_fraction={self.max_failed_fraction!r}: expected [0, 1]")
-        if not (self.scheduler in ("local", "serial") or "://" in self.scheduler):
-            raise ValueError(f"scheduler={self.scheduler!r}: expected 'local', 'serial' or "
-                             "a scheduler address like tcp://127.0.0.1:8786")
 
 
 # --------------------------------------------------------------------------------------
@@ -257,7 +216,7 @@ def _cost(spec: VisitSpec) -> float:
     return float(spec.simulate.n_exposures * shape[0] * shape[1])
 
 
-def _run_visits(visits: list[VisitSpec], work: Path, cfg: "RunConfig") -> tuple[list[dict], list[dict]]:
+def _run_visits(visits: list[VisitSpec], work: Path, cfg: _Sections) -> tuple[list[dict], list[dict]]:
     """Run every visit; return (successes, failures) in manifest order."""
     from tqdm.auto import tqdm
 
@@ -320,8 +279,20 @@ def _run_visits(visits: list[VisitSpec], work: Path, cfg: "RunConfig") -> tuple[
             [failures[n] for n in order if n in failures])
 
 
-def build_dataset(manifest: str | os.PathLike | Manifest, work: str | os.PathLike,
-                  cfg: "RunConfig | None" = None, output: str | os.PathLike | None = None) -> dict:
+@dataclass(frozen=True)
+class _Sections:
+    """The config sections the dataset stage uses (its own, and the stages it runs)."""
+
+    dataset: DatasetConfig
+    label: LabelConfig
+    stamps: StampConfig
+    archive: ArchiveConfig
+
+
+def build_dataset(manifest: str | os.PathLike | Manifest, work: str | os.PathLike, *,
+                  output: str | os.PathLike | None = None, dataset: DatasetConfig | None = None,
+                  label: LabelConfig | None = None, stamps: StampConfig | None = None,
+                  archive: ArchiveConfig | None = None) -> dict:
     """Build the HDF5 training set of a manifest.
 
     Parameters
@@ -330,10 +301,11 @@ def build_dataset(manifest: str | os.PathLike | Manifest, work: str | os.PathLik
         The visits (TOML or CSV, see :mod:`crforge.pipeline.manifest`).
     work : path-like
         Work directory for raw, labels, stamps and the output.
-    cfg : crforge.runconfig.RunConfig, optional
-        The run configuration; its ``dataset``, ``label`` and ``stamps`` tables are used.
     output : path-like, optional
         The HDF5 file; default ``<work>/<manifest name>.h5``.
+    dataset, label, stamps, archive : config dataclasses, optional
+        The ``[dataset]``, ``[label]``, ``[stamps]`` and ``[archive]`` tables
+        (defaults when None).
 
     Returns
     -------
@@ -342,16 +314,13 @@ def build_dataset(manifest: str | os.PathLike | Manifest, work: str | os.PathLik
 
     Raises
     ------
-    ValueError
+    InputError
         A bad manifest or config, or overlapping visits with conflicting splits.
     DatasetError
         More than ``max_failed_fraction`` of the visits failed.
     """
-    from crforge.runconfig import RunConfig
-
-    cfg = RunConfig() if cfg is None else cfg
-    if not isinstance(cfg, RunConfig):
-        raise TypeError(f"cfg must be a RunConfig, got {type(cfg).__name__}")
+    cfg = _Sections(dataset or DatasetConfig(), label or LabelConfig(), stamps or StampConfig(),
+                    archive or ArchiveConfig())
     cfg.dataset.validate()
     cfg.label.validate()
     cfg.stamps.validate()
@@ -370,7 +339,7 @@ def build_dataset(manifest: str | os.PathLike | Manifest, work: str | os.PathLik
     fetch_failed: dict[str, str] = {}
     archive_specs = [v for v in man.visits if v.source == "archive"]
     if archive_specs:
-        from .archive import prepare_visits
+        from crforge.pipeline.archive.stage import prepare_visits
 
         cfg.archive.validate()
         fetch_failed = prepare_visits(archive_specs, work, cfg.archive)
@@ -408,7 +377,7 @@ def _write_json(path: Path, doc: dict) -> None:
     os.replace(tmp, path)
 
 
-def _write_hdf5(output: Path, man: Manifest, cfg: "RunConfig", done: list[dict], failed: list[dict],
+def _write_hdf5(output: Path, man: Manifest, cfg: _Sections, done: list[dict], failed: list[dict],
                 field_of: dict[str, int], split_of: dict[int, str], work: Path) -> dict:
     import h5py
 
@@ -500,35 +469,5 @@ def _write_hdf5(output: Path, man: Manifest, cfg: "RunConfig", done: list[dict],
 # --------------------------------------------------------------------------------------
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Arguments of ``crforge dataset``."""
-    parser.add_argument("--manifest", type=Path, required=True, help="data set manifest (.toml or .csv)")
-    parser.add_argument("--work", type=Path, default=Path("work"), help="work directory (default: work)")
-    parser.add_argument("--output", type=Path, help="HDF5 file (default: WORK/<manifest name>.h5)")
-    parser.add_argument("--scheduler", help="local (default), serial, or tcp://host:port of a dask scheduler")
-    parser.add_argument("--workers", type=int, help="LocalCluster workers (default: one per core)")
 
 
-def run(args: argparse.Namespace) -> int:
-    """Entry point of ``crforge dataset``."""
-    import sys
-
-    from crforge import config as cfgmod
-    from crforge.runconfig import RunConfig
-
-    overrides = list(getattr(args, "set", None) or [])
-    if args.scheduler:
-        overrides.append(f"dataset.scheduler={json.dumps(args.scheduler)}")
-    if args.workers is not None:
-        overrides.append(f"dataset.workers={args.workers}")
-    cfg = cfgmod.load(RunConfig, getattr(args, "config", None), overrides)
-    try:
-        report = build_dataset(args.manifest, args.work, cfg, args.output)
-    except DatasetError as exc:
-        sys.stderr.write(f"crforge dataset: {exc}\n")
-        return 1
-    for f in report["visits_failed"]:
-        sys.stderr.write(f"crforge dataset: warning: visit {f['visit']} skipped: {f['reason']}\n")
-    sys.stdout.write(f"{report['output']}: {report['stamps']} stamps from {report['visits_done']} "
-                     f"of {report['visits_total']} visits in {report['seconds_total']:.0f} s\n")
-    return 0

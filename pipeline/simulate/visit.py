@@ -60,34 +60,31 @@ sources (x, y, flux in e-), and the noiseless source image ``SOURCE`` (e-, no sk
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import math
 import os
 import shutil
-import sys
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 from astropy.io import fits
 from scipy import ndimage, signal, special, stats
 
-from .instruments import Instrument, get_instrument
+from crforge.errors import InputError
+from crforge.pipeline.instruments import Instrument
+from crforge.pipeline.simulate.config import SimulateConfig
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
     "FIELD_TYPES",
-    "SimulateConfig",
     "simulate_visit",
     "read_truth",
     "TruthChip",
     "dither_offsets",
-    "base36",
     "render_cosmic_rays",
     "sample_cosmic_rays",
     "render_point_sources",
@@ -100,113 +97,8 @@ MIP_E_PER_UM = 45.0  # e-h pairs per micron: puts the median event near 1000 e- 
 MAX_TRACK_PIX = 150.0  # grazing tracks are cut at this projected length
 
 
-@dataclass
-class SimulateConfig:
-    """How to simulate one visit.
-
-    Parameters
-    ----------
-    instrument : str
-        Imager in :data:`crforge.pipeline.instruments.INSTRUMENTS`.
-    field_type : str
-        One of ``extragalactic``, ``globular_cluster``, ``resolved_galaxy``.
-    filter : str
-        Filter name; must be in the instrument's tables. Empty: the instrument default.
-    n_exposures : int
-        Exposures in the visit (>= 1; AstroDrizzle labels need >= 2).
-    exptime : float
-        Seconds per exposure.
-    chip_shape : tuple of int, optional
-        ``(ny, nx)`` of every chip; ``None`` keeps the full-size chips.
-    seed : int
-        Seed of everything random: same config, same files.
-    dither : str
-        ``box`` (ACS-WFC-DITHER-BOX), ``line`` (ACS-WFC-DITHER-LINE) or ``none``
-        (CR-split at one pointing).
-    density : float
-        Multiplies the number of stars and galaxies of the field type.
-    cr_rate : float, optional
-        Cosmic rays per s per cm^2; ``None`` takes the instrument's.
-    hot_fraction, warm_fraction : float
-        Fraction of pixels that are hot (DQ 16) or warm (DQ 64).
-    n_bad_columns : int
-        Bad columns per full-size chip (DQ 128); scaled with the chip width.
-    ra, dec, orient : float
-        Pointing of the first exposure (degrees).
-    proposal_id : int
-        Written as ``PROPOSID``; also names the visit.
-    obset_id : str
-        Two characters naming the visit within the proposal.
-    target : str
-        ``TARGNAME``; empty: a name from the field type and seed.
-    """
-
-    instrument: str = "ACS/WFC"
-    field_type: Literal["extragalactic", "globular_cluster", "resolved_galaxy"] = "extragalactic"
-    filter: str = ""
-    n_exposures: int = 4
-    exptime: float = 500.0
-    chip_shape: tuple[int, ...] | None = None
-    seed: int = 0
-    dither: Literal["box", "line", "none"] = "box"
-    density: float = 1.0
-    cr_rate: float | None = None
-    hot_fraction: float = 0.002
-    warm_fraction: float = 0.01
-    n_bad_columns: int = 4
-    ra: float = 150.0
-    dec: float = 2.2
-    orient: float = 0.0
-    proposal_id: int = 99000
-    obset_id: str = "01"
-    target: str = ""
-
-    def validate(self) -> Instrument:
-        """Check the values; return the instrument record.
-
-        Raises
-        ------
-        ValueError, TypeError
-            Naming the parameter and its value.
-        """
-        inst = get_instrument(self.instrument)
-        if self.field_type not in FIELD_TYPES:
-            raise ValueError(f"field_type={self.field_type!r}: expected one of {FIELD_TYPES}")
-        if not isinstance(self.n_exposures, int) or self.n_exposures < 1:
-            raise ValueError(f"n_exposures={self.n_exposures!r}: expected an int >= 1")
-        if not self.exptime > 0:
-            raise ValueError(f"exptime={self.exptime!r}: expected seconds > 0")
-        if self.chip_shape is not None:
-            if len(self.chip_shape) != 2 or min(self.chip_shape) < 32:
-                raise ValueError(f"chip_shape={self.chip_shape!r}: expected (ny, nx), each >= 32")
-        if self.dither not in ("box", "line", "none"):
-            raise ValueError(f"dither={self.dither!r}: expected box, line or none")
-        if self.density < 0:
-            raise ValueError(f"density={self.density!r}: expected >= 0")
-        for name in ("hot_fraction", "warm_fraction"):
-            v = getattr(self, name)
-            if not 0 <= v < 0.5:
-                raise ValueError(f"{name}={v!r}: expected a fraction in [0, 0.5)")
-        if len(str(self.obset_id)) != 2:
-            raise ValueError(f"obset_id={self.obset_id!r}: expected two characters")
-        inst.fwhm(self.filter or inst.default_filter)
-        return inst
-
-    @property
-    def visit_name(self) -> str:
-        """Six-character visit id, HST style: instrument letter, program, obset."""
-        letter = {"ACS": "j", "WFC3": "i"}.get(get_instrument(self.instrument).instrume, "x")
-        return f"{letter}{base36(self.proposal_id, 3)}{str(self.obset_id).lower()}"
 
 
-def base36(n: int, width: int) -> str:
-    digits = "0123456789abcdefghijklmnopqrstuvwxyz"
-    n = int(n) % 36**width
-    out = ""
-    for _ in range(width):
-        n, r = divmod(n, 36)
-        out = digits[r] + out
-    return out
 
 
 # --------------------------------------------------------------------------------------
@@ -222,14 +114,14 @@ def dither_offsets(n: int, pattern: str, rng: np.random.Generator) -> np.ndarray
     their template repeat with an integer offset. All get 0.02-pixel pointing jitter.
     """
     if n < 1:
-        raise ValueError(f"n={n!r}: expected >= 1")
+        raise InputError(f"n={n!r}: expected >= 1")
     templates = {
         "box": [(0.0, 0.0), (1.5, 5.0), (4.5, 2.5), (3.0, -2.5)],
         "line": [(0.0, 0.0), (1.5, 2.5)],
         "none": [(0.0, 0.0)],
     }
     if pattern not in templates:
-        raise ValueError(f"pattern={pattern!r}: expected one of {sorted(templates)}")
+        raise InputError(f"pattern={pattern!r}: expected one of {sorted(templates)}")
     t = templates[pattern]
     out = np.array([t[i % len(t)] for i in range(n)], dtype=float)
     out += np.array([[7.0 * (i // len(t)), 11.0 * (i // len(t))] for i in range(n)])
@@ -283,7 +175,7 @@ def render_point_sources(
     x = np.asarray(x, float)
     flux = np.asarray(flux, float)
     if not (y.shape == x.shape == flux.shape):
-        raise ValueError("y, x and flux must have the same shape")
+        raise InputError("y, x and flux must have the same shape")
     ny, nx = shape
     img = np.zeros(ny * nx, dtype=np.float64)
     comps = psf_components(fwhm)
@@ -631,7 +523,7 @@ def read_truth(path: str | os.PathLike, source: bool = False) -> dict[int, Truth
                                 np.asarray(d["CHARGE"], np.float32),
                                 np.asarray(d["SIGMA"], np.float32), stars, src)
     if not out:
-        raise ValueError(f"{path}: no CR extensions; not a crforge truth file")
+        raise InputError(f"{path}: no CR extensions; not a crforge truth file")
     return out
 
 
@@ -908,43 +800,7 @@ def _simulate_into(cfg: SimulateConfig, inst: Instrument, filt: str, tmp: Path) 
 # --------------------------------------------------------------------------------------
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Arguments of ``crforge simulate``."""
-    parser.add_argument("--out", required=True, type=Path, help="parent directory of the visit")
-    parser.add_argument("--field-type", choices=FIELD_TYPES, help="scene type")
-    parser.add_argument("--n-exposures", type=int, help="exposures in the visit")
-    parser.add_argument("--exptime", type=float, help="seconds per exposure")
-    parser.add_argument("--filter", help="filter name, e.g. F606W")
-    parser.add_argument("--instrument", help="ACS/WFC or WFC3/UVIS")
-    parser.add_argument("--seed", type=int, help="random seed")
-    parser.add_argument("--size", help="chip shape NYxNX for small test visits (default: full size)")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing visit")
 
 
-def config_from_args(args: argparse.Namespace) -> SimulateConfig:
-    """Defaults < ``--config`` TOML (table ``[simulate]``) < ``--set`` < explicit flags."""
-    from crforge import config as cfgmod
-
-    overrides = list(getattr(args, "set", None) or [])
-    for flag, key in (("field_type", "field_type"), ("n_exposures", "n_exposures"),
-                      ("exptime", "exptime"), ("filter", "filter"),
-                      ("instrument", "instrument"), ("seed", "seed")):
-        v = getattr(args, flag, None)
-        if v is not None:
-            overrides.append(f"{key}={json.dumps(v)}")
-    if getattr(args, "size", None):
-        try:
-            ny, nx = (int(t) for t in args.size.lower().split("x"))
-        except ValueError:
-            raise ValueError(f"--size={args.size!r}: expected NYxNX, e.g. 256x512") from None
-        overrides.append(f"chip_shape=[{ny}, {nx}]")
-    return cfgmod.load_section(SimulateConfig, "simulate", getattr(args, "config", None), overrides)
 
 
-def run(args: argparse.Namespace) -> int:
-    """Entry point of ``crforge simulate``."""
-    cfg = config_from_args(args)
-    path = simulate_visit(cfg, args.out, overwrite=args.overwrite)
-    logger.info("wrote %s", path)
-    sys.stdout.write(f"{path}\n")  # the command's one line of output: where the visit is
-    return 0

@@ -1,0 +1,59 @@
+"""``crforge evaluate``: a trained run against LACosmic, deepCR and the inpainting baselines."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from pathlib import Path
+
+from crforge.cli.runconfig import RunConfig
+from crforge.pipeline.names import SPLITS
+
+CONFIG = RunConfig
+SECTION = "evaluate"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``crforge evaluate``."""
+    parser.add_argument("--run", type=Path, required=True,
+                        help="run directory (runs/<name>, holding mask/ and inpaint/)")
+    parser.add_argument("--data", type=Path, required=True, help="HDF5 data set (schema v1)")
+    parser.add_argument("--split", choices=SPLITS, help="split to evaluate (default: evaluate.split, test)")
+    parser.add_argument("--out", type=Path, help="output directory (default: the run directory)")
+    parser.add_argument("--no-baselines", action="store_true", help="evaluate crforge's models only")
+
+
+
+def run(args: argparse.Namespace, cfg: RunConfig) -> int:
+    """Evaluate the run; print the headline figures and where the report is."""
+    from crforge.training.evaluate.stage import evaluate_run
+
+    flags = {}
+    if args.split:
+        flags["split"] = args.split
+    if args.no_baselines:
+        flags["baselines"] = ()
+    doc = evaluate_run(args.run, args.data, dataclasses.replace(cfg.evaluate, **flags), args.out,
+                       progress=None)
+    out = Path(args.out or args.run)
+    sys.stdout.write(_summary(doc))
+    sys.stdout.write(f"wrote {out / 'evaluation.json'}, {out / 'report.md'}"
+                     + (f", {out / 'roc.png'}" if doc["mask"] else "") + "\n")
+    return 0
+
+
+def _summary(doc: dict) -> str:
+    from crforge.training.evaluate.stage import _LABEL, _key, _pct
+
+    lines = []
+    fpr = _key(doc["fprs"][-1])
+    for m, r in doc["mask"].items():
+        if "tpr" in r:
+            per = ", ".join(f"{f} {_pct(v.get(fpr))}%" for f, v in r["tpr"].items())
+            lines.append(f"{_LABEL[m]}: TPR at {100 * float(fpr):g}% FPR: {per}; "
+                         f"{r.get('seconds_per_100', 0):.2f} s/100 stamps")
+    for m, r in doc["inpaint"].items():
+        per = ", ".join(f"{f} {v:.4g}" for f, v in r["mse"].items() if v is not None)
+        lines.append(f"{_LABEL[m]} inpaint MSE: {per}")
+    return "\n".join(lines) + "\n"

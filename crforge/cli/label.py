@@ -1,0 +1,35 @@
+"""``crforge label``: AstroDrizzle labels of one visit."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+from pathlib import Path
+
+from crforge.cli.runconfig import RunConfig
+
+logger = logging.getLogger(__name__)
+
+CONFIG = RunConfig
+SECTION = "label"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``crforge label``."""
+    parser.add_argument("visit", type=Path, help="directory with the visit's *_flc.fits files")
+    parser.add_argument("--out", type=Path, required=True,
+                        help="parent directory of the labels (writes OUT/<visit>/)")
+    parser.add_argument("--overwrite", action="store_true", help="redo complete labels")
+    parser.add_argument("--keep-scratch", action="store_true", help="keep AstroDrizzle's files")
+
+
+def run(args: argparse.Namespace, cfg: RunConfig) -> int:
+    """Label the visit into ``OUT/<visit>/``."""
+    from crforge.pipeline.label.stage import label_visit
+
+    label = dataclasses.replace(cfg.label, keep_scratch=True) if args.keep_scratch else cfg.label
+    out = Path(args.out) / Path(args.visit).name
+    report = label_visit(args.visit, out, label, overwrite=args.overwrite)
+    logger.info("labels of %d exposures in %s", len(report["exposures"]), out)
+    return 0

@@ -1,0 +1,63 @@
+"""``crforge train``: train the mask and inpaint networks on an HDF5 training set."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from pathlib import Path
+
+from crforge.cli.runconfig import RunConfig
+from crforge.errors import InputError
+
+CONFIG = RunConfig
+SECTION = "train"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``crforge train``."""
+    parser.add_argument("--data", type=Path, required=True, help="HDF5 training set (schema v1)")
+    parser.add_argument("--runs", type=Path, default=Path("runs"), help="runs directory (default: runs)")
+    parser.add_argument("--kind", choices=("mask", "inpaint", "both"), default="both",
+                        help="which network: mask, inpaint, or both one after the other (default)")
+    parser.add_argument("--name", help="run name (default: the data file's stem); the run directory "
+                        "is RUNS/<name>, each network in RUNS/<name>/<kind>/")
+    parser.add_argument("--resume", action="store_true", help="continue the run(s) from last.pt")
+    parser.add_argument("--init", type=Path, help="start from this checkpoint's weights (one --kind), "
+                        "or from deepCR 0.3.1's published mask model: deepcr:ACS-WFC or deepcr:WFC3-UVIS")
+
+
+
+def run(args: argparse.Namespace, cfg: RunConfig) -> int:
+    """Train the network(s) one after the other; print where each best model is."""
+    from crforge.training.train import main
+
+    kinds = ["mask", "inpaint"] if args.kind == "both" else [args.kind]
+    if args.init is not None and len(kinds) > 1:
+        raise InputError("--init needs --kind mask or --kind inpaint (a checkpoint holds one model)")
+    if not Path(args.data).is_file():
+        raise FileNotFoundError(2, "No such file or directory", str(args.data))
+    name = args.name or Path(args.data).stem
+    results = []
+    for kind in kinds:
+        kcfg = dataclasses.replace(cfg.train, kind=kind)
+        res = main(kcfg, args.data, Path(args.runs) / name / kind, resume=args.resume, init=args.init)
+        results.append(res)
+        sys.stdout.write(_summary_line(res, kcfg.val_fpr))
+    for res in results:
+        sys.stdout.write(f"{res['kind']}: {res['run_dir']} ({res['seconds']:.0f} s)\n")
+    return 0
+
+
+def _summary_line(res: dict, fpr: float) -> str:
+    val = res["val"]
+    parts = [f"{res['kind']} model: {res['best']} (epoch {res['best_epoch']} of {res['epochs_done']})"]
+    if "val_loss" in val:
+        parts.append(f"val loss {val['val_loss']:.5g}")
+    if "tpr_at_fpr" in val:
+        by = ", ".join(f"{ft} {d['tpr_at_fpr']:.2%}" for ft, d in val.get("by_field_type", {}).items())
+        parts.append(f"TPR at {fpr:.1%} FPR {val['tpr_at_fpr']:.2%} ({by})")
+    elif res["kind"] == "inpaint" and val.get("by_field_type"):
+        by = ", ".join(f"{ft} {d['mse']:.4g}" for ft, d in val["by_field_type"].items())
+        parts.append(f"MSE by field type ({by})")
+    return "; ".join(parts) + "\n"

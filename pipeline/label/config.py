@@ -1,0 +1,117 @@
+"""The ``[label]`` table: settings of the labelling stage (standard library only)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+
+from crforge.errors import InputError
+
+__all__ = ["LabelConfig"]
+
+
+@dataclass
+class LabelConfig:
+    """Settings of the labelling stage (AstroDrizzle and mask building).
+
+    Parameters
+    ----------
+    combine_type : str
+        AstroDrizzle's median combination (``minmed``, ``median``, ``minimum``...)
+        for visits with more than ``refine_max_exposures`` exposures.
+    combine_nhigh : int
+        High pixels rejected before the median (the HST pipeline uses 1 for 3-5).
+    combine_nsigma : str
+        ``minmed`` thresholds.
+    driz_cr_snr, driz_cr_scale : str
+        AstroDrizzle's CR thresholds and derivative scales (its defaults).
+    driz_cr_grow : int
+        AstroDrizzle's CR growth (1 = none).
+    driz_sep_bits : str
+        DQ bits treated as good when building the median (warm pixels are fine).
+    skysub : bool
+        Let AstroDrizzle subtract the sky before the median.
+    refine_max_exposures : int
+        Visits with at most this many exposures use the minimum reference and
+        :func:`crforge.pipeline.masks.refine_cr_mask` (0 disables refinement).
+    refine_snr : tuple of float
+        Seed and grow thresholds of the refinement, in sigma of the difference.
+    refine_deriv_scale : float
+        Gradient term of the refinement (interpolation errors on stars).
+    refine_other_scale : float
+        Weight of the other exposures' residual at the same sky position (what
+        sharp stars leave in every exposure) in the refinement's threshold.
+    grow_snr : float
+        For visits refined no further, AstroDrizzle's CR pixels grow into connected
+        neighbours standing this many sigma above the blotted median (the faint
+        diffusion wings of bright hits); 0 keeps AstroDrizzle's mask as it is.
+    grow_deriv_scale : float
+        Gradient term of that growth (keeps it off sharp stars).
+    saturation_grow : int
+        Radius in pixels by which saturated pixels grow in the ignore mask.
+    min_exposures : int
+        Fewer usable exposures than this refuses the visit.
+    num_cores : int
+        Processes AstroDrizzle may use (1: on 2 cores, 2 is slower than 1).
+    threads : int
+        Threads that build and write the label files of the exposures after
+        AstroDrizzle (NumPy and file I/O release the GIL).
+    keep_scratch : bool
+        Keep AstroDrizzle's scratch directory (for debugging); removed otherwise.
+    """
+
+    combine_type: str = "minmed"
+    combine_nhigh: int = 0
+    combine_nsigma: str = "4 3"
+    driz_cr_snr: str = "3.5 3.0"
+    driz_cr_scale: str = "1.2 0.7"
+    driz_cr_grow: int = 1
+    driz_sep_bits: str = "64"
+    skysub: bool = True
+    refine_max_exposures: int = 2
+    refine_snr: tuple[float, ...] = (4.0, 2.5)
+    refine_deriv_scale: float = 0.4
+    refine_other_scale: float = 1.0
+    grow_snr: float = 3.0
+    grow_deriv_scale: float = 0.4
+    saturation_grow: int = 2
+    min_exposures: int = 2
+    num_cores: int = 1
+    threads: int = 2
+    keep_scratch: bool = False
+
+    #: How the work is run, not what it gives: left out of result comparisons.
+    EXECUTION_ONLY = ("num_cores", "threads", "keep_scratch")
+
+    def result_dict(self) -> dict:
+        """The settings that decide the labels (JSON types), for reuse checks."""
+        d = json.loads(json.dumps(asdict(self)))
+        for k in self.EXECUTION_ONLY:
+            d.pop(k, None)
+        return d
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming a bad parameter."""
+        if self.combine_type not in ("minmed", "median", "mean", "minimum", "imedian", "imean", "iminmed"):
+            raise InputError(f"combine_type={self.combine_type!r}: not an AstroDrizzle combine type")
+        for name in ("combine_nhigh", "refine_max_exposures", "saturation_grow"):
+            if getattr(self, name) < 0:
+                raise InputError(f"{name}={getattr(self, name)!r}: expected >= 0")
+        if self.min_exposures < 2:
+            raise InputError(f"min_exposures={self.min_exposures!r}: CR labels need >= 2")
+        if self.threads < 1:
+            raise InputError(f"threads={self.threads!r}: expected >= 1")
+        if self.num_cores < 1:
+            raise InputError(f"num_cores={self.num_cores!r}: expected >= 1")
+        if self.grow_snr < 0 or self.grow_deriv_scale < 0:
+            raise InputError(f"grow_snr={self.grow_snr!r}, grow_deriv_scale={self.grow_deriv_scale!r}: expected >= 0")
+        if len(self.refine_snr) != 2 or not self.refine_snr[0] >= self.refine_snr[1] > 0:
+            raise InputError(f"refine_snr={self.refine_snr!r}: expected (seed, grow), seed >= grow > 0")
+        for name in ("driz_cr_snr", "driz_cr_scale", "combine_nsigma"):
+            parts = str(getattr(self, name)).replace(",", " ").split()
+            try:
+                ok = len(parts) == 2 and all(float(p) >= 0 for p in parts)
+            except ValueError:
+                ok = False
+            if not ok:
+                raise InputError(f"{name}={getattr(self, name)!r}: expected two numbers, e.g. '3.5 3.0'")

@@ -1,0 +1,1 @@
+"""Simulated HST visits with injected cosmic rays and their truth (``crforge simulate``)."""

@@ -1,0 +1,122 @@
+"""The ``[simulate]`` table: how to simulate one visit (standard library only)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from crforge.errors import InputError
+from crforge.pipeline.instruments import Instrument, get_instrument
+from crforge.pipeline.names import FIELD_TYPES
+
+__all__ = ["SimulateConfig", "base36", "FIELD_TYPES"]
+
+
+@dataclass
+class SimulateConfig:
+    """How to simulate one visit.
+
+    Parameters
+    ----------
+    instrument : str
+        Imager in :data:`crforge.pipeline.instruments.INSTRUMENTS`.
+    field_type : str
+        One of ``extragalactic``, ``globular_cluster``, ``resolved_galaxy``.
+    filter : str
+        Filter name; must be in the instrument's tables. Empty: the instrument default.
+    n_exposures : int
+        Exposures in the visit (>= 1; AstroDrizzle labels need >= 2).
+    exptime : float
+        Seconds per exposure.
+    chip_shape : tuple of int, optional
+        ``(ny, nx)`` of every chip; ``None`` keeps the full-size chips.
+    seed : int
+        Seed of everything random: same config, same files.
+    dither : str
+        ``box`` (ACS-WFC-DITHER-BOX), ``line`` (ACS-WFC-DITHER-LINE) or ``none``
+        (CR-split at one pointing).
+    density : float
+        Multiplies the number of stars and galaxies of the field type.
+    cr_rate : float, optional
+        Cosmic rays per s per cm^2; ``None`` takes the instrument's.
+    hot_fraction, warm_fraction : float
+        Fraction of pixels that are hot (DQ 16) or warm (DQ 64).
+    n_bad_columns : int
+        Bad columns per full-size chip (DQ 128); scaled with the chip width.
+    ra, dec, orient : float
+        Pointing of the first exposure (degrees).
+    proposal_id : int
+        Written as ``PROPOSID``; also names the visit.
+    obset_id : str
+        Two characters naming the visit within the proposal.
+    target : str
+        ``TARGNAME``; empty: a name from the field type and seed.
+    """
+
+    instrument: str = "ACS/WFC"
+    field_type: Literal["extragalactic", "globular_cluster", "resolved_galaxy"] = "extragalactic"
+    filter: str = ""
+    n_exposures: int = 4
+    exptime: float = 500.0
+    chip_shape: tuple[int, ...] | None = None
+    seed: int = 0
+    dither: Literal["box", "line", "none"] = "box"
+    density: float = 1.0
+    cr_rate: float | None = None
+    hot_fraction: float = 0.002
+    warm_fraction: float = 0.01
+    n_bad_columns: int = 4
+    ra: float = 150.0
+    dec: float = 2.2
+    orient: float = 0.0
+    proposal_id: int = 99000
+    obset_id: str = "01"
+    target: str = ""
+
+    def validate(self) -> Instrument:
+        """Check the values; return the instrument record.
+
+        Raises
+        ------
+        ValueError, TypeError
+            Naming the parameter and its value.
+        """
+        inst = get_instrument(self.instrument)
+        if self.field_type not in FIELD_TYPES:
+            raise InputError(f"field_type={self.field_type!r}: expected one of {FIELD_TYPES}")
+        if not isinstance(self.n_exposures, int) or self.n_exposures < 1:
+            raise InputError(f"n_exposures={self.n_exposures!r}: expected an int >= 1")
+        if not self.exptime > 0:
+            raise InputError(f"exptime={self.exptime!r}: expected seconds > 0")
+        if self.chip_shape is not None:
+            if len(self.chip_shape) != 2 or min(self.chip_shape) < 32:
+                raise InputError(f"chip_shape={self.chip_shape!r}: expected (ny, nx), each >= 32")
+        if self.dither not in ("box", "line", "none"):
+            raise InputError(f"dither={self.dither!r}: expected box, line or none")
+        if self.density < 0:
+            raise InputError(f"density={self.density!r}: expected >= 0")
+        for name in ("hot_fraction", "warm_fraction"):
+            v = getattr(self, name)
+            if not 0 <= v < 0.5:
+                raise InputError(f"{name}={v!r}: expected a fraction in [0, 0.5)")
+        if len(str(self.obset_id)) != 2:
+            raise InputError(f"obset_id={self.obset_id!r}: expected two characters")
+        inst.fwhm(self.filter or inst.default_filter)
+        return inst
+
+    @property
+    def visit_name(self) -> str:
+        """Six-character visit id, HST style: instrument letter, program, obset."""
+        letter = {"ACS": "j", "WFC3": "i"}.get(get_instrument(self.instrument).instrume, "x")
+        return f"{letter}{base36(self.proposal_id, 3)}{str(self.obset_id).lower()}"
+
+
+
+def base36(n: int, width: int) -> str:
+    digits = "0123456789abcdefghijklmnopqrstuvwxyz"
+    n = int(n) % 36**width
+    out = ""
+    for _ in range(width):
+        n, r = divmod(n, 36)
+        out = digits[r] + out
+    return out

@@ -1,0 +1,219 @@
+"""The ``[train]`` table: settings of one training run, its model and its augmentation.
+
+Standard library only, so that reading a run configuration never imports torch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from crforge.errors import InputError
+
+__all__ = ["TrainConfig", "ModelConfig", "AugmentConfig", "KINDS"]
+
+
+#: The two kinds of model.
+KINDS = ("mask", "inpaint")
+
+
+
+@dataclass
+class ModelConfig:
+    """Architecture of a deepCR network (the ``[train.model]`` table).
+
+    Parameters
+    ----------
+    depth : int
+        Resolution levels of the UNet (deepCR: 2 or 3).
+    width : int
+        Channels of the first level, doubled at each level down (deepCR: 4 or 32).
+    batch_norm : bool
+        Batch norm after every 3x3 convolution (deepCR's trained models have it).
+    bn_momentum : float
+        Momentum of the batch-norm running statistics. deepCR used 0.005 over a long
+        run; with the short runs of ``make train`` the running statistics must have
+        converged by the time they are frozen (``bn_freeze_epoch``) or used for
+        validation, hence PyTorch's 0.1.
+    """
+
+    depth: int = 2
+    width: int = 32
+    batch_norm: bool = True
+    bn_momentum: float = 0.1
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming a bad parameter."""
+        if not 1 <= self.depth <= 6:
+            raise InputError(f"model.depth={self.depth!r}: expected 1..6")
+        if self.width < 1:
+            raise InputError(f"model.width={self.width!r}: expected >= 1")
+        if not 0 < self.bn_momentum <= 1:
+            raise InputError(f"model.bn_momentum={self.bn_momentum!r}: expected (0, 1]")
+
+
+@dataclass
+class AugmentConfig:
+    """Augmentation of the training stamps (the ``[train.augment]`` table).
+
+    Parameters
+    ----------
+    sky_range : tuple of float
+        ``(low, high)``: add ``f * sky`` with ``f`` uniform in this range (deepCR:
+        -0.9 to 3). ``(0, 0)`` turns sky augmentation off.
+    sky_noise : bool
+        Add Gaussian noise of variance ``f * sky`` when ``f > 0`` (noise consistent
+        with the brighter sky).
+    flip : bool
+        Random horizontal flip.
+    rot90 : bool
+        Random rotation by a multiple of 90 degrees (with ``flip``: all 8 symmetries).
+    n_masks : tuple of int
+        ``(low, high)``: an inpainting mask is the union of this many (inclusive,
+        uniform) CR masks of other stamps (deepCR: 1 to 9).
+    """
+
+    sky_range: tuple[float, float] = (-0.9, 3.0)
+    sky_noise: bool = True
+    flip: bool = True
+    rot90: bool = True
+    n_masks: tuple[int, int] = (1, 9)
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming a bad parameter."""
+        lo, hi = self.sky_range
+        if not lo <= hi:
+            raise InputError(f"augment.sky_range={self.sky_range!r}: expected low <= high")
+        if lo < -1:
+            raise InputError(f"augment.sky_range={self.sky_range!r}: low < -1 would make "
+                             "the sky negative")
+        a, b = self.n_masks
+        if not 1 <= a <= b:
+            raise InputError(f"augment.n_masks={self.n_masks!r}: expected 1 <= low <= high")
+
+
+@dataclass
+class TrainConfig:
+    """Settings of one training run (the ``[train]`` table).
+
+    Parameters
+    ----------
+    kind : {'mask', 'inpaint'}
+        Which network (``crforge train --kind`` sets it).
+    model : ModelConfig
+        Architecture (``[train.model]``).
+    augment : AugmentConfig
+        Augmentation of the training stamps (``[train.augment]``).
+    epochs : int
+        Epochs to train.
+    batch_size : int
+        Stamps per optimisation step.
+    stamps_per_epoch : int
+        Training stamps per epoch, a different random subset each epoch (0 = the whole
+        split); bounds the time of an epoch on a large data set.
+    lr : float
+        Adam's learning rate (deepCR: 0.005).
+    weight_decay : float
+        Adam's L2 weight decay.
+    clip_grad_norm : float
+        Largest gradient norm of a step (0 = no clipping).
+    schedule : {'constant', 'step', 'cosine'}
+        Learning-rate schedule over epochs.
+    step_epochs : int
+        ``step``: multiply the rate by ``gamma`` every this many epochs.
+    gamma : float
+        ``step``: the factor.
+    min_lr_factor : float
+        ``cosine``: the factor reached at the last epoch.
+    bn_freeze_epoch : int
+        First epoch (0-based) of the second phase, where the batch-norm layers use
+        frozen running statistics; 0 = never; -1 (default) = ``epochs // 2`` for the
+        inpaint network and never for the mask network (see :meth:`freeze_epoch`).
+    bn_freeze_lr_factor : float
+        Learning-rate factor of the second phase.
+    norm_scale : float
+        Input normalisation ``(image - sky) / norm_scale`` (image unit, e.g.
+        electrons); stored with the model.
+    fill_ignored : bool
+        Set ignored pixels of the input to 0 (see :mod:`crforge.training.data`).
+    val_fpr : float
+        False-positive rate of the mask model's validation TPR (deepCR: 0.005).
+    val_stamps : int
+        Validate on this many stamps, evenly spaced over the split (0 = all).
+    seed : int
+        Seed of the weights, the data order and the augmentation.
+    device : {'auto', 'cpu', 'cuda'}
+        ``auto``: CUDA when available.
+    amp : bool
+        Automatic mixed precision (float16, with gradient scaling) on CUDA; ignored
+        on the CPU.
+    cpu_bf16 : {'auto', 'on', 'off'}
+        bfloat16 autocast of the training steps on the CPU. ``auto`` (default) turns
+        it on where the CPU has bfloat16 instructions (AVX512-BF16/AMX, as oneDNN
+        reports), where it is about 2x faster at the same validation loss
+        (``benchmarks/train_throughput.py``), and off elsewhere, where it would be
+        emulated and slow. Validation stays float32.
+    num_workers : int
+        DataLoader worker processes (0 = load in the training process).
+    threads : int
+        ``torch.set_num_threads`` for the run (0 = leave torch's default).
+    channels_last : bool
+        Keep the network's tensors in channels-last memory layout: the same numbers,
+        about 1.5x faster convolutions on the CPU (oneDNN).
+    """
+
+    kind: Literal["mask", "inpaint"] = "mask"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    # sized for `make train` on 2 CPU cores (<= 20 min for both models at about 3
+    # stamps/s): 6 x 256 stamps = 96 steps of 16; raise both on a GPU
+    epochs: int = 6
+    batch_size: int = 16
+    stamps_per_epoch: int = 256
+    lr: float = 0.005
+    weight_decay: float = 0.0
+    clip_grad_norm: float = 1.0
+    schedule: Literal["constant", "step", "cosine"] = "cosine"
+    step_epochs: int = 10
+    gamma: float = 0.1
+    min_lr_factor: float = 0.05
+    bn_freeze_epoch: int = -1
+    bn_freeze_lr_factor: float = 0.4
+    norm_scale: float = 100.0
+    fill_ignored: bool = True
+    val_fpr: float = 0.005
+    val_stamps: int = 96
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    amp: bool = True
+    cpu_bf16: Literal["auto", "on", "off"] = "auto"
+    num_workers: int = 0
+    threads: int = 0
+    channels_last: bool = True
+
+    def freeze_epoch(self) -> int:
+        """The effective ``bn_freeze_epoch`` (0 = never), resolving -1 (auto) by ``kind``."""
+        if self.bn_freeze_epoch >= 0:
+            return self.bn_freeze_epoch
+        return self.epochs // 2 if self.kind == "inpaint" and self.model.batch_norm else 0
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming a bad parameter."""
+        self.model.validate()
+        self.augment.validate()
+        for name in ("epochs", "batch_size", "step_epochs"):
+            if getattr(self, name) < 1:
+                raise InputError(f"train.{name}={getattr(self, name)!r}: expected >= 1")
+        if self.bn_freeze_epoch < -1:
+            raise InputError(f"train.bn_freeze_epoch={self.bn_freeze_epoch!r}: expected >= 0, or -1 (auto)")
+        for name in ("stamps_per_epoch", "val_stamps", "num_workers", "threads",
+                     "weight_decay", "clip_grad_norm"):
+            if getattr(self, name) < 0:
+                raise InputError(f"train.{name}={getattr(self, name)!r}: expected >= 0")
+        for name in ("lr", "norm_scale", "gamma", "bn_freeze_lr_factor"):
+            if not getattr(self, name) > 0:
+                raise InputError(f"train.{name}={getattr(self, name)!r}: expected > 0")
+        if not 0 < self.min_lr_factor <= 1:
+            raise InputError(f"train.min_lr_factor={self.min_lr_factor!r}: expected (0, 1]")
+        if not 0 < self.val_fpr < 1:
+            raise InputError(f"train.val_fpr={self.val_fpr!r}: expected (0, 1)")
