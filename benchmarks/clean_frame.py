@@ -81,16 +81,15 @@ def _zoo_mask_model(depth: int = 2, width: int = 32, work: Path | None = None):
         return "deepcr:ACS-WFC"
     import torch
 
-    from crforge.deepcr_models.registry import WEIGHTS_FORMAT
+    from crforge.training import checkpoint
     from crforge.training.data import normalisation_info
     from crforge.training.models import build_model
 
     torch.manual_seed(0)
     path = work / f"random-{depth}-{width}.pt"
-    torch.save({"format": WEIGHTS_FORMAT, "kind": "mask",
-                "model_config": {"depth": depth, "width": width, "batch_norm": True, "bn_momentum": 0.1},
-                "normalisation": normalisation_info(100.0, True), "state_dict":
-                build_model("mask", depth, width).state_dict()}, path)
+    checkpoint.write_weights(path, checkpoint.Checkpoint(
+        kind="mask", model_config={"depth": depth, "width": width, "batch_norm": True, "bn_momentum": 0.1},
+        state_dict=build_model("mask", depth, width).state_dict(), normalisation=normalisation_info(100.0, True)))
     return str(path)
 
 

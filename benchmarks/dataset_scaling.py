@@ -50,7 +50,7 @@ def _child(args) -> dict:
     dataset = DatasetConfig(scheduler=args.child_scheduler, workers=args.child_workers)
     t0 = time.perf_counter()
     rep = build_dataset(man, args.work, dataset=dataset)
-    return {"seconds": time.perf_counter() - t0, "stamps": sum(rep["stamps"].values()),
+    return {"seconds": time.perf_counter() - t0, "stamps": sum(rep.stamps.values()),
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0}
 
 

@@ -2,7 +2,7 @@
 
 Starts ``tests/fakemast.FakeMast`` on 127.0.0.1 serving the FLC files of a simulated
 ACS/WFC visit (8 exposures of 2x512x1024: about 84 MB), then fetches them with
-``crforge.pipeline.archive.fetch_visits`` (the code ``crforge fetch`` runs: HEAD, GET,
+``crforge.pipeline.archive.download.fetch_visits`` (the code ``crforge fetch`` runs: HEAD, GET,
 size check, rename) into a fresh directory with ``concurrency`` 1 and 4, twice:
 
 - ``loopback``: as fast as the loopback server sends (CPU-bound on both ends);
@@ -31,6 +31,54 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))
 
 
+def _rate(v, dest: Path, concurrency: int) -> float:
+    """MB/s of one fetch of visit ``v`` into ``dest`` (removed afterwards)."""
+    from crforge.pipeline.archive.config import ArchiveConfig
+    from crforge.pipeline.archive.download import fetch_visits
+
+    t0 = time.perf_counter()
+    res = fetch_visits([v], dest, ArchiveConfig(concurrency=concurrency, timeout=30), progress=False)
+    dt = time.perf_counter() - t0
+    assert all(f.status == "verified" for f in res[0].files), res
+    shutil.rmtree(dest)
+    return v.size / dt / 1e6
+
+
+def _throughput(fake, v, work: Path, repeat: int) -> None:
+    """Print the median rates with concurrency 1 and 4, on loopback and per-connection capped."""
+    print(f"{'setting':<22} {'concurrency 1':>14} {'concurrency 4':>14}")
+    for label, chunk, delay in (("loopback", 1 << 20, 0.0),
+                                ("per-connection cap", 1 << 18, 0.01)):
+        row = []
+        for conc in (1, 4):
+            rates = []
+            for r in range(repeat):
+                fake.reset()
+                fake.chunk_bytes, fake.chunk_delay = chunk, delay
+                rates.append(_rate(v, work / f"raw-{conc}-{r}", conc))
+            row.append(statistics.median(rates))
+        print(f"{label:<22} {row[0]:>9.0f} MB/s {row[1]:>9.0f} MB/s   (x{row[1] / row[0]:.2f})")
+
+
+def _resume(fake, v, work: Path) -> None:
+    """Fetch a file whose first half is left as ``<file>.part``; print what was sent."""
+    from crforge.pipeline.archive.config import ArchiveConfig
+    from crforge.pipeline.archive.download import fetch_file, part_path
+    from crforge.pipeline.archive.visits import download_url
+
+    fake.reset()
+    e = v.exposures[0]
+    data = fake.content(e.filename)
+    dest = work / "resume" / e.filename
+    dest.parent.mkdir(parents=True)
+    part_path(dest).write_bytes(data[:e.size // 2])
+    res = fetch_file(download_url(fake.url, e.filename), dest, e.size, ArchiveConfig(timeout=30))
+    assert res.status == "verified" and dest.read_bytes() == data
+    print(f"resume of a 50%-done file: {res.transferred} bytes transferred of {e.size} "
+          f"({res.transferred / e.size:.1%}); server sent {fake.bytes_sent[e.filename]} bytes; "
+          f"Range: {[r.range for r in fake.requests_for(e.filename) if r.method == 'GET']}")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--work", type=Path, required=True, help="scratch directory (emptied)")
@@ -44,7 +92,7 @@ def main(argv=None) -> int:
     from fakemast import FakeMast
 
     from crforge.pipeline.archive.config import ArchiveConfig
-    from crforge.pipeline.archive.stage import Criteria, download_url, fetch_file, fetch_visits, find_visits
+    from crforge.pipeline.archive.query import Criteria, find_visits
     from crforge.pipeline.simulate.config import SimulateConfig
     from crforge.pipeline.simulate.visit import simulate_visit
 
@@ -58,43 +106,11 @@ def main(argv=None) -> int:
     fake.add_visit(visit, proposal_id=10775, filter="F606W")
     try:
         with conf.set_temp("server", fake.url):
-            cfg = ArchiveConfig(timeout=30)
-            (v,) = find_visits(Criteria(proposal_ids=(10775,)), cfg)
-            total = v.size
-            print(f"{len(v.exposures)} files, {total / 1e6:.1f} MB from {fake.url} (2-core machine, "
+            (v,) = find_visits(Criteria(proposal_ids=(10775,)), ArchiveConfig(timeout=30))
+            print(f"{len(v.exposures)} files, {v.size / 1e6:.1f} MB from {fake.url} (2-core machine, "
                   f"median of {args.repeat})")
-            print(f"{'setting':<22} {'concurrency 1':>14} {'concurrency 4':>14}")
-            for label, chunk, delay in (("loopback", 1 << 20, 0.0),
-                                        ("per-connection cap", 1 << 18, 0.01)):
-                row = []
-                for conc in (1, 4):
-                    rates = []
-                    for r in range(args.repeat):
-                        dest = work / f"raw-{conc}-{r}"
-                        fake.reset()
-                        fake.chunk_bytes, fake.chunk_delay = chunk, delay
-                        t0 = time.perf_counter()
-                        res = fetch_visits([v], dest, ArchiveConfig(concurrency=conc, timeout=30),
-                                           progress=False)
-                        dt = time.perf_counter() - t0
-                        assert all(f.status == "verified" for f in res[0].files), res
-                        rates.append(total / dt / 1e6)
-                        shutil.rmtree(dest)
-                    row.append(statistics.median(rates))
-                print(f"{label:<22} {row[0]:>9.0f} MB/s {row[1]:>9.0f} MB/s   (x{row[1] / row[0]:.2f})")
-            # resume of a half-done file
-            fake.reset()
-            e = v.exposures[0]
-            data = fake.content(e.filename)
-            dest = work / "resume" / e.filename
-            dest.parent.mkdir(parents=True)
-            half = e.size // 2
-            dest.with_name(dest.name + ".part").write_bytes(data[:half])
-            res = fetch_file(download_url(fake.url, e.filename), dest, e.size, cfg)
-            assert res.status == "verified" and dest.read_bytes() == data
-            print(f"resume of a 50%-done file: {res.transferred} bytes transferred of {e.size} "
-                  f"({res.transferred / e.size:.1%}); server sent {fake.bytes_sent[e.filename]} bytes; "
-                  f"Range: {[r.range for r in fake.requests_for(e.filename) if r.method == 'GET']}")
+            _throughput(fake, v, work, args.repeat)
+            _resume(fake, v, work)
     finally:
         fake.stop()
     return 0

@@ -6,7 +6,7 @@ by default), each in its own process so that peak RSS is its own:
 - ``bare``: copy the FLC files to a scratch directory and call
   ``drizzlepac.astrodrizzle.AstroDrizzle`` with the same keyword arguments crforge
   uses (median, blot, driz_cr; no final drizzle). Nothing else.
-- ``crforge``: ``crforge.pipeline.drizzle.label_visit``: validation, the same copies and
+- ``crforge``: ``crforge.pipeline.label.stage.label_visit``: validation, the same copies and
   AstroDrizzle call, then CR and ignore masks, coverage and the label files.
 
     python benchmarks/label_visit.py --work /tmp/bench           # full size
@@ -33,8 +33,10 @@ from pathlib import Path
 
 def _child(method: str, visit: Path, work: Path) -> dict:
     logging.basicConfig(level=logging.WARNING)
+    from crforge.pipeline.label.astrodrizzle import astrodrizzle_kwargs
     from crforge.pipeline.label.config import LabelConfig
-    from crforge.pipeline.label.stage import astrodrizzle_kwargs, find_exposures, label_visit
+    from crforge.pipeline.label.stage import label_visit
+    from crforge.pipeline.label.validate import find_exposures
 
     files = find_exposures(visit)
     t0 = time.perf_counter()

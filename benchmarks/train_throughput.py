@@ -59,7 +59,7 @@ def synth_file(path: Path, n_train: int, n_val: int, size: int = 256, seed: int 
     """A schema-v1 HDF5 file of simple synthetic stamps."""
     import h5py
 
-    from crforge.pipeline.schema import META_DTYPE
+    from crforge.pipeline.datafile.schema import META_DTYPE
 
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[:size, :size]

@@ -15,20 +15,69 @@ of two runs racing to create the same file exactly one wins and the other gets
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
+import re
 import secrets
+import shutil
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-__all__ = ["atomic_path", "write_bytes", "write_text", "write_json", "temporary_name"]
+__all__ = ["atomic_path", "write_bytes", "write_text", "write_json", "temporary_name", "remove_stale"]
+
+#: This host, in temporary names: a process of another host sharing the directory (a
+#: dask worker on a shared file system) is never taken for a dead one of this host.
+_HOST = hashlib.sha1(socket.gethostname().encode()).hexdigest()[:6]
+_TEMPORARY = re.compile(r"^\..+\.([0-9a-f]{6})-(\d+)-[0-9a-f]{8}\.tmp")
 
 
 def temporary_name(path: str | os.PathLike) -> Path:
     """A fresh temporary name beside ``path``, keeping its suffix (``np.savez`` needs it)."""
     path = Path(path)
-    return path.with_name(f".{path.stem}.{os.getpid()}-{secrets.token_hex(4)}.tmp{path.suffix}")
+    return path.with_name(f".{path.stem}.{_HOST}-{os.getpid()}-{secrets.token_hex(4)}.tmp{path.suffix}")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
+
+
+def remove_stale(directory: str | os.PathLike) -> list[Path]:
+    """Remove the temporary files and directories that dead processes of this host left.
+
+    Parameters
+    ----------
+    directory : path-like
+        Where to look (not recursively); a missing directory holds nothing.
+
+    Returns
+    -------
+    list of Path
+        What was removed.
+    """
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    removed = []
+    for entry in directory.iterdir():
+        m = _TEMPORARY.match(entry.name)
+        if not m or m.group(1) != _HOST or _alive(int(m.group(2))):
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                entry.unlink()
+        removed.append(entry)
+    return removed
 
 
 @contextlib.contextmanager

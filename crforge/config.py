@@ -253,48 +253,15 @@ def _convert(tp: Any, value: Any, where: str, current: Any = _MISSING) -> Any:
             if value.raw is None or isinstance(value.value, str):
                 raise
             return _convert(tp, value.raw, where, current)
-
     if tp is Any or tp is object:
         return value
-
     origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
-
     if origin is Union or origin is types.UnionType:
-        if value is None:
-            if _NONE_TYPE in args:
-                return None
-            raise _type_error(where, tp, value)
-        members = [a for a in args if a is not _NONE_TYPE]
-        if len(members) == 1:
-            try:
-                return _convert(members[0], value, where, current)
-            except ConfigTypeError as exc:
-                if exc.key != where or _is_dataclass_type(members[0]):
-                    raise
-                raise _type_error(where, tp, value) from None
-        # prefer a member that the value already is (int | float given 2 stays int)
-        ordered = sorted(members, key=lambda a: not _exact_instance(value, a))
-        for member in ordered:
-            try:
-                return _convert(member, value, where, current)
-            except (TypeError, ValueError):
-                continue
-        raise _type_error(where, tp, value)
-
+        return _convert_union(tp, value, where, current)
     if value is None:
         raise _type_error(where, tp, value, "None is only allowed for 'X | None' fields")
-
     if origin is Literal:
-        for choice in args:
-            if type(choice) is type(value) and choice == value:
-                return choice
-        allowed = ", ".join(repr(a) for a in args)
-        raise ConfigValueError(
-            f"config key {where or '<root>'!r} must be one of {allowed}; got {value!r}",
-            where,
-        )
-
+        return _convert_literal(tp, value, where)
     if _is_dataclass_type(tp):
         if isinstance(value, tp):
             return value
@@ -303,28 +270,62 @@ def _convert(tp: Any, value: Any, where: str, current: Any = _MISSING) -> Any:
         if dataclasses.is_dataclass(current) and isinstance(current, tp):
             return merge(current, value, where=where)
         return from_dict(tp, value, where=where)
+    if tp in (bool, int, float, str) or (isinstance(tp, type) and issubclass(tp, (PurePath, enum.Enum))):
+        return _convert_scalar(tp, value, where)
+    if tp in (tuple, list, dict) or origin in (tuple, list, Sequence, dict, Mapping):
+        return _convert_container(tp, value, where)
+    if isinstance(tp, type):
+        if isinstance(value, tp):
+            return value
+        raise _type_error(where, tp, value)
+    raise TypeError(f"config key {where!r}: unsupported field type {_type_name(tp)}")
 
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
+
+def _convert_union(tp: Any, value: Any, where: str, current: Any) -> Any:
+    args = typing.get_args(tp)
+    if value is None:
+        if _NONE_TYPE in args:
+            return None
         raise _type_error(where, tp, value)
-    if tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        raise _type_error(where, tp, value)
-    if tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        raise _type_error(where, tp, value)
-    if tp is str:
-        if isinstance(value, str):
-            return value
-        raise _type_error(where, tp, value)
-    if isinstance(tp, type) and issubclass(tp, PurePath):
-        if isinstance(value, (str, os.PathLike)):
-            return tp(value)
-        raise _type_error(where, tp, value)
-    if isinstance(tp, type) and issubclass(tp, enum.Enum):
+    members = [a for a in args if a is not _NONE_TYPE]
+    if len(members) == 1:
+        try:
+            return _convert(members[0], value, where, current)
+        except ConfigTypeError as exc:
+            if exc.key != where or _is_dataclass_type(members[0]):
+                raise
+            raise _type_error(where, tp, value) from None
+    # prefer a member that the value already is (int | float given 2 stays int)
+    for member in sorted(members, key=lambda a: not _exact_instance(value, a)):
+        try:
+            return _convert(member, value, where, current)
+        except (TypeError, ValueError):
+            continue
+    raise _type_error(where, tp, value)
+
+
+def _convert_literal(tp: Any, value: Any, where: str) -> Any:
+    args = typing.get_args(tp)
+    for choice in args:
+        if type(choice) is type(value) and choice == value:
+            return choice
+    allowed = ", ".join(repr(a) for a in args)
+    raise ConfigValueError(f"config key {where or '<root>'!r} must be one of {allowed}; got {value!r}", where)
+
+
+def _convert_scalar(tp: type, value: Any, where: str) -> Any:
+    """bool, int, float (ints accepted), str, paths (from strings) and enums (value or name)."""
+    if tp is bool and isinstance(value, bool):
+        return value
+    if tp is int and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if tp is str and isinstance(value, str):
+        return value
+    if issubclass(tp, PurePath) and isinstance(value, (str, os.PathLike)):
+        return tp(value)
+    if issubclass(tp, enum.Enum):
         if isinstance(value, tp):
             return value
         for member in tp:
@@ -333,49 +334,33 @@ def _convert(tp: Any, value: Any, where: str, current: Any = _MISSING) -> Any:
         if isinstance(value, str) and value in tp.__members__:
             return tp[value]
         allowed = ", ".join(repr(m.value) for m in tp)
-        raise ConfigValueError(
-            f"config key {where or '<root>'!r} must be one of {allowed}; got {value!r}",
-            where,
-        )
+        raise ConfigValueError(f"config key {where or '<root>'!r} must be one of {allowed}; got {value!r}",
+                               where)
+    raise _type_error(where, tp, value)
 
-    if tp is tuple or origin is tuple:
-        if not isinstance(value, (list, tuple)):
-            raise _type_error(where, tp, value, "expected an array")
-        if not args:
-            return tuple(value)
-        if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(
-                _convert(args[0], v, f"{where}[{i}]") for i, v in enumerate(value)
-            )
-        if args == ((),):
-            args = ()
-        if len(value) != len(args):
-            raise _type_error(where, tp, value, f"expected {len(args)} items")
-        return tuple(
-            _convert(a, v, f"{where}[{i}]") for i, (a, v) in enumerate(zip(args, value))
-        )
 
-    if tp is list or origin is list or origin is Sequence:
-        if not isinstance(value, (list, tuple)):
-            raise _type_error(where, tp, value, "expected an array")
-        item = args[0] if args else Any
-        out = [_convert(item, v, f"{where}[{i}]") for i, v in enumerate(value)]
-        return out if origin is not Sequence else tuple(out)
-
-    if tp is dict or origin is dict or origin is Mapping:
+def _convert_container(tp: Any, value: Any, where: str) -> Any:
+    """Tuples (``tuple[X, ...]`` or fixed), lists and sequences, dicts and mappings."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if tp is dict or origin in (dict, Mapping):
         if not isinstance(value, Mapping):
             raise _type_error(where, tp, value, "expected a table")
         key_tp, val_tp = args if args else (Any, Any)
-        return {
-            _convert(key_tp, k, where): _convert(val_tp, v, _join(where, k))
-            for k, v in value.items()
-        }
-
-    if isinstance(tp, type):
-        if isinstance(value, tp):
-            return value
-        raise _type_error(where, tp, value)
-    raise TypeError(f"config key {where!r}: unsupported field type {_type_name(tp)}")
+        return {_convert(key_tp, k, where): _convert(val_tp, v, _join(where, k)) for k, v in value.items()}
+    if not isinstance(value, (list, tuple)):
+        raise _type_error(where, tp, value, "expected an array")
+    if tp is list or origin in (list, Sequence):
+        item = args[0] if args else Any
+        out = [_convert(item, v, f"{where}[{i}]") for i, v in enumerate(value)]
+        return out if origin is not Sequence else tuple(out)
+    if not args:
+        return tuple(value)
+    if len(args) == 2 and args[1] is Ellipsis:
+        return tuple(_convert(args[0], v, f"{where}[{i}]") for i, v in enumerate(value))
+    args = () if args == ((),) else args
+    if len(value) != len(args):
+        raise _type_error(where, tp, value, f"expected {len(args)} items")
+    return tuple(_convert(a, v, f"{where}[{i}]") for i, (a, v) in enumerate(zip(args, value)))
 
 
 def _exact_instance(value: Any, tp: Any) -> bool:

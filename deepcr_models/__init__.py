@@ -8,9 +8,12 @@ A registry of published models with their weights and model cards, and ``load()`
     mask, cleaned = deepcr_models.clean(image, mask_model="NAME", inpaint_model="NAME")
 
 ``image`` is one chip in electrons (``bunit="ELECTRONS/S", exptime=...`` for rates).
-See ``deepcr_models/README.md`` for the registry format, :mod:`crforge.deepcr_models.inference`
-for the tiling, :mod:`crforge.deepcr_models.interop` for deepCR export/import and
-:mod:`crforge.deepcr_models.fitsclean` for whole FLC/FLT files (``crforge clean``).
+Names are searched in the zoo shipped inside this package (read-only), then in the
+user zoo (``$CRFORGE_ZOO``, else the per-user data directory), where ``crforge
+publish`` writes; a name in both is the user's. See ``deepcr_models/README.md`` for
+the registry format and the search order, :mod:`crforge.deepcr_models.inference` for
+the tiling, :mod:`crforge.deepcr_models.interop` for the export to deepCR and
+:mod:`crforge.deepcr_models.hstfile` for whole FLC/FLT files (``crforge clean``).
 """
 
 from __future__ import annotations

@@ -34,6 +34,7 @@ from torch import nn
 
 from crforge.deepcr_models import registry as reg
 from crforge.errors import InputError
+from crforge.training import checkpoint
 from crforge.training.models import fuse_batch_norm
 
 logger = logging.getLogger(__name__)
@@ -107,37 +108,44 @@ class ZooModel:
         return self._fast
 
 
-def _build(kind: str, mc: dict, state: dict, device: torch.device) -> nn.Module:
-    from crforge.training.models import build_model
+def _from_file(path: Path, kind: str | None, device: torch.device, *, sha256: str | None = None,
+               record: reg.ModelRecord | None = None) -> ZooModel:
+    """A model from a crforge checkpoint or zoo weights file, its sha256 checked first.
 
-    net = build_model(kind, int(mc["depth"]), int(mc["width"]), bool(mc["batch_norm"]),
-                      float(mc.get("bn_momentum", 0.1)))
-    net.load_state_dict(state)
-    return net.to(device).eval()
+    A ``.pt`` file is checked against ``sha256`` (a record's) or, without it, the 12
+    hex digits in its name (if it has them): a missing or altered file raises
+    :class:`~crforge.deepcr_models.registry.WeightsError`.
+    """
+    if path.suffix == ".pt" or sha256 is not None:
+        reg.verify_weights(path, sha256)
+    ckpt = checkpoint.read(path, kind=kind)
+    if record is not None:
+        mc = ckpt.model_config
+        if ckpt.kind != record.kind or (int(mc["depth"]), int(mc["width"])) != (record.depth, record.width):
+            raise InputError(f"{path}: holds a {ckpt.kind} {mc['depth']}-{mc['width']} model; "
+                             f"the record says {record.kind} {record.depth}-{record.width}")
+    net = checkpoint.build_model(ckpt, device=device)
+    return ZooModel(net, ckpt.kind, ckpt.model_config, ckpt.normalisation, record,
+                    record.key if record is not None else str(path), device)
 
 
-def _load_file(path: Path, device: torch.device, sha256: str | None = None) -> dict:
-    """Read a crforge checkpoint or zoo weights file -> kind, model_config, normalisation, state."""
-    from crforge.training.train import CHECKPOINT_FORMAT
+def _from_deepcr(text: str, kind: str | None, device: torch.device) -> ZooModel:
+    """deepCR 0.3.1's published mask model ``deepcr:<name>``, converted."""
+    from crforge.training import deepcr
+    from crforge.training.config import TrainConfig
 
-    if path.name.endswith(".pt") or sha256 is not None:
-        reg.verify_weights(path, sha256)  # a missing file or a bad hash: WeightsError
-    if not path.is_file():
-        raise FileNotFoundError(2, "No such file or directory", str(path))
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise InputError(f"{path}: not a readable crforge model file ({type(exc).__name__}: {exc})") from exc
-    fmt = obj.get("format") if isinstance(obj, dict) else None
-    if fmt == reg.WEIGHTS_FORMAT:
-        state = obj["state_dict"]
-    elif fmt == CHECKPOINT_FORMAT:
-        state = obj["model"]
-    else:
-        raise InputError(f"{path}: not a crforge checkpoint or zoo weights file (format "
-                         f"{CHECKPOINT_FORMAT} or {reg.WEIGHTS_FORMAT} expected)")
-    return {"kind": obj["kind"], "model_config": dict(obj["model_config"]),
-            "normalisation": dict(obj["normalisation"]), "state": state}
+    if kind not in (None, "mask"):
+        raise InputError(f"{text}: deepCR's published models are mask models")
+    net, mc, norm = deepcr.load_mask_model(text.split(":", 1)[1], scale=TrainConfig().norm_scale)
+    return ZooModel(net.to(device).eval(), "mask", mc, norm, None, text, device)
+
+
+def _on_device(m: ZooModel, kind: str | None, device: torch.device) -> ZooModel:
+    if kind is not None and m.kind != kind:
+        raise InputError(f"model {m.source!r} is a {m.kind} model, not {kind}")
+    if m.device == device:
+        return m
+    return ZooModel(m.net.to(device), m.kind, m.model_config, m.normalisation, m.record, m.source, device)
 
 
 def load(name_or_path: str | os.PathLike | ZooModel, *, kind: str | None = None,
@@ -150,15 +158,15 @@ def load(name_or_path: str | os.PathLike | ZooModel, *, kind: str | None = None,
         A published name (see :func:`list_models`), a path to a crforge checkpoint
         (``runs/<run>/mask/best.pt``) or zoo weights file, or ``deepcr:ACS-WFC`` /
         ``deepcr:WFC3-UVIS`` (deepCR 0.3.1's published mask models, converted; needs
-        the ``deepCR`` package). A ZooModel is returned as it is (moved to
-        ``device``).
+        the ``deepCR`` package). A ZooModel is returned as it is (moved to ``device``).
     kind : {'mask', 'inpaint'}, optional
         For a name: which of its models (default ``'mask'``). For a file: checked
         against the file's kind if given.
     device : str or torch.device
         Where to run (``'cpu'``, ``'cuda'``).
     zoo : path-like, optional
-        Zoo directory (default: ``$CRFORGE_ZOO`` or the package's ``deepcr_models/``).
+        Search this zoo directory alone for names (default: the shipped zoo, then the
+        user zoo; see :mod:`crforge.deepcr_models.registry`).
 
     Returns
     -------
@@ -166,60 +174,39 @@ def load(name_or_path: str | os.PathLike | ZooModel, *, kind: str | None = None,
 
     Raises
     ------
-    ValueError
-        An unknown name (the message lists the zoo's models), a file that is not a
+    InputError
+        An unknown name (the message lists the zoos' models), a file that is not a
         crforge model, or a kind mismatch.
     WeightsError
-        (a ValueError) The registered weights file is missing or its sha256 differs
-        from the record's (the message names the file and both hashes).
+        (an InputError) The weights file is missing or its sha256 differs from the
+        record's (the message names the file and both hashes).
     """
     if kind is not None and kind not in ("mask", "inpaint"):
         raise InputError(f"kind={kind!r}: expected 'mask' or 'inpaint'")
     device = torch.device(device)
     if isinstance(name_or_path, ZooModel):
-        m = name_or_path
-        if kind is not None and m.kind != kind:
-            raise InputError(f"model {m.source!r} is a {m.kind} model, not {kind}")
-        if m.device != device:
-            m = ZooModel(m.net.to(device), m.kind, m.model_config, m.normalisation, m.record,
-                         m.source, device)
-        return m
+        return _on_device(name_or_path, kind, device)
     if not isinstance(name_or_path, (str, os.PathLike)):
         raise TypeError(f"name_or_path must be a str, path or ZooModel, got {type(name_or_path).__name__}")
     text = os.fspath(name_or_path)
     if text.lower().startswith("deepcr:"):
-        from crforge.deepcr_models.interop import load_deepcr_mask
-
-        if kind not in (None, "mask"):
-            raise InputError(f"{text}: deepCR's published models are mask models")
-        net, mc, norm = load_deepcr_mask(text.split(":", 1)[1])
-        return ZooModel(net.to(device).eval(), "mask", mc, norm, None, text, device)
+        return _from_deepcr(text, kind, device)
     path = Path(text)
-    looks_like_file = path.suffix in (".pt", ".pth") or os.sep in text or path.exists()
-    if looks_like_file:
-        info = _load_file(path, device)
-        if kind is not None and info["kind"] != kind:
-            raise InputError(f"{path}: holds a {info['kind']} model, not {kind}")
-        net = _build(info["kind"], info["model_config"], info["state"], device)
-        return ZooModel(net, info["kind"], info["model_config"], info["normalisation"], None,
-                        str(path), device)
-    rec = reg.find_record(text, kind or "mask", zoo)
-    zdir = reg.default_zoo() if zoo is None else Path(zoo)
-    info = _load_file(zdir / rec.weights, device, sha256=rec.sha256)
-    if info["kind"] != rec.kind or int(info["model_config"]["depth"]) != rec.depth \
-            or int(info["model_config"]["width"]) != rec.width:
-        raise InputError(f"{zdir / rec.weights}: holds a {info['kind']} "
-                         f"{info['model_config']['depth']}-{info['model_config']['width']} model; "
-                         f"the record says {rec.kind} {rec.depth}-{rec.width}")
-    net = _build(info["kind"], info["model_config"], info["state"], device)
-    return ZooModel(net, rec.kind, info["model_config"], info["normalisation"], rec, rec.key, device)
+    if path.suffix in (".pt", ".pth") or os.sep in text or path.exists():
+        return _from_file(path, kind, device)
+    rec, zdir = reg.find_record(text, kind or "mask", zoo)
+    return _from_file(zdir / rec.weights, None, device, sha256=rec.sha256, record=rec)
 
 
 def list_models(zoo: str | os.PathLike | None = None, *, kind: str | None = None) -> list[reg.ModelRecord]:
-    """The zoo's model records (optionally only one ``kind``), sorted by name and kind."""
+    """The model records of the zoos (optionally only one ``kind``), sorted by name and kind.
+
+    Without ``zoo``: the shipped zoo's and the user zoo's (a model in both: the
+    user's); with it, that directory's alone.
+    """
     if kind is not None and kind not in ("mask", "inpaint"):
         raise InputError(f"kind={kind!r}: expected 'mask', 'inpaint' or None")
-    return [r for r in reg.read_registry(zoo) if kind is None or r.kind == kind]
+    return [r for r, _ in reg.all_records(zoo) if kind is None or r.kind == kind]
 
 
 # --------------------------------------------------------------------------- tiling
@@ -566,6 +553,18 @@ def _default_device(model) -> torch.device:
     return torch.device("cpu")
 
 
+def _threshold(m: ZooModel, threshold: float | None) -> float:
+    """``threshold``, else the record's recommended one, else 0.5; checked."""
+    if threshold is None:
+        threshold = m.threshold
+        if threshold is None:
+            threshold = 0.5
+            logger.info("%s has no recommended threshold: using 0.5", m.source)
+    if not isinstance(threshold, numbers.Real) or isinstance(threshold, bool) or not 0 <= threshold < 1:
+        raise InputError(f"threshold={threshold!r}: expected a probability in [0, 1)")
+    return float(threshold)
+
+
 def clean(image: np.ndarray, mask_model: str | os.PathLike | ZooModel,
           inpaint_model: str | os.PathLike | ZooModel | None = None, *, threshold: float | None = None,
           tile: int = DEFAULT_TILE, overlap: int | None = None, sky: float | None = None,
@@ -579,47 +578,33 @@ def clean(image: np.ndarray, mask_model: str | os.PathLike | ZooModel,
     ----------
     image : numpy.ndarray
         One chip, 2-D, any size (not only multiples of the tile).
-    mask_model : str, path-like or ZooModel
-        A zoo name, a crforge checkpoint or weights file, ``deepcr:ACS-WFC``, or a
-        loaded model (:func:`load`).
-    inpaint_model : str, path-like or ZooModel, optional
-        An inpaint model; without one the second result is None.
+    mask_model, inpaint_model : str, path-like or ZooModel
+        A zoo name, a crforge checkpoint or weights file, ``deepcr:ACS-WFC`` (mask), or
+        a loaded model (:func:`load`). Without an inpaint model the second result is None.
     threshold : float, optional
-        Probability above which a pixel is a CR; default the record's recommended
-        threshold (chosen at a fixed false-positive rate on the validation split),
-        else 0.5.
-    tile : int
-        Largest window side in pixels (memory: about 1.3 kB per pixel for a 2-32
-        network, i.e. 1.3 GB at 1024).
-    overlap : int, optional
-        Pixels of context on every side of a window's kept core; default the
-        network's receptive radius, which makes the result equal the untiled one.
+        CR probability threshold; default the record's recommended one (chosen at a
+        fixed false-positive rate on the validation split), else 0.5.
+    tile, overlap : int
+        Largest window side in pixels (about 1.3 kB per pixel for a 2-32 network),
+        and the context on every side of a window's kept core (default the receptive
+        radius: the result equals the untiled one).
     sky : float, optional
-        The image's sky level in its own unit; default :func:`estimate_sky` (one value
-        for the whole frame).
+        The sky in the image's unit; default :func:`estimate_sky` (one value per frame).
     ignore : numpy.ndarray of bool, optional
         Pixels without a usable value (DQ bad, saturated, no data): the networks see
         them as sky (as in training) and they are never in the mask.
-    bunit : str, optional
-        The image's unit, ``'ELECTRONS'`` or ``'ELECTRONS/S'``; default the model's.
-    exptime : float, optional
-        Seconds; needed when ``bunit`` differs from the model's (rates are multiplied
-        by it before the network sees them, and the inpainted pixels converted back).
-    batch_size : int
-        Windows per forward pass.
-    threads : int, optional
-        ``torch.set_num_threads`` for the call (restored afterwards).
-    precision : {'float32', 'bfloat16'}
-        ``bfloat16`` autocast (CPU or GPU): about 1.8x faster on CPUs with bfloat16
-        instructions, but the probabilities move by up to about 1e-2, so a few pixels
-        near the threshold change; float32 by default.
-    device : str or torch.device, optional
-        Where to run; default the model's (CPU for names and paths).
+    bunit, exptime : str, float, optional
+        The image's unit (``'ELECTRONS'`` or ``'ELECTRONS/S'``; default the model's)
+        and the seconds that convert it to the model's.
+    batch_size, threads, precision, device
+        Windows per forward pass; ``torch.set_num_threads`` for the call;
+        ``'bfloat16'`` autocast (about 1.8x faster on CPUs with bfloat16 instructions,
+        probabilities moved by up to about 1e-2) or ``'float32'``; where to run
+        (default the model's: CPU for names and paths).
     progress : bool or callable, optional
-        True: a tqdm bar over the tiles; a callable is called with the number of
-        tiles done after every batch.
+        True: a tqdm bar over the tiles; a callable gets the tiles done per batch.
     zoo : path-like, optional
-        Zoo directory for names.
+        Zoo directory for names (as :func:`load`).
 
     Returns
     -------
@@ -630,21 +615,15 @@ def clean(image: np.ndarray, mask_model: str | os.PathLike | ZooModel,
     """
     image = _as_image(image)
     m = load(mask_model, kind="mask", zoo=zoo, device=device or _default_device(mask_model))
-    if threshold is None:
-        threshold = m.threshold
-        if threshold is None:
-            threshold = 0.5
-            logger.info("%s has no recommended threshold: using 0.5", m.source)
-    if not isinstance(threshold, numbers.Real) or isinstance(threshold, bool) or not 0 <= threshold < 1:
-        raise InputError(f"threshold={threshold!r}: expected a probability in [0, 1)")
+    threshold = _threshold(m, threshold)
     ign = _check_ignore(ignore, image.shape)
     if sky is None:
         unit_factor(bunit or m.bunit, m.bunit, exptime)  # a bad unit fails before any work
         sky = estimate_sky(image, ign)
-    common = dict(sky=sky, ignore=ign, bunit=bunit, exptime=exptime, tile=tile, overlap=overlap,
-                  batch_size=batch_size, threads=threads, precision=precision, progress=progress, zoo=zoo)
-    p = mask_probability(image, m, device=m.device, **common)
-    mask = p > threshold
+    common = {"sky": sky, "ignore": ign, "bunit": bunit, "exptime": exptime, "tile": tile, "overlap": overlap,
+              "batch_size": batch_size, "threads": threads, "precision": precision, "progress": progress,
+              "zoo": zoo}
+    mask = mask_probability(image, m, device=m.device, **common) > threshold
     logger.info("%s: %d CR pixels (%.3g%%) at threshold %.4g, sky %.4g", m.source, int(mask.sum()),
                 100 * mask.mean(), threshold, sky)
     if inpaint_model is None:

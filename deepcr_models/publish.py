@@ -6,8 +6,9 @@
     runs/<run>/inpaint/best.pt    the inpaint network (optional)
     runs/<run>/evaluation.json    ``crforge evaluate``'s figures (required)
 
-and writes into the zoo directory (the package's ``deepcr_models/`` by default,
-``--zoo DIR`` elsewhere)
+and writes into a user zoo (``--zoo DIR``, else ``$CRFORGE_ZOO``, else the per-user
+data directory; see :mod:`crforge.deepcr_models.registry`), never into the zoo shipped
+inside the package
 
     <NAME>-mask-<sha12>.pt, <NAME>-inpaint-<sha12>.pt   weights (state dict, architecture, normalisation)
     <NAME>.md                                          the model card
@@ -15,28 +16,30 @@ and writes into the zoo directory (the package's ``deepcr_models/`` by default,
 
 A run without ``evaluation.json`` is refused: a model without figures cannot be
 published. So is a checkpoint whose architecture differs from the one evaluated, a
-name already in the zoo (unless ``--overwrite``) and a name that is not a safe file
-name.
+name already in the zoo or shipped with crforge (unless ``--overwrite``: a model
+published under a shipped name takes precedence over the shipped one wherever the
+user zoo is searched) and a name that is not a safe file name.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
 import hashlib
-import io
 import json
 import logging
 import os
 import platform
-import shutil
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from crforge import atomic
 from crforge.deepcr_models import registry as reg
 from crforge.errors import InputError
+from crforge.training import checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -100,21 +103,12 @@ def _utc_now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _save_weights(ckpt: dict, name: str, kind: str, zoo: Path) -> tuple[str, str]:
-    state = {k: v.detach().cpu().contiguous().clone() for k, v in ckpt["model"].items()}
-    obj = {"format": reg.WEIGHTS_FORMAT, "kind": kind, "model_config": dict(ckpt["model_config"]),
-           "normalisation": dict(ckpt["normalisation"]), "state_dict": state}
-    # saved through a buffer: torch.save names the archive's root after the file it
-    # writes, so a temporary file name would make the bytes (and the sha256) differ
-    # from one publication of the same weights to the next
-    buf = io.BytesIO()
-    torch.save(obj, buf)
-    blob = buf.getvalue()
+def _save_weights(ckpt: checkpoint.Checkpoint, name: str, zoo: Path) -> tuple[str, str]:
+    """Write the weights file of ``ckpt`` into ``zoo``; its name and sha256."""
+    blob = checkpoint.weights_bytes(ckpt)  # deterministic: republishing gives the same sha256
     digest = hashlib.sha256(blob).hexdigest()
-    tmp = zoo / f".{name}-{kind}.{os.getpid()}.tmp"
-    tmp.write_bytes(blob)
-    fname = reg.weights_file_name(name, kind, digest)
-    os.replace(tmp, zoo / fname)
+    fname = reg.weights_file_name(name, ckpt.kind, digest)
+    atomic.write_bytes(zoo / fname, blob)
     return fname, digest
 
 
@@ -126,15 +120,9 @@ def _num(v: Any, fmt: str = "{:.4g}") -> str:
     return "-" if v is None or (isinstance(v, float) and not np.isfinite(v)) else fmt.format(float(v))
 
 
-def model_card(name: str, records: list[reg.ModelRecord], ev: dict, roc: str | None = None) -> str:
-    """The Markdown model card of a published name (``roc``: the ROC plot's file name)."""
-    first = records[0]
-    data = ev["data"]
-    simulated = bool(data.get("simulated", False))
-    inst = data.get("instrument", first.instrument)
-    filters = ", ".join(first.filters)
+def _card_intro(name: str, records: list[reg.ModelRecord], data: dict, inst: str) -> list[str]:
     lines = [f"# {name}", ""]
-    if simulated:
+    if data.get("simulated", False):
         lines += [f"**Trained on simulated {inst} data**, not on real HST exposures: crforge's "
                   f"simulator (`pipeline/simulate.py`), data set manifest `{data.get('manifest_name', '?')}`. "
                   "Every figure below is measured on simulated exposures too. Check it on your own "
@@ -146,17 +134,23 @@ def model_card(name: str, records: list[reg.ModelRecord], ev: dict, roc: str | N
     for r in records:
         lines.append(f"| `{r.name}` | {r.kind} | deepCR-{r.kind}-{r.depth}-{r.width}"
                      f"{' (batch norm)' if r.batch_norm else ''} | `{r.weights}` | `{r.sha256}` |")
+    return lines
+
+
+def _card_use(name: str, records: list[reg.ModelRecord], inst: str) -> list[str]:
+    first = records[0]
     norm = first.normalisation
-    lines += ["", "## Use", "", "```python", "from crforge import deepcr_models",
-              f"mask, cleaned = deepcr_models.clean(image_in_electrons, mask_model={name!r}"
-              + (f", inpaint_model={name!r}" if any(r.kind == "inpaint" for r in records) else "") + ")",
-              "```", "", "```", f"crforge clean FILE_flc.fits --model {name}"
-              + (" --inpaint" if any(r.kind == "inpaint" for r in records) else ""), "```", "",
-              f"- Instrument: {inst}; filters of the training data: {filters}.",
-              f"- Input: `{norm.get('scheme', '(image - sky) / scale')}` with scale "
-              f"{_num(norm.get('scale'))} {str(norm.get('bunit', 'ELECTRONS')).lower()}; the sky is "
-              "estimated per chip (sigma-clipped median). Images in electrons/s are multiplied by "
-              "EXPTIME first (`crforge clean` does it from BUNIT)."]
+    inpaint = any(r.kind == "inpaint" for r in records)
+    lines = ["", "## Use", "", "```python", "from crforge import deepcr_models",
+             f"mask, cleaned = deepcr_models.clean(image_in_electrons, mask_model={name!r}"
+             + (f", inpaint_model={name!r}" if inpaint else "") + ")",
+             "```", "", "```", f"crforge clean FILE_flc.fits --model {name}"
+             + (" --inpaint" if inpaint else ""), "```", "",
+             f"- Instrument: {inst}; filters of the training data: {', '.join(first.filters)}.",
+             f"- Input: `{norm.get('scheme', '(image - sky) / scale')}` with scale "
+             f"{_num(norm.get('scale'))} {str(norm.get('bunit', 'ELECTRONS')).lower()}; the sky is "
+             "estimated per chip (sigma-clipped median). Images in electrons/s are multiplied by "
+             "EXPTIME first (`crforge clean` does it from BUNIT)."]
     mask_rec = next((r for r in records if r.kind == "mask"), None)
     if mask_rec is not None:
         lines.append(f"- Recommended threshold: {mask_rec.threshold:.6g} (CR probability), chosen at a "
@@ -166,42 +160,59 @@ def model_card(name: str, records: list[reg.ModelRecord], ev: dict, roc: str | N
             lines.append(f"- deepCR: `crforge export {name} --to deepcr --output {name}.pth` writes a file "
                          f"that `deepCR(mask='{name}.pth', hidden={mask_rec.width})` loads (see the README "
                          "for the sky caveat).")
-    split, n = data.get("split", "test"), data.get("n_stamps", "?")
-    if "mask" in ev and mask_rec is not None:
-        lines += ["", f"## Mask: true-positive rate (%) at fixed false-positive rates ({split} split, "
-                  f"{n} stamps)", "", "3x3-dilated figures in parentheses.", ""]
-        for fpr in ev.get("fprs", []):
-            key = str(fpr)
-            lines += [f"FPR {100 * float(fpr):g}%:", "", "| method | " + " | ".join(FIELDS) + " | s per 100 stamps |",
-                      "|---" * (len(FIELDS) + 2) + "|"]
-            for method, figs in ev["mask"].items():
-                if "tpr" not in figs:  # an operating point (the labels against the truth)
-                    continue
-                cells = []
-                for f in FIELDS:
-                    t = figs.get("tpr", {}).get(f, {}).get(key)
-                    d = figs.get("tpr_dilated", {}).get(f, {}).get(key)
-                    cells.append(_pct(t) + (f" ({_pct(d)})" if d is not None else ""))
-                label = f"**{method} (this model)**" if method == "crforge" else method
-                lines.append(f"| {label} | " + " | ".join(cells) + f" | {_num(figs.get('seconds_per_100'), '{:.2f}')} |")
-            lines.append("")
-    if roc and "mask" in ev and mask_rec is not None:
+    return lines
+
+
+def _table_header() -> list[str]:
+    return ["| method | " + " | ".join(FIELDS) + " | s per 100 stamps |", "|---" * (len(FIELDS) + 2) + "|"]
+
+
+def _table_row(method: str, cells: list[str], figs: dict) -> str:
+    label = f"**{method} (this model)**" if method == "crforge" else method
+    return f"| {label} | " + " | ".join(cells) + f" | {_num(figs.get('seconds_per_100'), '{:.2f}')} |"
+
+
+def _card_mask(ev: dict, roc: str | None) -> list[str]:
+    data = ev["data"]
+    lines = ["", f"## Mask: true-positive rate (%) at fixed false-positive rates ({data.get('split', 'test')} "
+             f"split, {data.get('n_stamps', '?')} stamps)", "", "3x3-dilated figures in parentheses.", ""]
+    for fpr in ev.get("fprs", []):
+        key = str(fpr)
+        lines += [f"FPR {100 * float(fpr):g}%:", "", *_table_header()]
+        for method, figs in ev["mask"].items():
+            if "tpr" not in figs:  # an operating point (the labels against the truth)
+                continue
+            cells = []
+            for f in FIELDS:
+                t = figs.get("tpr", {}).get(f, {}).get(key)
+                d = figs.get("tpr_dilated", {}).get(f, {}).get(key)
+                cells.append(_pct(t) + (f" ({_pct(d)})" if d is not None else ""))
+            lines.append(_table_row(method, cells, figs))
+        lines.append("")
+    if roc:
         lines += [f"![ROC curves of the evaluation, one panel per field type]({roc})", ""]
-    if "inpaint" in ev and any(r.kind == "inpaint" for r in records):
-        lines += [f"## Inpaint: mean squared error under the masks ({split} split)", "",
-                  "| method | " + " | ".join(FIELDS) + " | s per 100 stamps |", "|---" * (len(FIELDS) + 2) + "|"]
-        for method, figs in ev["inpaint"].items():
-            cells = [_num(figs.get("mse", {}).get(f)) for f in FIELDS]
-            label = f"**{method} (this model)**" if method == "crforge" else method
-            lines.append(f"| {label} | " + " | ".join(cells) + f" | {_num(figs.get('seconds_per_100'), '{:.2f}')} |")
-        units = ev.get("inpaint_units")
-        lines += ["", (f"Units: {units} (normalised pixels squared)." if units else
-                       "Units as in the run's `report.md` (`crforge evaluate`).")
-                  + " The run's `report.md` also holds the photometric fidelity of the fills.", ""]
-    lines += ["## Data", "", f"- Manifest: `{data.get('manifest_name', '?')}` (sha256 `{data.get('manifest_sha256', '?')}`)",
-              f"- Data set: `{data.get('path', '?')}` (sha256 `{data.get('sha256', '?')}`)",
-              f"- Simulated: {'yes' if simulated else 'no'}", "",
-              "## Provenance", ""]
+    return lines
+
+
+def _card_inpaint(ev: dict) -> list[str]:
+    lines = [f"## Inpaint: mean squared error under the masks ({ev['data'].get('split', 'test')} split)", "",
+             *_table_header()]
+    for method, figs in ev["inpaint"].items():
+        lines.append(_table_row(method, [_num(figs.get("mse", {}).get(f)) for f in FIELDS], figs))
+    units = ev.get("inpaint_units")
+    lines += ["", (f"Units: {units} (normalised pixels squared)." if units else
+                   "Units as in the run's `report.md` (`crforge evaluate`).")
+              + " The run's `report.md` also holds the photometric fidelity of the fills.", ""]
+    return lines
+
+
+def _card_provenance(records: list[reg.ModelRecord], ev: dict, inst: str) -> list[str]:
+    data, first = ev["data"], records[0]
+    lines = ["## Data", "", f"- Manifest: `{data.get('manifest_name', '?')}` (sha256 "
+             f"`{data.get('manifest_sha256', '?')}`)",
+             f"- Data set: `{data.get('path', '?')}` (sha256 `{data.get('sha256', '?')}`)",
+             f"- Simulated: {'yes' if data.get('simulated', False) else 'no'}", "",
+             "## Provenance", ""]
     for r in records:
         src = r.source
         lines.append(f"- {r.kind}: `{src.get('checkpoint')}` (epoch {src.get('epoch')}, step {src.get('step')})")
@@ -210,16 +221,141 @@ def model_card(name: str, records: list[reg.ModelRecord], ev: dict, roc: str | N
               f"- Published {first.created_utc} with crforge {sw.get('crforge')}, torch {sw.get('torch')}, "
               f"numpy {sw.get('numpy')}, Python {sw.get('python')}", "",
               "## Limitations", "",
-              f"- Trained for {inst} in {filters}; other imagers or filters need fine-tuning "
-              "(`crforge train --init`).",
+              f"- Trained for {inst} in {', '.join(first.filters)}; other imagers or filters need "
+              "fine-tuning (`crforge train --init`).",
               "- Pixels flagged bad, saturated or without data in DQ are shown to the network as sky "
               "and never masked.", ""]
-    return "\n".join(lines)
+    return lines
+
+
+def model_card(name: str, records: list[reg.ModelRecord], ev: dict, roc: str | None = None) -> str:
+    """The Markdown model card of a published name (``roc``: the ROC plot's file name)."""
+    inst = ev["data"].get("instrument", records[0].instrument)
+    lines = _card_intro(name, records, ev["data"], inst) + _card_use(name, records, inst)
+    if "mask" in ev and any(r.kind == "mask" for r in records):
+        lines += _card_mask(ev, roc)
+    if "inpaint" in ev and any(r.kind == "inpaint" for r in records):
+        lines += _card_inpaint(ev)
+    return "\n".join(lines + _card_provenance(records, ev, inst))
+
+
+# --------------------------------------------------------------------------- publish
+
+
+def _check_name(name: Any) -> None:
+    if not isinstance(name, str) or not reg.NAME_PATTERN.match(name):
+        raise InputError(f"name={name!r}: expected letters, digits, '.', '_' or '-' (starting with a "
+                         "letter or digit)")
+
+
+def _check_taken(name: str, zdir: Path, existing: list[reg.ModelRecord], overwrite: bool) -> None:
+    """Refuse a name in the target zoo or the shipped zoo, unless ``overwrite``."""
+    if overwrite:
+        return
+    taken = [r for r in existing if r.name == name]
+    if taken:
+        raise InputError(f"{name!r} is already in the zoo {zdir} ({', '.join(r.key for r in taken)}); "
+                         "pass --overwrite to replace it or choose another --name")
+    shipped = [r for r in reg.read_registry(reg.shipped_zoo()) if r.name == name]
+    if shipped:
+        raise InputError(f"{name!r} is already in the zoo shipped with crforge "
+                         f"({', '.join(r.key for r in shipped)}); pass --overwrite to publish yours "
+                         f"under that name in {zdir}, where it takes precedence over the shipped one, "
+                         "or choose another --name")
+
+
+def _run_checkpoints(run_dir: Path) -> dict[str, Path]:
+    ckpts = {kind: run_dir / kind / "best.pt" for kind in ("mask", "inpaint")}
+    ckpts = {kind: path for kind, path in ckpts.items() if path.is_file()}
+    if not ckpts:
+        raise InputError(f"{run_dir}: no mask/best.pt or inpaint/best.pt (train the run first: crforge train)")
+    return ckpts
+
+
+@dataclass
+class _Publication:
+    """One :func:`publish` call: the run it reads and the zoo it writes."""
+
+    run_dir: Path
+    name: str
+    ev: dict
+    zdir: Path
+    description: str | None
+    created_utc: str = field(default_factory=_utc_now)
+    written: list[Path] = field(default_factory=list)
+
+    @property
+    def ev_path(self) -> Path:
+        return self.run_dir / "evaluation.json"
+
+
+def _read_evaluated(pub: _Publication, kind: str, path: Path) -> checkpoint.Checkpoint:
+    """The run's checkpoint of ``kind``, checked against the architecture evaluated."""
+    ckpt = checkpoint.read(path, expect="train", kind=kind)
+    evm = pub.ev["models"].get(kind, {})
+    for key in ("depth", "width"):
+        if key in evm and int(evm[key]) != int(ckpt.model_config[key]):
+            raise InputError(f"{pub.ev_path}: evaluated a {kind} model with {key} {evm[key]}, but "
+                             f"{path} has {key} {ckpt.model_config[key]}: re-run crforge evaluate")
+    if path.stat().st_mtime > pub.ev_path.stat().st_mtime + 1:
+        logger.warning("%s is newer than %s: the figures may be of an earlier model", path, pub.ev_path)
+    return ckpt
+
+
+def _software(ev: dict, ckpt: checkpoint.Checkpoint) -> dict:
+    from crforge import __version__
+
+    return {"crforge": str(__version__), "torch": torch.__version__, "numpy": np.__version__,
+            "python": platform.python_version(), "evaluated_with": ev.get("crforge_version"),
+            "trained_with": dict(ckpt.training.versions)}
+
+
+def _record(pub: _Publication, path: Path, ckpt: checkpoint.Checkpoint, evaluation: dict,
+            threshold: tuple, weights: tuple[str, str]) -> reg.ModelRecord:
+    """The registry record of one model (``weights``: its file name and sha256)."""
+    kind, mc, data = ckpt.kind, ckpt.model_config, dict(pub.ev["data"])
+    sim = "simulated" if data.get("simulated") else "real"
+    desc = pub.description or (f"deepCR-{kind} {mc['depth']}-{mc['width']} for {data['instrument']} "
+                               f"({', '.join(data['filters'])}), trained on {sim} data "
+                               f"({data.get('manifest_name', '?')})")
+    return reg.ModelRecord(
+        name=pub.name, kind=kind, instrument=str(data["instrument"]), filters=tuple(data["filters"]),
+        depth=int(mc["depth"]), width=int(mc["width"]), batch_norm=bool(mc["batch_norm"]),
+        normalisation=dict(ckpt.normalisation), threshold=threshold[0], threshold_fpr=threshold[1],
+        threshold_split=threshold[2], data=data, evaluation=evaluation, software=_software(pub.ev, ckpt),
+        created_utc=pub.created_utc, weights=weights[0], sha256=weights[1], card=f"{pub.name}.md",
+        description=desc,
+        source={"run": str(pub.run_dir), "checkpoint": str(path), "epoch": ckpt.epoch, "step": ckpt.step,
+                "evaluation": str(pub.ev_path), "evaluation_created_utc": pub.ev.get("created_utc")})
+
+
+def _stage(pub: _Publication) -> list[reg.ModelRecord]:
+    """Write the weights of the run's models into the zoo; their records."""
+    ev, data, records = pub.ev, pub.ev["data"], []
+    for kind, path in _run_checkpoints(pub.run_dir).items():
+        evaluation = {"split": data.get("split"), "n_stamps": data.get("n_stamps"),
+                      **({"fprs": list(ev.get("fprs", []))} if kind == "mask" else {}),
+                      "crforge": _figures(ev, kind, pub.ev_path),
+                      "baselines": {m: f for m, f in ev.get(kind, {}).items() if m != "crforge"}}
+        ckpt = _read_evaluated(pub, kind, path)
+        threshold = _threshold(ev, pub.ev_path) if kind == "mask" else (None, None, None)
+        fname, digest = _save_weights(ckpt, pub.name, pub.zdir)
+        pub.written.append(pub.zdir / fname)
+        records.append(_record(pub, path, ckpt, evaluation, threshold, (fname, digest)))
+    return records
+
+
+def _write_card(pub: _Publication, records: list[reg.ModelRecord]) -> None:
+    roc = None
+    if (pub.run_dir / "roc.png").is_file() and any(r.kind == "mask" for r in records):
+        roc = f"{pub.name}-roc.png"
+        atomic.write_bytes(pub.zdir / roc, (pub.run_dir / "roc.png").read_bytes())
+    atomic.write_text(pub.zdir / f"{pub.name}.md", model_card(pub.name, records, pub.ev, roc))
 
 
 def publish(run_dir: str | os.PathLike, name: str, *, zoo: str | os.PathLike | None = None,
             overwrite: bool = False, description: str | None = None) -> list[reg.ModelRecord]:
-    """Publish a run's models with their evaluation into a zoo directory.
+    """Publish a run's models with their evaluation into a (user) zoo directory.
 
     Parameters
     ----------
@@ -228,9 +364,10 @@ def publish(run_dir: str | os.PathLike, name: str, *, zoo: str | os.PathLike | N
     name : str
         Published name (letters, digits, ``.``, ``_``, ``-``).
     zoo : path-like, optional
-        Zoo directory (default: ``$CRFORGE_ZOO`` or the package's ``deepcr_models/``).
+        Zoo directory (default: the user zoo, :func:`~crforge.deepcr_models.registry.default_zoo`);
+        never the zoo shipped inside the package.
     overwrite : bool
-        Replace models already published under ``name``.
+        Replace models already published under ``name``, or publish under a shipped name.
     description : str, optional
         One line for the records (default: made from the kind, architecture and data).
 
@@ -243,105 +380,33 @@ def publish(run_dir: str | os.PathLike, name: str, *, zoo: str | os.PathLike | N
     ------
     FileNotFoundError
         No run directory.
-    ValueError
+    InputError
         No evaluation (the message says to run ``crforge evaluate``), no checkpoint,
-        a checkpoint that is not the evaluated architecture, a bad or taken name.
+        a checkpoint that is not the evaluated architecture, a bad or taken name, or
+        the shipped zoo as ``zoo``.
     """
-    from crforge import __version__
-    from crforge.training.train import _read_checkpoint
-
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise FileNotFoundError(2, "No such file or directory", str(run_dir))
-    if not isinstance(name, str) or not reg.NAME_PATTERN.match(name):
-        raise InputError(f"name={name!r}: expected letters, digits, '.', '_' or '-' (starting with a "
-                         "letter or digit)")
-    ev_path = run_dir / "evaluation.json"
-    ev = read_evaluation(run_dir)
-    zdir = reg.default_zoo() if zoo is None else Path(zoo)
-    existing = reg.read_registry(zdir)
-    taken = [r for r in existing if r.name == name]
-    if taken and not overwrite:
-        raise InputError(f"{name!r} is already in the zoo {zdir} ({', '.join(r.key for r in taken)}); "
-                         "pass --overwrite to replace it or choose another --name")
-    ckpts = {}
-    for kind in ("mask", "inpaint"):
-        path = run_dir / kind / "best.pt"
-        if path.is_file():
-            ckpts[kind] = path
-    if not ckpts:
-        raise InputError(f"{run_dir}: no mask/best.pt or inpaint/best.pt (train the run first: crforge train)")
-    data = dict(ev["data"])
-    now = _utc_now()
-    software = {"crforge": str(__version__), "torch": torch.__version__, "numpy": np.__version__,
-                "python": platform.python_version(), "evaluated_with": ev.get("crforge_version")}
-    zdir.mkdir(parents=True, exist_ok=True)
-    staged: list[tuple[reg.ModelRecord, str]] = []
+    _check_name(name)
+    pub = _Publication(run_dir, name, read_evaluation(run_dir), reg.writable_zoo(zoo), description)
+    existing = reg.read_registry(pub.zdir)
+    _check_taken(name, pub.zdir, existing, overwrite)
+    pub.zdir.mkdir(parents=True, exist_ok=True)
+    kept = {pub.zdir / r.weights for r in existing}
     try:
-        for kind, path in ckpts.items():
-            figs = _figures(ev, kind, ev_path)
-            ckpt = _read_checkpoint(path)
-            if ckpt["kind"] != kind:
-                raise InputError(f"{path}: holds a {ckpt['kind']} model, expected {kind}")
-            mc = ckpt["model_config"]
-            evm = ev["models"].get(kind, {})
-            for key in ("depth", "width"):
-                if key in evm and int(evm[key]) != int(mc[key]):
-                    raise InputError(f"{ev_path}: evaluated a {kind} model with {key} {evm[key]}, but "
-                                     f"{path} has {key} {mc[key]}: re-run crforge evaluate")
-            if path.stat().st_mtime > ev_path.stat().st_mtime + 1:
-                logger.warning("%s is newer than %s: the figures may be of an earlier model", path, ev_path)
-            threshold = fpr = split = None
-            if kind == "mask":
-                threshold, fpr, split = _threshold(ev, ev_path)
-            baselines = {m: f for m, f in ev.get(kind, {}).items() if m != "crforge"}
-            evaluation = {"split": data.get("split"), "n_stamps": data.get("n_stamps"),
-                          **({"fprs": list(ev.get("fprs", []))} if kind == "mask" else {}),
-                          "crforge": figs, "baselines": baselines}
-            fname, digest = _save_weights(ckpt, name, kind, zdir)
-            sim = "simulated" if data.get("simulated") else "real"
-            desc = description or (f"deepCR-{kind} {mc['depth']}-{mc['width']} for {data['instrument']} "
-                                   f"({', '.join(data['filters'])}), trained on {sim} data "
-                                   f"({data.get('manifest_name', '?')})")
-            rec = reg.ModelRecord(
-                name=name, kind=kind, instrument=str(data["instrument"]), filters=tuple(data["filters"]),
-                depth=int(mc["depth"]), width=int(mc["width"]), batch_norm=bool(mc["batch_norm"]),
-                normalisation=dict(ckpt["normalisation"]), threshold=threshold, threshold_fpr=fpr,
-                threshold_split=split, data=data, evaluation=evaluation,
-                software={**software, "trained_with": dict(ckpt.get("versions", {}))},
-                created_utc=now, weights=fname, sha256=digest, card=f"{name}.md", description=desc,
-                source={"run": str(run_dir), "checkpoint": str(path), "epoch": int(ckpt.get("epoch", 0)),
-                        "step": int(ckpt.get("step", 0)), "evaluation": str(ev_path),
-                        "evaluation_created_utc": ev.get("created_utc")})
-            staged.append((rec, fname))
-        records = [r for r, _ in staged]
-        roc = None
-        if (run_dir / "roc.png").is_file() and any(r.kind == "mask" for r in records):
-            roc = f"{name}-roc.png"
-            shutil.copyfile(run_dir / "roc.png", zdir / roc)
-        card = zdir / f"{name}.md"
-        tmp = card.with_name(f".{card.name}.{os.getpid()}.tmp")
-        tmp.write_text(model_card(name, records, ev, roc), encoding="utf-8")
-        os.replace(tmp, card)
-        keep = [r for r in existing if r.name != name]
-        reg.write_registry(keep + records, zdir)
+        records = _stage(pub)
+        _write_card(pub, records)
+        reg.write_registry([r for r in existing if r.name != name] + records, pub.zdir)
     except BaseException:
-        for _, fname in staged:  # leave no orphan weights behind a failed publication
-            if not any(r.weights == fname for r in existing):
-                (zdir / fname).unlink(missing_ok=True)
+        for path in pub.written:  # leave no orphan weights behind a failed publication
+            if path not in kept:
+                path.unlink(missing_ok=True)
         raise
     # the replaced models' weights, unless the new records use the same file
-    new_files = {r.weights for r in records}
-    for r in taken:
-        if r.weights not in new_files:
-            (zdir / r.weights).unlink(missing_ok=True)
+    for path in kept - set(pub.written):
+        if any(r.name == name and pub.zdir / r.weights == path for r in existing):
+            path.unlink(missing_ok=True)
     for r in records:
-        logger.info("published %s -> %s (sha256 %s)", r.key, zdir / r.weights, r.sha256)
+        logger.info("published %s -> %s (sha256 %s)", r.key, pub.zdir / r.weights, r.sha256)
     return records
-
-
-# --------------------------------------------------------------------------- CLI
-
-
-
-

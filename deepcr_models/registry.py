@@ -1,10 +1,22 @@
-"""The zoo's registry: one typed record per published model, and its weights files.
+"""The zoo's registry: one typed record per published model, and where the zoos are.
 
-Layout of a zoo directory (the package's own ``deepcr_models/`` by default)::
+Layout of a zoo directory::
 
     registry.json                          {"format": "crforge-zoo/1", "models": [record, ...]}
     <name>-<kind>-<sha256[:12]>.pt         weights: state dict + architecture + normalisation
     <name>.md                              the model card (one per published name)
+
+Two zoos are searched, in this order (:func:`search_path`):
+
+1. the shipped zoo (:func:`shipped_zoo`): this package's directory, read-only: crforge
+   never writes into it;
+2. the user zoo (:func:`default_zoo`): ``$CRFORGE_ZOO`` if set, else
+   ``platformdirs.user_data_dir("crforge")/zoo`` (``~/.local/share/crforge/zoo`` on
+   Linux); ``crforge publish`` writes here.
+
+A model (name and kind) in both is the user's: it was published there with
+``--overwrite`` over the shipped name, and every lookup logs a warning saying so. An
+explicit ``zoo=`` directory (``--zoo DIR``) is searched alone.
 
 A record (:class:`ModelRecord`) says what a model is (kind, instrument, filters,
 architecture, input normalisation), how to use it (recommended threshold and the
@@ -12,13 +24,8 @@ false-positive rate it was chosen at), what it was trained on (data set and mani
 with their sha256), how good it is (the evaluation figures of ``crforge evaluate``),
 what made it (software versions, creation date) and which file holds it (name and
 sha256). The weights file's sha256 is checked on every load: a missing or altered
-file is refused with :class:`WeightsError` naming the file and both hashes.
-
-Weights files contain only tensors and plain Python values (they load with
-``torch.load(weights_only=True)``)::
-
-    {"format": "crforge-zoo-weights/1", "kind": "mask", "model_config": {...},
-     "normalisation": {...}, "state_dict": {...}}
+file is refused with :class:`WeightsError` naming the file and both hashes. The
+weights files' format is :mod:`crforge.training.checkpoint`'s.
 """
 
 from __future__ import annotations
@@ -33,16 +40,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Mapping
 
+from crforge import atomic
 from crforge.errors import InputError
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ModelRecord", "WeightsError", "REGISTRY_FORMAT", "WEIGHTS_FORMAT", "REGISTRY_FILE",
-           "default_zoo", "read_registry", "write_registry", "find_record", "sha256_of",
-           "weights_file_name", "verify_weights", "NAME_PATTERN"]
+__all__ = ["ModelRecord", "WeightsError", "REGISTRY_FORMAT", "REGISTRY_FILE", "NAME_PATTERN",
+           "shipped_zoo", "default_zoo", "search_path", "writable_zoo", "read_registry",
+           "write_registry", "find_record", "all_records", "sha256_of", "weights_file_name",
+           "verify_weights"]
 
 REGISTRY_FORMAT = "crforge-zoo/1"
-WEIGHTS_FORMAT = "crforge-zoo-weights/1"
 REGISTRY_FILE = "registry.json"
 #: What a published name may look like (it becomes part of file names).
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
@@ -166,25 +174,66 @@ class ModelRecord:
             raise InputError(f"model record {data.get('name')!r}: {exc}") from None
 
 
+def shipped_zoo() -> Path:
+    """The zoo shipped inside this package (read-only)."""
+    return Path(__file__).resolve().parent
+
+
 def default_zoo() -> Path:
-    """The zoo directory: ``$CRFORGE_ZOO`` if set, else this package's directory."""
+    """The user zoo, where ``crforge publish`` writes by default.
+
+    ``$CRFORGE_ZOO`` if set, else ``platformdirs.user_data_dir("crforge") / "zoo"``.
+    """
     env = os.environ.get("CRFORGE_ZOO")
-    return Path(env) if env else Path(__file__).resolve().parent
+    return Path(env) if env else _per_user_zoo()
 
 
-def _zoo_dir(zoo: str | os.PathLike | None) -> Path:
-    return default_zoo() if zoo is None else Path(zoo)
+def _per_user_zoo() -> Path:
+    import platformdirs
+
+    return Path(platformdirs.user_data_dir("crforge")) / "zoo"
 
 
-def read_registry(zoo: str | os.PathLike | None = None) -> list[ModelRecord]:
-    """All records of a zoo directory (an absent ``registry.json``: none).
+def _same(a: Path, b: Path) -> bool:
+    return a.resolve() == b.resolve()
+
+
+def search_path(zoo: str | os.PathLike | None = None) -> list[Path]:
+    """The zoo directories searched for names, first to last (a later one wins a tie).
+
+    ``zoo`` alone when given; else the shipped zoo, then the user zoo.
+    """
+    if zoo is not None:
+        return [Path(zoo)]
+    user = default_zoo()
+    return [shipped_zoo()] if _same(user, shipped_zoo()) else [shipped_zoo(), user]
+
+
+def writable_zoo(zoo: str | os.PathLike | None = None) -> Path:
+    """The zoo to publish into: ``zoo``, else the user zoo; never the shipped one.
 
     Raises
     ------
-    ValueError
+    InputError
+        ``zoo`` (or ``$CRFORGE_ZOO``) is the package's own zoo directory.
+    """
+    zdir = default_zoo() if zoo is None else Path(zoo)
+    if _same(zdir, shipped_zoo()):
+        raise InputError(f"{zdir} is the zoo shipped inside the crforge package, which crforge never "
+                         f"writes into: publish into a user zoo (--zoo DIR, $CRFORGE_ZOO, or by default "
+                         f"{_per_user_zoo()})")
+    return zdir
+
+
+def read_registry(zoo: str | os.PathLike) -> list[ModelRecord]:
+    """All records of one zoo directory (an absent ``registry.json``: none).
+
+    Raises
+    ------
+    InputError
         If the file is not a crforge zoo registry or holds a bad record.
     """
-    path = _zoo_dir(zoo) / REGISTRY_FILE
+    path = Path(zoo) / REGISTRY_FILE
     if not path.is_file():
         return []
     try:
@@ -196,9 +245,9 @@ def read_registry(zoo: str | os.PathLike | None = None) -> list[ModelRecord]:
     return [ModelRecord.from_dict(r) for r in doc.get("models", [])]
 
 
-def write_registry(records: list[ModelRecord], zoo: str | os.PathLike | None = None) -> Path:
-    """Write ``registry.json`` atomically (sorted by name and kind)."""
-    zdir = _zoo_dir(zoo)
+def write_registry(records: list[ModelRecord], zoo: str | os.PathLike) -> Path:
+    """Write ``registry.json`` of a writable zoo atomically (sorted by name and kind)."""
+    zdir = writable_zoo(zoo)
     zdir.mkdir(parents=True, exist_ok=True)
     keys = [r.key for r in records]
     dup = sorted({k for k in keys if keys.count(k) > 1})
@@ -206,31 +255,45 @@ def write_registry(records: list[ModelRecord], zoo: str | os.PathLike | None = N
         raise InputError(f"registry: duplicate model(s) {dup}")
     doc = {"format": REGISTRY_FORMAT,
            "models": [r.to_dict() for r in sorted(records, key=lambda r: (r.name, r.kind))]}
-    path = zdir / REGISTRY_FILE
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    return atomic.write_text(zdir / REGISTRY_FILE, json.dumps(doc, indent=2) + "\n")
 
 
-def find_record(name: str, kind: str = "mask", zoo: str | os.PathLike | None = None) -> ModelRecord:
-    """The record ``name`` of ``kind``.
+def all_records(zoo: str | os.PathLike | None = None) -> list[tuple[ModelRecord, Path]]:
+    """Every model of the zoos searched (:func:`search_path`), with its zoo directory.
+
+    A model in more than one zoo appears once, from the last (the user zoo), with a
+    warning in the log. Sorted by name and kind.
+    """
+    found: dict[str, tuple[ModelRecord, Path]] = {}
+    for zdir in search_path(zoo):
+        for rec in read_registry(zdir):
+            if rec.key in found:
+                logger.warning("%s: the model in %s takes precedence over the one in %s", rec.key, zdir,
+                               found[rec.key][1])
+            found[rec.key] = (rec, zdir)
+    return [found[k] for k in sorted(found, key=lambda k: (found[k][0].name, found[k][0].kind))]
+
+
+def find_record(name: str, kind: str = "mask", zoo: str | os.PathLike | None = None
+                ) -> tuple[ModelRecord, Path]:
+    """The record ``name`` of ``kind`` and the zoo directory holding it.
 
     Raises
     ------
-    ValueError
-        If there is none (the message lists the models the zoo has).
+    InputError
+        If there is none (the message lists the zoos searched and their models).
     """
     if not isinstance(name, str):
         raise TypeError(f"name must be a str, got {type(name).__name__}")
     if kind not in ("mask", "inpaint"):
         raise InputError(f"kind={kind!r}: expected 'mask' or 'inpaint'")
-    records = read_registry(zoo)
-    for r in records:
-        if r.name == name and r.kind == kind:
-            return r
-    known = ", ".join(r.key for r in records) or "none"
-    raise InputError(f"no {kind} model {name!r} in the zoo {_zoo_dir(zoo)} (it has: {known})")
+    records = all_records(zoo)
+    for rec, zdir in records:
+        if rec.name == name and rec.kind == kind:
+            return rec, zdir
+    known = ", ".join(r.key for r, _ in records) or "none"
+    where = " and ".join(str(z) for z in search_path(zoo))
+    raise InputError(f"no {kind} model {name!r} in the zoo {where} (it has: {known})")
 
 
 def sha256_of(path: str | os.PathLike) -> str:

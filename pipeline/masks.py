@@ -1,7 +1,9 @@
 """Pure functions that turn DQ arrays, AstroDrizzle CR masks and stacks into labels.
 
-Nothing here reads or writes files: :mod:`crforge.pipeline.drizzle` does the I/O and hands the
-arrays to these functions, so they can be tested on hand-built arrays.
+Nothing here reads or writes files: :mod:`crforge.pipeline.label.labelfile` does the I/O
+and hands the arrays to these functions, so they can be tested on hand-built arrays.
+Settings that :class:`crforge.pipeline.label.config.LabelConfig` holds (thresholds,
+scales, growth radius) have no default here: callers pass the config's values.
 
 Ignore-mask bits (schema v1 of the HDF5 data set)::
 
@@ -76,7 +78,8 @@ def grow(mask: np.ndarray, radius: int) -> np.ndarray:
 def ignore_mask(
     dq: np.ndarray,
     instrument: Instrument,
-    saturation_grow: int = 2,
+    *,
+    saturation_grow: int,
     no_coverage: np.ndarray | None = None,
     bad_bits: int | None = None,
 ) -> np.ndarray:
@@ -90,7 +93,7 @@ def ignore_mask(
         Supplies which DQ bits are bad, saturated and no-data.
     saturation_grow : int
         Radius in pixels by which saturated pixels are grown (bleed edges and the
-        wings of saturated stars are unreliable too).
+        wings of saturated stars are unreliable too); ``LabelConfig.saturation_grow``.
     no_coverage : ndarray of bool, optional
         Pixels that no other exposure of the visit covers (no CR label possible).
     bad_bits : int, optional
@@ -144,17 +147,11 @@ def _qderiv(img: np.ndarray) -> np.ndarray:
     return d
 
 
-def refine_cr_mask(
-    sci: np.ndarray,
-    reference: np.ndarray,
-    readnoise: float,
-    reference_var: np.ndarray | None = None,
-    snr: tuple[float, float] = (4.0, 2.0),
-    deriv_scale: float = 0.3,
-    initial: np.ndarray | None = None,
-    other_residual: np.ndarray | None = None,
-    other_scale: float = 1.0,
-) -> np.ndarray:
+def refine_cr_mask(sci: np.ndarray, reference: np.ndarray, readnoise: float, *,
+                   snr: tuple[float, float], deriv_scale: float,
+                   reference_var: np.ndarray | None = None, initial: np.ndarray | None = None,
+                   other_residual: np.ndarray | None = None,
+                   other_scale: float | None = None) -> np.ndarray:
     """CR mask by hysteresis thresholding of an exposure against a CR-free reference.
 
     A pixel is a seed if ``sci - reference`` exceeds ``snr[0]`` sigma, where sigma
@@ -175,25 +172,46 @@ def refine_cr_mask(
         The exposure and the blotted CR-free reference in electrons (sky included).
     readnoise : float
         Read noise of the exposure in electrons.
+    snr : (float, float)
+        Seed and grow thresholds in sigma (``LabelConfig.refine_snr``; a seed
+        threshold of ``inf`` only grows ``initial``).
+    deriv_scale : float
+        Weight of the reference's gradient in the threshold
+        (``LabelConfig.refine_deriv_scale`` or ``grow_deriv_scale``).
     reference_var : ndarray, optional
         Variance of the reference (e-^2); default: the Poisson + read-noise variance
         of one exposure, i.e. the reference is another exposure.
-    snr : (float, float)
-        Seed and grow thresholds in sigma.
-    deriv_scale : float
-        Weight of the reference's gradient in the threshold.
     initial : ndarray of bool, optional
         Pixels already known to be CRs (e.g. AstroDrizzle's); they seed too.
     other_residual : ndarray, optional
         The other exposures' smallest residual at the same sky position (NaN where
         unknown), in electrons.
     other_scale : float
-        Weight of ``other_residual`` in the threshold.
+        Weight of ``other_residual`` in the threshold (``LabelConfig.refine_other_scale``);
+        required with ``other_residual``.
 
     Returns
     -------
     ndarray of bool
     """
+    sci, reference = _check_refine_inputs(sci, reference, readnoise, snr)
+    var_one = np.abs(reference) + np.float32(readnoise) ** 2
+    var = var_one + (var_one if reference_var is None else reference_var.astype(np.float32))
+    sigma = np.sqrt(var)
+    diff = sci - reference
+    slack = np.float32(deriv_scale) * _qderiv(reference)
+    if other_residual is not None:
+        slack += _other_slack(other_residual, other_scale, sci.shape)
+    seed = diff > snr[0] * sigma + slack
+    if initial is not None:
+        seed |= _check_2d("initial", initial).astype(bool)
+    cand = diff > snr[1] * sigma + slack
+    return _hysteresis(seed, cand)
+
+
+def _check_refine_inputs(sci: np.ndarray, reference: np.ndarray, readnoise: float,
+                         snr: tuple[float, float]) -> tuple[np.ndarray, np.ndarray]:
+    """``sci`` and ``reference`` as float32 arrays of one shape; refuse bad noise or thresholds."""
     sci = _check_2d("sci", sci).astype(np.float32)
     reference = _check_2d("reference", reference).astype(np.float32)
     if sci.shape != reference.shape:
@@ -202,21 +220,22 @@ def refine_cr_mask(
         raise InputError(f"readnoise={readnoise!r}: expected >= 0")
     if len(snr) != 2 or not snr[0] >= snr[1] > 0:  # snr[0] = inf: grow ``initial`` only
         raise InputError(f"snr={snr!r}: expected (seed, grow) with seed >= grow > 0")
-    var_one = np.abs(reference) + np.float32(readnoise) ** 2
-    var = var_one + (var_one if reference_var is None else reference_var.astype(np.float32))
-    sigma = np.sqrt(var)
-    diff = sci - reference
-    slack = np.float32(deriv_scale) * _qderiv(reference)
-    if other_residual is not None:
-        other = _check_2d("other_residual", other_residual).astype(np.float32)
-        if other.shape != sci.shape:
-            raise InputError(f"other_residual shape {other.shape} != sci shape {sci.shape}")
-        slack += np.float32(other_scale) * np.nan_to_num(np.maximum(other, 0), nan=0.0)
-    seed = diff > snr[0] * sigma + slack
-    if initial is not None:
-        seed |= _check_2d("initial", initial).astype(bool)
-    cand = diff > snr[1] * sigma + slack
-    # Hysteresis in one pass: keep the connected candidate regions holding a seed.
+    return sci, reference
+
+
+def _other_slack(other_residual: np.ndarray, other_scale: float | None,
+                 shape: tuple[int, ...]) -> np.ndarray:
+    """Threshold slack from the other exposures' positive residual (NaN: none)."""
+    if other_scale is None:
+        raise InputError("other_residual given without other_scale (LabelConfig.refine_other_scale)")
+    other = _check_2d("other_residual", other_residual).astype(np.float32)
+    if other.shape != shape:
+        raise InputError(f"other_residual shape {other.shape} != sci shape {shape}")
+    return np.float32(other_scale) * np.nan_to_num(np.maximum(other, 0), nan=0.0)
+
+
+def _hysteresis(seed: np.ndarray, cand: np.ndarray) -> np.ndarray:
+    """The 8-connected regions of ``cand | seed`` that hold a seed pixel (one pass)."""
     lab, n = ndimage.label(cand | seed, structure=np.ones((3, 3), bool))
     if n == 0:
         return seed

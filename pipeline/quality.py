@@ -1,6 +1,6 @@
 """Label quality of a simulated visit: AstroDrizzle's labels against the injected truth.
 
-Reads the label files of :mod:`crforge.pipeline.drizzle` and the truth files of
+Reads the label files of :mod:`crforge.pipeline.label` and the truth files of
 :mod:`crforge.pipeline.simulate`, and sums :func:`crforge.pipeline.masks.label_scores` over every
 exposure and chip. Pixels under the ignore mask are left out of every count.
 
@@ -10,7 +10,6 @@ have without it, ``sqrt(source + sky + dark + readnoise^2)`` in electrons.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from pathlib import Path
@@ -19,7 +18,8 @@ import numpy as np
 from astropy.io import fits
 
 from crforge.pipeline import masks
-from crforge.pipeline.simulate.visit import read_truth
+from crforge.pipeline.label.result import read_labels
+from crforge.pipeline.simulate.truth import read_truth
 
 logger = logging.getLogger(__name__)
 
@@ -42,32 +42,39 @@ def score_visit(label_dir: str | os.PathLike, raw_dir: str | os.PathLike) -> dic
         Counts as in :func:`crforge.pipeline.masks.label_scores`, plus ``n_exposures``.
     """
     label_dir, raw_dir = Path(label_dir), Path(raw_dir)
-    rep_path = label_dir / "labels.json"
-    if not rep_path.exists():
-        raise FileNotFoundError(f"{rep_path}: no labels report; run the label stage first")
-    report = json.loads(rep_path.read_text())
-    total: dict | None = None
-    for exp in report["exposures"]:
-        truth_path = raw_dir / f"{exp['rootname']}_truth.fits"
+    report = read_labels(label_dir)
+    total: dict = {}
+    for exp in report.exposures:
+        truth_path = raw_dir / f"{exp.rootname}_truth.fits"
         if not truth_path.exists():
             raise FileNotFoundError(f"{truth_path}: no truth (is {raw_dir} a simulated visit?)")
-        truth = read_truth(truth_path, source=True)
-        sky_e = float(fits.getheader(truth_path)["SKY_E"])
-        with fits.open(label_dir / exp["label"]) as lab:
-            for ev, t in truth.items():
-                cr = lab["CR", ev].data.astype(bool)
-                ign = lab["IGNORE", ev].data
-                rn = float(lab["SCI", ev].header["RDNOISE"])
-                noise = np.sqrt(np.maximum(t.source, 0) + sky_e + rn**2)
-                s = masks.label_scores(cr, t.cr_snr_image(), ign, source=t.source, noise=noise)
-                if total is None:
-                    total = s
-                else:
-                    for k, v in s.items():
-                        total[k] = [a + b for a, b in zip(total[k], v)] if isinstance(v, list) else total[k] + v
-    assert total is not None
-    total["n_exposures"] = report["n_exposures"]
+        _add_counts(total, _score_exposure(label_dir / exp.label, truth_path))
+    total["n_exposures"] = report.n_exposures
     return total
+
+
+def _score_exposure(label_path: Path, truth_path: Path) -> dict:
+    """:func:`crforge.pipeline.masks.label_scores` summed over the chips of one exposure."""
+    truth = read_truth(truth_path, source=True)
+    sky_e = float(fits.getheader(truth_path)["SKY_E"])
+    total: dict = {}
+    with fits.open(label_path) as lab:
+        for ev, t in truth.items():
+            cr = lab["CR", ev].data.astype(bool)
+            ign = lab["IGNORE", ev].data
+            rn = float(lab["SCI", ev].header["RDNOISE"])
+            noise = np.sqrt(np.maximum(t.source, 0) + sky_e + rn**2)
+            _add_counts(total, masks.label_scores(cr, t.cr_snr_image(), ign, source=t.source, noise=noise))
+    return total
+
+
+def _add_counts(total: dict, counts: dict) -> None:
+    """Add ``counts`` (numbers and per-bin lists) to ``total`` in place."""
+    for k, v in counts.items():
+        if k not in total:
+            total[k] = v
+        else:
+            total[k] = [a + b for a, b in zip(total[k], v)] if isinstance(v, list) else total[k] + v
 
 
 def summarise(counts: dict, bins: tuple[float, ...] = masks.SNR_BINS) -> dict:

@@ -26,3 +26,11 @@ def torch_one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(autouse=True)
+def _private_zoo_and_data_dirs(tmp_path_factory, monkeypatch):
+    """Never publish into the user's home: a fresh user zoo and data directory per test."""
+    home = tmp_path_factory.mktemp("home")
+    monkeypatch.setenv("CRFORGE_ZOO", str(home / "zoo"))
+    monkeypatch.setenv("XDG_DATA_HOME", str(home / "share"))

@@ -223,6 +223,21 @@ class _Product:
     content: bytes | None = None
 
 
+def _observation_row(*, proposal_id: int, filter: str, instrument: str, target: str,
+                     classification: str, t_min: float, ra: float, dec: float, exptime: float) -> dict:
+    """The cells an association's observation rows share (MAST's CAOM columns)."""
+    return {"intentType": "science", "obs_collection": "HST", "instrument_name": instrument,
+            "filters": filter, "wavelength_region": "OPTICAL", "target_name": target,
+            "target_classification": classification, "s_ra": ra, "s_dec": dec,
+            "dataproduct_type": "image", "proposal_pi": "Fake", "t_min": t_min,
+            "t_max": t_min + 0.1, "t_exptime": exptime, "em_min": 500.0, "em_max": 700.0,
+            "obs_title": f"fake program {proposal_id}", "t_obs_release": t_min + 365,
+            "proposal_id": str(proposal_id), "proposal_type": "GO", "sequence_number": None,
+            "s_region": f"POLYGON ICRS {ra} {dec} {ra + 0.05} {dec} {ra + 0.05} {dec + 0.05}",
+            "jpegURL": None, "dataURL": None, "dataRights": "PUBLIC", "mtFlag": False,
+            "srcDen": 5000.0, "objID": None, "_selected_": None}
+
+
 class FakeMast:
     """The fake MAST server (see the module docstring).
 
@@ -293,63 +308,63 @@ class FakeMast:
         files = sorted(Path(visit_dir).glob("*_flc.fits"))
         if not files:
             raise ValueError(f"{visit_dir}: no *_flc.fits files")
+        if product not in ("flc", "flt"):
+            raise ValueError(f"product={product!r}: expected 'flc' or 'flt'")
         roots = [f.name.split("_")[0] for f in files]
         asn = roots[0][:6] + "010"
         obset = roots[0][4:6]
         from astropy.io import fits
 
         exptime = sum(float(fits.getheader(f)["EXPTIME"]) for f in files)
-        common = {"intentType": "science", "obs_collection": "HST", "instrument_name": instrument,
-                  "filters": filter, "wavelength_region": "OPTICAL", "target_name": target,
-                  "target_classification": classification, "s_ra": ra, "s_dec": dec,
-                  "dataproduct_type": "image", "proposal_pi": "Fake", "t_min": t_min,
-                  "t_max": t_min + 0.1, "t_exptime": exptime, "em_min": 500.0, "em_max": 700.0,
-                  "obs_title": f"fake program {proposal_id}", "t_obs_release": t_min + 365,
-                  "proposal_id": str(proposal_id), "proposal_type": "GO", "sequence_number": None,
-                  "s_region": f"POLYGON ICRS {ra} {dec} {ra + 0.05} {dec} {ra + 0.05} {dec + 0.05}",
-                  "jpegURL": None, "dataURL": None, "dataRights": "PUBLIC", "mtFlag": False,
-                  "srcDen": 5000.0, "objID": None, "_selected_": None}
-        obsid = self._obsid()
-        self.observations.append({**common, "provenance_name": "CALACS", "project": "HST",
-                                  "obs_id": asn, "calib_level": 3, "obsid": obsid,
-                                  "objID": obsid})
-        hap_obsid = self._obsid()
-        hap_id = f"hst_{proposal_id}_{obset}_{instrument.replace('/', '_').lower()}_{filter.lower()}_{roots[0][:6]}"
-        self.observations.append({**common, "provenance_name": "HAP", "project": "HAP",
-                                  "obs_id": hap_id, "calib_level": 3, "obsid": hap_obsid,
-                                  "objID": hap_obsid})
-
-        def prod(parent, obs_id, name, sub, ptype, size, content=None, project="CALACS"):
-            self._products.append(_Product(row={
-                "obsID": parent, "obs_collection": "HST", "dataproduct_type": "image",
-                "obs_id": obs_id, "description": f"DADS {sub} file", "type": "S",
-                "dataURI": f"mast:HST/product/{name}", "productType": ptype,
-                "productGroupDescription": "Minimum Recommended Products" if sub in ("FLC", "DRC") else None,
-                "productSubGroupDescription": sub, "productDocumentationURL": None,
-                "project": project, "prvversion": "10.3.5", "proposal_id": str(proposal_id),
-                "productFilename": name, "size": size, "parent_obsid": parent,
-                "dataRights": "PUBLIC", "calib_level": 2 if sub != "RAW" else 1,
-                "filters": filter, "_selected_": None}, content=content))
-
+        common = _observation_row(proposal_id=proposal_id, filter=filter, instrument=instrument,
+                                  target=target, classification=classification, t_min=t_min,
+                                  ra=ra, dec=dec, exptime=exptime)
+        obsid = self._add_observation(common, "CALACS", "HST", asn)
+        hap = f"hst_{proposal_id}_{obset}_{instrument.replace('/', '_').lower()}_{filter.lower()}_"
+        hap_id = hap + roots[0][:6]
+        hap_obsid = self._add_observation(common, "HAP", "HAP", hap_id)
         served = []
         for f, root in zip(files, roots):
             data = f.read_bytes()
-            if product == "flc":
-                prod(obsid, root, f"{root}_flc.fits", "FLC", "SCIENCE", len(data), data)
-                prod(obsid, root, f"{root}_flt.fits", "FLT", "SCIENCE", len(data) - 2880)
-                served.append(f"{root}_flc.fits")
-            elif product == "flt":
-                prod(obsid, root, f"{root}_flt.fits", "FLT", "SCIENCE", len(data), data)
-                served.append(f"{root}_flt.fits")
-            else:
-                raise ValueError(f"product={product!r}: expected 'flc' or 'flt'")
-            prod(obsid, root, f"{root}_raw.fits", "RAW", "SCIENCE", len(data) // 2)
-            prod(hap_obsid, hap_id, f"hst_{proposal_id}_{obset}_{instrument.replace('/', '_').lower()}_"
-                 f"{filter.lower()}_{root[:8]}_{product}.fits", product.upper(), "SCIENCE",
-                 len(data), None, project="HAP")
-        prod(obsid, asn, f"{asn}_asn.fits", "ASN", "AUXILIARY", 11520)
-        prod(obsid, asn, f"{asn}_drc.fits", "DRC", "SCIENCE", 3 * len(data))
+            served.append(self._add_member(common, obsid, root, data, product))
+            self._add_product(common, hap_obsid, hap_id, f"{hap}{root[:8]}_{product}.fits",
+                              product.upper(), "SCIENCE", len(data), None, project="HAP")
+        self._add_product(common, obsid, asn, f"{asn}_asn.fits", "ASN", "AUXILIARY", 11520)
+        self._add_product(common, obsid, asn, f"{asn}_drc.fits", "DRC", "SCIENCE", 3 * len(data))
         return served
+
+    def _add_observation(self, common: dict, provenance: str, project: str, obs_id: str) -> str:
+        """List an observation (with the visit's ``common`` cells); return its obsid."""
+        obsid = self._obsid()
+        self.observations.append({**common, "provenance_name": provenance, "project": project,
+                                  "obs_id": obs_id, "calib_level": 3, "obsid": obsid,
+                                  "objID": obsid})
+        return obsid
+
+    def _add_member(self, common: dict, obsid: str, root: str, data: bytes, product: str) -> str:
+        """List one member's FLC, FLT and RAW files, serving ``data`` as its ``product``
+        file (``flt``: an instrument without FLC, none listed); return that file's name."""
+        if product == "flc":
+            self._add_product(common, obsid, root, f"{root}_flc.fits", "FLC", "SCIENCE", len(data), data)
+            self._add_product(common, obsid, root, f"{root}_flt.fits", "FLT", "SCIENCE", len(data) - 2880)
+        else:
+            self._add_product(common, obsid, root, f"{root}_flt.fits", "FLT", "SCIENCE", len(data), data)
+        self._add_product(common, obsid, root, f"{root}_raw.fits", "RAW", "SCIENCE", len(data) // 2)
+        return f"{root}_{product}.fits"
+
+    def _add_product(self, common: dict, parent: str, obs_id: str, name: str, sub: str, ptype: str,
+                     size: int, content: bytes | None = None, project: str = "CALACS") -> None:
+        """List a product of observation ``parent`` (served when it has ``content``)."""
+        self._products.append(_Product(row={
+            "obsID": parent, "obs_collection": "HST", "dataproduct_type": "image",
+            "obs_id": obs_id, "description": f"DADS {sub} file", "type": "S",
+            "dataURI": f"mast:HST/product/{name}", "productType": ptype,
+            "productGroupDescription": "Minimum Recommended Products" if sub in ("FLC", "DRC") else None,
+            "productSubGroupDescription": sub, "productDocumentationURL": None,
+            "project": project, "prvversion": "10.3.5", "proposal_id": common["proposal_id"],
+            "productFilename": name, "size": size, "parent_obsid": parent,
+            "dataRights": "PUBLIC", "calib_level": 2 if sub != "RAW" else 1,
+            "filters": common["filters"], "_selected_": None}, content=content))
 
     def product_row(self, name: str) -> dict:
         """The product row of a file (as listed, faults applied)."""
@@ -591,8 +606,7 @@ class _Handler(BaseHTTPRequestHandler):
             return self._unimplemented(f"uri={uri!r}")
         name = uri.rsplit("/", 1)[-1]
         state = self.server_state
-        rng = self.headers.get("Range")
-        rec = self._record(name, 0, rng)
+        rec = self._record(name, 0, self.headers.get("Range"))
         with state._lock:
             fault = state.faults.get(name)
         try:
@@ -606,41 +620,55 @@ class _Handler(BaseHTTPRequestHandler):
         if kind == "error500" and fault.fire():
             rec.status = 500
             return self._send(500, b'{"error": "Internal Server Error"}', head=head)
-        total = len(data)
-        start, end = 0, total - 1
-        status = 200
-        extra = {"Accept-Ranges": "bytes",
-                 "Content-Disposition": f"attachment; filename={name}"}
-        if rng:
-            m = re.fullmatch(r"bytes=(\d+)-(\d*)", rng.strip())
-            if not m:
-                rec.status = 416
-                return self._send(416, b"", "text/plain", {"Content-Range": f"bytes */{total}"}, head)
-            start = int(m.group(1))
-            end = min(int(m.group(2)) if m.group(2) else total - 1, total - 1)
-            if start >= total or start > end:
-                rec.status = 416
-                return self._send(416, b"", "text/plain", {"Content-Range": f"bytes */{total}"}, head)
-            status = 206
-            extra["Content-Range"] = f"bytes {start}-{end}/{total}"
-        body = data[start:end + 1]
-        rec.status = status
+        extra = {"Accept-Ranges": "bytes", "Content-Disposition": f"attachment; filename={name}"}
+        span = self._range(rec, len(data), extra, head)
+        if span is None:
+            return None  # 416 sent
+        body = data[span[0]:span[1] + 1]
         if head:
-            return self._send(status, body, "application/octet-stream", extra, head=True)
+            return self._send(rec.status, body, "application/octet-stream", extra, head=True)
         cut = None
         if kind in ("truncate", "short", "stall") and fault.fire():
             cut = max(1, len(body) // 2)
+        self._send_headers(rec.status, extra, None if kind == "short" and cut is not None else len(body))
+        self._stream(rec, body, cut, stall=kind == "stall")
+        return None
+
+    def _range(self, rec: Request, total: int, extra: dict, head: bool) -> tuple[int, int] | None:
+        """The first and last byte asked for (the whole file without ``Range``), the
+        status in ``rec`` and ``Content-Range`` in ``extra``; ``None`` when answered 416."""
+        if not rec.range:
+            rec.status = 200
+            return 0, total - 1
+        m = re.fullmatch(r"bytes=(\d+)-(\d*)", rec.range.strip())
+        start = int(m.group(1)) if m else total
+        end = min(int(m.group(2)) if m and m.group(2) else total - 1, total - 1)
+        if start >= total or start > end:
+            rec.status = 416
+            self._send(416, b"", "text/plain", {"Content-Range": f"bytes */{total}"}, head)
+            return None
+        rec.status = 206
+        extra["Content-Range"] = f"bytes {start}-{end}/{total}"
+        return start, end
+
+    def _send_headers(self, status: int, extra: dict, length: int | None) -> None:
+        """The headers of a file body; without ``length`` the body ends when the
+        connection closes (HTTP/1.1 allows it: the ``short`` fault)."""
         self.send_response(status)
         self.send_header("Content-Type", "application/octet-stream")
         for k, v in extra.items():
             self.send_header(k, v)
-        if kind == "short" and cut is not None:
-            # no length: the body ends when the connection closes (HTTP/1.1 allows it)
+        if length is None:
             self.send_header("Connection", "close")
             self.close_connection = True
         else:
-            self.send_header("Content-Length", str(len(body)))
+            self.send_header("Content-Length", str(length))
         self.end_headers()
+
+    def _stream(self, rec: Request, body: bytes, cut: int | None, stall: bool) -> None:
+        """Send ``body`` (its first ``cut`` bytes, then close or, ``stall``, fall silent)
+        in chunks, counting the bytes and the transfers under way."""
+        state = self.server_state
         sent = 0
         view = memoryview(body)
         limit = len(body) if cut is None else cut
@@ -654,7 +682,7 @@ class _Handler(BaseHTTPRequestHandler):
                     self.wfile.write(view[sent:sent + n])
                     sent += n
                     with state._lock:
-                        state.bytes_sent[name] += n
+                        state.bytes_sent[rec.what] += n
                         rec.body_bytes += n
                     if state.chunk_delay:
                         time.sleep(state.chunk_delay)
@@ -663,7 +691,7 @@ class _Handler(BaseHTTPRequestHandler):
                 with state._lock:
                     state.active -= 1
             if cut is not None:
-                if kind == "stall":
+                if stall:
                     # silence: the client's read timeout has to notice
                     state._stop.wait(state.stall_seconds)
                 self.close_connection = True

@@ -21,20 +21,12 @@ from fakemast import ENDPOINTS, FakeMast
 from crforge import cli
 from crforge.cli.runconfig import RunConfig
 from crforge.pipeline.archive.config import ArchiveConfig
-from crforge.pipeline.archive.stage import (
-    Criteria,
-    download_url,
-    fetch_file,
-    fetch_specs,
-    fetch_visits,
-    find_visits,
-    group_visits,
-    mast_criteria,
-    normalise_filter,
-    resolve_manifest,
-    resolve_specs,
-)
-from crforge.pipeline.inspect import validate
+from crforge.pipeline.archive.download import fetch_file, fetch_visits
+from crforge.pipeline.archive.manifests import resolve_manifest
+from crforge.pipeline.archive.prepare import fetch_specs
+from crforge.pipeline.archive.query import Criteria, find_visits, mast_criteria, resolve_specs
+from crforge.pipeline.archive.visits import download_url, group_visits, normalise_filter
+from crforge.pipeline.datafile.validate import validate
 from crforge.pipeline.manifest import load_manifest
 from crforge.pipeline.simulate.config import SimulateConfig
 from crforge.pipeline.simulate.visit import simulate_visit
@@ -139,7 +131,7 @@ def test_the_fake_serves_exactly_what_astroquery_asks_for(mast, tmp_path):
 
 
 def test_an_unimplemented_request_fails_the_test(mast):
-    from crforge.pipeline.archive.stage import _observations
+    from crforge.pipeline.archive.query import _observations
 
     obs = _observations(ArchiveConfig())
     with pytest.raises(requests.HTTPError, match="501"):
@@ -536,8 +528,8 @@ def test_dataset_from_the_fake_mast_end_to_end(mast, tmp_path, capsys):
         again = build_dataset(man, work, dataset=cfg.dataset, label=cfg.label, stamps=cfg.stamps,
                               archive=cfg.archive)
     assert mast.log == []
-    assert again["visits_done"] == 2
-    assert "cannot query MAST" not in again["visits_failed"][0]["reason"]
+    assert again.visits_done == 2
+    assert "cannot query MAST" not in again.visits_failed[0]["reason"]
 
 
 # ---- manifests and configuration -------------------------------------------------------

@@ -16,7 +16,8 @@ import pytest
 
 from crforge.pipeline.dataset.config import DatasetConfig, StampConfig
 from crforge.pipeline.dataset.stage import build_dataset
-from crforge.pipeline.inspect import summarise, validate
+from crforge.pipeline.datafile.validate import validate
+from crforge.pipeline.summary import summarise
 from crforge.pipeline.manifest import load_manifest
 from crforge.pipeline.splits import assign_splits, group_fields, quads_overlap
 from crforge.pipeline.stamps import cut_stamps, snr_class, stamp_origins
@@ -126,7 +127,7 @@ def test_file_is_valid_schema_v1_and_split_by_field(serial_build):
             for name in ("image", "cr", "ignore", "truth"):
                 assert np.array_equal(h["train"][name][0], z[name][j]), name
     s = summarise(h5, progress=False)
-    assert s["total"]["stamps"] == sum(report["stamps"].values()) > 0
+    assert s["total"]["stamps"] == sum(report.stamps.values()) > 0
     assert s["truth"]["recall_above_5sigma"] >= 0.95
 
 
@@ -165,7 +166,7 @@ def test_killed_run_resumes_to_the_same_file(serial_build, tmp_path):
     n_done = len(list((work / "stamps").glob("*.npz")))
     assert 2 <= n_done < 6
     report = build_dataset(man, work, **_cfg(scheduler="serial"))
-    assert report["status"] == "ok"
+    assert report.status == "ok"
     _same(_content(h5), _content(work / "small.h5"))
     # nothing half-written survives
     assert not list(work.rglob("*.tmp*"))
@@ -210,8 +211,8 @@ def test_failing_visit_is_reported_and_skipped(tmp_path):
     """
     man = _manifest(tmp_path, rows)
     report = build_dataset(man, tmp_path / "w", **_cfg(scheduler="serial"))
-    assert [f["visit"] for f in report["visits_failed"]] == ["j4e001"]
-    assert "1 usable exposure(s), at least 2 needed" in report["visits_failed"][0]["reason"]
+    assert [f["visit"] for f in report.visits_failed] == ["j4e001"]
+    assert "1 usable exposure(s), at least 2 needed" in report.visits_failed[0]["reason"]
     with h5py.File(tmp_path / "w" / "small.h5") as h:
         failed = json.loads(h.attrs["failed_visits"])
         assert failed[0]["visit"] == "j4e001"
@@ -321,6 +322,6 @@ def test_an_edited_manifest_row_is_rebuilt_not_reused(tmp_path):
     work = tmp_path / "w"
     first = build_dataset(_manifest(tmp_path, row.format(n=2)), work, **_cfg(scheduler="serial"))
     again = build_dataset(_manifest(tmp_path, row.format(n=3)), work, **_cfg(scheduler="serial"))
-    assert sum(again["stamps"].values()) == sum(first["stamps"].values()) * 3 // 2
+    assert sum(again.stamps.values()) == sum(first.stamps.values()) * 3 // 2
     assert len(list((work / "raw" / "j4e000").glob("*_flc.fits"))) == 3
     assert json.loads((work / "labels" / "j4e000" / "labels.json").read_text())["n_exposures"] == 3

@@ -11,13 +11,11 @@ from astropy.io import fits
 
 from crforge.pipeline import masks
 from crforge.pipeline.label.config import LabelConfig
-from crforge.pipeline.label.stage import (
-    DrizzleError,
-    ExposureError,
-    VisitError,
-    label_visit,
-    validate_exposure,
-)
+from crforge.errors import InputError
+from crforge.pipeline.label.astrodrizzle import DrizzleError
+from crforge.pipeline.label.result import VisitLabels, read_labels
+from crforge.pipeline.label.stage import label_visit
+from crforge.pipeline.label.validate import ExposureError, VisitError, validate_exposure
 from crforge.pipeline.quality import score_visit, summarise
 from crforge.pipeline.simulate.config import SimulateConfig
 from crforge.pipeline.simulate.visit import simulate_visit
@@ -62,10 +60,10 @@ def test_label_quality_meets_the_bars(sims, labelled, key):
 
 def test_two_exposure_refinement_beats_astrodrizzle_defaults(sims, labelled, tmp_path):
     root, reports, _ = labelled
-    assert reports["gc2"]["refined"] and not reports["eg4"]["refined"]
+    assert reports["gc2"].refined and not reports["eg4"].refined
     plain = label_visit(sims["gc2"], tmp_path / "plain", LabelConfig(refine_max_exposures=0, grow_snr=0))
-    assert plain["astrodrizzle"]["combine_type"] == "minmed"
-    assert reports["gc2"]["astrodrizzle"]["combine_type"] == "minimum"
+    assert plain.astrodrizzle["combine_type"] == "minmed"
+    assert reports["gc2"].astrodrizzle["combine_type"] == "minimum"
     ours = summarise(score_visit(root / sims["gc2"].name, sims["gc2"]))
     theirs = summarise(score_visit(tmp_path / "plain", sims["gc2"]))
     assert ours["recall_by_snr"]["5-10"] > theirs["recall_by_snr"]["5-10"] + 0.1
@@ -75,18 +73,18 @@ def test_two_exposure_refinement_beats_astrodrizzle_defaults(sims, labelled, tmp
 def test_label_files_follow_the_product_layout(sims, labelled):
     root, reports, _ = labelled
     rep = reports["eg4"]
-    assert rep["n_exposures"] == 4 and len(rep["exposures"]) == 4
-    assert rep["astrodrizzle"]["updatewcs"] is False
-    with fits.open(root / sims["eg4"].name / rep["exposures"][0]["label"]) as h:
+    assert rep.n_exposures == 4 and len(rep.exposures) == 4
+    assert rep.astrodrizzle["updatewcs"] is False
+    with fits.open(root / sims["eg4"].name / rep.exposures[0].label) as h:
         assert [(x.name, x.ver) for x in h[1:]] == [
             ("SCI", 1), ("CR", 1), ("IGNORE", 1), ("SCI", 2), ("CR", 2), ("IGNORE", 2)]
         assert h["CR", 1].data.dtype == np.uint8 and set(np.unique(h["CR", 1].data)) <= {0, 1}
         ign = h["IGNORE", 1].data
         assert ign.dtype == np.uint8 and ign.max() <= 7
         assert h["SCI", 1].header["BUNIT"] == "ELECTRONS"
-        raw = fits.getdata(sims["eg4"] / f"{rep['exposures'][0]['rootname']}_flc.fits", ("SCI", 1))
+        raw = fits.getdata(sims["eg4"] / f"{rep.exposures[0].rootname}_flc.fits", ("SCI", 1))
         assert np.array_equal(h["SCI", 1].data, raw)
-        dq = fits.getdata(sims["eg4"] / f"{rep['exposures'][0]['rootname']}_flc.fits", ("DQ", 1))
+        dq = fits.getdata(sims["eg4"] / f"{rep.exposures[0].rootname}_flc.fits", ("DQ", 1))
         assert np.all(ign[(dq & 16) > 0] & masks.IGNORE_BAD)
         # the dithers leave an edge strip that no other exposure covers: no label possible
         assert (ign & masks.IGNORE_NODATA).any()
@@ -103,6 +101,23 @@ def test_inputs_untouched_scratch_removed_and_rerun_resumes(sims, labelled):
     again = label_visit(sims["rg3"], out)
     assert again == reports["rg3"]
     assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == stamp
+
+
+def test_labels_json_is_the_typed_result(sims, labelled):
+    """labels.json holds exactly to_json() of the result, and reads back equal."""
+    root, reports, _ = labelled
+    for key, rep in reports.items():
+        assert isinstance(rep, VisitLabels)
+        doc = json.loads((root / sims[key].name / "labels.json").read_text())
+        assert doc == rep.to_json()
+        assert list(doc) == ["visit", "instrument", "filter", "target", "n_exposures", "refined",
+                             "refused", "config", "astrodrizzle", "drizzlepac_version",
+                             "seconds_astrodrizzle", "seconds_total", "exposures"]
+        assert list(doc["exposures"][0]) == ["rootname", "input", "label", "chips"]
+        assert list(doc["exposures"][0]["chips"][0]) == ["extver", "cr_fraction", "sky", "ignore_fraction"]
+        assert VisitLabels.from_json(doc) == rep == read_labels(root / sims[key].name)
+        assert [c.extver for c in rep.exposures[0].chips] == [1, 2]
+        assert rep.exposures[0].input == sims[key] / f"{rep.exposures[0].rootname}_flc.fits"
 
 
 # ---- refusals: each names the culprit ----------------------------------------------
@@ -161,6 +176,17 @@ def test_corrupt_and_truncated_files_are_refused(pair):
         validate_exposure(files[1])
 
 
+def test_malformed_labels_json_is_refused_by_name_and_relabelled(pair):
+    visit, _ = pair
+    out = visit.parent / "labels"
+    out.mkdir()
+    (out / "labels.json").write_text('{"visit": "x"}')
+    with pytest.raises(InputError, match=r"labels\.json: not a labels report"):
+        read_labels(out)
+    rep = label_visit(visit, out)  # not taken for complete labels: the visit is labelled
+    assert rep.n_exposures == 2 and read_labels(out) == rep
+
+
 def test_single_exposure_visit_is_refused(pair):
     visit, files = pair
     files[1].unlink()
@@ -199,7 +225,7 @@ def test_wfc3_uvis_visit_is_labelled_from_its_table(tmp_path):
                                       seed=2, filter="F814W"), tmp_path / "raw")
     assert v.name.startswith("i")
     rep = label_visit(v, tmp_path / "labels")
-    assert rep["instrument"] == "WFC3/UVIS" and rep["filter"] == "F814W"
+    assert rep.instrument == "WFC3/UVIS" and rep.filter == "F814W"
     s = summarise(score_visit(tmp_path / "labels", v))
     assert s["recall_above_5sigma"] >= 0.9 and s["false_per_million"] <= 200
 

@@ -1,4 +1,4 @@
-"""Tests of the evaluation (training/metrics.py, training/baselines.py, training/evaluate.py).
+"""Tests of the evaluation (training/metrics.py, training/baselines.py, training/evaluate/).
 
 The metrics are checked on hand-built cases whose TPR, FPR and dilated TPR are known
 exactly; the baselines on synthetic images; the evaluation end to end on a tiny
@@ -16,12 +16,14 @@ import pytest
 import torch
 
 from crforge import cli
-from crforge.pipeline.schema import META_DTYPE
+from crforge.pipeline.datafile.schema import META_DTYPE
 from crforge.training import metrics as M
 from crforge.training.baselines import biharmonic_fill, lacosmic_mask, median_fill
 from crforge.training.config import ModelConfig, TrainConfig
 from crforge.training.evaluate.config import EvaluateConfig
-from crforge.training.evaluate.stage import aperture_flux, evaluate_run, find_stars, hit_stars, load_stamps
+from crforge.training.evaluate.data import load_stamps
+from crforge.training.evaluate.photometry import aperture_flux, find_stars, hit_stars
+from crforge.training.evaluate.stage import evaluate_run
 from crforge.training.train import main
 
 S = 64
@@ -347,8 +349,8 @@ def test_roc_dilated_curve_equals_dilating_each_binary_call():
 
 
 def test_mask_scores_use_the_folded_network_and_match_the_plain_one(tiny_run):
-    from crforge.training.evaluate.stage import mask_scores
-    from crforge.training.train import load_checkpoint
+    from crforge.training.evaluate.detection import mask_scores
+    from crforge.training.checkpoint import load_checkpoint
 
     _, run_dir = tiny_run
     model, _ = load_checkpoint(run_dir / "mask" / "best.pt")

@@ -1,4 +1,4 @@
-"""Tests of crforge.pipeline.inspect: schema validation, summary figures and the CLI hooks."""
+"""Tests of the training-set validator, its summary and ``crforge inspect``."""
 
 from __future__ import annotations
 
@@ -9,8 +9,10 @@ import numpy as np
 import pytest
 
 from crforge import cli
-from crforge.pipeline import inspect as ins
-from crforge.pipeline.schema import FIELDS_DTYPE, META_DTYPE
+from crforge.pipeline.datafile.schema import FIELDS_DTYPE, META_DTYPE
+from crforge.pipeline.datafile.validate import validate
+from crforge.pipeline.datafile.writer import DataFileWriter, FileAttributes
+from crforge.pipeline.summary import format_summary, summarise
 
 S = 16
 PIX = S * S
@@ -50,30 +52,17 @@ def _arrays():
 
 
 def write_file(path, *, truth=True, stamps=STAMPS, fields=FIELDS, arrays=None):
-    """A small valid version-1 training set (S=16)."""
+    """A small valid training set (S=16), written by the real writer."""
     arrays = arrays or _arrays()
-    with h5py.File(path, "w") as f:
-        f.attrs["schema_version"] = 1
-        f.attrs["created_utc"] = "2025-01-02T03:04:05Z"
-        f.attrs["crforge_version"] = "0.1.0"
-        f.attrs["manifest_name"] = "test"
-        f.attrs["manifest_sha256"] = "ab" * 32
-        f.attrs["config"] = json.dumps({"a": 1})
-        f.attrs["software"] = json.dumps({"numpy": np.__version__})
-        f.attrs["stamp_size"] = S
-        f.attrs["failed_visits"] = json.dumps([{"visit": "v9", "reason": "no EXPTIME"}])
-        rows = np.zeros(len(fields), FIELDS_DT)
-        for i, (fid, (split, ft, visit)) in enumerate(fields.items()):
-            rows[i] = (fid, f"T{fid}", 10.0 + fid, -5.0, ft, split, visit)
-        f.create_dataset("fields", data=rows)
+    attrs = FileAttributes(manifest_name="test", manifest_sha256="ab" * 32, config={"a": 1},
+                           software={"numpy": np.__version__}, instruments=["ACS/WFC"],
+                           failed_visits=[{"visit": "v9", "reason": "no EXPTIME"}], stamp_size=S,
+                           crforge_version="0.1.0", created_utc="2025-01-02T03:04:05Z")
+    rows = [(fid, f"T{fid}", 10.0 + fid, -5.0, ft, split, visit)
+            for fid, (split, ft, visit) in fields.items()]
+    with DataFileWriter(path, attrs, fields=rows, truth=truth) as w:
         for split, ids in stamps.items():
-            g = f.create_group(split)
             n = len(ids)
-            img = g.create_dataset("image", data=np.ones((n, S, S), np.float32),
-                                   chunks=(1, S, S) if n else (1, S, S), maxshape=(None, S, S))
-            img.attrs["BUNIT"] = "ELECTRONS"
-            for key in ("cr", "ignore") + (("truth",) if truth else ()):
-                g.create_dataset(key, data=arrays[split][key])
             meta = np.zeros(n, META_DT)
             for i, fid in enumerate(ids):
                 meta[i]["visit"] = fields[fid][2]
@@ -82,7 +71,9 @@ def write_file(path, *, truth=True, stamps=STAMPS, fields=FIELDS, arrays=None):
                 meta[i]["field_type"] = fields[fid][1]
                 meta[i]["filter"] = "F606W"
                 meta[i]["exptime"] = 500.0
-            g.create_dataset("meta", data=meta)
+            a = arrays[split]
+            w.append(split, meta, image=np.ones((n, S, S), np.float32), cr=a["cr"], ignore=a["ignore"],
+                     truth=a["truth"] if truth else None)
     return path
 
 
@@ -104,12 +95,12 @@ def _replace(path, name, data, **kw):
 
 
 def test_valid_file_has_no_problems(h5file):
-    assert ins.validate(h5file) == []
-    assert ins.validate(h5file, block=1) == []
+    assert validate(h5file) == []
+    assert validate(h5file, block=1) == []
 
 
 def test_summary_figures(h5file):
-    s = ins.summarise(h5file, block=2)
+    s = summarise(h5file, block=2)
     json.dumps(s)  # serialisable
     assert s["schema_version"] == 1 and s["stamp_size"] == S
     assert s["failed_visits"] == [{"visit": "v9", "reason": "no EXPTIME"}]
@@ -152,16 +143,16 @@ def test_summary_figures(h5file):
     assert a["false_labels_per_million"] == pytest.approx(2e6 / negatives)
 
     # the block size does not change anything
-    assert ins.summarise(h5file, block=64) == s
+    assert summarise(h5file, block=64) == s
 
 
 def test_summary_without_truth(tmp_path):
     p = write_file(tmp_path / "real.h5", truth=False)
-    assert ins.validate(p) == []
-    s = ins.summarise(p)
+    assert validate(p) == []
+    s = summarise(p)
     assert s["has_truth"] is False and s["truth"] is None
     assert s["splits"]["train"]["truth"] is None
-    assert "No truth" in ins.format_summary(s)
+    assert "No truth" in format_summary(s)
 
 
 def test_empty_split_is_valid(tmp_path):
@@ -169,16 +160,16 @@ def test_empty_split_is_valid(tmp_path):
     arrays = _arrays()
     arrays["test"] = {k: np.zeros((0, S, S), np.uint8) for k in ("cr", "ignore", "truth")}
     p = write_file(tmp_path / "e.h5", stamps=stamps, arrays=arrays)
-    assert ins.validate(p) == []
-    s = ins.summarise(p)
+    assert validate(p) == []
+    s = summarise(p)
     assert s["splits"]["test"]["stamps"] == 0
     assert s["splits"]["test"]["cr_fraction"] is None
-    ins.format_summary(s)
+    format_summary(s)
 
 
 def test_format_summary(h5file):
-    s = ins.summarise(h5file)
-    text = ins.format_summary(json.loads(json.dumps(s)))
+    s = summarise(h5file)
+    text = format_summary(json.loads(json.dumps(s)))
     assert "train" in text and "globular_cluster" in text and "v9" in text
     assert "0.250" in text and "0.889" in text  # bin <3 and >5 sigma recall of train
     assert "1.823%" in text                       # train CR fraction 14/768
@@ -188,9 +179,9 @@ def test_format_summary(h5file):
     block = lines[i + 1:i + 7]
     assert len({len(x) for x in block}) == 1
     with pytest.raises(TypeError, match="summary"):
-        ins.format_summary([1])
+        format_summary([1])
     with pytest.raises(ValueError, match="summary"):
-        ins.format_summary({})
+        format_summary({})
 
 
 # ------------------------------------------------------------------------ corruptions
@@ -205,7 +196,7 @@ def _one(problems, *needles):
 def test_wrong_schema_version(h5file):
     with h5py.File(h5file, "a") as f:
         f.attrs["schema_version"] = 2
-    _one(ins.validate(h5file), "schema_version", "expected 1")
+    _one(validate(h5file), "schema_version", "expected 1")
 
 
 def test_missing_attribute_and_bad_json(h5file):
@@ -213,7 +204,7 @@ def test_missing_attribute_and_bad_json(h5file):
         del f.attrs["manifest_name"]
         f.attrs["software"] = "[1, 2]"
         f.attrs["manifest_sha256"] = "xyz"
-    probs = ins.validate(h5file)
+    probs = validate(h5file)
     _one(probs, "/:", "manifest_name", "missing")
     _one(probs, "software", "object")
     _one(probs, "manifest_sha256", "64 hex")
@@ -226,7 +217,7 @@ def test_field_in_two_splits(h5file):
         meta[1]["field_type"] = "extragalactic"
         del f["test/meta"]
         f["test"].create_dataset("meta", data=meta)
-    probs = ins.validate(h5file)
+    probs = validate(h5file)
     _one(probs, "field_id 1", "two splits", "train", "test")
     _one(probs, "/test/meta", "field_id 1", "'train'")
 
@@ -234,20 +225,20 @@ def test_field_in_two_splits(h5file):
 def test_cr_value_two_found_in_last_block(h5file):
     with h5py.File(h5file, "a") as f:
         f["train/cr"][2, 3, 3] = 2
-    msg = _one(ins.validate(h5file, block=2), "/train/cr", "0 or 1")
+    msg = _one(validate(h5file, block=2), "/train/cr", "0 or 1")
     assert "stamp 2" in msg and "1 pixel" in msg
 
 
 def test_ignore_value_nine(h5file):
     with h5py.File(h5file, "a") as f:
         f["val/ignore"][0, 0, 1] = 9
-    _one(ins.validate(h5file), "/val/ignore", "9", "0..7")
+    _one(validate(h5file), "/val/ignore", "9", "0..7")
 
 
 def test_truth_value_five(h5file):
     with h5py.File(h5file, "a") as f:
         f["test/truth"][1, 0, 0] = 5
-    _one(ins.validate(h5file), "/test/truth", "0..4")
+    _one(validate(h5file), "/test/truth", "0..4")
 
 
 def test_unknown_field_id(h5file):
@@ -255,29 +246,29 @@ def test_unknown_field_id(h5file):
         meta = f["val/meta"][()]
         meta[0]["field_id"] = 99
         f["val/meta"][...] = meta
-    _one(ins.validate(h5file), "/val/meta", "not in /fields", "99")
+    _one(validate(h5file), "/val/meta", "not in /fields", "99")
 
 
 def test_mismatched_shapes(h5file):
     _replace(h5file, "train/ignore", np.zeros((2, S, S), np.uint8))
-    _one(ins.validate(h5file), "/train", "number of stamps", "/train/ignore has 2")
+    _one(validate(h5file), "/train", "number of stamps", "/train/ignore has 2")
 
 
 def test_wrong_stamp_size(h5file):
     _replace(h5file, "val/cr", np.zeros((1, S, S + 1), np.uint8))
-    _one(ins.validate(h5file), "/val/cr", f"expected {S}x{S}")
+    _one(validate(h5file), "/val/cr", f"expected {S}x{S}")
 
 
 def test_image_chunks_wrong(h5file):
     _replace(h5file, "train/image", np.ones((3, S, S), np.float32), chunks=(3, S, S))
-    _one(ins.validate(h5file), "/train/image", "chunks", f"(1, {S}, {S})")
+    _one(validate(h5file), "/train/image", "chunks", f"(1, {S}, {S})")
 
 
 def test_wrong_dtype_and_missing_dataset(h5file):
     _replace(h5file, "train/cr", np.zeros((3, S, S), np.int16))
     with h5py.File(h5file, "a") as f:
         del f["val/ignore"]
-    probs = ins.validate(h5file)
+    probs = validate(h5file)
     _one(probs, "/train/cr", "dtype", "u1")
     _one(probs, "/val/ignore", "missing")
 
@@ -286,7 +277,7 @@ def test_missing_group_and_fields(h5file):
     with h5py.File(h5file, "a") as f:
         del f["val"]
         del f["fields"]
-    probs = ins.validate(h5file)
+    probs = validate(h5file)
     _one(probs, "/val", "missing group")
     _one(probs, "/fields", "missing")
 
@@ -294,7 +285,7 @@ def test_missing_group_and_fields(h5file):
 def test_truth_in_some_splits_only(h5file):
     with h5py.File(h5file, "a") as f:
         del f["val/truth"]
-    _one(ins.validate(h5file), "/val/truth missing", "all splits or in none")
+    _one(validate(h5file), "/val/truth missing", "all splits or in none")
 
 
 def test_meta_field_missing_and_nan_image(h5file):
@@ -304,7 +295,7 @@ def test_meta_field_missing_and_nan_image(h5file):
         names = [n for n in META_DT.names if n != "gain"]
         f["test"].create_dataset("meta", data=meta[names].copy())
         f["val/image"][0, 4, 4] = np.nan
-    probs = ins.validate(h5file)
+    probs = validate(h5file)
     _one(probs, "/test/meta", "'gain'")
     _one(probs, "/val/image", "finite")
 
@@ -342,8 +333,8 @@ def test_run_missing_and_non_hdf5(tmp_path, capsys):
 
 def test_input_checks(h5file):
     with pytest.raises(TypeError, match="path"):
-        ins.validate(3)
+        validate(3)
     with pytest.raises(ValueError, match="block"):
-        ins.summarise(h5file, block=0)
+        summarise(h5file, block=0)
     with pytest.raises(TypeError, match="block"):
-        ins.validate(h5file, block=1.5)
+        validate(h5file, block=1.5)

@@ -5,7 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from crforge.errors import InputError
 from crforge.pipeline.instruments import ACS_WFC, WFC3_UVIS
+from crforge.pipeline.label.config import LabelConfig
 from crforge.pipeline.masks import (
     IGNORE_BAD,
     IGNORE_NODATA,
@@ -150,7 +152,8 @@ def test_ignore_mask_saturation_grow_does_not_spread_other_bits():
 
 def test_ignore_mask_default_grow_is_2():
     dq = _one_pixel_dq(256, shape=(9, 9), at=(4, 4))
-    assert np.count_nonzero(ignore_mask(dq, ACS_WFC)) == 13
+    assert LabelConfig().saturation_grow == 2
+    assert np.count_nonzero(ignore_mask(dq, ACS_WFC, saturation_grow=LabelConfig().saturation_grow)) == 13
 
 
 def test_ignore_mask_no_coverage_sets_bit_4():
@@ -159,7 +162,7 @@ def test_ignore_mask_no_coverage_sets_bit_4():
     nocov = np.zeros((3, 4), bool)
     nocov[0, 0] = True
     nocov[2, 3] = True
-    out = ignore_mask(dq, ACS_WFC, no_coverage=nocov)
+    out = ignore_mask(dq, ACS_WFC, saturation_grow=2, no_coverage=nocov)
     expected = np.zeros((3, 4), np.uint8)
     expected[0, 0] = 1 | 4
     expected[2, 3] = 4
@@ -168,25 +171,30 @@ def test_ignore_mask_no_coverage_sets_bit_4():
 
 def test_ignore_mask_no_coverage_accepts_int_array():
     dq = np.zeros((2, 2), np.uint16)
-    out = ignore_mask(dq, ACS_WFC, no_coverage=np.array([[0, 3], [0, 0]]))
+    out = ignore_mask(dq, ACS_WFC, saturation_grow=2, no_coverage=np.array([[0, 3], [0, 0]]))
     assert out.tolist() == [[0, 4], [0, 0]]
 
 
 def test_ignore_mask_no_coverage_shape_mismatch():
     dq = np.zeros((3, 4), np.uint16)
     with pytest.raises(ValueError, match="no_coverage"):
-        ignore_mask(dq, ACS_WFC, no_coverage=np.zeros((4, 3), bool))
+        ignore_mask(dq, ACS_WFC, saturation_grow=2, no_coverage=np.zeros((4, 3), bool))
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64, bool])
 def test_ignore_mask_non_integer_dq(dtype):
     with pytest.raises(TypeError, match="dq"):
-        ignore_mask(np.zeros((3, 3), dtype), ACS_WFC)
+        ignore_mask(np.zeros((3, 3), dtype), ACS_WFC, saturation_grow=2)
 
 
 def test_ignore_mask_dq_not_2d():
     with pytest.raises(ValueError, match="dq"):
-        ignore_mask(np.zeros(5, np.uint16), ACS_WFC)
+        ignore_mask(np.zeros(5, np.uint16), ACS_WFC, saturation_grow=2)
+
+
+def test_ignore_mask_saturation_grow_is_required():
+    with pytest.raises(TypeError, match="saturation_grow"):
+        ignore_mask(np.zeros((3, 3), np.uint16), ACS_WFC)
 
 
 def test_ignore_mask_negative_grow():
@@ -269,6 +277,11 @@ SKY = 100.0
 RN = 4.0
 #: Noise of the difference of two exposures of a flat 100 e- sky with 4 e- read noise.
 SIGMA_PAIR = float(np.sqrt(2 * (SKY + RN**2)))  # = sqrt(232) = 15.23 e-
+#: Thresholds these tests were written for; refine_cr_mask has no defaults of its own
+#: (LabelConfig holds the stage's: refine_snr, refine_deriv_scale, refine_other_scale).
+SNR = (4.0, 2.0)
+DERIV = 0.3
+OTHER = 1.0
 BOX = (slice(30, 33), slice(30, 33))
 CORE = (31, 31)
 
@@ -300,7 +313,7 @@ def test_refine_cr_core_and_faint_wings_recovered():
     sci, ref = _noise_pair()
     sci[BOX] = SKY + 3.0 * SIGMA_PAIR  # wings: between the grow (2) and seed (4) levels
     sci[CORE] = SKY + 500.0  # core: 33 sigma
-    lab = refine_cr_mask(sci, ref, RN)
+    lab = refine_cr_mask(sci, ref, RN, snr=SNR, deriv_scale=DERIV)
     assert lab.dtype == bool and lab.shape == sci.shape
     assert lab[BOX].all()
     # Noise pixels touching the CR may join if above 2 sigma; nothing far away is labelled.
@@ -311,7 +324,7 @@ def test_refine_cr_core_and_faint_wings_recovered():
 def test_refine_cr_faint_wings_alone_not_labelled():
     sci, ref = _noise_pair()
     sci[BOX] = SKY + 3.0 * SIGMA_PAIR  # no bright core
-    lab = refine_cr_mask(sci, ref, RN)
+    lab = refine_cr_mask(sci, ref, RN, snr=SNR, deriv_scale=DERIV)
     assert not lab[BOX].any()
     assert np.count_nonzero(lab) == 0
 
@@ -320,7 +333,7 @@ def test_refine_cr_wings_below_grow_threshold_not_labelled():
     sci, ref = _noise_pair()
     sci[BOX] = SKY + 1.5 * SIGMA_PAIR  # below the grow level of 2 sigma
     sci[CORE] = SKY + 500.0
-    lab = refine_cr_mask(sci, ref, RN)
+    lab = refine_cr_mask(sci, ref, RN, snr=SNR, deriv_scale=DERIV)
     assert lab[CORE]
     assert np.count_nonzero(lab[BOX]) == 1
 
@@ -332,8 +345,8 @@ def test_refine_cr_seed_threshold_exact():
     above[4, 4] = SKY + 4.05 * SIGMA_PAIR
     below = ref.copy()
     below[4, 4] = SKY + 3.95 * SIGMA_PAIR
-    assert np.count_nonzero(refine_cr_mask(above, ref, RN)) == 1
-    assert np.count_nonzero(refine_cr_mask(below, ref, RN)) == 0
+    assert np.count_nonzero(refine_cr_mask(above, ref, RN, snr=SNR, deriv_scale=DERIV)) == 1
+    assert np.count_nonzero(refine_cr_mask(below, ref, RN, snr=SNR, deriv_scale=DERIV)) == 0
 
 
 def test_refine_cr_reference_var_lowers_threshold():
@@ -342,8 +355,8 @@ def test_refine_cr_reference_var_lowers_threshold():
     ref = np.full((9, 9), SKY, np.float32)
     sci = ref.copy()
     sci[4, 4] = SKY + 3.5 * SIGMA_PAIR
-    assert not refine_cr_mask(sci, ref, RN).any()
-    lab = refine_cr_mask(sci, ref, RN, reference_var=np.zeros_like(ref))
+    assert not refine_cr_mask(sci, ref, RN, snr=SNR, deriv_scale=DERIV).any()
+    lab = refine_cr_mask(sci, ref, RN, reference_var=np.zeros_like(ref), snr=SNR, deriv_scale=DERIV)
     assert np.count_nonzero(lab) == 1 and lab[4, 4]
 
 
@@ -352,7 +365,7 @@ def test_refine_cr_custom_snr():
     sci = ref.copy()
     sci[4, 4] = SKY + 3.0 * SIGMA_PAIR
     sci[4, 5] = SKY + 1.2 * SIGMA_PAIR
-    lab = refine_cr_mask(sci, ref, RN, snr=(2.5, 1.0))
+    lab = refine_cr_mask(sci, ref, RN, snr=(2.5, 1.0), deriv_scale=DERIV)
     assert set(zip(*np.nonzero(lab))) == {(4, 4), (4, 5)}
 
 
@@ -362,8 +375,8 @@ def test_refine_cr_initial_seeds_grow():
     sci[CORE] = SKY  # no residual at all in the core: only `initial` makes it a seed
     init = np.zeros(sci.shape, bool)
     init[CORE] = True
-    assert not refine_cr_mask(sci, ref, RN)[BOX].any()
-    lab = refine_cr_mask(sci, ref, RN, initial=init)
+    assert not refine_cr_mask(sci, ref, RN, snr=SNR, deriv_scale=DERIV)[BOX].any()
+    lab = refine_cr_mask(sci, ref, RN, initial=init, snr=SNR, deriv_scale=DERIV)
     assert lab[BOX].all()
 
 
@@ -373,7 +386,7 @@ def test_refine_cr_diagonal_connection_counts():
     sci[4, 4] = SKY + 500.0
     sci[5, 5] = SKY + 3.0 * SIGMA_PAIR  # diagonal neighbour: 8-connected
     sci[7, 7] = SKY + 3.0 * SIGMA_PAIR  # not connected
-    lab = refine_cr_mask(sci, ref, RN)
+    lab = refine_cr_mask(sci, ref, RN, snr=SNR, deriv_scale=DERIV)
     assert set(zip(*np.nonzero(lab))) == {(4, 4), (5, 5)}
 
 
@@ -388,7 +401,7 @@ def test_refine_cr_star_in_other_residual_not_labelled():
     sci, ref = _noise_pair()
     bump = _star_bump()
     sci[BOX] = SKY + bump[BOX]
-    lab = refine_cr_mask(sci, ref, RN, other_residual=bump)
+    lab = refine_cr_mask(sci, ref, RN, other_residual=bump, snr=SNR, deriv_scale=DERIV, other_scale=OTHER)
     assert not lab[BOX].any()
     assert np.count_nonzero(lab & _near()) == 0
 
@@ -397,7 +410,7 @@ def test_refine_cr_star_labelled_without_other_residual():
     sci, ref = _noise_pair()
     bump = _star_bump()
     sci[BOX] = SKY + bump[BOX]
-    lab = refine_cr_mask(sci, ref, RN, other_residual=None)
+    lab = refine_cr_mask(sci, ref, RN, other_residual=None, snr=SNR, deriv_scale=DERIV)
     assert lab[BOX].all()
 
 
@@ -407,7 +420,7 @@ def test_refine_cr_other_residual_nan_and_negative_ignored():
     sci[BOX] = SKY + bump[BOX]
     other = np.full(sci.shape, np.nan, np.float32)
     other[CORE] = -1000.0  # negative: the other exposure is lower there; no slack
-    lab = refine_cr_mask(sci, ref, RN, other_residual=other)
+    lab = refine_cr_mask(sci, ref, RN, other_residual=other, snr=SNR, deriv_scale=DERIV, other_scale=OTHER)
     assert lab[BOX].all()
 
 
@@ -417,9 +430,10 @@ def test_refine_cr_other_scale_weights_residual():
     sci[4, 4] = SKY + 500.0
     other = np.zeros_like(ref)
     other[4, 4] = 500.0
-    assert not refine_cr_mask(sci, ref, RN, other_residual=other).any()
+    assert not refine_cr_mask(sci, ref, RN, other_residual=other, snr=SNR, deriv_scale=DERIV,
+                              other_scale=OTHER).any()
     # Half weight: threshold 4 sigma + 250 = 311 e- < 500 e-.
-    lab = refine_cr_mask(sci, ref, RN, other_residual=other, other_scale=0.5)
+    lab = refine_cr_mask(sci, ref, RN, other_residual=other, other_scale=0.5, snr=SNR, deriv_scale=DERIV)
     assert lab[4, 4]
 
 
@@ -428,14 +442,14 @@ def test_refine_cr_deriv_scale_absorbs_sharp_star():
     ref[7, 7] = 10000.0  # sharp star; |gradient| = 9900 e-
     sci = ref.copy()
     sci[7, 7] += 1000.0  # 10% interpolation error: 7 sigma without the gradient term
-    assert not refine_cr_mask(sci, ref, RN).any()  # 0.3 * 9900 = 2970 e- of slack
-    lab = refine_cr_mask(sci, ref, RN, deriv_scale=0.0)
+    assert not refine_cr_mask(sci, ref, RN, snr=SNR, deriv_scale=DERIV).any()  # 0.3 * 9900 = 2970 e- of slack
+    lab = refine_cr_mask(sci, ref, RN, deriv_scale=0.0, snr=SNR)
     assert np.count_nonzero(lab) == 1 and lab[7, 7]
 
 
 def test_refine_cr_pure_noise_false_label_fraction():
     sci, ref = _noise_pair(shape=(256, 256), seed=7)
-    lab = refine_cr_mask(sci, ref, RN)
+    lab = refine_cr_mask(sci, ref, RN, snr=SNR, deriv_scale=DERIV)
     frac = np.count_nonzero(lab) / lab.size
     assert frac < 1e-3
 
@@ -447,7 +461,7 @@ def test_refine_cr_pure_noise_with_noisy_reference():
     one = float(np.sqrt(SKY + RN**2))
     sci = (SKY + rng.normal(0.0, one, shape)).astype(np.float32)
     ref = (SKY + rng.normal(0.0, one, shape)).astype(np.float32)
-    lab = refine_cr_mask(sci, ref, RN, deriv_scale=0.0)
+    lab = refine_cr_mask(sci, ref, RN, deriv_scale=0.0, snr=SNR)
     assert np.count_nonzero(lab) / lab.size < 1e-3
 
 
@@ -455,37 +469,52 @@ def test_refine_cr_pure_noise_with_noisy_reference():
 def test_refine_cr_bad_snr(snr):
     sci, ref = _noise_pair(shape=(8, 8))
     with pytest.raises(ValueError, match="snr"):
-        refine_cr_mask(sci, ref, RN, snr=snr)
+        refine_cr_mask(sci, ref, RN, snr=snr, deriv_scale=DERIV)
 
 
 def test_refine_cr_equal_seed_and_grow_ok():
     ref = np.full((5, 5), SKY, np.float32)
     sci = ref.copy()
     sci[2, 2] = SKY + 5 * SIGMA_PAIR
-    assert np.count_nonzero(refine_cr_mask(sci, ref, RN, snr=(3.0, 3.0))) == 1
+    assert np.count_nonzero(refine_cr_mask(sci, ref, RN, snr=(3.0, 3.0), deriv_scale=DERIV)) == 1
 
 
 def test_refine_cr_shape_mismatch():
     with pytest.raises(ValueError, match="reference"):
-        refine_cr_mask(np.zeros((8, 8)), np.zeros((8, 9)), RN)
+        refine_cr_mask(np.zeros((8, 8)), np.zeros((8, 9)), RN, snr=SNR, deriv_scale=DERIV)
 
 
 def test_refine_cr_other_residual_shape_mismatch():
     sci, ref = _noise_pair(shape=(8, 8))
     with pytest.raises(ValueError, match="other_residual"):
-        refine_cr_mask(sci, ref, RN, other_residual=np.zeros((9, 8)))
+        refine_cr_mask(sci, ref, RN, other_residual=np.zeros((9, 8)), snr=SNR, deriv_scale=DERIV,
+                       other_scale=OTHER)
+
+
+def test_refine_cr_other_residual_needs_other_scale():
+    sci, ref = _noise_pair(shape=(8, 8))
+    with pytest.raises(InputError, match="other_scale"):
+        refine_cr_mask(sci, ref, RN, snr=SNR, deriv_scale=DERIV, other_residual=np.zeros((8, 8)))
+
+
+def test_refine_cr_thresholds_are_required():
+    sci, ref = _noise_pair(shape=(8, 8))
+    with pytest.raises(TypeError, match="snr"):
+        refine_cr_mask(sci, ref, RN, deriv_scale=DERIV)
+    with pytest.raises(TypeError, match="deriv_scale"):
+        refine_cr_mask(sci, ref, RN, snr=SNR)
 
 
 @pytest.mark.parametrize("rn", [-1.0, float("nan")])
 def test_refine_cr_bad_readnoise(rn):
     sci, ref = _noise_pair(shape=(8, 8))
     with pytest.raises(ValueError, match="readnoise"):
-        refine_cr_mask(sci, ref, rn)
+        refine_cr_mask(sci, ref, rn, snr=SNR, deriv_scale=DERIV)
 
 
 def test_refine_cr_not_2d():
     with pytest.raises(ValueError, match="sci"):
-        refine_cr_mask(np.zeros(8), np.zeros(8), RN)
+        refine_cr_mask(np.zeros(8), np.zeros(8), RN, snr=SNR, deriv_scale=DERIV)
 
 
 def test_refine_cr_gradient_slack_does_not_wrap_around_edges():
@@ -493,7 +522,7 @@ def test_refine_cr_gradient_slack_does_not_wrap_around_edges():
     ref[:, 0] = 10000.0  # bright column (bleed / star) at the left edge
     sci = ref.copy()
     sci[8, 15] += 1000.0  # 66 sigma CR on the right edge, on flat sky
-    assert refine_cr_mask(sci, ref, RN)[8, 15]
+    assert refine_cr_mask(sci, ref, RN, snr=SNR, deriv_scale=DERIV)[8, 15]
 
 
 # --------------------------------------------------------------------------------------

@@ -11,16 +11,14 @@ from astropy.io import fits
 from astropy.wcs import WCS
 from scipy import ndimage
 
+from crforge.errors import InputError
 from crforge.pipeline.instruments import ACS_WFC
 from crforge.pipeline.simulate.config import SimulateConfig
-from crforge.pipeline.simulate.visit import (
-    bleed_saturation,
-    read_truth,
-    render_cosmic_rays,
-    render_point_sources,
-    sample_cosmic_rays,
-    simulate_visit,
-)
+from crforge.pipeline.simulate.cosmics import render_cosmic_rays, sample_cosmic_rays
+from crforge.pipeline.simulate.detector import bleed_saturation
+from crforge.pipeline.simulate.sources import render_point_sources
+from crforge.pipeline.simulate.truth import read_truth
+from crforge.pipeline.simulate.visit import simulate_visit
 
 SMALL = (128, 256)
 
@@ -46,6 +44,29 @@ def test_same_seed_same_files_other_seed_differs(tmp_path):
     c = simulate_visit(SimulateConfig(n_exposures=2, chip_shape=(64, 96), seed=8), tmp_path / "c")
     f = sorted(a.glob("*_flc.fits"))[0]
     assert not np.array_equal(fits.getdata(f, ("SCI", 1)), fits.getdata(c / f.name, ("SCI", 1)))
+
+
+def test_simulator_is_deterministic_to_the_byte(tmp_path):
+    """Same config and seed: byte-identical exposures, identical truth and visit.json."""
+    cfg = SimulateConfig(field_type="resolved_galaxy", n_exposures=2, chip_shape=(48, 80), seed=5,
+                         dither="line")
+    a = simulate_visit(cfg, tmp_path / "a")
+    b = simulate_visit(cfg, tmp_path / "b")
+    assert sorted(p.name for p in a.iterdir()) == sorted(p.name for p in b.iterdir())
+    assert (a / "visit.json").read_bytes() == (b / "visit.json").read_bytes()
+    flcs = sorted(a.glob("*_flc.fits"))
+    assert len(flcs) == 2
+    for f in flcs:  # the whole file: headers and data
+        assert f.read_bytes() == (b / f.name).read_bytes()
+    # truth: the gzip-compressed tiles of SOURCE carry their write time, so compare the
+    # headers and the decompressed data
+    for f in sorted(a.glob("*_truth.fits")):
+        with fits.open(f) as ha, fits.open(b / f.name) as hb:
+            assert len(ha) == len(hb) == 7
+            for x, y in zip(ha, hb):
+                assert x.header.tostring() == y.header.tostring()
+                if x.data is not None:
+                    assert np.asarray(x.data).tobytes() == np.asarray(y.data).tobytes()
 
 
 def test_files_carry_what_astrodrizzle_needs(gc_visit):
@@ -210,3 +231,10 @@ def test_existing_visit_is_kept_and_half_written_never_looks_done(tmp_path):
     assert again == v and {p.name: _sha(p) for p in v.iterdir()} == sums
     # nothing but the finished visit directory is left behind
     assert [p.name for p in tmp_path.iterdir()] == [v.name]
+
+
+@pytest.mark.parametrize("name", ["", ".hidden", "a/b"])
+def test_bad_visit_name_is_refused(tmp_path, name):
+    with pytest.raises(InputError, match="name="):
+        simulate_visit(SimulateConfig(n_exposures=1, chip_shape=(32, 32)), tmp_path, name=name)
+    assert not any(tmp_path.iterdir())

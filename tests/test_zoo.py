@@ -1,14 +1,17 @@
 """Tests of the model zoo (deepcr_models/): publish, registry, load, clean, FITS, deepCR interop.
 
 A tiny mask and inpaint run is trained here (a few steps on 64x64 stamps) and
-published into a temporary zoo; nothing is written into the checkout.
+published into a temporary zoo; the user zoo ($CRFORGE_ZOO) is a temporary directory
+too, so nothing is written into the checkout, the package or the home directory.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import shutil
+import sys
 import warnings
 from pathlib import Path
 
@@ -20,6 +23,8 @@ from astropy.io import fits
 
 from crforge import cli, deepcr_models
 from crforge.deepcr_models import interop, registry
+from crforge.deepcr_models.publish import publish
+from crforge.errors import InputError
 from crforge.deepcr_models.inference import (
     estimate_sky,
     mask_probability,
@@ -28,16 +33,27 @@ from crforge.deepcr_models.inference import (
     unit_factor,
 )
 from crforge.pipeline.instruments import ACS_WFC, WFC3_UVIS
+from crforge.pipeline.label.config import LabelConfig
 from crforge.pipeline.masks import ignore_mask
-from crforge.pipeline.schema import META_DTYPE
+from crforge.pipeline.datafile.schema import META_DTYPE
+from crforge.training import checkpoint, deepcr
+from crforge.training.checkpoint import load_checkpoint
 from crforge.training.config import ModelConfig, TrainConfig
 from crforge.training.data import normalise
 from crforge.training.models import build_model
-from crforge.training.train import load_checkpoint, main
+from crforge.training.train import main
 
 S = 64
 FIELD_TYPES = ("extragalactic", "globular_cluster", "resolved_galaxy")
 THRESHOLD = 0.3
+
+
+@pytest.fixture(autouse=True)
+def _user_zoo(tmp_path, monkeypatch):
+    """The user zoo and the per-user data directory: temporary directories."""
+    monkeypatch.setenv("CRFORGE_ZOO", str(tmp_path / "user-zoo"))
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
+    return tmp_path / "user-zoo"
 
 
 @pytest.fixture(autouse=True)
@@ -149,7 +165,7 @@ def test_publish_writes_weights_records_and_card(trained, zoo, capsys):
         path = zoo / r.weights
         assert r.weights == f"tiny-{r.kind}-{r.sha256[:12]}.pt" and _sha(path) == r.sha256
         obj = torch.load(path, weights_only=True)  # plain tensors and values only
-        assert obj["format"] == registry.WEIGHTS_FORMAT and obj["kind"] == r.kind
+        assert obj["format"] == checkpoint.WEIGHTS_FORMAT and obj["kind"] == r.kind
     # the zoo model computes exactly what the run's checkpoint computes
     net, _ = load_checkpoint(trained["run"] / "mask" / "best.pt")
     zm = deepcr_models.load("tiny", zoo=zoo)
@@ -184,7 +200,6 @@ def test_publish_refuses_a_run_without_evaluation(trained, tmp_path, capsys):
     ev["models"]["mask"]["width"] = 32
     (run / "evaluation.json").write_text(json.dumps(ev))
     with pytest.raises(ValueError, match="width 32"):
-        from crforge.deepcr_models.publish import publish
         publish(run, "x", zoo=tmp_path / "z")
     assert not list((tmp_path / "z").glob("*.pt"))  # nothing half-published
     with pytest.raises(ValueError, match="name="):
@@ -212,6 +227,73 @@ def test_altered_or_missing_weights_are_refused(zoo, tmp_path):
         deepcr_models.load("nope", zoo=z)
 
 
+def _files(directory: Path) -> dict[str, str]:
+    return {p.name: _sha(p) for p in directory.iterdir() if p.is_file()}
+
+
+def test_publish_writes_the_user_zoo_never_the_package(trained, _user_zoo, tmp_path, monkeypatch,
+                                                       caplog, capsys):
+    pkg = Path(deepcr_models.__file__).parent
+    before = _files(pkg)
+    assert registry.default_zoo() == _user_zoo
+    assert cli.main(["publish", str(trained["run"]), "--name", "mine"]) == 0
+    assert str(_user_zoo / "mine.md") in capsys.readouterr().out
+    # names are searched in the shipped zoo, then the user zoo
+    keys = {r.key for r in deepcr_models.list_models()}
+    assert {"mine:mask", "mine:inpaint", "synthetic-acs-wfc:mask"} <= keys
+    assert deepcr_models.load("mine", kind="inpaint").record.name == "mine"
+    # a shipped name is refused without --overwrite ...
+    assert cli.main(["publish", str(trained["run"]), "--name", "synthetic-acs-wfc"]) == 2
+    assert "already in the zoo shipped with crforge" in capsys.readouterr().err
+    # ... and with it lands in the user zoo, where it takes precedence, with a warning
+    assert cli.main(["publish", str(trained["run"]), "--name", "synthetic-acs-wfc", "--overwrite"]) == 0
+    with caplog.at_level(logging.WARNING, logger="crforge.deepcr_models.registry"):
+        m = deepcr_models.load("synthetic-acs-wfc")
+    assert m.model_config["width"] == 8 and "takes precedence" in caplog.text
+    # an explicit zoo is searched alone
+    assert {r.name for r in deepcr_models.list_models(_user_zoo)} == {"mine", "synthetic-acs-wfc"}
+    # the shipped zoo is never written, --overwrite or not, named or through $CRFORGE_ZOO
+    for extra in ([], ["--overwrite"]):
+        assert cli.main(["publish", str(trained["run"]), "--name", "x", "--zoo", str(pkg), *extra]) == 2
+        assert "shipped inside the crforge package" in capsys.readouterr().err
+    monkeypatch.setenv("CRFORGE_ZOO", str(pkg))
+    with pytest.raises(InputError, match="never writes into"):
+        publish(trained["run"], "x", overwrite=True)
+    assert _files(pkg) == before
+    # without $CRFORGE_ZOO: the per-user data directory
+    monkeypatch.delenv("CRFORGE_ZOO")
+    if sys.platform.startswith("linux"):  # platformdirs follows XDG_DATA_HOME there
+        assert registry.default_zoo() == tmp_path / "xdg" / "crforge" / "zoo"
+
+
+def test_checkpoint_files_of_the_wrong_kind_are_refused(trained, zoo, tmp_path):
+    best = trained["run"] / "mask" / "best.pt"
+    weights = zoo / next(r.weights for r in deepcr_models.list_models(zoo) if r.kind == "mask")
+    with pytest.raises(checkpoint.CheckpointError, match="zoo weights file") as exc:
+        checkpoint.read(weights, expect="train")
+    assert str(weights) in str(exc.value) and isinstance(exc.value, InputError)
+    with pytest.raises(checkpoint.CheckpointError, match="training checkpoint"):
+        checkpoint.read(best, expect="weights")
+    with pytest.raises(checkpoint.CheckpointError, match="holds a mask model, not inpaint"):
+        deepcr_models.load(best, kind="inpaint")
+    with pytest.raises(checkpoint.CheckpointError, match="missing.pt"):
+        checkpoint.read(tmp_path / "missing.pt")
+    # a training checkpoint and its weights file rebuild the same network
+    ckpt = checkpoint.read(best, expect="train")
+    assert ckpt.training is not None and ckpt.epoch == 1 and ckpt.stamp_size == S
+    assert checkpoint.weights_bytes(ckpt) == weights.read_bytes()  # deterministic bytes
+    w = checkpoint.read(weights, expect="weights")
+    assert w.training is None and w.epoch is None and w.format == checkpoint.WEIGHTS_FORMAT
+    x = torch.randn(1, 1, 32, 32, generator=torch.Generator().manual_seed(2))
+    assert torch.equal(checkpoint.build_model(ckpt)(x), checkpoint.build_model(w)(x))
+    # a state dict that does not fit the architecture it claims
+    bad = checkpoint.Checkpoint(kind="mask", model_config={**w.model_config, "width": 4},
+                                state_dict=w.state_dict, normalisation=w.normalisation)
+    checkpoint.write_weights(tmp_path / "bad.pt", bad)
+    with pytest.raises(checkpoint.CheckpointError, match="do not fit"):
+        checkpoint.load_checkpoint(tmp_path / "bad.pt")
+
+
 # --------------------------------------------------------------------------- clean()
 
 
@@ -229,10 +311,10 @@ def test_tiled_equals_untiled(depth):
         x = torch.from_numpy(normalise(img[:300, :516], estimate_sky(img), 100.0))[None, None]
         net.unet.outc.bias.sub_(net(x).median())
     path = Path("m.pt")
-    torch.save({"format": registry.WEIGHTS_FORMAT, "kind": "mask",
-                "model_config": {"depth": depth, "width": 4, "batch_norm": True, "bn_momentum": 0.1},
-                "normalisation": {"scale": 100.0, "bunit": "ELECTRONS", "fill_ignored": True},
-                "state_dict": net.state_dict()}, path)
+    checkpoint.write_weights(path, checkpoint.Checkpoint(
+        kind="mask", model_config={"depth": depth, "width": 4, "batch_norm": True, "bn_momentum": 0.1},
+        state_dict=net.state_dict(),
+        normalisation={"scale": 100.0, "bunit": "ELECTRONS", "fill_ignored": True}))
     (hp, wp), wins, _ = tile_windows(img.shape, 128, None, depth)
     assert len(wins) >= 15 and hp % 2 ** (depth - 1) == 0
     whole = mask_probability(img, path, tile=1024)
@@ -322,7 +404,7 @@ def test_clean_fits_multichip(zoo, tmp_path, capsys):
         for ver in (1, 2):
             sci, dq_in, dq_out = a["SCI", ver].data, a["DQ", ver].data, b["DQ", ver].data
             assert dq_out.dtype == dq_in.dtype and b["DQ", ver].header["BITPIX"] == 16
-            ign = ignore_mask(dq_in, ACS_WFC) != 0
+            ign = ignore_mask(dq_in, ACS_WFC, saturation_grow=LabelConfig().saturation_grow) != 0
             mask, cleaned = deepcr_models.clean(sci, "tiny", "tiny", zoo=zoo, threshold=threshold, ignore=ign)
             assert mask.sum() > 0
             assert np.array_equal((dq_out & bit) != 0, mask)  # the bit exactly where the mask says
@@ -419,10 +501,10 @@ def test_import_deepcr_models_gives_deepcr_probabilities():
     ours = mask_probability(img, zm, sky=120.0)
     assert np.abs(theirs - ours).max() < 1e-5
     # WFC3-UVIS (weight norm, per-image standardisation): exact for a known mean and std
-    sd = torch.load(interop._deepcr_file("WFC3-UVIS"), map_location="cpu", weights_only=True)
+    sd = torch.load(deepcr.deepcr_file("WFC3-UVIS"), map_location="cpu", weights_only=True)
     mean, std = float(img.mean()), float(img.std())
     # (our sky = their mean: no offset to fold, so the zero padding agrees at the border too)
-    state, bn, width = interop.from_deepcr_state_dict(sd, scale=100.0, sky=mean, mean=mean, std=std)
+    state, bn, width = deepcr.from_deepcr_state_dict(sd, scale=100.0, sky=mean, mean=mean, std=std)
     net = build_model("mask", 2, width, bn).eval()
     net.load_state_dict(state)
     with torch.no_grad():
@@ -438,8 +520,8 @@ def test_train_init_from_deepcr(trained, tmp_path, capsys):
     assert cli.main(common + ["--name", "ft", "--init", "deepcr:ACS-WFC"]) == 0, capsys.readouterr().err
     run = tmp_path / "runs" / "ft" / "mask"
     assert "initialised from deepcr:ACS-WFC" in (run / "train.log").read_text()
-    got = torch.load(run / "last.pt", weights_only=True)["model"]
-    want, _, _ = interop.deepcr_init_state("ACS-WFC", scale=100.0)
+    got = checkpoint.read(run / "last.pt").state_dict
+    want, _, _ = deepcr.deepcr_init_state("ACS-WFC", scale=100.0)
     # a negligible learning rate: the weights are still deepCR's (rescaled)
     assert torch.allclose(got["unet.inc.0.weight"], want["unet.inc.0.weight"], atol=1e-6)
     assert cli.main(common + ["--name", "ft2", "--init", "deepcr:WFC3-UVIS"]) == 2

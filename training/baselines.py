@@ -166,7 +166,7 @@ class DeepCRPeer:
     ----------
     instrument : str
         ``ACS/WFC`` or ``WFC3/UVIS``: deepCR's model of the same name
-        (:data:`crforge.deepcr_models.interop.DEEPCR_MODELS`, the one table of them).
+        (:data:`crforge.training.deepcr.DEEPCR_MODELS`, the one table of them).
     threads : int
         ``torch.set_num_threads`` while scoring (0 = leave as is).
 
@@ -180,7 +180,7 @@ class DeepCRPeer:
     """
 
     def __init__(self, instrument: str, threads: int = 0) -> None:
-        from crforge.deepcr_models.interop import DEEPCR_MODELS
+        from crforge.training.deepcr import DEEPCR_MODELS
 
         name = str(instrument).replace("/", "-")
         if name not in DEEPCR_MODELS:

@@ -55,7 +55,6 @@ from __future__ import annotations
 
 import logging
 import os
-from pathlib import Path
 from typing import Iterator, Literal
 
 import numpy as np
@@ -63,6 +62,7 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from crforge.errors import InputError
+from crforge.pipeline.datafile.reader import StampReader, split_info
 from crforge.pipeline.names import SPLITS
 from crforge.training.config import AugmentConfig
 
@@ -154,8 +154,6 @@ class StampDataset(Dataset):
     def __init__(self, path: str | os.PathLike, split: str, kind: Literal["mask", "inpaint"] = "mask",
                  augment: AugmentConfig | None = None, seed: int = 0, *, norm_scale: float = 100.0,
                  fill_ignored: bool = True) -> None:
-        import h5py
-
         if split not in SPLITS:
             raise InputError(f"split={split!r}: expected one of {SPLITS}")
         if kind not in ("mask", "inpaint"):
@@ -168,49 +166,24 @@ class StampDataset(Dataset):
             raise InputError(f"norm_scale={norm_scale!r}: expected > 0")
         if augment is not None:
             augment.validate()
-        self.path = Path(path)
-        if not self.path.is_file():
-            raise FileNotFoundError(2, "No such file or directory", str(self.path))
+        info = split_info(path, split)
+        self.path, self.stamp_size, self.bunit = info.path, info.stamp_size, info.bunit
         self.split, self.kind, self.augment, self.seed = split, kind, augment, int(seed)
         self.norm_scale, self.fill_ignored = float(norm_scale), bool(fill_ignored)
         self.epoch = 0
-        # only the small meta table is read here, and the file closed again: no open
-        # HDF5 handle may be inherited by forked DataLoader workers
-        with h5py.File(self.path, "r") as h5:
-            if split not in h5:
-                raise InputError(f"{self.path}: no split {split!r} (not an HDF5 training set of "
-                                 "schema v1?)")
-            g = h5[split]
-            for name in ("image", "cr", "ignore", "meta"):
-                if name not in g:
-                    raise InputError(f"{self.path}: /{split}/{name} missing (schema v1)")
-            shape = g["image"].shape
-            self.stamp_size = int(h5.attrs.get("stamp_size", shape[-1]))
-            if shape[1:] != (self.stamp_size, self.stamp_size):
-                raise InputError(f"{self.path}: /{split}/image has shape {shape}, expected stamps "
-                                 f"of stamp_size={self.stamp_size}")
-            meta = g["meta"][()]
-            self.bunit = str(g["image"].attrs.get("BUNIT", "ELECTRONS"))
-        if len(meta) != shape[0]:
-            raise InputError(f"{self.path}: /{split}/meta has {len(meta)} rows for {shape[0]} stamps")
-        self._n = int(shape[0])
-        names = meta.dtype.names or ()
-        self.sky = (np.nan_to_num(meta["sky"].astype(np.float64)) if "sky" in names
-                    else np.zeros(self._n))
-        self.exptime = (meta["exptime"].astype(np.float64) if "exptime" in names
-                        else np.ones(self._n))
-        self.field_types = np.array(
-            [v.decode() if isinstance(v, bytes) else str(v) for v in meta["field_type"]]
-            if "field_type" in names else ["unknown"] * self._n)
-        crf = meta["cr_fraction"] if "cr_fraction" in names else np.ones(self._n)
+        self._n = info.n
+        self.sky = np.nan_to_num(info.column("sky", 0.0).astype(np.float64))
+        self.exptime = info.column("exptime", 1.0).astype(np.float64)
+        self.field_types = info.column("field_type", "unknown").astype(str)
+        crf = info.column("cr_fraction", 1.0)
         # inpaint masks are borrowed only from stamps with CRs (an empty one adds nothing)
         self._donors = np.flatnonzero(crf > 0)
         if self._n > 1 and self._donors.size == 0:
             self._donors = np.arange(self._n)
         # e-/s data: the sky's Poisson variance in the image's unit is sky / exptime
         self._per_second = "/S" in self.bunit.upper().replace(" ", "")
-        self._h5 = None
-        self._pid = None
+        # the file is opened on first read in each process (DataLoader workers fork)
+        self._reader = StampReader(self.path, split)
 
     # ------------------------------------------------------------------ plumbing
 
@@ -223,33 +196,9 @@ class StampDataset(Dataset):
             raise InputError(f"epoch={epoch!r}: expected an int >= 0")
         self.epoch = int(epoch)
 
-    def _group(self):
-        import h5py
-
-        # one handle per process: reopened after a fork (DataLoader workers)
-        if self._h5 is None or self._pid != os.getpid():
-            self._h5 = h5py.File(self.path, "r")
-            self._pid = os.getpid()
-        return self._h5[self.split]
-
     def close(self) -> None:
         """Close this process's file handle (reopened on the next read)."""
-        if self._h5 is not None and self._pid == os.getpid():
-            self._h5.close()
-        self._h5 = None
-
-    def __getstate__(self) -> dict:
-        # a spawned worker gets no handle and opens its own
-        state = dict(self.__dict__)
-        state["_h5"] = None
-        state["_pid"] = None
-        return state
-
-    def __del__(self) -> None:  # pragma: no cover - interpreter shutdown order varies
-        try:
-            self.close()
-        except Exception:
-            pass
+        self._reader.close()
 
     # ------------------------------------------------------------------ items
 
@@ -266,7 +215,7 @@ class StampDataset(Dataset):
             arr = arr[:, ::-1]
         return arr
 
-    def _borrowed_mask(self, g, index: int, rng: np.random.Generator) -> np.ndarray:
+    def _borrowed_mask(self, index: int, rng: np.random.Generator) -> np.ndarray:
         s = self.stamp_size
         donors = self._donors[self._donors != index]
         if donors.size == 0:
@@ -278,7 +227,7 @@ class StampDataset(Dataset):
         for j in np.sort(picks):  # sorted: h5py reads forward faster
             k, flip = self._geometry(rng)
             # a label under the ignore mask is no label (same rule as the stamp's own)
-            donor = (g["cr"][int(j)] != 0) & (g["ignore"][int(j)] == 0)
+            donor = (self._reader.read("cr", j) != 0) & (self._reader.read("ignore", j) == 0)
             mask |= self._apply(donor, k, flip)
         return mask
 
@@ -286,14 +235,13 @@ class StampDataset(Dataset):
         if not 0 <= index < self._n:
             raise IndexError(f"index {index} out of range for {self._n} stamps")
         index = int(index)
-        g = self._group()
         rng = np.random.default_rng([self.seed, self.epoch, index, _SALT_ITEM])
-        image = g["image"][index].astype(np.float32)
+        image = self._reader.read("image", index).astype(np.float32)
         # a non-finite pixel holds no data: treated as ignored
-        ignore = (g["ignore"][index] != 0) | ~np.isfinite(image)
+        ignore = (self._reader.read("ignore", index) != 0) | ~np.isfinite(image)
         # an ignored pixel has no label: a CR flag there must not reach the model in
         # any way (inpaint input mask included), so it is dropped here
-        cr = (g["cr"][index] != 0) & ~ignore
+        cr = (self._reader.read("cr", index) != 0) & ~ignore
         sky = float(max(self.sky[index], 0.0))
         aug = self.augment
         if aug is not None and aug.sky_range != (0.0, 0.0):
@@ -309,7 +257,7 @@ class StampDataset(Dataset):
         arrays = {"image": x, "cr": cr, "weight": ~ignore}
         if self.kind == "inpaint":
             # drawn after the stamp's own geometry, in its final orientation
-            mask = self._borrowed_mask(g, index, rng)
+            mask = self._borrowed_mask(index, rng)
             arrays = {k_: self._apply(v, k, flip) for k_, v in arrays.items()}
             arrays["mask"] = mask
             arrays["loss_mask"] = mask & ~arrays["cr"] & arrays["weight"]

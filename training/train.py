@@ -38,9 +38,9 @@ Determinism and resuming
     scheduler, gradient scaler, Python/NumPy/torch RNG states, step, epoch) ends with
     the same weights as an uninterrupted one (on the same device and thread count).
 
-Checkpoints hold the model's architecture and normalisation, so
-:func:`load_checkpoint` rebuilds the model from the file alone. They contain only
-tensors and plain Python values and load with ``torch.load(weights_only=True)``.
+The checkpoints' format is :mod:`crforge.training.checkpoint`'s: they hold the model's
+architecture and normalisation, so :func:`crforge.training.checkpoint.load_checkpoint`
+rebuilds the model from the file alone.
 """
 
 from __future__ import annotations
@@ -51,7 +51,9 @@ import math
 import os
 import random
 import time
-from dataclasses import asdict
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -61,7 +63,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
+from crforge import atomic
 from crforge.errors import InputError
+from crforge.training import checkpoint
 from crforge.training.config import TrainConfig
 from crforge.training.data import EpochSampler, StampDataset, normalisation_info
 from crforge.training.metrics import rates_at_threshold, tpr_at_fpr
@@ -69,17 +73,12 @@ from crforge.training.models import build_model
 
 logger = logging.getLogger(__name__)
 
-__all__ = [ "train_one_epoch", "evaluate", "main", "load_checkpoint",
-           "mask_loss", "inpaint_loss", "batch_loss", "lr_factor",
-           "CHECKPOINT_FORMAT"]
-
-CHECKPOINT_FORMAT = "crforge-train-checkpoint/1"
+__all__ = ["train_one_epoch", "evaluate", "main", "mask_loss", "inpaint_loss", "batch_loss",
+           "lr_factor", "cpu_bf16_enabled"]
 
 # config keys that may differ when resuming: they do not change the numbers
 # (epochs: a run may be extended; the lr schedule is recomputed from the new value)
 _RESUMABLE_CHANGES = {"epochs", "num_workers", "device", "threads"}
-
-
 
 
 # --------------------------------------------------------------------------- losses
@@ -210,6 +209,31 @@ def _to(batch: dict, device: torch.device) -> dict:
             for k, v in batch.items()}
 
 
+def _autocast(device: torch.device, cfg: TrainConfig) -> tuple[bool, torch.dtype]:
+    """(enabled, dtype) of mixed precision: float16 on CUDA (``amp``), bfloat16 on the CPU."""
+    if device.type == "cuda":
+        return cfg.amp, torch.float16
+    return device.type == "cpu" and cpu_bf16_enabled(cfg.cpu_bf16), torch.bfloat16
+
+
+def _train_step(model: nn.Module, batch: dict, optimizer: torch.optim.Optimizer,
+                scaler: torch.amp.GradScaler, device: torch.device, autocast: tuple[bool, torch.dtype],
+                cfg: TrainConfig) -> float:
+    """One optimizer step on one batch; the batch's loss."""
+    optimizer.zero_grad(set_to_none=True)
+    with torch.autocast(device.type, dtype=autocast[1], enabled=autocast[0]):
+        loss = batch_loss(model, batch, cfg.kind)
+    scaler.scale(loss).backward()
+    if cfg.clip_grad_norm:
+        # a batch of bright stars can give the inpaint loss a spike that undoes
+        # several epochs; clipping the gradient norm keeps one batch from doing that
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad_norm)
+    scaler.step(optimizer)
+    scaler.update()
+    return float(loss.detach())
+
+
 def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer,
                     scaler: torch.amp.GradScaler, device: torch.device | str, epoch: int,
                     cfg: TrainConfig) -> dict:
@@ -218,21 +242,20 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim
     Parameters
     ----------
     model : nn.Module
-        A :class:`~crforge.training.models.MaskNet` or :class:`~crforge.training.models.InpaintNet`
-        (``cfg.kind``).
+        A :class:`~crforge.training.models.MaskNet` or
+        :class:`~crforge.training.models.InpaintNet` (``cfg.kind``).
     loader : DataLoader
-        Over a :class:`~crforge.training.data.StampDataset`; its dataset's and sampler's
-        ``set_epoch`` are called with ``epoch``.
-    optimizer : torch.optim.Optimizer
-        The optimizer.
-    scaler : torch.amp.GradScaler
-        Gradient scaler (disabled unless mixed precision on CUDA).
+        Over a :class:`~crforge.training.data.StampDataset`; its dataset's and
+        sampler's ``set_epoch`` are called with ``epoch``.
+    optimizer, scaler
+        The optimizer and the gradient scaler (disabled unless mixed precision on CUDA).
     device : torch.device or str
         Where the model is.
     epoch : int
         0-based epoch (decides the augmentation draws, the order and the BN phase).
     cfg : TrainConfig
-        ``kind``, ``epochs``, ``amp``, ``cpu_bf16`` and ``bn_freeze_epoch`` are used.
+        ``kind``, ``epochs``, ``amp``, ``cpu_bf16``, ``clip_grad_norm`` and
+        ``bn_freeze_epoch`` are used.
 
     Returns
     -------
@@ -249,38 +272,21 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim
         if hasattr(obj, "set_epoch"):
             obj.set_epoch(epoch)
     model.train()
-    frozen = bool(cfg.freeze_epoch()) and epoch >= cfg.freeze_epoch()
-    if frozen:
+    if cfg.freeze_epoch() and epoch >= cfg.freeze_epoch():
         _set_bn_frozen(model, True)
-    if device.type == "cuda":
-        amp, amp_dtype = cfg.amp, torch.float16
-    else:
-        amp, amp_dtype = device.type == "cpu" and cpu_bf16_enabled(cfg.cpu_bf16), torch.bfloat16
+    autocast = _autocast(device, cfg)
     total, stamps, steps = 0.0, 0, 0
     t0 = time.perf_counter()
     bar = tqdm(loader, desc=f"{cfg.kind} epoch {epoch + 1}/{cfg.epochs}", unit="batch",
                disable=None, leave=False)
     for batch in bar:
         batch = _to(batch, device)
-        optimizer.zero_grad(set_to_none=True)
-        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp):
-            loss = batch_loss(model, batch, cfg.kind)
-        scaler.scale(loss).backward()
-        if cfg.clip_grad_norm:
-            # a batch of bright stars can give the inpaint loss a spike that undoes
-            # several epochs; clipping the gradient norm keeps one batch from doing that
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad_norm)
-        scaler.step(optimizer)
-        scaler.update()
-        n = batch["image"].shape[0]
-        value = float(loss.detach())
+        value = _train_step(model, batch, optimizer, scaler, device, autocast, cfg)
         if not math.isfinite(value):
             raise FloatingPointError(f"{cfg.kind} loss is {value} at epoch {epoch + 1}, step {steps + 1}: "
                                      "lower train.lr or check the data")
-        total += value * n
-        stamps += n
-        steps += 1
+        n = batch["image"].shape[0]
+        total, stamps, steps = total + value * n, stamps + n, steps + 1
         bar.set_postfix(loss=f"{value:.4g}")
     bar.close()
     seconds = time.perf_counter() - t0
@@ -288,9 +294,56 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim
             "seconds": round(seconds, 3), "stamps_per_s": round(stamps / seconds, 3) if seconds else None}
 
 
+class _Figures:
+    """What a validation pass collects per field type: mask scores and labels, inpaint errors."""
+
+    def __init__(self, kind: str, field_types) -> None:
+        self.kind, self.field_types = kind, field_types
+        self.scores: dict[str, list[np.ndarray]] = {}
+        self.labels: dict[str, list[np.ndarray]] = {}
+        self.sq: dict[str, list[float]] = {}
+
+    def add(self, batch: dict, out: torch.Tensor) -> int:
+        """Collect one batch (network output ``out``); the number of stamps."""
+        idx = batch["index"].tolist() if isinstance(batch["index"], torch.Tensor) else list(batch["index"])
+        for j, i in enumerate(idx):
+            ft = str(self.field_types[i]) if self.field_types is not None else "all"
+            if self.kind == "mask":
+                keep = batch["weight"][j, 0] > 0
+                # float16 scores would tie many pixels at the threshold
+                self.scores.setdefault(ft, []).append(torch.sigmoid(out[j, 0].float())[keep].cpu().numpy())
+                self.labels.setdefault(ft, []).append((batch["cr"][j, 0][keep] > 0).cpu().numpy())
+            else:
+                lm = batch["loss_mask"][j, 0] > 0
+                d = (out[j, 0].float() - batch["image"][j, 0])[lm]
+                acc = self.sq.setdefault(ft, [0.0, 0.0])
+                acc[0] += float((d * d).sum())
+                acc[1] += float(lm.sum())
+        return len(idx)
+
+    def summary(self, fpr: float) -> dict[str, Any]:
+        """The figures :func:`evaluate` returns beside the loss."""
+        result: dict[str, Any] = {}
+        if self.kind == "mask" and self.scores:
+            all_s = np.concatenate([np.concatenate(v) for v in self.scores.values()])
+            all_l = np.concatenate([np.concatenate(v) for v in self.labels.values()])
+            result["tpr_at_fpr"] = tpr_at_fpr(all_s, all_l, fpr)
+            result["fpr"] = fpr
+            result["tpr_at_0.5"], result["fpr_at_0.5"] = rates_at_threshold(all_s, all_l, 0.5)
+            result["by_field_type"] = {
+                ft: {"tpr_at_fpr": tpr_at_fpr(np.concatenate(self.scores[ft]), np.concatenate(self.labels[ft]), fpr),
+                     "cr_pixels": int(sum(int(x.sum()) for x in self.labels[ft])),
+                     "pixels": int(sum(x.size for x in self.labels[ft]))}
+                for ft in sorted(self.scores)}
+        elif self.kind == "inpaint" and self.sq:
+            result["by_field_type"] = {ft: {"mse": a / b if b else float("nan"), "pixels": int(b)}
+                                       for ft, (a, b) in sorted(self.sq.items())}
+        return result
+
+
 @torch.no_grad()
-def evaluate(model: nn.Module, loader: DataLoader, device: torch.device | str, kind: str,
-             fpr: float = 0.005) -> dict:
+def evaluate(model: nn.Module, loader: DataLoader, device: torch.device | str, kind: str, *,
+             fpr: float) -> dict:
     """Validation figures of ``model`` on ``loader`` (eval mode, no augmentation).
 
     Parameters
@@ -305,7 +358,7 @@ def evaluate(model: nn.Module, loader: DataLoader, device: torch.device | str, k
     kind : {'mask', 'inpaint'}
         Which network.
     fpr : float
-        False-positive rate of the TPR figure (mask).
+        False-positive rate of the TPR figure (mask; ``train.val_fpr``).
 
     Returns
     -------
@@ -318,143 +371,17 @@ def evaluate(model: nn.Module, loader: DataLoader, device: torch.device | str, k
         in normalised units (times ``norm_scale**2`` gives the image unit squared).
     """
     device = torch.device(device)
-    base = loader.dataset
-    ftypes = getattr(base, "field_types", None)
+    figures = _Figures(kind, getattr(loader.dataset, "field_types", None))
     model.eval()
     total, count, stamps = 0.0, 0.0, 0
-    scores: dict[str, list[np.ndarray]] = {}
-    labels: dict[str, list[np.ndarray]] = {}
-    sq: dict[str, list[float]] = {}
     for batch in loader:
         batch = _to(batch, device)
         s, c, out = batch_loss(model, batch, kind, reduction="sum")
         total += float(s)
         count += float(c)
-        idx = batch["index"].tolist() if isinstance(batch["index"], torch.Tensor) else list(batch["index"])
-        stamps += len(idx)
-        for j, i in enumerate(idx):
-            ft = str(ftypes[i]) if ftypes is not None else "all"
-            if kind == "mask":
-                keep = batch["weight"][j, 0] > 0
-                # float16 scores would tie many pixels at the threshold
-                scores.setdefault(ft, []).append(torch.sigmoid(out[j, 0].float())[keep].cpu().numpy())
-                labels.setdefault(ft, []).append((batch["cr"][j, 0][keep] > 0).cpu().numpy())
-            else:
-                lm = batch["loss_mask"][j, 0] > 0
-                d = (out[j, 0].float() - batch["image"][j, 0])[lm]
-                acc = sq.setdefault(ft, [0.0, 0.0])
-                acc[0] += float((d * d).sum())
-                acc[1] += float(lm.sum())
-    result: dict[str, Any] = {"val_loss": total / count if count else float("nan"), "val_stamps": stamps}
-    if kind == "mask" and scores:
-        all_s = np.concatenate([np.concatenate(v) for v in scores.values()])
-        all_l = np.concatenate([np.concatenate(v) for v in labels.values()])
-        result["tpr_at_fpr"] = tpr_at_fpr(all_s, all_l, fpr)
-        result["fpr"] = fpr
-        result["tpr_at_0.5"], result["fpr_at_0.5"] = rates_at_threshold(all_s, all_l, 0.5)
-        result["by_field_type"] = {
-            ft: {"tpr_at_fpr": tpr_at_fpr(np.concatenate(scores[ft]), np.concatenate(labels[ft]), fpr),
-                 "cr_pixels": int(sum(int(x.sum()) for x in labels[ft])),
-                 "pixels": int(sum(x.size for x in labels[ft]))}
-            for ft in sorted(scores)}
-    elif kind == "inpaint" and sq:
-        result["by_field_type"] = {ft: {"mse": a / b if b else float("nan"), "pixels": int(b)}
-                                   for ft, (a, b) in sorted(sq.items())}
-    return result
-
-
-# --------------------------------------------------------------------------- checkpoints
-
-
-def _rng_state() -> dict:
-    np_state = np.random.get_state()
-    return {
-        "python": random.getstate(),
-        # as a tensor and plain numbers, so the checkpoint loads with weights_only=True
-        "numpy": (np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), int(np_state[2]),
-                  int(np_state[3]), float(np_state[4])),
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-    }
-
-
-def _set_rng_state(state: dict) -> None:
-    py = state["python"]
-    random.setstate((py[0], tuple(py[1]), py[2]))
-    name, keys, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
-    torch.set_rng_state(state["torch"])
-    if state.get("cuda") is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _save(obj: dict, path: Path) -> None:
-    # write-then-rename: a run killed while saving never leaves a broken last.pt
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-def _read_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(2, "No such file or directory", str(path))
-    try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:
-        raise InputError(f"{path}: not a readable crforge checkpoint ({type(exc).__name__}: {exc})") from exc
-    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-        raise InputError(f"{path}: not a crforge checkpoint (format {CHECKPOINT_FORMAT} expected)")
-    return ckpt
-
-
-def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu"
-                    ) -> tuple[nn.Module, dict]:
-    """Rebuild a trained model from a checkpoint alone (no config file needed).
-
-    Parameters
-    ----------
-    path : str or path-like
-        ``best.pt`` or ``last.pt`` of a run.
-    map_location : str or torch.device
-        Where to load the tensors.
-
-    Returns
-    -------
-    (nn.Module, dict)
-        The model in eval mode, and the checkpoint: ``kind``, ``model_config``,
-        ``normalisation`` (apply :func:`crforge.training.data.normalise` with its ``scale``
-        to new images), ``config`` (the run's resolved configuration), ``epoch``,
-        ``step``, ``metrics`` and the training state.
-    """
-    ckpt = _read_checkpoint(path, map_location)
-    mc = ckpt["model_config"]
-    model = build_model(ckpt["kind"], mc["depth"], mc["width"], mc["batch_norm"], mc["bn_momentum"])
-    model.load_state_dict(ckpt["model"])
-    model.to(map_location).eval()
-    return model, ckpt
-
-
-def _init_from_deepcr(model: nn.Module, init: str, cfg: TrainConfig) -> None:
-    """Load deepCR 0.3.1's published mask model ``deepcr:<name>`` into ``model``.
-
-    The first convolution is rescaled for this run's ``norm_scale`` (deepCR's ACS-WFC
-    model takes electrons unscaled); see :mod:`crforge.deepcr_models.interop`.
-    """
-    from crforge.deepcr_models.interop import DEEPCR_MODELS, deepcr_init_state
-
-    name = init.split(":", 1)[1]
-    if name not in DEEPCR_MODELS:
-        raise InputError(f"init={init!r}: deepCR models crforge can start from are "
-                         f"{', '.join('deepcr:' + k for k in DEEPCR_MODELS)}")
-    mc = cfg.model
-    has_bn = DEEPCR_MODELS[name][0]
-    if cfg.kind != "mask" or mc.depth != 2 or mc.width != 32 or mc.batch_norm != has_bn:
-        raise InputError(f"init={init!r}: deepCR's {name} is a mask model, depth 2, width 32, "
-                         f"batch_norm={has_bn}; this run is a {cfg.kind} model {asdict(mc)} (set "
-                         f"--kind mask and train.model.batch_norm={str(has_bn).lower()})")
-    state, _, _ = deepcr_init_state(name, scale=cfg.norm_scale)
-    model.load_state_dict(state)
+        stamps += figures.add(batch, out)
+    return {"val_loss": total / count if count else float("nan"), "val_stamps": stamps,
+            **figures.summary(fpr)}
 
 
 # --------------------------------------------------------------------------- the run
@@ -470,8 +397,52 @@ class _RunLog:
         text = msg % args if args else msg
         logger.log(level, text)
         stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+        # appended, not rewritten: a log keeps every line of every attempt
         with open(self.path, "a", encoding="utf-8") as fh:
             fh.write(f"{stamp} {logging.getLevelName(level)[0]} {text}\n")
+
+
+@dataclass
+class _Run:
+    """One training run while it trains: its files, data, network and progress."""
+
+    cfg: TrainConfig
+    data: Path
+    out: Path
+    device: torch.device
+    train_loader: DataLoader
+    val_loader: DataLoader | None
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    scaler: torch.amp.GradScaler
+    history: list[dict] = field(default_factory=list)
+    start: int = 0
+    step: int = 0
+    best: dict = field(default_factory=lambda: {"epoch": None, "val_loss": float("inf")})
+    log: _RunLog = field(init=False)
+    norm: dict = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.log = _RunLog(self.out / "train.log")
+        self.norm = normalisation_info(self.cfg.norm_scale, self.cfg.fill_ignored,
+                                       self.train_loader.dataset.bunit)
+
+    @property
+    def last_path(self) -> Path:
+        return self.out / "last.pt"
+
+    @property
+    def best_path(self) -> Path:
+        return self.out / "best.pt"
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.out / "metrics.jsonl"
+
+    @property
+    def amp(self) -> bool:
+        return self.cfg.amp and self.device.type == "cuda"
 
 
 def _device(cfg: TrainConfig) -> torch.device:
@@ -517,6 +488,199 @@ def _loaders(cfg: TrainConfig, data: Path, device: torch.device) -> tuple[DataLo
     return train, val
 
 
+@contextmanager
+def _torch_threads(n: int) -> Iterator[None]:
+    """``torch.set_num_threads(n)`` for the block (0: leave as is), restored afterwards."""
+    before = torch.get_num_threads()
+    if n:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _check_inputs(cfg: TrainConfig, data: str | os.PathLike, out_dir: str | os.PathLike,
+                  stop_after: int | None) -> tuple[Path, Path]:
+    """The data file and the run directory (created), after checking the arguments."""
+    if not isinstance(cfg, TrainConfig):
+        raise TypeError(f"cfg must be a TrainConfig, got {type(cfg).__name__}")
+    cfg.validate()
+    data = Path(data)
+    if not data.is_file():
+        raise FileNotFoundError(2, "No such file or directory", str(data))
+    if stop_after is not None and stop_after < 0:
+        raise InputError(f"stop_after={stop_after!r}: expected >= 0")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    return data, out
+
+
+def _resume_point(cfg: TrainConfig, out: Path, resume: bool) -> checkpoint.Checkpoint | None:
+    """``out/last.pt`` to resume from, or None for a new run (an existing run needs ``resume``)."""
+    from crforge import config as cfgmod
+
+    last = out / "last.pt"
+    if resume and last.exists():
+        ckpt = checkpoint.read(last, expect="train")
+        diff = [k for k in _config_diff(ckpt.training.config, cfgmod.to_dict(cfg))
+                if k not in _RESUMABLE_CHANGES]
+        if diff:
+            raise InputError(f"{last}: cannot resume with a different configuration "
+                             f"({', '.join(diff)}); use the run's {out / 'config.toml'}")
+        return ckpt
+    if resume:
+        logger.warning("%s: no last.pt to resume from; starting a new run", out)
+    elif last.exists():
+        raise InputError(f"{out} already holds a run (last.pt): pass --resume to continue it, "
+                         "or choose another run name")
+    return None
+
+
+def _initial_weights(model: nn.Module, init: str | os.PathLike, cfg: TrainConfig) -> None:
+    """Load the weights a fine-tuning run starts from (a checkpoint, weights file or deepCR's)."""
+    from crforge.training import deepcr
+
+    if str(init).lower().startswith("deepcr:"):
+        model.load_state_dict(deepcr.init_state_for(str(init), cfg))
+        return
+    src = checkpoint.read(init)
+    mc = cfg.model
+    if src.kind != cfg.kind or any(src.model_config[k] != getattr(mc, k) for k in ("depth", "width", "batch_norm")):
+        raise InputError(f"init={str(init)!r}: a {src.kind} model {src.model_config} "
+                         f"cannot start a {cfg.kind} model {asdict(mc)}")
+    model.load_state_dict(src.state_dict)
+
+
+def _new_model(cfg: TrainConfig, device: torch.device, init: str | os.PathLike | None) -> nn.Module:
+    """The network, seeded from ``cfg.seed`` (or started from ``init``), on ``device``."""
+    random.seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    mc = cfg.model
+    model = build_model(cfg.kind, mc.depth, mc.width, mc.batch_norm, mc.bn_momentum)
+    if init is not None:
+        _initial_weights(model, init, cfg)
+    model.to(device)
+    if cfg.channels_last:
+        model.to(memory_format=torch.channels_last)
+    return model
+
+
+def _build_run(cfg: TrainConfig, data: Path, out: Path, init: str | os.PathLike | None) -> _Run:
+    """Data loaders, network, optimizer, scheduler and scaler of a run at epoch 0."""
+    device = _device(cfg)
+    train_loader, val_loader = _loaders(cfg, data, device)
+    model = _new_model(cfg, device, init)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda e: lr_factor(e, cfg))
+    scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp and device.type == "cuda")
+    return _Run(cfg, data, out, device, train_loader, val_loader, model, optimizer, scheduler, scaler)
+
+
+def _write_metrics(run: _Run) -> None:
+    atomic.write_text(run.metrics_path, "".join(json.dumps(h) + "\n" for h in run.history))
+
+
+def _restore(run: _Run, ckpt: checkpoint.Checkpoint) -> None:
+    """Continue ``run`` from ``ckpt`` (its ``last.pt``): weights, optimizer, RNG, history."""
+    state = ckpt.training
+    run.model.load_state_dict(ckpt.state_dict)
+    run.optimizer.load_state_dict(state.optimizer)
+    run.scheduler.load_state_dict(state.scheduler)
+    run.scaler.load_state_dict(state.scaler)
+    checkpoint.set_rng_state(state.rng)
+    run.start, run.step, run.best = state.epoch, state.step, dict(state.best)
+    # the schedule may have been extended (epochs): recompute this epoch's rate
+    for g, base in zip(run.optimizer.param_groups, run.scheduler.base_lrs):
+        g["lr"] = base * lr_factor(run.start, run.cfg)
+    if run.metrics_path.exists():
+        lines = run.metrics_path.read_text().splitlines()
+        # an epoch redone is logged once
+        run.history = [h for h in map(json.loads, filter(str.strip, lines)) if h["epoch"] <= run.start]
+    _write_metrics(run)
+    run.log("resumed %s from %s at epoch %d (step %d)", run.cfg.kind, run.last_path, run.start, run.step)
+
+
+def _start(run: _Run, init: str | os.PathLike | None) -> None:
+    """Begin a new run's files: an empty ``metrics.jsonl`` and the first log lines."""
+    _write_metrics(run)
+    size, mc = run.train_loader.dataset.stamp_size, run.cfg.model
+    run.log("new %s run: %s on %s, %d train / %d val stamps of %dx%d, %d-%d UNet, device %s%s",
+            run.cfg.kind, run.out, run.data, len(run.train_loader.sampler),
+            len(run.val_loader.sampler) if run.val_loader else 0, size, size, mc.depth, mc.width,
+            run.device, " (amp)" if run.amp else "")
+    if init is not None:
+        run.log("initialised from %s", init)
+
+
+def _write_config(run: _Run) -> None:
+    from crforge import config as cfgmod
+
+    if run.val_loader is None:
+        run.log("%s: the val split is empty; no validation (best.pt = last.pt)", run.data, level=logging.WARNING)
+    cfgmod.write_toml({"train": run.cfg}, run.out / "config.toml",
+                      header=f"crforge train: resolved configuration of {run.out.name}\ndata: {run.data}")
+
+
+def _save_checkpoints(run: _Run, rec: dict, improved: bool) -> None:
+    """``last.pt`` after every epoch, ``best.pt`` too when the epoch is the best so far."""
+    from crforge import __version__
+    from crforge import config as cfgmod
+
+    state = checkpoint.TrainingState(
+        optimizer=run.optimizer.state_dict(), scheduler=run.scheduler.state_dict(),
+        scaler=run.scaler.state_dict(), rng=checkpoint.rng_state(), epoch=rec["epoch"], step=run.step,
+        best=run.best, config=cfgmod.to_dict(run.cfg), metrics=rec,
+        data={"path": str(run.data), "train_stamps": len(run.train_loader.dataset)},
+        versions={"crforge": str(__version__), "torch": str(torch.__version__)})
+    ckpt = checkpoint.Checkpoint(kind=run.cfg.kind, model_config=asdict(run.cfg.model),
+                                 state_dict=run.model.state_dict(), normalisation=run.norm,
+                                 stamp_size=run.train_loader.dataset.stamp_size, training=state)
+    checkpoint.write_training(run.last_path, ckpt)
+    if improved:
+        checkpoint.write_training(run.best_path, ckpt)
+
+
+def _one_epoch(run: _Run, epoch: int) -> None:
+    """Train, validate, log and checkpoint epoch ``epoch`` (0-based)."""
+    cfg = run.cfg
+    if cfg.freeze_epoch() and epoch == cfg.freeze_epoch():
+        run.log("epoch %d: batch norm frozen (running statistics), lr x %g", epoch + 1, cfg.bn_freeze_lr_factor)
+    lr = run.optimizer.param_groups[0]["lr"]
+    tr = train_one_epoch(run.model, run.train_loader, run.optimizer, run.scaler, run.device, epoch, cfg)
+    run.step += tr["steps"]
+    run.scheduler.step()
+    val = evaluate(run.model, run.val_loader, run.device, cfg.kind, fpr=cfg.val_fpr) if run.val_loader else {}
+    rec = {"epoch": epoch + 1, "step": run.step, "lr": lr, **tr, **val}
+    run.history.append(rec)
+    _write_metrics(run)
+    vloss = val.get("val_loss", float("nan"))
+    improved = (not val) or (math.isfinite(vloss) and vloss < run.best["val_loss"])
+    if improved:
+        run.best = {"epoch": epoch + 1, "val_loss": vloss if val else float("nan")}
+    _save_checkpoints(run, rec, improved)
+    extra = f", TPR@{cfg.val_fpr:.1%}FPR {val['tpr_at_fpr']:.4f}" if "tpr_at_fpr" in val else ""
+    run.log("epoch %d/%d: train loss %.5g, val loss %.5g%s, %.1f stamps/s%s", epoch + 1, cfg.epochs,
+            tr["train_loss"], vloss, extra, tr["stamps_per_s"] or 0.0, " (best)" if improved else "")
+
+
+def _finish(run: _Run, seconds: float) -> dict:
+    """Log how the run ended and return :func:`main`'s summary."""
+    cfg, best = run.cfg, run.best
+    done = run.history[-1]["epoch"] if run.history else run.start
+    if done >= cfg.epochs:
+        run.log("finished %s: best epoch %s (val loss %.5g) -> %s", cfg.kind, best["epoch"],
+                best["val_loss"], run.best_path)
+    else:
+        run.log("stopped %s after epoch %d of %d (resume with --resume)", cfg.kind, done, cfg.epochs)
+    best_rec = next((h for h in run.history if h["epoch"] == best["epoch"]), {})
+    return {"run_dir": str(run.out), "kind": cfg.kind, "best": str(run.best_path), "last": str(run.last_path),
+            "best_epoch": best["epoch"], "epochs_done": done, "step": run.step,
+            "val": {k: v for k, v in best_rec.items() if k.startswith(("val", "tpr", "fpr", "by_"))},
+            "history": run.history, "seconds": round(seconds, 2)}
+
+
 def main(cfg: TrainConfig, data: str | os.PathLike, out_dir: str | os.PathLike, resume: bool = False,
          *, init: str | os.PathLike | None = None, stop_after: int | None = None) -> dict:
     """Train one network (``cfg.kind``) and write the run directory.
@@ -533,10 +697,11 @@ def main(cfg: TrainConfig, data: str | os.PathLike, out_dir: str | os.PathLike, 
         Continue from ``out_dir/last.pt`` (a run directory without one starts
         afresh). Without it, a directory that already holds a run is refused.
     init : str or path-like, optional
-        Start from the weights of this checkpoint (same kind and architecture)
-        instead of a random initialisation (fine-tuning), or ``"deepcr:ACS-WFC"`` /
-        ``"deepcr:WFC3-UVIS"`` for deepCR 0.3.1's published mask models (mask, depth 2,
-        width 32; see :mod:`crforge.deepcr_models.interop`). Ignored when resuming.
+        Start from the weights of this checkpoint or zoo weights file (same kind and
+        architecture) instead of a random initialisation (fine-tuning), or
+        ``"deepcr:ACS-WFC"`` / ``"deepcr:WFC3-UVIS"`` for deepCR 0.3.1's published mask
+        models (mask, depth 2, width 32; see :mod:`crforge.training.deepcr`). Ignored
+        when resuming.
     stop_after : int, optional
         Stop once this many epochs are complete, as if interrupted (``last.pt`` is
         then resumable); for tests and time-boxed runs.
@@ -551,153 +716,23 @@ def main(cfg: TrainConfig, data: str | os.PathLike, out_dir: str | os.PathLike, 
     Raises
     ------
     FileNotFoundError
-        No data file (or ``init`` checkpoint).
-    ValueError
-        A bad configuration, an existing run without ``resume``, or a resumed run
-        whose configuration differs in anything but ``epochs``, ``num_workers``,
-        ``device`` or ``threads``.
+        No data file.
+    InputError
+        A bad configuration or ``init``, an existing run without ``resume``, or a
+        resumed run whose configuration differs in anything but ``epochs``,
+        ``num_workers``, ``device`` or ``threads``.
     """
-    from crforge import __version__
-    from crforge import config as cfgmod
-
-    if not isinstance(cfg, TrainConfig):
-        raise TypeError(f"cfg must be a TrainConfig, got {type(cfg).__name__}")
-    cfg.validate()
-    data = Path(data)
-    if not data.is_file():
-        raise FileNotFoundError(2, "No such file or directory", str(data))
-    if stop_after is not None and stop_after < 0:
-        raise InputError(f"stop_after={stop_after!r}: expected >= 0")
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    last_path, best_path = out / "last.pt", out / "best.pt"
-    metrics_path, log = out / "metrics.jsonl", _RunLog(out / "train.log")
-    ckpt = None
-    if resume and last_path.exists():
-        ckpt = _read_checkpoint(last_path)
-        diff = [k for k in _config_diff(ckpt["config"], cfgmod.to_dict(cfg)) if k not in _RESUMABLE_CHANGES]
-        if diff:
-            raise InputError(f"{last_path}: cannot resume with a different configuration "
-                             f"({', '.join(diff)}); use the run's {out / 'config.toml'}")
-    elif resume:
-        logger.warning("%s: no last.pt to resume from; starting a new run", out)
-    elif last_path.exists():
-        raise InputError(f"{out} already holds a run (last.pt): pass --resume to continue it, "
-                         "or choose another run name")
-
+    data, out = _check_inputs(cfg, data, out_dir, stop_after)
+    resumed = _resume_point(cfg, out, resume)
     t_start = time.perf_counter()
-    threads_before = torch.get_num_threads()
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    try:
-        device = _device(cfg)
-        amp = cfg.amp and device.type == "cuda"
-        train_loader, val_loader = _loaders(cfg, data, device)
-        random.seed(cfg.seed)
-        np.random.seed(cfg.seed)
-        torch.manual_seed(cfg.seed)
-        mc = cfg.model
-        model = build_model(cfg.kind, mc.depth, mc.width, mc.batch_norm, mc.bn_momentum)
-        if init is not None and ckpt is None and str(init).lower().startswith("deepcr:"):
-            _init_from_deepcr(model, str(init), cfg)
-        elif init is not None and ckpt is None:
-            src = _read_checkpoint(init)
-            arch = ("depth", "width", "batch_norm")
-            if src["kind"] != cfg.kind or any(src["model_config"][k] != getattr(mc, k) for k in arch):
-                raise InputError(f"init={str(init)!r}: a {src['kind']} model {src['model_config']} "
-                                 f"cannot start a {cfg.kind} model {asdict(mc)}")
-            model.load_state_dict(src["model"])
-        model.to(device)
-        if cfg.channels_last:
-            model.to(memory_format=torch.channels_last)
-        optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda e: lr_factor(e, cfg))
-        scaler = torch.amp.GradScaler(device.type, enabled=amp)
-        norm = normalisation_info(cfg.norm_scale, cfg.fill_ignored, train_loader.dataset.bunit)
-        history: list[dict] = []
-        start, step = 0, 0
-        best = {"epoch": None, "val_loss": float("inf")}
-        if ckpt is not None:
-            model.load_state_dict(ckpt["model"])
-            optimizer.load_state_dict(ckpt["optimizer"])
-            scheduler.load_state_dict(ckpt["scheduler"])
-            scaler.load_state_dict(ckpt["scaler"])
-            _set_rng_state(ckpt["rng"])
-            start, step, best = int(ckpt["epoch"]), int(ckpt["step"]), dict(ckpt["best"])
-            # the schedule may have been extended (epochs): recompute this epoch's rate
-            for g, base in zip(optimizer.param_groups, scheduler.base_lrs):
-                g["lr"] = base * lr_factor(start, cfg)
-            if metrics_path.exists():
-                history = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
-                history = [h for h in history if h["epoch"] <= start]  # an epoch redone is logged once
-            metrics_path.write_text("".join(json.dumps(h) + "\n" for h in history))
-            log("resumed %s from %s at epoch %d (step %d)", cfg.kind, last_path, start, step)
+    with _torch_threads(cfg.threads):
+        run = _build_run(cfg, data, out, init=init if resumed is None else None)
+        if resumed is not None:
+            _restore(run, resumed)
         else:
-            metrics_path.write_text("")
-            log("new %s run: %s on %s, %d train / %d val stamps of %dx%d, %d-%d UNet, device %s%s",
-                cfg.kind, out, data, len(train_loader.sampler), len(val_loader.sampler) if val_loader else 0,
-                train_loader.dataset.stamp_size, train_loader.dataset.stamp_size, mc.depth, mc.width,
-                device, " (amp)" if amp else "")
-            if init is not None:
-                log("initialised from %s", init)
-        if val_loader is None:
-            log("%s: the val split is empty; no validation (best.pt = last.pt)", data, level=logging.WARNING)
-        cfgmod.write_toml({"train": cfg}, out / "config.toml",
-                          header=f"crforge train: resolved configuration of {out.name}\ndata: {data}")
-
+            _start(run, init)
+        _write_config(run)
         end = cfg.epochs if stop_after is None else min(cfg.epochs, stop_after)
-        for epoch in range(start, end):
-            if cfg.freeze_epoch() and epoch == cfg.freeze_epoch():
-                log("epoch %d: batch norm frozen (running statistics), lr x %g", epoch + 1,
-                    cfg.bn_freeze_lr_factor)
-            lr = optimizer.param_groups[0]["lr"]
-            tr = train_one_epoch(model, train_loader, optimizer, scaler, device, epoch, cfg)
-            step += tr["steps"]
-            scheduler.step()
-            val = evaluate(model, val_loader, device, cfg.kind, cfg.val_fpr) if val_loader else {}
-            rec = {"epoch": epoch + 1, "step": step, "lr": lr, **tr, **val}
-            history.append(rec)
-            with open(metrics_path, "a", encoding="utf-8") as fh:
-                fh.write(json.dumps(rec) + "\n")
-            vloss = val.get("val_loss", float("nan"))
-            improved = (not val) or (math.isfinite(vloss) and vloss < best["val_loss"])
-            if improved:
-                best = {"epoch": epoch + 1, "val_loss": vloss if val else float("nan")}
-            state = {
-                "format": CHECKPOINT_FORMAT, "kind": cfg.kind,
-                "model_config": asdict(mc), "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "scaler": scaler.state_dict(), "rng": _rng_state(), "epoch": epoch + 1, "step": step,
-                "best": best, "config": cfgmod.to_dict(cfg), "normalisation": norm,
-                "metrics": rec, "stamp_size": train_loader.dataset.stamp_size,
-                "data": {"path": str(data), "train_stamps": len(train_loader.dataset)},
-                "versions": {"crforge": str(__version__), "torch": str(torch.__version__)},
-            }
-            _save(state, last_path)
-            if improved:
-                _save(state, best_path)
-            extra = (f", TPR@{cfg.val_fpr:.1%}FPR {val['tpr_at_fpr']:.4f}" if "tpr_at_fpr" in val else "")
-            log("epoch %d/%d: train loss %.5g, val loss %.5g%s, %.1f stamps/s%s", epoch + 1, cfg.epochs,
-                tr["train_loss"], vloss, extra, tr["stamps_per_s"] or 0.0, " (best)" if improved else "")
-        done = history[-1]["epoch"] if history else start
-        best_rec = next((h for h in history if h["epoch"] == best["epoch"]), {})
-        if done >= cfg.epochs:
-            log("finished %s: best epoch %s (val loss %.5g) -> %s", cfg.kind, best["epoch"],
-                best["val_loss"], best_path)
-        else:
-            log("stopped %s after epoch %d of %d (resume with --resume)", cfg.kind, done, cfg.epochs)
-        return {"run_dir": str(out), "kind": cfg.kind, "best": str(best_path), "last": str(last_path),
-                "best_epoch": best["epoch"], "epochs_done": done, "step": step,
-                "val": {k: v for k, v in best_rec.items() if k.startswith(("val", "tpr", "fpr", "by_"))},
-                "history": history, "seconds": round(time.perf_counter() - t_start, 2)}
-    finally:
-        torch.set_num_threads(threads_before)
-
-
-# --------------------------------------------------------------------------- CLI
-
-
-
-
-
-
+        for epoch in range(run.start, end):
+            _one_epoch(run, epoch)
+        return _finish(run, time.perf_counter() - t_start)

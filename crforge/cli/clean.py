@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from crforge.deepcr_models.fitsclean import clean_fits
+from crforge.deepcr_models.hstfile import clean_fits
 from crforge.deepcr_models.inference import DEFAULT_TILE
 
 CONFIG = None
@@ -34,8 +34,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch threads")
     parser.add_argument("--precision", choices=("float32", "bfloat16"), default="float32")
     parser.add_argument("--device", default=None, help="cpu or cuda (default cpu)")
-    parser.add_argument("--zoo", type=Path, default=None, help="zoo directory (default: the "
-                        "package's deepcr_models/, or $CRFORGE_ZOO)")
+    parser.add_argument("--zoo", type=Path, default=None, help="search this zoo directory alone for "
+                        "--model names (default: the shipped zoo, then the user zoo: $CRFORGE_ZOO or "
+                        "the per-user data directory)")
 
 
 

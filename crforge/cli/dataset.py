@@ -34,8 +34,8 @@ def run(args: argparse.Namespace, cfg: RunConfig) -> int:
     except DatasetError as exc:
         sys.stderr.write(f"crforge dataset: {exc}\n")
         return 1
-    for f in report["visits_failed"]:
+    for f in report.visits_failed:
         sys.stderr.write(f"crforge dataset: warning: visit {f['visit']} skipped: {f['reason']}\n")
-    sys.stdout.write(f"{report['output']}: {report['stamps']} stamps from {report['visits_done']} "
-                     f"of {report['visits_total']} visits in {report['seconds_total']:.0f} s\n")
+    sys.stdout.write(f"{report.output}: {report.stamps} stamps from {report.visits_done} "
+                     f"of {report.visits_total} visits in {report.seconds_total:.0f} s\n")
     return 0

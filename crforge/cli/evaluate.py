@@ -24,9 +24,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-baselines", action="store_true", help="evaluate crforge's models only")
 
 
-
 def run(args: argparse.Namespace, cfg: RunConfig) -> int:
     """Evaluate the run; print the headline figures and where the report is."""
+    from crforge.training.evaluate.report import summary_text
     from crforge.training.evaluate.stage import evaluate_run
 
     flags = {}
@@ -37,23 +37,7 @@ def run(args: argparse.Namespace, cfg: RunConfig) -> int:
     doc = evaluate_run(args.run, args.data, dataclasses.replace(cfg.evaluate, **flags), args.out,
                        progress=None)
     out = Path(args.out or args.run)
-    sys.stdout.write(_summary(doc))
+    sys.stdout.write(summary_text(doc))
     sys.stdout.write(f"wrote {out / 'evaluation.json'}, {out / 'report.md'}"
                      + (f", {out / 'roc.png'}" if doc["mask"] else "") + "\n")
     return 0
-
-
-def _summary(doc: dict) -> str:
-    from crforge.training.evaluate.stage import _LABEL, _key, _pct
-
-    lines = []
-    fpr = _key(doc["fprs"][-1])
-    for m, r in doc["mask"].items():
-        if "tpr" in r:
-            per = ", ".join(f"{f} {_pct(v.get(fpr))}%" for f, v in r["tpr"].items())
-            lines.append(f"{_LABEL[m]}: TPR at {100 * float(fpr):g}% FPR: {per}; "
-                         f"{r.get('seconds_per_100', 0):.2f} s/100 stamps")
-    for m, r in doc["inpaint"].items():
-        per = ", ".join(f"{f} {v:.4g}" for f, v in r["mse"].items() if v is not None)
-        lines.append(f"{_LABEL[m]} inpaint MSE: {per}")
-    return "\n".join(lines) + "\n"

@@ -19,8 +19,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output", "-o", type=Path, required=True, help="the .pth file to write")
     parser.add_argument("--sky", type=float, default=0.0, help="sky level in electrons folded into "
                         "the first convolution (deepCR does not subtract a sky; default 0)")
-    parser.add_argument("--zoo", type=Path, default=None, help="zoo directory (default: the package's "
-                        "deepcr_models/, or $CRFORGE_ZOO)")
+    parser.add_argument("--zoo", type=Path, default=None, help="search this zoo directory alone for "
+                        "the model name (default: the shipped zoo, then the user zoo: $CRFORGE_ZOO or "
+                        "the per-user data directory)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output file")
 
 

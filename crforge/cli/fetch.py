@@ -1,6 +1,6 @@
 """``crforge fetch``: download a manifest's exposures from MAST into the raw area.
 
-The work is :func:`crforge.pipeline.archive.stage.fetch_specs` (sizes verified against MAST's
+The work is :func:`crforge.pipeline.archive.prepare.fetch_specs` (sizes verified against MAST's
 listing, ``.part`` files resumed, retries with backoff, bounded concurrency); this
 module is its command line. Rows that list exposures and sizes (a manifest written
 by ``crforge query``) need no query; the others are resolved on MAST first.
@@ -38,7 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace, cfg: RunConfig) -> int:
     """Fetch every (or each ``--visit``) archive visit; 1 when one is not ready."""
-    from crforge.pipeline.archive.stage import fetch_specs
+    from crforge.pipeline.archive.prepare import fetch_specs
     from crforge.pipeline.manifest import load_manifest
 
     archive = archive_config(args, cfg)

@@ -22,7 +22,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace, cfg: None = None) -> int:
     """Validate, then summarise; 1 (each problem on stderr, no report) when the file is invalid."""
-    from crforge.pipeline.inspect import format_summary, summarise, validate
+    from crforge.pipeline.datafile.validate import validate
+    from crforge.pipeline.summary import format_summary, summarise
 
     problems = validate(args.file)
     if problems:

@@ -30,6 +30,6 @@ def run(args: argparse.Namespace, cfg: RunConfig) -> int:
 
     label = dataclasses.replace(cfg.label, keep_scratch=True) if args.keep_scratch else cfg.label
     out = Path(args.out) / Path(args.visit).name
-    report = label_visit(args.visit, out, label, overwrite=args.overwrite)
-    logger.info("labels of %d exposures in %s", len(report["exposures"]), out)
+    labels = label_visit(args.visit, out, label, overwrite=args.overwrite)
+    logger.info("labels of %d exposures in %s", len(labels.exposures), out)
     return 0

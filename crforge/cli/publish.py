@@ -1,4 +1,4 @@
-"""``crforge publish``: a trained, evaluated run's models into a zoo."""
+"""``crforge publish``: a trained, evaluated run's models into a user zoo."""
 
 from __future__ import annotations
 
@@ -17,10 +17,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run", type=Path, help="the run directory (runs/<run>: mask/best.pt, "
                         "inpaint/best.pt, evaluation.json)")
     parser.add_argument("--name", required=True, help="published name")
-    parser.add_argument("--zoo", type=Path, default=None, help="zoo directory (default: the package's "
-                        "deepcr_models/, or $CRFORGE_ZOO)")
+    parser.add_argument("--zoo", type=Path, default=None, help="zoo directory to publish into (default: "
+                        "the user zoo, $CRFORGE_ZOO or the per-user data directory; never the zoo shipped "
+                        "inside the package)")
     parser.add_argument("--overwrite", action="store_true", help="replace models already published "
-                        "under this name")
+                        "under this name, or publish under a shipped model's name (yours then takes "
+                        "precedence)")
     parser.add_argument("--description", help="one line describing the models (default: made from "
                         "the architecture and the data)")
 
@@ -30,7 +32,7 @@ def run(args: argparse.Namespace, cfg: None = None) -> int:
     """Entry point of ``crforge publish``."""
     records = publish(args.run, args.name, zoo=args.zoo, overwrite=args.overwrite,
                       description=args.description)
-    zdir = reg.default_zoo() if args.zoo is None else Path(args.zoo)
+    zdir = reg.writable_zoo(args.zoo)
     for r in records:
         extra = f", threshold {r.threshold:.6g} at FPR {r.threshold_fpr:g}" if r.threshold is not None else ""
         sys.stdout.write(f"{r.key}: {zdir / r.weights} (sha256 {r.sha256[:12]}...{extra})\n")

@@ -45,7 +45,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--server", help="MAST base URL (default: astroquery.mast.conf.server)")
 
 
-
 def archive_config(args: argparse.Namespace, cfg: RunConfig) -> ArchiveConfig:
     """The ``[archive]`` table with the flags ``--server``, ``--min-exposures``, ``--concurrency``."""
     flags = {k: getattr(args, k, None) for k in ("server", "min_exposures", "concurrency")}
@@ -66,7 +65,7 @@ def run(args: argparse.Namespace, cfg: RunConfig) -> int:
 
 
 def _resolve(args: argparse.Namespace, archive: ArchiveConfig) -> int:
-    from crforge.pipeline.archive.stage import resolve_manifest
+    from crforge.pipeline.archive.manifests import resolve_manifest
     from crforge.pipeline.manifest import load_manifest
 
     path, failures = resolve_manifest(args.manifest, Path(args.out), archive, refresh=args.refresh)
@@ -81,14 +80,8 @@ def _resolve(args: argparse.Namespace, archive: ArchiveConfig) -> int:
 
 
 def _search(args: argparse.Namespace, archive: ArchiveConfig) -> int:
-    from crforge.pipeline.archive.stage import (
-        ArchiveError,
-        Criteria,
-        find_visits,
-        manifest_row,
-        mast_criteria,
-        write_manifest,
-    )
+    from crforge.pipeline.archive.manifests import manifest_row, write_manifest
+    from crforge.pipeline.archive.query import ArchiveError, Criteria, find_visits, mast_criteria
 
     crit = Criteria(instrument=args.instrument, filters=tuple(args.filters),
                     exptime=tuple(args.exptime) if args.exptime else None,

@@ -23,8 +23,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--name", help="run name (default: the data file's stem); the run directory "
                         "is RUNS/<name>, each network in RUNS/<name>/<kind>/")
     parser.add_argument("--resume", action="store_true", help="continue the run(s) from last.pt")
-    parser.add_argument("--init", type=Path, help="start from this checkpoint's weights (one --kind), "
-                        "or from deepCR 0.3.1's published mask model: deepcr:ACS-WFC or deepcr:WFC3-UVIS")
+    parser.add_argument("--init", type=Path, help="start from the weights of this checkpoint or zoo "
+                        "weights file (one --kind), or from deepCR 0.3.1's published mask model: "
+                        "deepcr:ACS-WFC or deepcr:WFC3-UVIS")
 
 
 

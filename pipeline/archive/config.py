@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from crforge.errors import InputError
 from crforge.pipeline.names import ARCHIVE_PRODUCTS
 
-__all__ = ["ArchiveConfig"]
+__all__ = ["ArchiveConfig", "checked_config"]
 
 
 @dataclass
@@ -63,7 +63,7 @@ class ArchiveConfig:
     chunk_size: int = 1 << 20
 
     def validate(self) -> None:
-        """Raise ``ValueError`` naming a bad parameter and its value."""
+        """Raise :class:`~crforge.errors.InputError` naming a bad parameter and its value."""
         if self.cloud:
             raise InputError("archive.cloud=True: cloud (S3) downloads are not supported; crforge "
                              "downloads from MAST over HTTPS, where it verifies sizes and resumes")
@@ -92,3 +92,20 @@ class ArchiveConfig:
         from astroquery.mast import conf
 
         return str(conf.server).rstrip("/")
+
+
+def checked_config(cfg: ArchiveConfig | None) -> ArchiveConfig:
+    """``cfg`` (the defaults when ``None``), validated.
+
+    Raises
+    ------
+    TypeError
+        ``cfg`` is not an :class:`ArchiveConfig`.
+    crforge.errors.InputError
+        A bad value (:meth:`ArchiveConfig.validate`).
+    """
+    cfg = ArchiveConfig() if cfg is None else cfg
+    if not isinstance(cfg, ArchiveConfig):
+        raise TypeError(f"cfg must be an ArchiveConfig, got {type(cfg).__name__}")
+    cfg.validate()
+    return cfg

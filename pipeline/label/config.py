@@ -91,7 +91,7 @@ class LabelConfig:
         return d
 
     def validate(self) -> None:
-        """Raise ``ValueError`` naming a bad parameter."""
+        """Raise :class:`~crforge.errors.InputError` naming a bad parameter."""
         if self.combine_type not in ("minmed", "median", "mean", "minimum", "imedian", "imean", "iminmed"):
             raise InputError(f"combine_type={self.combine_type!r}: not an AstroDrizzle combine type")
         for name in ("combine_nhigh", "refine_max_exposures", "saturation_grow"):

@@ -9,7 +9,7 @@ from crforge.errors import InputError
 from crforge.pipeline.instruments import Instrument, get_instrument
 from crforge.pipeline.names import FIELD_TYPES
 
-__all__ = ["SimulateConfig", "base36", "FIELD_TYPES"]
+__all__ = ["SimulateConfig", "base36"]
 
 
 @dataclass
@@ -78,7 +78,7 @@ class SimulateConfig:
 
         Raises
         ------
-        ValueError, TypeError
+        InputError
             Naming the parameter and its value.
         """
         inst = get_instrument(self.instrument)
@@ -88,19 +88,26 @@ class SimulateConfig:
             raise InputError(f"n_exposures={self.n_exposures!r}: expected an int >= 1")
         if not self.exptime > 0:
             raise InputError(f"exptime={self.exptime!r}: expected seconds > 0")
-        if self.chip_shape is not None:
-            if len(self.chip_shape) != 2 or min(self.chip_shape) < 32:
-                raise InputError(f"chip_shape={self.chip_shape!r}: expected (ny, nx), each >= 32")
+        shape = self.chip_shape
+        if shape is not None and (len(shape) != 2 or not all(isinstance(n, int) for n in shape)
+                                  or min(shape) < 32):
+            raise InputError(f"chip_shape={shape!r}: expected (ny, nx), each an int >= 32")
         if self.dither not in ("box", "line", "none"):
             raise InputError(f"dither={self.dither!r}: expected box, line or none")
         if self.density < 0:
             raise InputError(f"density={self.density!r}: expected >= 0")
+        if self.cr_rate is not None and not self.cr_rate >= 0:
+            raise InputError(f"cr_rate={self.cr_rate!r}: expected events/s/cm^2 >= 0")
+        if not isinstance(self.n_bad_columns, int) or self.n_bad_columns < 0:
+            raise InputError(f"n_bad_columns={self.n_bad_columns!r}: expected an int >= 0")
         for name in ("hot_fraction", "warm_fraction"):
             v = getattr(self, name)
             if not 0 <= v < 0.5:
                 raise InputError(f"{name}={v!r}: expected a fraction in [0, 0.5)")
         if len(str(self.obset_id)) != 2:
             raise InputError(f"obset_id={self.obset_id!r}: expected two characters")
+        if not isinstance(self.filter, str):
+            raise InputError(f"filter={self.filter!r}: expected a filter name such as 'F606W'")
         inst.fwhm(self.filter or inst.default_filter)
         return inst
 
@@ -111,8 +118,8 @@ class SimulateConfig:
         return f"{letter}{base36(self.proposal_id, 3)}{str(self.obset_id).lower()}"
 
 
-
 def base36(n: int, width: int) -> str:
+    """``n`` modulo ``36**width`` in ``width`` lower-case base-36 digits (HST rootname style)."""
     digits = "0123456789abcdefghijklmnopqrstuvwxyz"
     n = int(n) % 36**width
     out = ""

@@ -13,7 +13,6 @@ __all__ = ["EvaluateConfig", "BASELINES"]
 BASELINES = ("deepcr", "astroscrappy", "median5", "biharmonic")
 
 
-
 @dataclass
 class EvaluateConfig:
     """Settings of ``crforge evaluate`` (the ``[evaluate]`` table).
@@ -42,7 +41,7 @@ class EvaluateConfig:
         ``sigclip`` values swept to trace LACosmic's ROC.
     truth_min_bin : int
         Against the injected truth, CR pixels of ``truth >= truth_min_bin`` are the
-        positives (``crforge.pipeline.schema.TRUTH_SNR_BINS``: 2 = 3-5 sigma, 3 = 5-10 sigma,
+        positives (``crforge.pipeline.datafile.schema.TRUTH_SNR_BINS``: 2 = 3-5 sigma, 3 = 5-10 sigma,
         4 = above 10) and fainter CR pixels are left out.
     photometry : bool
         Measure the photometric fidelity of the inpainting.
@@ -80,7 +79,7 @@ class EvaluateConfig:
     seed: int = 0
 
     def validate(self) -> None:
-        """Raise ``ValueError`` naming a bad parameter."""
+        """Raise :class:`~crforge.errors.InputError` naming a bad parameter."""
         if self.split not in SPLITS:
             raise InputError(f"evaluate.split={self.split!r}: expected one of {SPLITS}")
         if self.stamps_per_field_type < 0:
@@ -100,9 +99,8 @@ class EvaluateConfig:
             raise InputError(f"evaluate.lacosmic_sigclip={self.lacosmic_sigclip!r}: expected values > 0")
         if not self.aperture_radius > 0:
             raise InputError(f"evaluate.aperture_radius={self.aperture_radius!r}: expected > 0")
-        for name in ("star_min_snr",):
-            if not getattr(self, name) > 0:
-                raise InputError(f"evaluate.{name}={getattr(self, name)!r}: expected > 0")
+        if not self.star_min_snr > 0:
+            raise InputError(f"evaluate.star_min_snr={self.star_min_snr!r}: expected > 0")
         for name in ("stars_per_stamp", "threads"):
             if getattr(self, name) < 0:
                 raise InputError(f"evaluate.{name}={getattr(self, name)!r}: expected >= 0")
