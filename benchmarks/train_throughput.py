@@ -55,49 +55,47 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
-def synth_file(path: Path, n_train: int, n_val: int, size: int = 256, seed: int = 0) -> Path:
-    """A schema-v1 HDF5 file of simple synthetic stamps."""
-    import h5py
+def _synth_stamp(rng, yy, xx, size: int) -> tuple:
+    """One stamp: sky, 30 Gaussian stars, 40-120 short CR tracks, a bad column."""
+    sky = rng.uniform(15, 60)
+    img = sky + rng.normal(0, np.sqrt(sky), (size, size))
+    for _ in range(30):
+        y, x, f = rng.uniform(0, size, 2).tolist() + [rng.lognormal(7, 1)]
+        s = rng.uniform(1.0, 2.5)
+        sl = np.s_[max(int(y) - 10, 0):int(y) + 10, max(int(x) - 10, 0):int(x) + 10]
+        r2 = (yy[sl] - y) ** 2 + (xx[sl] - x) ** 2
+        img[sl] += f / (2 * np.pi * s * s) * np.exp(-r2 / (2 * s * s))
+    cr = np.zeros((size, size), np.uint8)
+    for _ in range(int(rng.integers(40, 120))):
+        y, x = rng.integers(3, size - 3, 2)
+        dy, dx = rng.integers(-1, 2, 2)
+        for t in range(int(rng.integers(1, 5))):
+            img[y + t * dy, x + t * dx] += rng.lognormal(6.9, 0.6)
+            cr[y + t * dy, x + t * dx] = 1
+    ignore = np.zeros((size, size), np.uint8)
+    ignore[:, int(rng.integers(size))] = 1
+    return img, cr, ignore, sky
 
+
+def synth_file(path: Path, n_train: int, n_val: int, size: int = 256, seed: int = 0) -> Path:
+    """A valid HDF5 training set of simple synthetic stamps (crforge's writer)."""
     from crforge.pipeline.datafile.schema import META_DTYPE
+    from crforge.pipeline.datafile.writer import write_arrays
 
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[:size, :size]
     types = ("extragalactic", "globular_cluster", "resolved_galaxy")
-    with h5py.File(path, "w") as h5:
-        h5.attrs["schema_version"] = 1
-        h5.attrs["stamp_size"] = size
-        for split, n in (("train", n_train), ("val", n_val), ("test", 0)):
-            g = h5.create_group(split)
-            kw = {"chunks": (1, size, size), "compression": "gzip"} if n else {}
-            im = g.create_dataset("image", (n, size, size), np.float32, **kw)
-            crd = g.create_dataset("cr", (n, size, size), np.uint8, **kw)
-            ign = g.create_dataset("ignore", (n, size, size), np.uint8, **kw)
-            im.attrs["BUNIT"] = "ELECTRONS"
-            meta = np.zeros(n, META_DTYPE)
-            for i in range(n):
-                sky = rng.uniform(15, 60)
-                img = sky + rng.normal(0, np.sqrt(sky), (size, size))
-                for _ in range(30):
-                    y, x, f = rng.uniform(0, size, 2).tolist() + [rng.lognormal(7, 1)]
-                    s = rng.uniform(1.0, 2.5)
-                    sl = np.s_[max(int(y) - 10, 0):int(y) + 10, max(int(x) - 10, 0):int(x) + 10]
-                    r2 = (yy[sl] - y) ** 2 + (xx[sl] - x) ** 2
-                    img[sl] += f / (2 * np.pi * s * s) * np.exp(-r2 / (2 * s * s))
-                cr = np.zeros((size, size), np.uint8)
-                for _ in range(int(rng.integers(40, 120))):
-                    y, x = rng.integers(3, size - 3, 2)
-                    dy, dx = rng.integers(-1, 2, 2)
-                    for t in range(int(rng.integers(1, 5))):
-                        img[y + t * dy, x + t * dx] += rng.lognormal(6.9, 0.6)
-                        cr[y + t * dy, x + t * dx] = 1
-                ignore = np.zeros((size, size), np.uint8)
-                ignore[:, int(rng.integers(size))] = 1
-                im[i], crd[i], ign[i] = img, cr, ignore
-                meta[i] = (b"v", b"e", 1, 0, 0, i % 3, types[i % 3].encode(), b"F606W", 500.0, sky,
-                           2.0, 4.5, cr.mean())
-            g.create_dataset("meta", data=meta)
-    return path
+    splits = {}
+    for split, n in (("train", n_train), ("val", n_val), ("test", 0)):
+        arrays = {"image": np.zeros((n, size, size), np.float32), "cr": np.zeros((n, size, size), np.uint8),
+                  "ignore": np.zeros((n, size, size), np.uint8), "meta": np.zeros(n, META_DTYPE)}
+        for i in range(n):
+            img, cr, ignore, sky = _synth_stamp(rng, yy, xx, size)
+            arrays["image"][i], arrays["cr"][i], arrays["ignore"][i] = img, cr, ignore
+            arrays["meta"][i] = (b"", b"e", 1, 0, 0, 0, types[i % 3].encode(), b"F606W", 500.0, sky,
+                                 2.0, 4.5, cr.mean())
+        splits[split] = arrays
+    return write_arrays(path, splits, manifest_name="synthetic-throughput")
 
 
 def _read(path: Path, split: str, n: int) -> dict:

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import hashlib
-import json
 import logging
 import os
 import platform
@@ -40,44 +39,13 @@ from crforge import atomic
 from crforge.deepcr_models import registry as reg
 from crforge.errors import InputError
 from crforge.training import checkpoint
+from crforge.training.evaluate.document import read_evaluation
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["publish", "read_evaluation", "model_card", "EVALUATION_FORMAT",]
+__all__ = ["publish", "model_card"]
 
-EVALUATION_FORMAT = "crforge-evaluation/1"
 FIELDS = ("all", "extragalactic", "globular_cluster", "resolved_galaxy")
-
-
-def read_evaluation(run_dir: str | os.PathLike) -> dict:
-    """Read and check ``<run>/evaluation.json``.
-
-    Raises
-    ------
-    ValueError
-        No file (the message says to run ``crforge evaluate``), not JSON, another
-        format, or missing the ``crforge`` figures / threshold.
-    """
-    run_dir = Path(run_dir)
-    path = run_dir / "evaluation.json"
-    if not path.is_file():
-        raise InputError(f"{path} not found: the run has no evaluation figures, and a model without "
-                         f"them is not published; run `crforge evaluate --run {run_dir} --data DATA.h5` "
-                         "(or `make evaluate`) first")
-    try:
-        ev = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise InputError(f"{path}: not valid JSON ({exc})") from exc
-    if not isinstance(ev, dict) or ev.get("format") != EVALUATION_FORMAT:
-        raise InputError(f"{path}: not a crforge evaluation (format {EVALUATION_FORMAT!r} expected, "
-                         f"got {ev.get('format') if isinstance(ev, dict) else type(ev).__name__!r})")
-    for key in ("data", "models"):
-        if not isinstance(ev.get(key), dict):
-            raise InputError(f"{path}: no {key!r} table")
-    for key in ("instrument", "filters"):
-        if key not in ev["data"]:
-            raise InputError(f"{path}: data.{key} is missing")
-    return ev
 
 
 def _figures(ev: dict, kind: str, path: Path) -> dict:
@@ -124,7 +92,7 @@ def _card_intro(name: str, records: list[reg.ModelRecord], data: dict, inst: str
     lines = [f"# {name}", ""]
     if data.get("simulated", False):
         lines += [f"**Trained on simulated {inst} data**, not on real HST exposures: crforge's "
-                  f"simulator (`pipeline/simulate.py`), data set manifest `{data.get('manifest_name', '?')}`. "
+                  f"simulator (`crforge.pipeline.simulate`), data set manifest `{data.get('manifest_name', '?')}`. "
                   "Every figure below is measured on simulated exposures too. Check it on your own "
                   "data before relying on it.", ""]
     else:
@@ -354,7 +322,8 @@ def _write_card(pub: _Publication, records: list[reg.ModelRecord]) -> None:
 
 
 def publish(run_dir: str | os.PathLike, name: str, *, zoo: str | os.PathLike | None = None,
-            overwrite: bool = False, description: str | None = None) -> list[reg.ModelRecord]:
+            overwrite: bool = False, description: str | None = None, ship: bool = False
+            ) -> list[reg.ModelRecord]:
     """Publish a run's models with their evaluation into a (user) zoo directory.
 
     Parameters
@@ -370,6 +339,9 @@ def publish(run_dir: str | os.PathLike, name: str, *, zoo: str | os.PathLike | N
         Replace models already published under ``name``, or publish under a shipped name.
     description : str, optional
         One line for the records (default: made from the kind, architecture and data).
+    ship : bool
+        Publish into the zoo shipped with the package: a maintainer's release step,
+        allowed only in a source checkout (:func:`~crforge.deepcr_models.registry.writable_zoo`).
 
     Returns
     -------
@@ -389,7 +361,7 @@ def publish(run_dir: str | os.PathLike, name: str, *, zoo: str | os.PathLike | N
     if not run_dir.is_dir():
         raise FileNotFoundError(2, "No such file or directory", str(run_dir))
     _check_name(name)
-    pub = _Publication(run_dir, name, read_evaluation(run_dir), reg.writable_zoo(zoo), description)
+    pub = _Publication(run_dir, name, read_evaluation(run_dir), reg.writable_zoo(zoo, ship=ship), description)
     existing = reg.read_registry(pub.zdir)
     _check_taken(name, pub.zdir, existing, overwrite)
     pub.zdir.mkdir(parents=True, exist_ok=True)
@@ -397,7 +369,8 @@ def publish(run_dir: str | os.PathLike, name: str, *, zoo: str | os.PathLike | N
     try:
         records = _stage(pub)
         _write_card(pub, records)
-        reg.write_registry([r for r in existing if r.name != name] + records, pub.zdir)
+        reg.write_registry([r for r in existing if r.name != name] + records, None if ship else pub.zdir,
+                           ship=ship)
     except BaseException:
         for path in pub.written:  # leave no orphan weights behind a failed publication
             if path not in kept:

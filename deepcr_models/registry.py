@@ -46,7 +46,7 @@ from crforge.errors import InputError
 logger = logging.getLogger(__name__)
 
 __all__ = ["ModelRecord", "WeightsError", "REGISTRY_FORMAT", "REGISTRY_FILE", "NAME_PATTERN",
-           "shipped_zoo", "default_zoo", "search_path", "writable_zoo", "read_registry",
+           "shipped_zoo", "default_zoo", "search_path", "writable_zoo", "source_checkout_zoo", "read_registry",
            "write_registry", "find_record", "all_records", "sha256_of", "weights_file_name",
            "verify_weights"]
 
@@ -209,14 +209,46 @@ def search_path(zoo: str | os.PathLike | None = None) -> list[Path]:
     return [shipped_zoo()] if _same(user, shipped_zoo()) else [shipped_zoo(), user]
 
 
-def writable_zoo(zoo: str | os.PathLike | None = None) -> Path:
-    """The zoo to publish into: ``zoo``, else the user zoo; never the shipped one.
+def source_checkout_zoo() -> Path:
+    """The shipped zoo's folder when crforge runs from a source checkout (maintainers).
 
     Raises
     ------
     InputError
-        ``zoo`` (or ``$CRFORGE_ZOO``) is the package's own zoo directory.
+        crforge is installed (its zoo lies under site-packages): the shipped models of
+        an installed package are never rewritten.
     """
+    zdir = shipped_zoo()
+    root = zdir.parent
+    installed = any(part in ("site-packages", "dist-packages") for part in zdir.resolve().parts)
+    if installed or not (root / "pyproject.toml").is_file() or not (root / ".git").exists():
+        raise InputError(f"{zdir}: not a source checkout of crforge (an installed package's shipped "
+                         "models are never rewritten); --ship publishes into a git checkout's "
+                         "deepcr_models/ only")
+    return zdir
+
+
+def writable_zoo(zoo: str | os.PathLike | None = None, *, ship: bool = False) -> Path:
+    """The zoo to publish into: ``zoo``, else the user zoo; the shipped one only with ``ship``.
+
+    Parameters
+    ----------
+    zoo : path-like, optional
+        A zoo directory; default the user zoo (:func:`default_zoo`).
+    ship : bool
+        Publish into the models shipped with the package (a maintainer's release step
+        in a source checkout: :func:`source_checkout_zoo`); ``zoo`` must then be None.
+
+    Raises
+    ------
+    InputError
+        ``zoo`` (or ``$CRFORGE_ZOO``) is the package's own zoo directory; or ``ship``
+        outside a source checkout, or together with ``zoo``.
+    """
+    if ship:
+        if zoo is not None:
+            raise InputError("--ship and --zoo: choose one (--ship publishes into the package's own zoo)")
+        return source_checkout_zoo()
     zdir = default_zoo() if zoo is None else Path(zoo)
     if _same(zdir, shipped_zoo()):
         raise InputError(f"{zdir} is the zoo shipped inside the crforge package, which crforge never "
@@ -245,9 +277,9 @@ def read_registry(zoo: str | os.PathLike) -> list[ModelRecord]:
     return [ModelRecord.from_dict(r) for r in doc.get("models", [])]
 
 
-def write_registry(records: list[ModelRecord], zoo: str | os.PathLike) -> Path:
-    """Write ``registry.json`` of a writable zoo atomically (sorted by name and kind)."""
-    zdir = writable_zoo(zoo)
+def write_registry(records: list[ModelRecord], zoo: str | os.PathLike | None, *, ship: bool = False) -> Path:
+    """Write ``registry.json`` of a writable zoo (:func:`writable_zoo`) atomically, sorted by name and kind."""
+    zdir = writable_zoo(zoo, ship=ship)
     zdir.mkdir(parents=True, exist_ok=True)
     keys = [r.key for r in records]
     dup = sorted({k for k in keys if keys.count(k) > 1})

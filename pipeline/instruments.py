@@ -10,7 +10,7 @@ real thing, not to calibrate science data):
 - ACS/WFC: ACS Instrument Handbook (detector and WFC chapters); gain 2.0 e-/DN,
   read noise 4-5 e- per amplifier after SM4, full well about 84,700 e-, 0.05"/pixel,
   two 4096x2048 chips separated by a gap of about 50 pixels (2.5").
-  DQ bits: ACS Data Handbook (also ../shared/DESIGN.md).
+  DQ bits: ACS Data Handbook (also docs/instruments.md).
 - WFC3/UVIS: WFC3 Instrument Handbook (UVIS detector chapter); gain 1.55 e-/DN, read
   noise about 3.1 e-, full well about 63,000 e-, 0.0395"/pixel, two 4096x2051 chips
   separated by about 35 pixels (1.4"). DQ bits: WFC3 Data Handbook.

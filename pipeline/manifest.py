@@ -24,7 +24,7 @@ to ``exposures``), ``product`` (``flc`` or ``flt``), ``target``, ``label``
 ``exposures``, ``sizes`` and ``product`` from MAST (``crforge query``), so that a
 fetch needs no query.
 
-A simulated visit takes every :class:`crforge.pipeline.simulate.SimulateConfig` key; its
+A simulated visit takes every :class:`crforge.pipeline.simulate.config.SimulateConfig` key; its
 pointing defaults to a distinct patch of sky per row (so separate rows are separate
 fields unless they say otherwise with ``ra``/``dec``), its seed to the manifest's
 ``seed`` plus the row index.

@@ -10,13 +10,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import h5py
 import numpy as np
 import pytest
 import torch
 
 from crforge import cli
 from crforge.pipeline.datafile.schema import META_DTYPE
+from crforge.pipeline.datafile.writer import write_arrays
 from crforge.training import metrics as M
 from crforge.training.baselines import biharmonic_fill, lacosmic_mask, median_fill
 from crforge.training.config import ModelConfig, TrainConfig
@@ -195,43 +195,35 @@ def test_aperture_photometry_helpers_find_and_hit_stars():
 
 
 def _write_eval_h5(path: Path, seed: int = 0) -> Path:
-    """Schema-v1 file with truth: bright CRs (>10 sigma bin) labelled, faint ones (3-5) not."""
+    """A valid file with truth (the real writer): bright CRs (>10 sigma bin) labelled, faint ones (3-5) not."""
     rng = np.random.default_rng(seed)
-    with h5py.File(path, "w") as h5:
-        h5.attrs.update(schema_version=1, stamp_size=S, manifest_name="tiny", manifest_sha256="0" * 64,
-                        instruments=json.dumps(["ACS/WFC"]))
-        for split, n in (("train", 12), ("val", 6), ("test", 9)):
-            image = np.empty((n, S, S), np.float32)
-            cr = np.zeros((n, S, S), np.uint8)
-            truth = np.zeros((n, S, S), np.uint8)
-            ignore = np.zeros((n, S, S), np.uint8)
-            yy, xx = np.mgrid[:S, :S]
-            for i in range(n):
-                img = 60 + rng.normal(0, np.sqrt(60 + 25), (S, S))
-                for _ in range(2):
-                    y, x = rng.uniform(10, S - 10, 2)
-                    img += 3000 / (2 * np.pi * 1.2 ** 2) * np.exp(-((yy - y) ** 2 + (xx - x) ** 2) / 2.88)
-                for _ in range(6):
-                    y, x = rng.integers(2, S - 3, 2)
-                    amp = rng.uniform(100, 1500)
-                    img[y, x:x + 2] += amp
-                    truth[i, y, x:x + 2] = 4 if amp > 300 else 2
-                    if amp > 300:
-                        cr[i, y, x:x + 2] = 1
-                ignore[i, :, int(rng.integers(S))] = 1
-                image[i] = img
-            g = h5.create_group(split)
-            for name, arr in (("image", image), ("cr", cr), ("ignore", ignore), ("truth", truth)):
-                g.create_dataset(name, data=arr, chunks=(1, S, S))
-            g["image"].attrs["BUNIT"] = "ELECTRONS"
-            meta = np.zeros(n, META_DTYPE)
-            meta["sky"], meta["exptime"], meta["readnoise"], meta["gain"] = 60.0, 400.0, 5.0, 1.0
-            meta["field_type"] = [FIELD_TYPES[i % 3] for i in range(n)]
-            meta["filter"] = "F606W"
-            meta["exposure"] = [f"j0000{i:02d}q" for i in range(n)]
-            meta["cr_fraction"] = cr.reshape(n, -1).mean(1)
-            g.create_dataset("meta", data=meta)
-    return path
+    yy, xx = np.mgrid[:S, :S]
+    splits = {}
+    for split, n in (("train", 12), ("val", 6), ("test", 9)):
+        image = np.empty((n, S, S), np.float32)
+        cr, truth, ignore = (np.zeros((n, S, S), np.uint8) for _ in range(3))
+        for i in range(n):
+            img = 60 + rng.normal(0, np.sqrt(60 + 25), (S, S))
+            for _ in range(2):
+                y, x = rng.uniform(10, S - 10, 2)
+                img += 3000 / (2 * np.pi * 1.2 ** 2) * np.exp(-((yy - y) ** 2 + (xx - x) ** 2) / 2.88)
+            for _ in range(6):
+                y, x = rng.integers(2, S - 3, 2)
+                amp = rng.uniform(100, 1500)
+                img[y, x:x + 2] += amp
+                truth[i, y, x:x + 2] = 4 if amp > 300 else 2
+                if amp > 300:
+                    cr[i, y, x:x + 2] = 1
+            ignore[i, :, int(rng.integers(S))] = 1
+            image[i] = img
+        meta = np.zeros(n, META_DTYPE)
+        meta["sky"], meta["exptime"], meta["readnoise"], meta["gain"] = 60.0, 400.0, 5.0, 1.0
+        meta["field_type"] = [FIELD_TYPES[i % 3] for i in range(n)]
+        meta["filter"] = "F606W"
+        meta["exposure"] = [f"j0000{i:02d}q" for i in range(n)]
+        meta["cr_fraction"] = cr.reshape(n, -1).mean(1)
+        splits[split] = {"image": image, "cr": cr, "ignore": ignore, "truth": truth, "meta": meta}
+    return write_arrays(path, splits, manifest_name="tiny", instruments=["ACS/WFC"])
 
 
 @pytest.fixture(scope="module")
@@ -358,3 +350,9 @@ def test_mask_scores_use_the_folded_network_and_match_the_plain_one(tiny_run):
     with torch.no_grad():
         plain = model.predict(torch.from_numpy(x)[:, None])[:, 0].numpy()
     np.testing.assert_allclose(mask_scores(model, x, batch_size=2), plain, atol=1e-5)
+
+
+def test_the_evaluation_file_is_a_valid_training_set(tmp_path):
+    from crforge.pipeline.datafile.validate import validate
+
+    assert validate(_write_eval_h5(tmp_path / "e.h5")) == []

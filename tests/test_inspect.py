@@ -338,3 +338,26 @@ def test_input_checks(h5file):
         summarise(h5file, block=0)
     with pytest.raises(TypeError, match="block"):
         validate(h5file, block=1.5)
+
+
+def test_write_arrays_gives_valid_files(tmp_path):
+    """The in-memory writer (tests, benchmarks) makes files the validator accepts, truth or not."""
+    from crforge.pipeline.datafile.writer import write_arrays
+
+    rng = np.random.default_rng(1)
+    for with_truth in (True, False):
+        splits = {}
+        for split, n in (("train", 5), ("val", 3)):
+            meta = np.zeros(n, META_DT)
+            meta["field_type"] = [("extragalactic", "globular_cluster")[i % 2] for i in range(n)]
+            arrays = {"image": rng.normal(0, 1, (n, S, S)).astype(np.float32),
+                      "cr": (rng.random((n, S, S)) < 0.01).astype(np.uint8),
+                      "ignore": np.zeros((n, S, S), np.uint8), "meta": meta}
+            if with_truth:
+                arrays["truth"] = arrays["cr"] * 4
+            splits[split] = arrays
+        path = write_arrays(tmp_path / f"a{with_truth}.h5", splits)
+        assert validate(path) == []
+        s = summarise(path)
+        assert s["splits"]["test"]["stamps"] == 0 and s["total"]["stamps"] == 8
+        assert s["has_truth"] is with_truth and s["total"]["fields"] == 4

@@ -25,7 +25,7 @@ from crforge.pipeline.masks import (
 # --------------------------------------------------------------------------------------
 
 #: Expected ignore value of a pixel carrying only this ACS DQ bit (saturation_grow=0),
-#: written out by hand from DESIGN.md's DQ table and the schema's ignore bits.
+#: written out by hand from the DQ table of docs/instruments.md and the schema's ignore bits.
 ACS_EXPECTED_IGNORE = {
     1: 1 | 4,  # lost data: bad (in bad_bits) and no data
     2: 1 | 4,  # fill data: bad (in bad_bits) and no data

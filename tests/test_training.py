@@ -17,6 +17,7 @@ from crforge import cli
 from crforge import config as cfgmod
 from crforge.cli.runconfig import RunConfig
 from crforge.pipeline.datafile.schema import META_DTYPE
+from crforge.pipeline.datafile.writer import write_arrays
 from crforge.training.config import AugmentConfig, ModelConfig, TrainConfig
 from crforge.training.data import EpochSampler, StampDataset, normalise
 from crforge.training.metrics import rates_at_threshold, threshold_at_fpr, tpr_at_fpr
@@ -70,27 +71,20 @@ def _stamps(n: int, rng: np.random.Generator, sky: float = 40.0) -> dict:
 
 
 def write_h5(path: Path, n_train: int = 12, n_val: int = 4, seed: int = 0, edit=None) -> Path:
-    """A schema-v1 file with ``S x S`` stamps; ``edit(split, arrays)`` may change arrays."""
+    """A valid training set of ``S x S`` stamps (the real writer); ``edit(split, arrays)`` may change arrays."""
     rng = np.random.default_rng(seed)
-    with h5py.File(path, "w") as h5:
-        h5.attrs["schema_version"] = 1
-        h5.attrs["stamp_size"] = S
-        for split, n in (("train", n_train), ("val", n_val), ("test", 0)):
-            arrays = _stamps(n, rng)
-            if edit is not None:
-                edit(split, arrays)
-            g = h5.create_group(split)
-            for name, arr in arrays.items():
-                g.create_dataset(name, data=arr, chunks=(1, S, S) if n else None,
-                                 compression="gzip" if n else None)
-            g["image"].attrs["BUNIT"] = "ELECTRONS"
-            meta = np.zeros(n, META_DTYPE)
-            meta["sky"] = 40.0
-            meta["exptime"] = 500.0
-            meta["field_type"] = [FIELD_TYPES[i % 3] for i in range(n)]
-            meta["cr_fraction"] = arrays["cr"].reshape(n, -1).mean(1) if n else []
-            g.create_dataset("meta", data=meta)
-    return path
+    splits = {}
+    for split, n in (("train", n_train), ("val", n_val), ("test", 0)):
+        arrays = _stamps(n, rng)
+        if edit is not None:
+            edit(split, arrays)
+        meta = np.zeros(n, META_DTYPE)
+        meta["sky"] = 40.0
+        meta["exptime"] = 500.0
+        meta["field_type"] = [FIELD_TYPES[i % 3] for i in range(n)]
+        meta["cr_fraction"] = arrays["cr"].reshape(n, -1).mean(1) if n else []
+        splits[split] = {**arrays, "meta": meta}
+    return write_arrays(path, splits, manifest_name="tiny")
 
 
 @pytest.fixture
@@ -111,6 +105,12 @@ def _collate(ds, idx):
 
 
 # --------------------------------------------------------------------------- data
+
+
+def test_the_test_file_is_a_valid_training_set(h5file):
+    from crforge.pipeline.datafile.validate import validate
+
+    assert validate(h5file) == []
 
 
 def test_dataset_items_shapes_and_lazy_open(h5file):

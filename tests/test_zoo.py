@@ -15,7 +15,6 @@ import sys
 import warnings
 from pathlib import Path
 
-import h5py
 import numpy as np
 import pytest
 import torch
@@ -36,6 +35,7 @@ from crforge.pipeline.instruments import ACS_WFC, WFC3_UVIS
 from crforge.pipeline.label.config import LabelConfig
 from crforge.pipeline.masks import ignore_mask
 from crforge.pipeline.datafile.schema import META_DTYPE
+from crforge.pipeline.datafile.writer import write_arrays
 from crforge.training import checkpoint, deepcr
 from crforge.training.checkpoint import load_checkpoint
 from crforge.training.config import ModelConfig, TrainConfig
@@ -81,23 +81,18 @@ def _image(shape, rng, sky=300.0, n_cr=40):
 
 
 def _write_h5(path: Path) -> Path:
+    """A valid training set of tiny stamps (the real writer)."""
     rng = np.random.default_rng(0)
-    with h5py.File(path, "w") as h5:
-        h5.attrs["schema_version"] = 1
-        h5.attrs["stamp_size"] = S
-        for split, n in (("train", 12), ("val", 4), ("test", 0)):
-            g = h5.create_group(split)
-            pairs = [_image((S, S), rng, sky=40.0, n_cr=6) for _ in range(n)]
-            image = np.array([p[0] for p in pairs], np.float32).reshape(n, S, S)
-            cr = np.array([p[1] for p in pairs], np.uint8).reshape(n, S, S)
-            for name, arr in (("image", image), ("cr", cr), ("ignore", np.zeros((n, S, S), np.uint8))):
-                g.create_dataset(name, data=arr, chunks=(1, S, S) if n else None)
-            g["image"].attrs["BUNIT"] = "ELECTRONS"
-            meta = np.zeros(n, META_DTYPE)
-            meta["sky"], meta["exptime"] = 40.0, 500.0
-            meta["field_type"] = [FIELD_TYPES[i % 3] for i in range(n)]
-            g.create_dataset("meta", data=meta)
-    return path
+    splits = {}
+    for split, n in (("train", 12), ("val", 4), ("test", 0)):
+        pairs = [_image((S, S), rng, sky=40.0, n_cr=6) for _ in range(n)]
+        meta = np.zeros(n, META_DTYPE)
+        meta["sky"], meta["exptime"] = 40.0, 500.0
+        meta["field_type"] = [FIELD_TYPES[i % 3] for i in range(n)]
+        splits[split] = {"image": np.array([p[0] for p in pairs], np.float32).reshape(n, S, S),
+                         "cr": np.array([p[1] for p in pairs], np.uint8).reshape(n, S, S),
+                         "ignore": np.zeros((n, S, S), np.uint8), "meta": meta}
+    return write_arrays(path, splits, manifest_name="tiny")
 
 
 def _evaluation(run: Path) -> dict:
@@ -530,6 +525,25 @@ def test_train_init_from_deepcr(trained, tmp_path, capsys):
                               "--set", "train.model.batch_norm=false"]) == 0
     assert cli.main(common + ["--name", "ft4", "--init", "deepcr:DECAM"]) == 2
     assert "deepcr:ACS-WFC" in capsys.readouterr().err
+
+
+def test_ship_publishes_into_a_source_checkouts_zoo_only(trained, tmp_path, monkeypatch, capsys):
+    """``--ship`` (maintainers) writes the package's own zoo in a git checkout, never an installed one."""
+    installed = tmp_path / "lib" / "python3.11" / "site-packages" / "crforge" / "deepcr_models"
+    installed.mkdir(parents=True)
+    monkeypatch.setattr(registry, "shipped_zoo", lambda: installed)
+    assert cli.main(["publish", str(trained["run"]), "--name", "rel", "--ship"]) == 2
+    assert "not a source checkout" in capsys.readouterr().err
+    assert not any(installed.iterdir())
+    checkout = tmp_path / "checkout"
+    (checkout / "deepcr_models").mkdir(parents=True)
+    (checkout / "pyproject.toml").write_text("")
+    (checkout / ".git").mkdir()
+    monkeypatch.setattr(registry, "shipped_zoo", lambda: checkout / "deepcr_models")
+    assert cli.main(["publish", str(trained["run"]), "--name", "rel", "--ship", "--zoo", str(tmp_path)]) == 2
+    assert "choose one" in capsys.readouterr().err
+    assert cli.main(["publish", str(trained["run"]), "--name", "rel", "--ship"]) == 0
+    assert {r.key for r in registry.read_registry(checkout / "deepcr_models")} == {"rel:mask", "rel:inpaint"}
 
 
 def test_shipped_models_match_their_files_and_clean_a_frame():

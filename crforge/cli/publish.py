@@ -25,14 +25,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "precedence)")
     parser.add_argument("--description", help="one line describing the models (default: made from "
                         "the architecture and the data)")
+    parser.add_argument("--ship", action="store_true", help="maintainers: publish into the models shipped "
+                        "with crforge (deepcr_models/ of a git checkout; refused for an installed package)")
 
 
 
 def run(args: argparse.Namespace, cfg: None = None) -> int:
     """Entry point of ``crforge publish``."""
     records = publish(args.run, args.name, zoo=args.zoo, overwrite=args.overwrite,
-                      description=args.description)
-    zdir = reg.writable_zoo(args.zoo)
+                      description=args.description, ship=args.ship)
+    zdir = reg.writable_zoo(args.zoo, ship=args.ship)
     for r in records:
         extra = f", threshold {r.threshold:.6g} at FPR {r.threshold_fpr:g}" if r.threshold is not None else ""
         sys.stdout.write(f"{r.key}: {zdir / r.weights} (sha256 {r.sha256[:12]}...{extra})\n")

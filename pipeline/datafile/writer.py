@@ -37,7 +37,7 @@ from crforge.errors import InputError
 from crforge.pipeline.datafile.schema import (FIELDS_DTYPE, META_DTYPE, PIXEL_DTYPES, SCHEMA_VERSION,
                                               SPLITS, STAMP_SIZE)
 
-__all__ = ["FileAttributes", "DataFileWriter", "compress_stamps", "GZIP_LEVEL"]
+__all__ = ["FileAttributes", "DataFileWriter", "compress_stamps", "write_arrays", "GZIP_LEVEL"]
 
 #: Deflate level of the stamp chunks: level 1 is several times faster than the default
 #: 4 for a few per cent more bytes.
@@ -244,3 +244,61 @@ class DataFileWriter:
             ends = np.cumsum(lengths)
             for i in range(k):
                 dsets[name].id.write_direct_chunk((n + i, 0, 0), blob[ends[i] - lengths[i]:ends[i]].tobytes())
+
+
+def write_arrays(path: str | os.PathLike, splits: Mapping[str, Mapping[str, np.ndarray]], *,
+                 manifest_name: str = "arrays", instruments: Sequence[str] = ("ACS/WFC",),
+                 bunit: str = "ELECTRONS", overwrite: bool = True) -> Path:
+    """Write stamps held in memory as a complete, valid training set (tests, benchmarks, tools).
+
+    Parameters
+    ----------
+    path : path-like
+        The file.
+    splits : mapping
+        Split -> ``{"image", "cr", "ignore", "meta"[, "truth"]}`` arrays (``[N,S,S]`` and
+        a :data:`META_DTYPE` table).  Missing splits are written empty.  Every stamp's
+        field is its (split, field type); empty ``visit`` names become ``<split>-<type>``.
+    manifest_name : str
+        Recorded as the manifest's name (its sha256 is that of the name).
+    instruments : sequence of str
+        The imagers recorded for the stamps.
+    bunit : str
+        Unit of the images.
+    overwrite : bool
+        As :class:`DataFileWriter`.
+    """
+    import hashlib
+
+    given = [a for a in splits.values() if len(a["meta"])]
+    size = int(given[0]["image"].shape[-1]) if given else STAMP_SIZE
+    truth = bool(given) and all("truth" in a for a in given)
+    fields, metas = _arrays_fields(splits)
+    attrs = FileAttributes(manifest_name=manifest_name,
+                           manifest_sha256=hashlib.sha256(manifest_name.encode()).hexdigest(),
+                           instruments=list(instruments), stamp_size=size)
+    with DataFileWriter(path, attrs, fields=fields, truth=truth, bunit=bunit, overwrite=overwrite) as w:
+        for split in SPLITS:
+            if split in splits:
+                a = splits[split]
+                w.append(split, metas[split], image=a["image"], cr=a["cr"], ignore=a["ignore"],
+                         truth=a.get("truth") if truth else None)
+    return Path(path)
+
+
+def _arrays_fields(splits: Mapping[str, Mapping[str, np.ndarray]]) -> tuple[list[tuple], dict]:
+    """Field rows, one per (split, field type), and the meta tables pointing at them."""
+    rows, metas = [], {}
+    for split in SPLITS:
+        if split not in splits:
+            continue
+        meta = np.array(splits[split]["meta"], dtype=META_DTYPE, copy=True)
+        for ftype in sorted(set(meta["field_type"].tolist())):
+            fid = len(rows)
+            name = f"{split}-{ftype.decode()}"
+            rows.append((fid, name, 0.0, 0.0, ftype.decode(), split, name))
+            sel = meta["field_type"] == ftype
+            meta["field_id"][sel] = fid
+            meta["visit"][sel & (meta["visit"] == b"")] = name.encode()[:16]
+        metas[split] = meta
+    return rows, metas

@@ -2,33 +2,20 @@
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 import numpy as np
 
 from crforge.errors import InputError
+from crforge.pipeline.datafile.reader import file_instruments, read_attrs, read_stamps, split_info
 from crforge.pipeline.names import SPLITS
 
 __all__ = ["load_stamps", "as_str", "in_electrons", "load_network", "normalised", "inference_copy"]
 
-#: Datasets every split of the file must hold (``truth`` is optional: simulated data only).
-_PIXELS = ("image", "cr", "ignore")
-
-
 def as_str(value) -> str:
     """A string of an HDF5 value (fixed-length byte strings are decoded)."""
     return value.decode() if isinstance(value, bytes) else str(value)
-
-
-def _instrument_of(h5, meta) -> str:
-    if "instruments" in h5.attrs:
-        names = json.loads(h5.attrs["instruments"])
-        return names[0] if len(names) == 1 else "mixed"
-    # files written before the attribute: HST rootnames start with the instrument's letter
-    first = {as_str(e)[:1].lower() for e in meta["exposure"]}
-    return {"j": "ACS/WFC", "i": "WFC3/UVIS"}.get(first.pop(), "unknown") if len(first) == 1 else "mixed"
 
 
 def _subset(ftypes: np.ndarray, per_field_type: int, seed: int) -> np.ndarray:
@@ -43,26 +30,15 @@ def _subset(ftypes: np.ndarray, per_field_type: int, seed: int) -> np.ndarray:
     return np.sort(np.concatenate(keep)) if keep else np.zeros(0, int)
 
 
-def _open_split(h5, path: Path, split: str):
-    """The split's group, checked for the meta table and the pixel datasets."""
-    if split not in h5 or "meta" not in h5[split]:
-        raise InputError(f"{path}: no split {split!r} with a meta table (schema v1 expected)")
-    missing = [name for name in _PIXELS if name not in h5[split]]
-    if missing:
-        raise InputError(f"{path}: split {split!r} lacks the datasets {missing} (schema v1 expected: "
-                         f"{list(_PIXELS)})")
-    return h5[split]
-
-
-def _checked(path: Path, split: str, per_field_type: int) -> Path:
-    """``path``, once it and the arguments of :func:`load_stamps` are checked."""
-    if not path.is_file():
-        raise FileNotFoundError(2, "No such file or directory", str(path))
-    if split not in SPLITS:
-        raise InputError(f"split={split!r}: expected one of {SPLITS}")
-    if per_field_type < 0:
-        raise InputError(f"per_field_type={per_field_type!r}: expected >= 0")
-    return path
+def _filters(path: Path) -> list[str]:
+    """The data set's filters (of every split, not only the evaluated one)."""
+    out: set[str] = set()
+    for split in SPLITS:
+        try:
+            out.update(split_info(path, split).column("filter", ""))
+        except InputError:  # a split without stamps tables: no filters
+            continue
+    return sorted(f for f in out if f)
 
 
 def load_stamps(path: str | os.PathLike, split: str, *, per_field_type: int = 0, seed: int = 0) -> dict:
@@ -71,7 +47,7 @@ def load_stamps(path: str | os.PathLike, split: str, *, per_field_type: int = 0,
     Parameters
     ----------
     path : str or path-like
-        HDF5 training set (schema v1).
+        HDF5 training set (docs/hdf5-schema.md).
     split : str
         ``train``, ``val`` or ``test``.
     per_field_type : int
@@ -94,40 +70,30 @@ def load_stamps(path: str | os.PathLike, split: str, *, per_field_type: int = 0,
     FileNotFoundError
         No file at ``path``.
     InputError
-        A bad ``split`` or ``per_field_type``, or a file without the split's meta
-        table and pixel datasets or without stamps in the split.
+        A bad ``split`` or ``per_field_type``, or a file without the split's tables or
+        without stamps in the split.
     """
-    import h5py
-
-    path = _checked(Path(path), split, per_field_type)
-    with h5py.File(path, "r") as h5:
-        g = _open_split(h5, path, split)
-        meta = g["meta"][()]
-        ftypes = np.array([as_str(v) for v in meta["field_type"]])
-        index = _subset(ftypes, per_field_type, seed)
-        if index.size == 0:
-            raise InputError(f"{path}: split {split!r} holds no stamps")
-        image = g["image"][index].astype(np.float32)
-        valid = (g["ignore"][index] == 0) & np.isfinite(image)
-        out = {
-            "path": path, "split": split, "index": index, "image": image, "valid": valid,
-            "meta": meta[index], "field_type": ftypes[index], "split_size": int(len(meta)),
-            "bunit": as_str(g["image"].attrs.get("BUNIT", "ELECTRONS")),
-            "instrument": _instrument_of(h5, meta), "filters": _filters(h5),
-            "attrs": {k: as_str(h5.attrs.get(k, "")) for k in ("manifest_name", "manifest_sha256")},
-            # a label on an ignored pixel is no label (as in training)
-            "cr": (g["cr"][index] != 0) & valid,
-        }
-        if "truth" in g:
-            # 0 = no injected CR, else 1 + the pixel's SNR bin (crforge.pipeline.datafile.schema.TRUTH_SNR_BINS)
-            out["truth"] = np.where(valid, g["truth"][index], 0).astype(np.uint8)
+    if per_field_type < 0:
+        raise InputError(f"per_field_type={per_field_type!r}: expected >= 0")
+    info = split_info(path, split)
+    ftypes = info.column("field_type", "").astype(str)
+    index = _subset(ftypes, per_field_type, seed)
+    if index.size == 0:
+        raise InputError(f"{info.path}: split {split!r} holds no stamps")
+    arrays = read_stamps(info, index, ("image", "cr", "ignore", "truth"))
+    image = arrays["image"].astype(np.float32)
+    valid = (arrays["ignore"] == 0) & np.isfinite(image)
+    attrs = read_attrs(info.path)
+    out = {"path": info.path, "split": split, "index": index, "image": image, "valid": valid,
+           "meta": info.meta[index], "field_type": ftypes[index], "split_size": info.n, "bunit": info.bunit,
+           "instrument": file_instruments(attrs, info.column("exposure", "")), "filters": _filters(info.path),
+           "attrs": {k: attrs.get(k, "") for k in ("manifest_name", "manifest_sha256")},
+           # a label on an ignored pixel is no label (as in training)
+           "cr": (arrays["cr"] != 0) & valid}
+    if info.has_truth:
+        # 0 = no injected CR, else 1 + the pixel's SNR bin (crforge.pipeline.datafile.schema.TRUTH_SNR_BINS)
+        out["truth"] = np.where(valid, arrays["truth"], 0).astype(np.uint8)
     return out
-
-
-def _filters(h5) -> list[str]:
-    """The data set's filters (of every split, not only the evaluated one)."""
-    return sorted({as_str(f) for sp in SPLITS if sp in h5 and "meta" in h5[sp]
-                   for f in np.unique(h5[sp]["meta"]["filter"])})
 
 
 def in_electrons(data: dict) -> np.ndarray:

@@ -13,7 +13,13 @@ import numpy as np
 
 from crforge.atomic import atomic_path, write_text
 from crforge.pipeline.names import FIELD_TYPES
-from crforge.training.evaluate.names import INPAINT_METHODS, MASK_METHODS, METHOD_LABELS, TRUTH_BIN_NAMES, fpr_key
+from crforge.training.evaluate.names import (
+    INPAINT_METHODS,
+    MASK_METHODS,
+    METHOD_LABELS,
+    TRUTH_BIN_NAMES,
+    fpr_key,
+)
 
 __all__ = ["write_report", "report_text", "plot_roc", "summary_text"]
 

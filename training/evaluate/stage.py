@@ -46,7 +46,6 @@ This module runs the evaluation and writes its outputs; the work is in
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import time
@@ -56,11 +55,11 @@ from typing import Any
 
 import numpy as np
 
-from crforge.atomic import write_text
 from crforge.errors import InputError
 from crforge.training.evaluate.config import EvaluateConfig
 from crforge.training.evaluate.data import as_str, load_network, load_stamps, normalised
 from crforge.training.evaluate.detection import evaluate_mask
+from crforge.training.evaluate.document import EVALUATION_FORMAT, write_evaluation
 from crforge.training.evaluate.inpainting import evaluate_inpaint, inpaint_methods
 from crforge.training.evaluate.photometry import photometric_fidelity
 from crforge.training.evaluate.report import plot_roc, write_report
@@ -70,7 +69,6 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["EVALUATION_FORMAT", "evaluate_run"]
 
-EVALUATION_FORMAT = "crforge-evaluation/1"
 
 #: The networks a run may hold, in the document's order.
 _KINDS = ("mask", "inpaint")
@@ -210,23 +208,10 @@ def _sha256(path: Path) -> str:
         return hashlib.file_digest(f, "sha256").hexdigest()
 
 
-def _jsonable(obj):
-    """``obj`` with NumPy scalars as Python numbers and non-finite floats as None."""
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, float) and not np.isfinite(obj):
-        return None
-    return obj
-
-
 def _write_outputs(doc: dict, out: Path) -> None:
     """``evaluation.json``, ``report.md`` and (with detection figures) ``roc.png`` in ``out``."""
     out.mkdir(parents=True, exist_ok=True)
-    write_text(out / "evaluation.json", json.dumps(_jsonable(doc), indent=1, allow_nan=True) + "\n")
+    write_evaluation(out, doc)
     write_report(doc, out / "report.md")
     if doc["mask"]:
         plot_roc(doc, out / "roc.png")
