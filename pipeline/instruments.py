@@ -14,8 +14,15 @@ real thing, not to calibrate science data):
 - WFC3/UVIS: WFC3 Instrument Handbook (UVIS detector chapter); gain 1.55 e-/DN, read
   noise about 3.1 e-, full well about 63,000 e-, 0.0395"/pixel, two 4096x2051 chips
   separated by about 35 pixels (1.4"). DQ bits: WFC3 Data Handbook.
-- PSF FWHM by filter: the instrument handbooks' encircled-energy tables (ACS/WFC about
-  0.08-0.10", WFC3/UVIS 0.067-0.08"), i.e. about 2 pixels: undersampled.
+- PSF core FWHM by filter, the width of the simulator's core Gaussian (before pixel
+  integration, beside its halo and wing; ``crforge.pipeline.simulate.sources``).
+  ACS/WFC: fitted so that a star centred on a pixel has the sharpness of the TinyTim
+  model PSF of the filter shipped with drizzlepac 3.11 (``drizzlepac/pars/psfs/acs/wfc``)
+  convolved with the charge-diffusion kernel in its header: the same ratio of the four
+  neighbouring pixels to the peak (0.40-0.51; 0.46 for F606W, which the core 1.69
+  gives). The handbooks' encircled-energy FWHMs (1.9-2.1 pixels) used before made stars
+  broader than real ones, and models trained on them took real stars for cosmic rays.
+  WFC3/UVIS: the handbook's encircled-energy FWHM (about 0.067-0.08", 1.8-2.1 pixels).
 - Sky: the handbooks' "average" zodiacal + earthshine sky in e-/s/pixel.
 - Cosmic rays: about 1.2 events s^-1 cm^-2 on both imagers, the order of the rates
   Miles et al. (2021, ApJ 918, 86) measured over 1.2 billion HST cosmic rays; 15 um pixels; the sensitive silicon
@@ -264,8 +271,9 @@ ACS_WFC = Instrument(
     saturation_bits=256 | 2048,
     nodata_bits=1 | 2,
     cr_bits=4096 | 8192,
-    fwhm_pix={"F435W": 2.0, "F475W": 2.0, "F555W": 1.9, "F606W": 1.9, "F625W": 1.9,
-              "F775W": 2.0, "F814W": 2.1, "F850LP": 2.4},
+    # the simulator's core FWHM that gives the TinyTim PSFs' sharpness (see the docstring)
+    fwhm_pix={"F435W": 1.77, "F475W": 1.64, "F555W": 1.67, "F606W": 1.69, "F625W": 1.53,
+              "F775W": 1.64, "F814W": 1.70, "F850LP": 1.86},
     sky_rate={"F435W": 0.03, "F475W": 0.06, "F555W": 0.06, "F606W": 0.10, "F625W": 0.08,
               "F775W": 0.08, "F814W": 0.09, "F850LP": 0.05},
     zeropoint={"F435W": 25.66, "F475W": 26.06, "F555W": 25.72, "F606W": 26.50, "F625W": 25.91,

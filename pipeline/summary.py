@@ -30,8 +30,7 @@ import h5py
 import numpy as np
 
 from crforge.errors import InputError
-from crforge.pipeline.datafile.reader import (blocks, check_block, check_file, progress_bar, read_fields,
-                                              text)
+from crforge.pipeline.datafile.reader import blocks, check_block, check_file, progress_bar, read_fields, text
 from crforge.pipeline.datafile.schema import SPLITS, TRUTH_SNR_BINS
 from crforge.pipeline.datafile.validate import DEFAULT_BLOCK
 

@@ -34,3 +34,21 @@ def _private_zoo_and_data_dirs(tmp_path_factory, monkeypatch):
     home = tmp_path_factory.mktemp("home")
     monkeypatch.setenv("CRFORGE_ZOO", str(home / "zoo"))
     monkeypatch.setenv("XDG_DATA_HOME", str(home / "share"))
+
+
+@pytest.fixture(scope="session")
+def real_frames_cache(tmp_path_factory):
+    """Where the real HST frames are: ``$CRFORGE_REAL_FRAMES`` (``make test`` fetches them
+    there first), else a temporary cache this session fetches them into."""
+    import os
+    from pathlib import Path
+
+    return Path(os.environ.get("CRFORGE_REAL_FRAMES") or tmp_path_factory.mktemp("real-frames"))
+
+
+@pytest.fixture(scope="session")
+def frames(real_frames_cache):
+    """The real frames' paths (fetched, pinned, sha256-checked)."""
+    from crforge.pipeline import realframes
+
+    return realframes.fetch(cache=real_frames_cache)

@@ -14,13 +14,13 @@ import h5py
 import numpy as np
 import pytest
 
+from crforge.pipeline.datafile.validate import validate
 from crforge.pipeline.dataset.config import DatasetConfig, StampConfig
 from crforge.pipeline.dataset.stage import build_dataset
-from crforge.pipeline.datafile.validate import validate
-from crforge.pipeline.summary import summarise
 from crforge.pipeline.manifest import load_manifest
 from crforge.pipeline.splits import assign_splits, group_fields, quads_overlap
 from crforge.pipeline.stamps import cut_stamps, snr_class, stamp_origins
+from crforge.pipeline.summary import summarise
 
 SMALL = """
 name = "small"

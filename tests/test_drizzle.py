@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from astropy.io import fits
 
-from crforge.pipeline import masks
-from crforge.pipeline.label.config import LabelConfig
 from crforge.errors import InputError
+from crforge.pipeline import masks
 from crforge.pipeline.label.astrodrizzle import DrizzleError
+from crforge.pipeline.label.config import LabelConfig
 from crforge.pipeline.label.result import VisitLabels, read_labels
 from crforge.pipeline.label.stage import label_visit
 from crforge.pipeline.label.validate import ExposureError, VisitError, validate_exposure

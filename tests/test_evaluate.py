@@ -234,14 +234,14 @@ def tiny_run(tmp_path_factory):
     for kind in ("mask", "inpaint"):
         cfg = TrainConfig(kind=kind, model=ModelConfig(depth=2, width=4), epochs=2, batch_size=4,
                           stamps_per_epoch=0, lr=0.01, val_stamps=0, seed=0, device="cpu",
-                          cpu_bf16="off", channels_last=False)
+                          cpu_bf16="off", channels_last=False, init_mask="")
         main(cfg, data, root / "runs" / "tiny" / kind)
     return data, root / "runs" / "tiny"
 
 
 def _cfg(**kw) -> EvaluateConfig:
     base = dict(stamps_per_field_type=0, lacosmic_sigclip=(3.0, 6.0), threads=1, batch_size=4,
-                star_min_snr=20.0)
+                star_min_snr=20.0, real_frames=False)  # the real frames: tests/test_realpixels.py
     base.update(kw)
     return EvaluateConfig(**base)
 
@@ -315,7 +315,7 @@ def test_deepcr_peer_scores_on_the_same_stamps(tiny_run, tmp_path):
 def test_cli_evaluate_and_errors(tiny_run, tmp_path, capsys):
     data, run_dir = tiny_run
     rc = cli.main(["evaluate", "--run", str(run_dir), "--data", str(data), "--out", str(tmp_path),
-                   "--no-baselines", "--set", "evaluate.photometry=false",
+                   "--no-baselines", "--set", "evaluate.photometry=false", "--set", "evaluate.real_frames=false",
                    "--set", "evaluate.stamps_per_field_type=1"])
     assert rc == 0
     out = capsys.readouterr().out
@@ -341,8 +341,8 @@ def test_roc_dilated_curve_equals_dilating_each_binary_call():
 
 
 def test_mask_scores_use_the_folded_network_and_match_the_plain_one(tiny_run):
-    from crforge.training.evaluate.detection import mask_scores
     from crforge.training.checkpoint import load_checkpoint
+    from crforge.training.evaluate.detection import mask_scores
 
     _, run_dir = tiny_run
     model, _ = load_checkpoint(run_dir / "mask" / "best.pt")
@@ -356,3 +356,19 @@ def test_the_evaluation_file_is_a_valid_training_set(tmp_path):
     from crforge.pipeline.datafile.validate import validate
 
     assert validate(_write_eval_h5(tmp_path / "e.h5")) == []
+
+
+def test_evaluate_scores_the_mask_network_on_real_frames(tiny_run, frames, real_frames_cache, tmp_path,
+                                                         monkeypatch):
+    """With ``evaluate.real_frames`` the document gains the real-pixel figures and real.png."""
+    monkeypatch.setenv("CRFORGE_REAL_FRAMES", str(real_frames_cache))
+    data, run_dir = tiny_run
+    doc = evaluate_run(run_dir, data, _cfg(real_frames=True, baselines=(), photometry=False,
+                                          stamps_per_field_type=2), tmp_path)
+    assert set(doc["real"]) == {"acs-hrc", "stis-ccd[1]", "stis-ccd[2]", "wfpc2-pc1"}
+    hrc = doc["real"]["acs-hrc"]["methods"]["crforge"]
+    assert set(hrc["tpr_at_fpr"]) == {"0.0005", "0.005"} and 0 <= hrc["star_cores_touched"] <= 1
+    assert hrc["threshold"] == doc["threshold"]["value"]
+    assert (tmp_path / "real.png").stat().st_size > 10_000
+    assert "Real pixels" in (tmp_path / "report.md").read_text()
+    assert json.loads((tmp_path / "evaluation.json").read_text())["real"]["acs-hrc"]["stars"] > 5000

@@ -238,3 +238,32 @@ def test_bad_visit_name_is_refused(tmp_path, name):
     with pytest.raises(InputError, match="name="):
         simulate_visit(SimulateConfig(n_exposures=1, chip_shape=(32, 32)), tmp_path, name=name)
     assert not any(tmp_path.iterdir())
+
+
+def test_simulated_stars_are_as_sharp_as_tinytim_and_vary_between_visits(tmp_path):
+    """The ACS/WFC F606W core matches the TinyTim PSF shipped with drizzlepac; visits differ."""
+    from pathlib import Path
+
+    import drizzlepac
+    from astropy.io import fits
+    from scipy import ndimage
+
+    from crforge.pipeline.simulate.sources import psf_kernel
+
+    def n4_over_peak(k):
+        y, x = np.unravel_index(np.argmax(k), k.shape)
+        return (k[y - 1, x] + k[y + 1, x] + k[y, x - 1] + k[y, x + 1]) / 4 / k[y, x]
+
+    tiny = fits.getdata(Path(drizzlepac.__file__).parent / "pars/psfs/acs/wfc/acs_wfc_f606w.fits")
+    diffusion = np.array([[0.023504, 0.078029, 0.023504], [0.078029, 0.593869, 0.078029],
+                          [0.023504, 0.078029, 0.023504]])  # the kernel its header gives
+    real = n4_over_peak(ndimage.convolve(tiny.astype(float), diffusion))
+    ours = n4_over_peak(psf_kernel(ACS_WFC.fwhm("F606W")))
+    assert abs(ours - real) < 0.01 and 0.42 < real < 0.50
+    cores = set()
+    for seed in range(4):
+        v = simulate_visit(SimulateConfig(seed=seed, n_exposures=2, chip_shape=(64, 64)), tmp_path / str(seed))
+        meta = json.loads((v / "visit.json").read_text())
+        cores.add(round(max(meta["psf_fwhm_yx"][0]), 3))
+        assert 0.25 <= meta["cr_diffusion"] <= 0.45
+    assert len(cores) == 4 and min(cores) >= 0.9 * 1.69 * 0.9 and max(cores) <= 1.15 * 1.69 * 1.1

@@ -18,12 +18,12 @@ from crforge import config as cfgmod
 from crforge.cli.runconfig import RunConfig
 from crforge.pipeline.datafile.schema import META_DTYPE
 from crforge.pipeline.datafile.writer import write_arrays
+from crforge.training import checkpoint
+from crforge.training.checkpoint import load_checkpoint
 from crforge.training.config import AugmentConfig, ModelConfig, TrainConfig
 from crforge.training.data import EpochSampler, StampDataset, normalise
 from crforge.training.metrics import rates_at_threshold, threshold_at_fpr, tpr_at_fpr
 from crforge.training.models import InpaintNet, MaskNet, UNet, build_model
-from crforge.training import checkpoint
-from crforge.training.checkpoint import load_checkpoint
 from crforge.training.train import (
     batch_loss,
     evaluate,
@@ -94,7 +94,7 @@ def h5file(tmp_path) -> Path:
 
 def tiny_cfg(kind: str = "mask", **kw) -> TrainConfig:
     cfg = TrainConfig(kind=kind, model=ModelConfig(depth=2, width=4), epochs=2, batch_size=4,
-                      lr=0.01, device="cpu", seed=3, bn_freeze_epoch=1)
+                      lr=0.01, device="cpu", seed=3, bn_freeze_epoch=1, init_mask="")
     for k, v in kw.items():
         setattr(cfg, k, v)
     return cfg
@@ -389,7 +389,7 @@ def test_unknown_config_key_is_refused(tmp_path, h5file, capsys):
 def test_cli_trains_both_models(h5file, tmp_path, capsys):
     rc = cli.main(["train", "--data", str(h5file), "--runs", str(tmp_path / "runs"), "--name", "t",
                    "--set", "train.epochs=1", "--set", "train.model.width=4", "--set", "train.batch_size=4",
-                   "--set", "train.device='cpu'"])
+                   "--set", "train.device='cpu'", "--set", "train.init_mask=''"])
     assert rc == 0, capsys.readouterr().err
     out = capsys.readouterr().out
     assert "mask model:" in out and "TPR at 0.5% FPR" in out and "extragalactic" in out
@@ -441,3 +441,50 @@ def test_batch_norm_freeze_default_is_half_way_for_inpaint_only():
     assert no_bn.freeze_epoch() == 0
     with pytest.raises(ValueError, match="bn_freeze_epoch=-2"):
         TrainConfig(bn_freeze_epoch=-2).validate()
+
+
+def test_network_input_subtracts_or_keeps_the_sky():
+    from crforge.training.data import network_input, normalisation_info
+
+    img = np.full((4, 4), 150.0, np.float32)
+    img[1, 1] = 1150.0
+    ign = np.zeros((4, 4), bool)
+    ign[0, 0] = True
+    sub = network_input(img, 100.0, normalisation_info(100.0, True), ign)
+    keep = network_input(img, 100.0, normalisation_info(100.0, True, keep_sky=True), ign)
+    assert sub[1, 1] == pytest.approx(10.5) and sub[2, 2] == pytest.approx(0.5) and sub[0, 0] == 0.0
+    # with the sky kept the network sees the absolute level; an ignored pixel reads as the sky
+    assert keep[1, 1] == pytest.approx(11.5) and keep[2, 2] == pytest.approx(1.5) and keep[0, 0] == 1.0
+    assert normalisation_info(100.0, True, keep_sky=True)["scheme"] == "image / scale"
+
+
+def test_keep_sky_items_and_runs(h5file, tmp_path):
+    """``train.keep_sky``: the mask network's items carry the sky, and the checkpoint says so."""
+    plain = StampDataset(h5file, "val", "mask", None, seed=0)
+    kept = StampDataset(h5file, "val", "mask", None, seed=0, keep_sky=True)
+    a, b = plain[0]["image"], kept[0]["image"]
+    assert torch.allclose(b - a, torch.full_like(a, 40.0 / 100.0), atol=1e-5)  # meta sky 40 e-
+    res = main(tiny_cfg(keep_sky=True, epochs=1), h5file, tmp_path / "k")
+    assert checkpoint.read(res["best"]).normalisation["keep_sky"] is True
+    inp = main(tiny_cfg(kind="inpaint", keep_sky=True, epochs=1), h5file, tmp_path / "i")
+    assert checkpoint.read(inp["best"]).normalisation["keep_sky"] is False  # mask networks only
+
+
+def test_mask_target_truth_uses_the_injected_crs(tmp_path, h5file):
+    """``train.target='truth'`` (simulated sets): positives are injected CRs >= the bin, fainter ones weigh 0."""
+    rng = np.random.default_rng(5)
+    splits = {}
+    for split, n in (("train", 3), ("val", 2)):
+        arrays = _stamps(n, rng)
+        truth = np.zeros_like(arrays["cr"])
+        truth[:, 5, 5], truth[:, 6, 6], truth[:, 7, 7] = 1, 2, 4
+        meta = np.zeros(n, META_DTYPE)
+        meta["field_type"] = FIELD_TYPES[0]
+        splits[split] = {**arrays, "truth": truth, "meta": meta}
+    path = write_arrays(tmp_path / "t.h5", splits)
+    item = StampDataset(path, "train", "mask", None, target="truth", truth_min_bin=2)[0]
+    cr, weight = item["cr"][0], item["weight"][0]
+    assert cr[6, 6] == 1 and cr[7, 7] == 1 and cr[5, 5] == 0 and cr.sum() == 2
+    assert weight[5, 5] == 0 and weight[6, 6] == 1  # < 3 sigma charge: no label either way
+    with pytest.raises(ValueError, match="no truth"):
+        StampDataset(h5file, "train", "mask", None, target="truth")

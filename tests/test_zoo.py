@@ -22,8 +22,6 @@ from astropy.io import fits
 
 from crforge import cli, deepcr_models
 from crforge.deepcr_models import interop, registry
-from crforge.deepcr_models.publish import publish
-from crforge.errors import InputError
 from crforge.deepcr_models.inference import (
     estimate_sky,
     mask_probability,
@@ -31,11 +29,13 @@ from crforge.deepcr_models.inference import (
     tile_windows,
     unit_factor,
 )
+from crforge.deepcr_models.publish import publish
+from crforge.errors import InputError
+from crforge.pipeline.datafile.schema import META_DTYPE
+from crforge.pipeline.datafile.writer import write_arrays
 from crforge.pipeline.instruments import ACS_WFC, WFC3_UVIS
 from crforge.pipeline.label.config import LabelConfig
 from crforge.pipeline.masks import ignore_mask
-from crforge.pipeline.datafile.schema import META_DTYPE
-from crforge.pipeline.datafile.writer import write_arrays
 from crforge.training import checkpoint, deepcr
 from crforge.training.checkpoint import load_checkpoint
 from crforge.training.config import ModelConfig, TrainConfig
@@ -123,7 +123,7 @@ def trained(tmp_path_factory):
     run = root / "runs" / "tiny"
     for kind in ("mask", "inpaint"):
         cfg = TrainConfig(kind=kind, model=ModelConfig(depth=2, width=8), epochs=1, batch_size=4,
-                          stamps_per_epoch=12, lr=0.01, device="cpu", seed=1, val_stamps=4)
+                          stamps_per_epoch=12, lr=0.01, device="cpu", seed=1, val_stamps=4, init_mask="")
         main(cfg, h5, run / kind)
     (run / "evaluation.json").write_text(json.dumps(_evaluation(run)))
     return {"root": root, "h5": h5, "run": run}
@@ -508,6 +508,18 @@ def test_import_deepcr_models_gives_deepcr_probabilities():
     assert not bn and np.abs(theirs - p).max() < 1e-5
 
 
+def test_deepcr_init_with_the_sky_kept_is_deepcr_itself():
+    """With ``train.keep_sky`` the converted start is deepCR on the raw image, sky and all."""
+    img, _ = _image((128, 128), np.random.default_rng(4), sky=180.0)
+    state, _, _ = deepcr.deepcr_init_state("ACS-WFC", scale=100.0)
+    net = build_model("mask", 2, 32, True).eval()
+    net.load_state_dict(state)
+    with torch.no_grad():
+        ours = net.predict(torch.from_numpy(img / np.float32(100.0))[None, None])[0, 0].numpy()
+    theirs = _deepcr(mask="ACS-WFC").clean(img, binary=False, segment=False)
+    assert np.abs(theirs - ours).max() < 1e-5
+
+
 def test_train_init_from_deepcr(trained, tmp_path, capsys):
     common = ["train", "--data", str(trained["h5"]), "--runs", str(tmp_path / "runs"), "--kind", "mask",
               "--set", "train.epochs=1", "--set", "train.stamps_per_epoch=4", "--set", "train.batch_size=4",
@@ -515,6 +527,12 @@ def test_train_init_from_deepcr(trained, tmp_path, capsys):
     assert cli.main(common + ["--name", "ft", "--init", "deepcr:ACS-WFC"]) == 0, capsys.readouterr().err
     run = tmp_path / "runs" / "ft" / "mask"
     assert "initialised from deepcr:ACS-WFC" in (run / "train.log").read_text()
+    # the default of a 2-32 mask network (train.init_mask), without --init
+    assert cli.main(common + ["--name", "default"]) == 0, capsys.readouterr().err
+    assert "initialised from deepcr:ACS-WFC" in (tmp_path / "runs" / "default" / "mask" / "train.log").read_text()
+    # a network of another architecture must say where it starts
+    assert cli.main(common + ["--name", "narrow", "--set", "train.model.width=8"]) == 2
+    assert "train.init_mask=''" in capsys.readouterr().err
     got = checkpoint.read(run / "last.pt").state_dict
     want, _, _ = deepcr.deepcr_init_state("ACS-WFC", scale=100.0)
     # a negligible learning rate: the weights are still deepCR's (rescaled)

@@ -135,7 +135,19 @@ class TrainConfig:
         Input normalisation ``(image - sky) / norm_scale`` (image unit, e.g.
         electrons); stored with the model.
     fill_ignored : bool
-        Set ignored pixels of the input to 0 (see :mod:`crforge.training.data`).
+        Set ignored pixels of the input to the sky (see :mod:`crforge.training.data`).
+    keep_sky : bool
+        Give the mask network ``image / norm_scale`` with its sky, as deepCR does, instead
+        of the sky-subtracted image: it then sees the sky level, and so the noise a pixel
+        can have (:func:`crforge.training.data.network_input`). The inpaint network
+        always sees the sky-subtracted image.
+    target : {'labels', 'truth'}
+        What the mask network learns a CR to be: the data set's AstroDrizzle labels, or,
+        for simulated data sets only, the injected cosmic rays (``truth``) of at least
+        ``truth_min_bin`` (2: 3-5 sigma; fainter injected charge then weighs nothing),
+        which the labels miss where they are hard to find (on stars, in crowding).
+    truth_min_bin : int
+        See ``target``: 2 (3-5 sigma), 3 (5-10) or 4 (> 10).
     val_fpr : float
         False-positive rate of the mask model's validation TPR (deepCR: 0.005).
     val_stamps : int
@@ -160,6 +172,14 @@ class TrainConfig:
     channels_last : bool
         Keep the network's tensors in channels-last memory layout: the same numbers,
         about 1.5x faster convolutions on the CPU (oneDNN).
+    init_mask, init_inpaint : str
+        Weights the network of that kind starts from (``crforge train --init`` wins):
+        ``deepcr:ACS-WFC`` (deepCR 0.3.1's published mask model, trained by Zhang & Bloom
+        on real ACS/WFC exposures; a 2-32 network with batch norm), a crforge checkpoint
+        or zoo weights file of the same kind and architecture, or empty for a seeded
+        random start. The mask default starts from deepCR's real-data weights: measured
+        on real HST frames (docs/real-pixels.md), fine-tuning them on simulated visits
+        beats a random start by a wide margin.
     """
 
     kind: Literal["mask", "inpaint"] = "mask"
@@ -181,6 +201,9 @@ class TrainConfig:
     bn_freeze_lr_factor: float = 0.4
     norm_scale: float = 100.0
     fill_ignored: bool = True
+    keep_sky: bool = False
+    target: Literal["labels", "truth"] = "labels"
+    truth_min_bin: int = 2
     val_fpr: float = 0.005
     val_stamps: int = 96
     seed: int = 0
@@ -190,6 +213,16 @@ class TrainConfig:
     num_workers: int = 0
     threads: int = 0
     channels_last: bool = True
+    init_mask: str = "deepcr:ACS-WFC"
+    init_inpaint: str = ""
+
+    def sky_kept(self) -> bool:
+        """Whether this run's network sees the image with its sky (``keep_sky``, mask only)."""
+        return self.keep_sky and self.kind == "mask"
+
+    def init(self) -> str | None:
+        """The starting weights of this run's kind (None: a seeded random start)."""
+        return (self.init_mask if self.kind == "mask" else self.init_inpaint) or None
 
     def freeze_epoch(self) -> int:
         """The effective ``bn_freeze_epoch`` (0 = never), resolving -1 (auto) by ``kind``."""
@@ -217,3 +250,5 @@ class TrainConfig:
             raise InputError(f"train.min_lr_factor={self.min_lr_factor!r}: expected (0, 1]")
         if not 0 < self.val_fpr < 1:
             raise InputError(f"train.val_fpr={self.val_fpr!r}: expected (0, 1)")
+        if self.truth_min_bin not in (1, 2, 3, 4):
+            raise InputError(f"train.truth_min_bin={self.truth_min_bin!r}: expected 1, 2, 3 or 4")

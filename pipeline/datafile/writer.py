@@ -34,8 +34,14 @@ import numpy as np
 
 from crforge import atomic
 from crforge.errors import InputError
-from crforge.pipeline.datafile.schema import (FIELDS_DTYPE, META_DTYPE, PIXEL_DTYPES, SCHEMA_VERSION,
-                                              SPLITS, STAMP_SIZE)
+from crforge.pipeline.datafile.schema import (
+    FIELDS_DTYPE,
+    META_DTYPE,
+    PIXEL_DTYPES,
+    SCHEMA_VERSION,
+    SPLITS,
+    STAMP_SIZE,
+)
 
 __all__ = ["FileAttributes", "DataFileWriter", "compress_stamps", "write_arrays", "GZIP_LEVEL"]
 

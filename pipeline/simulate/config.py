@@ -51,6 +51,27 @@ class SimulateConfig:
         Two characters naming the visit within the proposal.
     target : str
         ``TARGNAME``; empty: a name from the field type and seed.
+    psf_scale : tuple of float
+        ``(low, high)``: each visit's PSF core is the instrument table's FWHM times a
+        factor drawn uniformly in this range (focus and breathing, position on the
+        detector), so that the networks see sharper and broader stars than the
+        table's typical one; ``(1, 1)`` keeps it.
+    psf_jitter : float
+        Standard deviation of a further per-exposure factor on the PSF width (jitter,
+        breathing within a visit).
+    psf_ellipticity : float
+        Largest ``1 - fwhm_minor / fwhm_major`` of a visit's PSF (drawn uniformly,
+        along y or x).
+    cr_diffusion : tuple of float
+        ``(low, high)``: the Gaussian sigma (pixels) that spreads each cosmic-ray
+        deposit, drawn per visit (about 0.45 for the 15 um pixels of ACS/WFC and
+        WFC3/UVIS, 0.3 for the 21 um pixels of ACS/HRC and STIS/CCD, where real
+        cosmic rays are sharper).
+    cr_charge : tuple of float
+        ``(low, high)``: every cosmic-ray deposit of a visit is multiplied by a factor
+        drawn in this range (thicker or thinner silicon than the table's, other
+        detectors: the real cosmic rays of ACS/HRC carry about twice the charge of
+        ACS/WFC's median event).
     """
 
     instrument: str = "ACS/WFC"
@@ -72,6 +93,11 @@ class SimulateConfig:
     proposal_id: int = 99000
     obset_id: str = "01"
     target: str = ""
+    psf_scale: tuple[float, float] = (0.9, 1.15)
+    psf_jitter: float = 0.02
+    psf_ellipticity: float = 0.1
+    cr_diffusion: tuple[float, float] = (0.25, 0.45)
+    cr_charge: tuple[float, float] = (1.0, 1.0)
 
     def validate(self) -> Instrument:
         """Check the values; return the instrument record.
@@ -109,7 +135,19 @@ class SimulateConfig:
         if not isinstance(self.filter, str):
             raise InputError(f"filter={self.filter!r}: expected a filter name such as 'F606W'")
         inst.fwhm(self.filter or inst.default_filter)
+        self._validate_optics()
         return inst
+
+    def _validate_optics(self) -> None:
+        for name, lo_min in (("psf_scale", 0.3), ("cr_diffusion", 0.05), ("cr_charge", 0.1)):
+            lo, hi = getattr(self, name)
+            if not lo_min <= lo <= hi:
+                raise InputError(f"{name}={getattr(self, name)!r}: expected (low, high) with "
+                                 f"{lo_min} <= low <= high")
+        if not 0 <= self.psf_jitter < 0.3:
+            raise InputError(f"psf_jitter={self.psf_jitter!r}: expected a fraction in [0, 0.3)")
+        if not 0 <= self.psf_ellipticity < 0.5:
+            raise InputError(f"psf_ellipticity={self.psf_ellipticity!r}: expected a value in [0, 0.5)")
 
     @property
     def visit_name(self) -> str:

@@ -167,7 +167,7 @@ def build_scene(rng: np.random.Generator, field_type: str, frame: tuple[int, int
 
 
 def render_scene(scene: Scene, shape: tuple[int, int], offset: tuple[float, float], *,
-                 exptime: float, fwhm: float) -> ChipScene:
+                 exptime: float, fwhm: float | tuple[float, float]) -> ChipScene:
     """Image the scene onto one chip (noiseless, e-, no sky).
 
     Parameters
@@ -180,8 +180,8 @@ def render_scene(scene: Scene, shape: tuple[int, int], offset: tuple[float, floa
         Frame pixel ``(v, u)`` of the chip's pixel (0, 0): frame = chip + offset.
     exptime : float
         Seconds.
-    fwhm : float
-        Core FWHM of the PSF in pixels.
+    fwhm : float or (float, float)
+        Core FWHM of the PSF in pixels, or ``(fwhm_y, fwhm_x)``.
     """
     ny, nx = shape
     off_v, off_u = offset

@@ -1,9 +1,11 @@
 """The optics: a pixel-integrated PSF and the sources it images (stars, Sersic galaxies).
 
 The PSF is the sum of three Gaussians: a core with the filter's FWHM from the
-instrument table (about 2 pixels: undersampled, as sharp as a cosmic ray), a halo 2.5x
-wider (20% of the light) and a broad 8-pixel wing (5%).  Core and halo are integrated
-over each pixel on stamps; the wing is smooth and rendered on a coarser grid.
+instrument table (1.5-1.9 pixels on ACS/WFC: undersampled, nearly as sharp as a cosmic
+ray), a halo 2.5x wider (20% of the light) and a broad 8-pixel wing (5%).  Core and
+halo are integrated over each pixel on stamps; the wing is smooth and rendered on a
+coarser grid.  A PSF is its core FWHM, or ``(fwhm_y, fwhm_x)`` for an elongated one
+(focus, jitter and field position change the PSF from visit to visit).
 
 Pure NumPy functions; nothing here draws random numbers.
 """
@@ -52,26 +54,28 @@ def pixel_gaussian_1d(centres: np.ndarray, sigma: float, half: int) -> np.ndarra
     return 0.5 * (special.erf(edges_hi) - special.erf(edges_lo))
 
 
-def psf_components(fwhm: float) -> list[tuple[float, float]]:
-    """The PSF as ``[(weight, sigma_pixels), ...]`` Gaussians (weights sum to 1).
+def psf_components(fwhm: float | tuple[float, float]) -> list[tuple[float, float, float]]:
+    """The PSF as ``[(weight, sigma_y, sigma_x), ...]`` Gaussians (weights sum to 1).
 
-    The first two are rendered pixel-integrated on stamps; the last is the broad wing.
+    ``fwhm`` is the core's FWHM in pixels, or ``(fwhm_y, fwhm_x)``.  The first two
+    components are rendered pixel-integrated on stamps; the last is the round, broad wing.
     """
-    s = fwhm / 2.3548
-    return [(0.75, s), (0.20, 2.5 * s), (0.05, 8.0)]
+    fy, fx = (fwhm, fwhm) if np.isscalar(fwhm) else fwhm
+    sy, sx = fy / 2.3548, fx / 2.3548
+    return [(0.75, sy, sx), (0.20, 2.5 * sy, 2.5 * sx), (0.05, 8.0, 8.0)]
 
 
-def _stamp_half(comps: list[tuple[float, float]]) -> int:
+def _stamp_half(comps: list[tuple[float, float, float]]) -> int:
     """Half width of a core+halo stamp: 3.2 halo sigmas."""
-    return math.ceil(3.2 * comps[1][1])
+    return math.ceil(3.2 * max(comps[1][1], comps[1][2]))
 
 
-def psf_kernel(fwhm: float) -> np.ndarray:
+def psf_kernel(fwhm: float | tuple[float, float]) -> np.ndarray:
     """The core+halo PSF of a source centred on a pixel, normalised to sum 1 (float64)."""
     comps = psf_components(fwhm)
     half = _stamp_half(comps)
-    k1 = sum(w * pixel_gaussian_1d(np.zeros(1), s, half)[0][:, None]
-             * pixel_gaussian_1d(np.zeros(1), s, half)[0][None, :] for w, s in comps[:2])
+    k1 = sum(w * pixel_gaussian_1d(np.zeros(1), sy, half)[0][:, None]
+             * pixel_gaussian_1d(np.zeros(1), sx, half)[0][None, :] for w, sy, sx in comps[:2])
     return k1 / k1.sum()
 
 
@@ -80,7 +84,7 @@ def render_point_sources(
     y: np.ndarray,
     x: np.ndarray,
     flux: np.ndarray,
-    fwhm: float,
+    fwhm: float | tuple[float, float],
     chunk: int = 20000,
 ) -> np.ndarray:
     """Render point sources with the pixel-integrated PSF into a new float32 image.
@@ -93,8 +97,8 @@ def render_point_sources(
         Centres in 0-based pixel coordinates (pixel centres at integers).
     flux : ndarray
         Total flux of each source (any unit); the image carries the same unit.
-    fwhm : float
-        Core FWHM in pixels.
+    fwhm : float or (float, float)
+        Core FWHM in pixels, or ``(fwhm_y, fwhm_x)``.
     chunk : int
         Sources rendered at once (bounds the memory of the stamps).
 
@@ -111,14 +115,14 @@ def render_point_sources(
                          "expected the same shape")
     comps = psf_components(fwhm)
     img = _render_core_halo(shape, y, x, flux, comps, chunk)
-    w, s = comps[2]
+    w, s, _ = comps[2]
     if w > 0 and y.size:
         img += _render_wing(shape, y, x, w * flux, s)
     return img.astype(np.float32)
 
 
 def _render_core_halo(shape: tuple[int, int], y: np.ndarray, x: np.ndarray, flux: np.ndarray,
-                      comps: list[tuple[float, float]], chunk: int) -> np.ndarray:
+                      comps: list[tuple[float, float, float]], chunk: int) -> np.ndarray:
     """Core and halo of every source on pixel-integrated stamps: float64 ``shape`` image."""
     ny, nx = shape
     img = np.zeros(ny * nx, dtype=np.float64)
@@ -127,9 +131,9 @@ def _render_core_halo(shape: tuple[int, int], y: np.ndarray, x: np.ndarray, flux
     for lo in range(0, y.size, chunk):
         yy, xx, ff = y[lo:lo + chunk], x[lo:lo + chunk], flux[lo:lo + chunk]
         stamp = None
-        for w, s in comps[:2]:
-            gy = pixel_gaussian_1d(yy, s, half)
-            gx = pixel_gaussian_1d(xx, s, half)
+        for w, sy, sx in comps[:2]:
+            gy = pixel_gaussian_1d(yy, sy, half)
+            gx = pixel_gaussian_1d(xx, sx, half)
             part = w * gy[:, :, None] * gx[:, None, :]
             stamp = part if stamp is None else stamp + part
         stamp *= ff[:, None, None]
@@ -219,7 +223,7 @@ def render_galaxies(
     n: np.ndarray,
     q: np.ndarray,
     pa: np.ndarray,
-    fwhm: float,
+    fwhm: float | tuple[float, float],
 ) -> np.ndarray:
     """Render elliptical Sersic galaxies convolved with the PSF (float32 image).
 
@@ -233,8 +237,8 @@ def render_galaxies(
         Total flux of each galaxy; the image carries its unit.
     r_e, n, q, pa : ndarray
         Effective radius (pixels), Sersic index, axis ratio and position angle (rad).
-    fwhm : float
-        Core FWHM of the PSF in pixels.
+    fwhm : float or (float, float)
+        Core FWHM of the PSF in pixels, or ``(fwhm_y, fwhm_x)``.
 
     Notes
     -----

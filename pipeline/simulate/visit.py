@@ -160,17 +160,38 @@ class _Plan:
     scene: Scene
     defects: dict[int, Defects]  # by extver
     exposure_seeds: list[np.random.SeedSequence]
-    fwhm: float
+    psfs: list[tuple[float, float]]  # per exposure: core (fwhm_y, fwhm_x), pixels
+    cr_diffusion: float
+    cr_charge: float
     sky_e: float
     dark_e: float
     cr_rate: float
 
 
+def _optics(cfg: SimulateConfig, fwhm: float, ss: np.random.SeedSequence
+            ) -> tuple[list[tuple[float, float]], float, float]:
+    """Each exposure's PSF ``(fwhm_y, fwhm_x)``, the visit's CR charge diffusion and charge factor.
+
+    From their own random stream, so that the other draws of a visit do not depend on
+    these settings.
+    """
+    rng = np.random.default_rng(ss)
+    scale = rng.uniform(*cfg.psf_scale)
+    ell = rng.uniform(0.0, cfg.psf_ellipticity)
+    along_y = rng.random() < 0.5
+    diffusion = float(rng.uniform(*cfg.cr_diffusion))
+    jitter = np.maximum(1.0 + cfg.psf_jitter * rng.standard_normal(cfg.n_exposures), 0.5)
+    major = [fwhm * scale * j for j in jitter]
+    psfs = [(m, m * (1.0 - ell)) if along_y else (m * (1.0 - ell), m) for m in major]
+    charge = float(rng.uniform(*cfg.cr_charge))  # drawn last: earlier draws stay as they were
+    return psfs, diffusion, charge
+
+
 def _plan_visit(cfg: SimulateConfig, inst: Instrument) -> _Plan:
-    """Draw the dithers, the scene and the defects; seed the exposures."""
+    """Draw the dithers, the scene, the defects and the optics; seed the exposures."""
     filt = (cfg.filter or inst.default_filter).upper()
     ss = np.random.SeedSequence([cfg.seed, cfg.proposal_id, FIELD_TYPES.index(cfg.field_type)])
-    scene_ss, det_ss, dith_ss, exp_ss = ss.spawn(4)
+    scene_ss, det_ss, dith_ss, exp_ss, optics_ss = ss.spawn(5)
     offsets = dither_offsets(cfg.n_exposures, cfg.dither, np.random.default_rng(dith_ss))
     layout = chip_layout(inst, cfg.chip_shape)
     frame = sky_frame(layout)
@@ -180,11 +201,12 @@ def _plan_visit(cfg: SimulateConfig, inst: Instrument) -> _Plan:
     defects = {c.extver: draw_defects(rng_det, c.shape, hot_fraction=cfg.hot_fraction,
                                       warm_fraction=cfg.warm_fraction,
                                       n_bad_columns=cfg.n_bad_columns) for c in layout}
+    psfs, diffusion, charge = _optics(cfg, inst.fwhm(filt), optics_ss)
     return _Plan(
         cfg=cfg, inst=inst, filt=filt,
         target=cfg.target or f"SIM-{cfg.field_type.upper().replace('_', '-')}-{cfg.seed}",
         layout=layout, frame=frame, offsets=offsets, scene=scene, defects=defects,
-        exposure_seeds=exp_ss.spawn(cfg.n_exposures), fwhm=inst.fwhm(filt),
+        exposure_seeds=exp_ss.spawn(cfg.n_exposures), psfs=psfs, cr_diffusion=diffusion, cr_charge=charge,
         sky_e=inst.sky(filt) * cfg.exptime, dark_e=inst.dark_rate * cfg.exptime,
         cr_rate=inst.cr_rate if cfg.cr_rate is None else cfg.cr_rate)
 
@@ -195,7 +217,8 @@ def _simulate_into(plan: _Plan, out: Path) -> dict:
     files = [_simulate_exposure(plan, e, out) for e in range(cfg.n_exposures)]
     return {"visit": cfg.visit_name, "instrument": plan.inst.name, "filter": plan.filt,
             "field_type": cfg.field_type, "target": plan.target, "config": asdict(cfg),
-            "sky_e": plan.sky_e, "exposures": files}
+            "sky_e": plan.sky_e, "psf_fwhm_yx": [list(p) for p in plan.psfs],
+            "cr_diffusion": plan.cr_diffusion, "cr_charge": plan.cr_charge, "exposures": files}
 
 
 def _simulate_exposure(plan: _Plan, e: int, out: Path) -> dict:
@@ -206,7 +229,7 @@ def _simulate_exposure(plan: _Plan, e: int, out: Path) -> dict:
     hdus: list = [_primary_hdu(plan, e, root)]
     truth = []
     for chip in plan.layout:
-        chip_hdus, injected = _simulate_chip(plan, rng, chip, (dy, dx), root)
+        chip_hdus, injected = _simulate_chip(plan, rng, chip, (dy, dx), root, plan.psfs[e])
         hdus.extend(chip_hdus)
         truth.append(injected)
     fits.HDUList(hdus).writeto(out / f"{root}_flc.fits")
@@ -259,7 +282,8 @@ def _primary_hdu(plan: _Plan, e: int, root: str) -> fits.PrimaryHDU:
 
 
 def _simulate_chip(plan: _Plan, rng: np.random.Generator, chip: ChipPlacement,
-                   dither: tuple[float, float], root: str) -> tuple[list, ChipInjection]:
+                   dither: tuple[float, float], root: str, psf: tuple[float, float]
+                   ) -> tuple[list, ChipInjection]:
     """One chip of one exposure: its ``SCI``, ``ERR``, ``DQ`` extensions and its truth.
 
     Draws from ``rng`` in a fixed order: photon noise and the hot pixels' dark
@@ -268,12 +292,14 @@ def _simulate_chip(plan: _Plan, rng: np.random.Generator, chip: ChipPlacement,
     cfg, inst = plan.cfg, plan.inst
     dy, dx = dither
     src = render_scene(plan.scene, chip.shape, plan.frame.offset(chip, dy, dx),
-                       exptime=cfg.exptime, fwhm=plan.fwhm)
+                       exptime=cfg.exptime, fwhm=psf)
     defects = plan.defects[chip.extver]
     expected = src.source.astype(np.float64) + plan.sky_e + plan.dark_e
     signal_e = expose(rng, expected, defects, exptime=cfg.exptime, dark_e=plan.dark_e)
     crimg, n_cr = cosmic_ray_image(rng, chip.shape, rate=plan.cr_rate, exptime=cfg.exptime,
-                                   depletion_um=inst.depletion_um, pixel_um=inst.pixel_size_um)
+                                   depletion_um=inst.depletion_um, pixel_um=inst.pixel_size_um,
+                                   diffusion=plan.cr_diffusion)
+    crimg *= np.float32(plan.cr_charge)
     signal_e += crimg
     # saturation: charge (incl. sky and CRs) above the full well bleeds
     gain, _ = inst.chip_gain_readnoise(chip.extver)

@@ -131,17 +131,14 @@ def normalised(data: dict, ckpt) -> np.ndarray:
     InputError
         The images are in another unit than the network was trained on.
     """
-    from crforge.training.data import normalise
+    from crforge.training.data import network_input
 
     norm = ckpt.normalisation
     if norm.get("bunit", "ELECTRONS").upper() != data["bunit"].upper():
         raise InputError(f"{data['path']}: images in {data['bunit']}, but the model was trained on "
                          f"{norm.get('bunit')}")
     sky = np.maximum(np.nan_to_num(data["meta"]["sky"].astype(np.float32)), 0)
-    x = np.stack([normalise(im, float(s), norm["scale"]) for im, s in zip(data["image"], sky)])
-    if norm.get("fill_ignored", True):
-        x[~data["valid"]] = 0.0
-    return x
+    return np.stack([network_input(im, float(s), norm, ~ok) for im, s, ok in zip(data["image"], sky, data["valid"])])
 
 
 def inference_copy(model):

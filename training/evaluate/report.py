@@ -63,8 +63,21 @@ def report_text(doc: dict) -> str:
     ph = doc.get("photometry")
     if ph and ph.get("methods"):
         lines += _photometry_section(ph, fields)
+    if doc.get("real"):
+        lines += _real_section(doc["real"])
     lines.append("")
     return "\n".join(lines)
+
+
+def _real_section(real: dict) -> list[str]:
+    from crforge.training.evaluate.realpixels import STAR_SNR, markdown_table
+
+    return ["", "## Real pixels: real HST frames, every method on the same pixels", "",
+            "ACS/HRC j8bt06nyq (47 Tuc, F606W 60 s) against AstroDrizzle's CR flags (blobs of at most "
+            "30 pixels); STIS/CCD o4k19a010 (M33, a 2 x 150 s pair) against the pair difference; WFPC2 "
+            f"u40x010hm PC1 (omega Cen) without a CR reference. Stars: peaks > {STAR_SNR:g} sigma; "
+            "'star cores touched': the mask at the method's recommended threshold covers a pixel of the "
+            "3x3 core. None of these frames was used in training. Crops: real.png.", ""] + markdown_table(real)
 
 
 def _header(doc: dict) -> list[str]:

