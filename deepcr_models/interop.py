@@ -132,6 +132,9 @@ def export_deepcr(model, output: str | os.PathLike, *, sky: float = 0.0, zoo=Non
     if m.bunit != "ELECTRONS":
         raise InputError(f"{m.source}: trained on {m.bunit}; deepCR's models take electrons, export "
                          "needs a model trained on electrons")
+    if m.normalisation.get("keep_sky", False) and sky:
+        raise InputError(f"sky={sky!r}: {m.source} takes the image with its sky, as deepCR does; "
+                         "nothing to fold (leave --sky at 0): the export is exact but at the border")
     sd = to_deepcr_state_dict(m.net, scale=m.scale, sky=float(sky))
     output.parent.mkdir(parents=True, exist_ok=True)
     with atomic.atomic_path(output, overwrite=overwrite) as tmp:

@@ -65,3 +65,23 @@ def test_deepcr_figures_on_the_hrc_frame(images):
     assert res["tpr_at_fpr"]["0.0005"] == pytest.approx(0.734, abs=0.01)
     assert res["tpr_at_fpr"]["0.005"] == pytest.approx(0.794, abs=0.01)
     assert res["star_cores_touched"] == pytest.approx(0.058, abs=0.01)
+
+
+def test_the_shipped_mask_model_holds_the_real_pixel_bars(images):
+    """``synthetic-acs-wfc`` on the real ACS/HRC frame: deepCR's TPR at 0.5% FPR and star cores, or better.
+
+    The bars are deepCR 0.3.1's own figures on the same pixels
+    (:func:`test_deepcr_figures_on_the_hrc_frame`): 79.4% and 5.8%.
+    """
+    from crforge.deepcr_models import registry
+    from crforge.training.checkpoint import load_checkpoint
+
+    rec = next(r for r in registry.read_registry(registry.shipped_zoo())
+               if r.name == "synthetic-acs-wfc" and r.kind == "mask")
+    model, ckpt = load_checkpoint(registry.shipped_zoo() / rec.weights)
+    hrc = images["acs-hrc"]
+    fig = rp.real_pixel_figures({"shipped": (model, ckpt, rec.threshold)}, [hrc], baselines=())
+    f = fig["acs-hrc"]["methods"]["shipped"]
+    assert f["tpr_at_fpr"]["0.005"] >= 0.794, f
+    assert f["star_cores_touched"] <= 0.058, f
+    assert f["pixels_flagged"] < 0.005, f  # the recommended threshold flags about what deepCR's does

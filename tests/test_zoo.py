@@ -456,16 +456,34 @@ def _deepcr(**kw):
         return deepCR(**kw)
 
 
-def test_export_round_trip_through_deepcr(zoo, tmp_path, capsys):
+def test_export_round_trip_through_deepcr(trained, zoo, tmp_path, capsys):
     out = tmp_path / "tiny.pth"
     sky = 40.0
-    assert cli.main(["export", "tiny", "--to", "deepcr", "--output", str(out), "--zoo", str(zoo),
-                     "--sky", str(sky)]) == 0
+    img, _ = _image((128, 192), np.random.default_rng(7), sky=sky)
+    # a model that keeps the sky (the default) takes the image as deepCR does: exact everywhere
+    assert cli.main(["export", "tiny", "--to", "deepcr", "--output", str(out), "--zoo", str(zoo)]) == 0
     assert "hidden=8" in capsys.readouterr().out
     assert json.loads(Path(str(out) + ".json").read_text())["threshold"] == THRESHOLD
-    img, _ = _image((128, 192), np.random.default_rng(7), sky=sky)
     theirs = _deepcr(mask=str(out), hidden=8).clean(img, threshold=THRESHOLD, binary=False, segment=False)
-    ours = mask_probability(img, "tiny", zoo=zoo, sky=sky)
+    assert np.abs(theirs - mask_probability(img, "tiny", zoo=zoo, sky=sky)).max() < 2e-6
+    # ... and has no sky to fold: --sky is refused, naming it
+    assert cli.main(["export", "tiny", "--to", "deepcr", "--output", str(out), "--zoo", str(zoo),
+                     "--sky", str(sky), "--overwrite"]) == 2
+    assert "sky=40.0" in capsys.readouterr().err
+    # a model trained on sky-subtracted images gets its sky folded into the first layer
+    cfg = TrainConfig(kind="mask", model=ModelConfig(depth=2, width=8), epochs=1, batch_size=4,
+                      stamps_per_epoch=12, lr=0.01, device="cpu", seed=1, val_stamps=4, init_mask="",
+                      keep_sky=False)
+    run = tmp_path / "runs" / "raw"
+    main(cfg, trained["h5"], run / "mask")
+    (run / "evaluation.json").write_text(json.dumps({**_evaluation(run), "models": {
+        "mask": {"checkpoint": str(run / "mask/best.pt"), "depth": 2, "width": 8}}}))
+    zoo2 = tmp_path / "zoo2"
+    assert cli.main(["publish", str(run), "--name", "raw", "--zoo", str(zoo2)]) == 0
+    assert cli.main(["export", "raw", "--to", "deepcr", "--output", str(out), "--zoo", str(zoo2),
+                     "--sky", str(sky), "--overwrite"]) == 0
+    theirs = _deepcr(mask=str(out), hidden=8).clean(img, threshold=THRESHOLD, binary=False, segment=False)
+    ours = mask_probability(img, "raw", zoo=zoo2, sky=sky)
     r = receptive_radius(2)
     inner = (slice(r, -r), slice(r, -r))
     # exact (to float rounding) away from the border, where deepCR's zero padding is of
@@ -474,10 +492,10 @@ def test_export_round_trip_through_deepcr(zoo, tmp_path, capsys):
     m_theirs = _deepcr(mask=str(out), hidden=8).clean(img, threshold=THRESHOLD, segment=False)
     assert np.array_equal(m_theirs[inner] > 0, (ours > THRESHOLD)[inner])
     # with the sky folded as 0 and a sky-free image, equal everywhere
-    assert cli.main(["export", "tiny", "--to", "deepcr", "--output", str(out), "--zoo", str(zoo),
+    assert cli.main(["export", "raw", "--to", "deepcr", "--output", str(out), "--zoo", str(zoo2),
                      "--overwrite"]) == 0
     theirs0 = _deepcr(mask=str(out), hidden=8).clean(img - sky, binary=False, segment=False)
-    assert np.abs(theirs0 - mask_probability(img - sky, "tiny", zoo=zoo, sky=0.0)).max() < 2e-6
+    assert np.abs(theirs0 - mask_probability(img - sky, "raw", zoo=zoo2, sky=0.0)).max() < 2e-6
     # what deepCR cannot load is refused
     with pytest.raises(ValueError, match="depth-3"):
         interop.to_deepcr_state_dict(build_model("mask", 3, 4), scale=100.0)

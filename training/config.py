@@ -201,7 +201,7 @@ class TrainConfig:
     bn_freeze_lr_factor: float = 0.4
     norm_scale: float = 100.0
     fill_ignored: bool = True
-    keep_sky: bool = False
+    keep_sky: bool = True
     target: Literal["labels", "truth"] = "labels"
     truth_min_bin: int = 2
     val_fpr: float = 0.005
