@@ -38,6 +38,7 @@ import torch
 from crforge import atomic
 from crforge.deepcr_models import registry as reg
 from crforge.errors import InputError
+from crforge.lock import hold
 from crforge.training import checkpoint
 from crforge.training.evaluate.document import read_evaluation
 
@@ -289,9 +290,29 @@ def _read_evaluated(pub: _Publication, kind: str, path: Path) -> checkpoint.Chec
         if key in evm and int(evm[key]) != int(ckpt.model_config[key]):
             raise InputError(f"{pub.ev_path}: evaluated a {kind} model with {key} {evm[key]}, but "
                              f"{path} has {key} {ckpt.model_config[key]}: re-run crforge evaluate")
-    if path.stat().st_mtime > pub.ev_path.stat().st_mtime + 1:
-        logger.warning("%s is newer than %s: the figures may be of an earlier model", path, pub.ev_path)
+    _check_same_weights(pub, kind, path, ckpt)
     return ckpt
+
+
+def _check_same_weights(pub: _Publication, kind: str, path: Path, ckpt: checkpoint.Checkpoint) -> None:
+    """Refuse figures that ``evaluation.json`` holds of other weights than ``path``'s."""
+    evm = pub.ev["models"].get(kind, {})
+    redo = f"re-run `crforge evaluate --run {pub.run_dir}` before publishing"
+    if evm.get("sha256") is not None:
+        actual = hashlib.sha256(path.read_bytes()).hexdigest()
+        if evm["sha256"] != actual:
+            raise InputError(f"{pub.ev_path} holds the figures of {evm.get('checkpoint')} (sha256 "
+                             f"{evm['sha256'][:12]}..., epoch {evm.get('epoch')}), not of {path} (sha256 "
+                             f"{actual[:12]}..., epoch {ckpt.epoch}): the {kind} weights changed since the "
+                             f"evaluation; {redo}")
+    elif evm.get("epoch") is not None:  # a document of an older crforge: epoch and step
+        if (evm.get("epoch"), evm.get("step")) != (ckpt.epoch, ckpt.step):
+            raise InputError(f"{pub.ev_path} holds the figures of the {kind} model at epoch "
+                             f"{evm.get('epoch')} (step {evm.get('step')}), but {path} is epoch {ckpt.epoch} "
+                             f"(step {ckpt.step}); {redo}")
+    else:
+        logger.warning("%s records neither the sha256 nor the epoch of the %s model it evaluated: cannot "
+                       "check that its figures are of %s", pub.ev_path, kind, path)
 
 
 def _software(ev: dict, ckpt: checkpoint.Checkpoint) -> dict:
@@ -350,8 +371,8 @@ def _write_card(pub: _Publication, records: list[reg.ModelRecord]) -> None:
 
 
 def publish(run_dir: str | os.PathLike, name: str, *, zoo: str | os.PathLike | None = None,
-            overwrite: bool = False, description: str | None = None, ship: bool = False
-            ) -> list[reg.ModelRecord]:
+            overwrite: bool = False, description: str | None = None, ship: bool = False,
+            wait: bool = False) -> list[reg.ModelRecord]:
     """Publish a run's models with their evaluation into a (user) zoo directory.
 
     Parameters
@@ -370,6 +391,9 @@ def publish(run_dir: str | os.PathLike, name: str, *, zoo: str | os.PathLike | N
     ship : bool
         Publish into the zoo shipped with the package: a maintainer's release step,
         allowed only in a source checkout (:func:`~crforge.deepcr_models.registry.writable_zoo`).
+    wait : bool
+        Wait for another publication into the zoo instead of refusing; the call holds
+        the zoo's lock (:mod:`crforge.lock`) while it reads and writes the registry.
 
     Returns
     -------
@@ -381,18 +405,29 @@ def publish(run_dir: str | os.PathLike, name: str, *, zoo: str | os.PathLike | N
     FileNotFoundError
         No run directory.
     InputError
-        No evaluation (the message says to run ``crforge evaluate``), no checkpoint,
-        a checkpoint that is not the evaluated architecture, a bad or taken name, or
-        the shipped zoo as ``zoo``.
+        No evaluation (the message says to run ``crforge evaluate``), an evaluation
+        of other weights (sha256) or another architecture than the checkpoints', no
+        checkpoint, a bad or taken name, or the shipped zoo as ``zoo``.
+    crforge.lock.LockedError
+        Another process is publishing into the zoo (and not ``wait``).
     """
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise FileNotFoundError(2, "No such file or directory", str(run_dir))
     _check_name(name)
     pub = _Publication(run_dir, name, read_evaluation(run_dir), reg.writable_zoo(zoo, ship=ship), description)
+    with hold(pub.zdir, what="crforge publish", wait=wait):
+        records = _publish_locked(pub, overwrite=overwrite, ship=ship)
+    for r in records:
+        logger.info("published %s -> %s (sha256 %s)", r.key, pub.zdir / r.weights, r.sha256)
+    return records
+
+
+def _publish_locked(pub: _Publication, *, overwrite: bool, ship: bool) -> list[reg.ModelRecord]:
+    """:func:`publish` once the zoo is locked: weights, card, registry; the new records."""
+    name = pub.name
     existing = reg.read_registry(pub.zdir)
     _check_taken(name, pub.zdir, existing, overwrite)
-    pub.zdir.mkdir(parents=True, exist_ok=True)
     kept = {pub.zdir / r.weights for r in existing}
     try:
         records = _stage(pub)
@@ -408,6 +443,4 @@ def publish(run_dir: str | os.PathLike, name: str, *, zoo: str | os.PathLike | N
     for path in kept - set(pub.written):
         if any(r.name == name and pub.zdir / r.weights == path for r in existing):
             path.unlink(missing_ok=True)
-    for r in records:
-        logger.info("published %s -> %s (sha256 %s)", r.key, pub.zdir / r.weights, r.sha256)
     return records

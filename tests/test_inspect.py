@@ -72,7 +72,10 @@ def write_file(path, *, truth=True, stamps=STAMPS, fields=FIELDS, arrays=None):
                 meta[i]["filter"] = "F606W"
                 meta[i]["exptime"] = 500.0
             a = arrays[split]
-            w.append(split, meta, image=np.ones((n, S, S), np.float32), cr=a["cr"], ignore=a["ignore"],
+            # a different constant per stamp: identical images are duplicates, which are invalid
+            image = np.ones((n, S, S), np.float32) * (1 + np.arange(n, dtype=np.float32)[:, None, None]
+                                                      + 10 * list(stamps).index(split))
+            w.append(split, meta, image=image, cr=a["cr"], ignore=a["ignore"],
                      truth=a["truth"] if truth else None)
     return path
 

@@ -65,6 +65,7 @@ from torch.utils.data import DataLoader
 
 from crforge import atomic
 from crforge.errors import InputError
+from crforge.lock import hold
 from crforge.training import checkpoint
 from crforge.training.config import TrainConfig
 from crforge.training.data import EpochSampler, StampDataset, normalisation_info
@@ -420,6 +421,7 @@ class _Run:
     start: int = 0
     step: int = 0
     best: dict = field(default_factory=lambda: {"epoch": None, "val_loss": float("inf")})
+    data_sha256: str = ""
     log: _RunLog = field(init=False)
     norm: dict = field(init=False)
 
@@ -517,7 +519,8 @@ def _check_inputs(cfg: TrainConfig, data: str | os.PathLike, out_dir: str | os.P
     return data, out
 
 
-def _resume_point(cfg: TrainConfig, out: Path, resume: bool) -> checkpoint.Checkpoint | None:
+def _resume_point(cfg: TrainConfig, out: Path, resume: bool, data: Path,
+                  data_sha256: str) -> checkpoint.Checkpoint | None:
     """``out/last.pt`` to resume from, or None for a new run (an existing run needs ``resume``)."""
     from crforge import config as cfgmod
 
@@ -529,6 +532,7 @@ def _resume_point(cfg: TrainConfig, out: Path, resume: bool) -> checkpoint.Check
         if diff:
             raise InputError(f"{last}: cannot resume with a different configuration "
                              f"({', '.join(diff)}); use the run's {out / 'config.toml'}")
+        _check_resumable(ckpt, last, data, data_sha256)
         return ckpt
     if resume:
         logger.warning("%s: no last.pt to resume from; starting a new run", out)
@@ -536,6 +540,32 @@ def _resume_point(cfg: TrainConfig, out: Path, resume: bool) -> checkpoint.Check
         raise InputError(f"{out} already holds a run (last.pt): pass --resume to continue it, "
                          "or choose another run name")
     return None
+
+
+def _check_resumable(ckpt: checkpoint.Checkpoint, last: Path, data: Path, data_sha256: str) -> None:
+    """Refuse to resume on another data set or with another crforge than the checkpoint's."""
+    from crforge import __version__
+
+    recorded = ckpt.training.data.get("sha256")
+    if recorded is None:
+        logger.warning("%s records no data sha256 (an older crforge): cannot check that %s is the "
+                       "data set it was trained on", last, data)
+    elif recorded != data_sha256:
+        raise InputError(f"{last}: cannot resume on {data} (sha256 {data_sha256[:12]}...): the run was "
+                         f"trained on {ckpt.training.data.get('path')} (sha256 {recorded[:12]}...); resume "
+                         "with that data set, or start a new run under another --name")
+    written_by = ckpt.training.versions.get("crforge")
+    if written_by is not None and written_by != str(__version__):
+        raise InputError(f"{last}: written by crforge {written_by}, this is crforge {__version__}: a run "
+                         "is resumed by the code that started it; start a new run (another --name, "
+                         "--init from its best.pt to keep the weights)")
+
+
+def _file_sha256(path: Path) -> str:
+    import hashlib
+
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def _initial_weights(model: nn.Module, init: str | os.PathLike, cfg: TrainConfig) -> None:
@@ -633,7 +663,7 @@ def _save_checkpoints(run: _Run, rec: dict, improved: bool) -> None:
         optimizer=run.optimizer.state_dict(), scheduler=run.scheduler.state_dict(),
         scaler=run.scaler.state_dict(), rng=checkpoint.rng_state(), epoch=rec["epoch"], step=run.step,
         best=run.best, config=cfgmod.to_dict(run.cfg), metrics=rec,
-        data={"path": str(run.data), "train_stamps": len(run.train_loader.dataset)},
+        data={"path": str(run.data), "sha256": run.data_sha256, "train_stamps": len(run.train_loader.dataset)},
         versions={"crforge": str(__version__), "torch": str(torch.__version__)})
     ckpt = checkpoint.Checkpoint(kind=run.cfg.kind, model_config=asdict(run.cfg.model),
                                  state_dict=run.model.state_dict(), normalisation=run.norm,
@@ -683,7 +713,7 @@ def _finish(run: _Run, seconds: float) -> dict:
 
 
 def main(cfg: TrainConfig, data: str | os.PathLike, out_dir: str | os.PathLike, resume: bool = False,
-         *, init: str | os.PathLike | None = None, stop_after: int | None = None) -> dict:
+         *, init: str | os.PathLike | None = None, stop_after: int | None = None, wait: bool = False) -> dict:
     """Train one network (``cfg.kind``) and write the run directory.
 
     Parameters
@@ -706,6 +736,9 @@ def main(cfg: TrainConfig, data: str | os.PathLike, out_dir: str | os.PathLike, 
     stop_after : int, optional
         Stop once this many epochs are complete, as if interrupted (``last.pt`` is
         then resumable); for tests and time-boxed runs.
+    wait : bool
+        Wait for another run training into ``out_dir`` instead of refusing. The call
+        holds the run directory's lock (:mod:`crforge.lock`) while it trains.
 
     Returns
     -------
@@ -721,16 +754,28 @@ def main(cfg: TrainConfig, data: str | os.PathLike, out_dir: str | os.PathLike, 
     InputError
         A bad configuration or ``init``, an existing run without ``resume``, or a
         resumed run whose configuration differs in anything but ``epochs``,
-        ``num_workers``, ``device`` or ``threads``.
+        ``num_workers``, ``device`` or ``threads``, whose data set is another file
+        (sha256) or whose checkpoint another crforge version wrote.
+    crforge.lock.LockedError
+        Another process is training into ``out_dir`` (and not ``wait``).
     """
     if init is not None:  # recorded in the run's config, the checkpoints and the model card
         cfg = replace(cfg, **{f"init_{cfg.kind}": str(init)})
     data, out = _check_inputs(cfg, data, out_dir, stop_after)
-    resumed = _resume_point(cfg, out, resume)
+    with hold(out, what=f"crforge train ({cfg.kind})", wait=wait):
+        data_sha256 = _file_sha256(data)
+        resumed = _resume_point(cfg, out, resume, data, data_sha256)
+        return _train(cfg, data, out, resumed, data_sha256, stop_after)
+
+
+def _train(cfg: TrainConfig, data: Path, out: Path, resumed: checkpoint.Checkpoint | None,
+           data_sha256: str, stop_after: int | None) -> dict:
+    """:func:`main` once the run directory is locked and the resume point checked."""
     init = cfg.init()
     t_start = time.perf_counter()
     with _torch_threads(cfg.threads):
         run = _build_run(cfg, data, out, init=init if resumed is None else None)
+        run.data_sha256 = data_sha256
         if resumed is not None:
             _restore(run, resumed)
         else:

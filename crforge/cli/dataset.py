@@ -20,6 +20,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output", type=Path, help="HDF5 file (default: WORK/<manifest name>.h5)")
     parser.add_argument("--scheduler", help="local (default), serial, or tcp://host:port of a dask scheduler")
     parser.add_argument("--workers", type=int, help="LocalCluster workers (default: one per core)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --output that is "
+                        "not a rebuild of this data set (same manifest and settings)")
+    parser.add_argument("--wait", action="store_true", help="wait for another run using the work "
+                        "directory instead of refusing (exit 2)")
 
 
 def run(args: argparse.Namespace, cfg: RunConfig) -> int:
@@ -30,7 +34,8 @@ def run(args: argparse.Namespace, cfg: RunConfig) -> int:
     try:
         report = build_dataset(args.manifest, args.work, output=args.output,
                                dataset=dataclasses.replace(cfg.dataset, **flags), label=cfg.label,
-                               stamps=cfg.stamps, archive=cfg.archive)
+                               stamps=cfg.stamps, archive=cfg.archive, overwrite=args.overwrite,
+                               wait=args.wait)
     except DatasetError as exc:
         sys.stderr.write(f"crforge dataset: {exc}\n")
         return 1

@@ -27,13 +27,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "the architecture and the data)")
     parser.add_argument("--ship", action="store_true", help="maintainers: publish into the models shipped "
                         "with crforge (deepcr_models/ of a git checkout; refused for an installed package)")
+    parser.add_argument("--wait", action="store_true", help="wait for another publication into the "
+                        "zoo instead of refusing (exit 2)")
 
 
 
 def run(args: argparse.Namespace, cfg: None = None) -> int:
     """Entry point of ``crforge publish``."""
     records = publish(args.run, args.name, zoo=args.zoo, overwrite=args.overwrite,
-                      description=args.description, ship=args.ship)
+                      description=args.description, ship=args.ship, wait=args.wait)
     zdir = reg.writable_zoo(args.zoo, ship=args.ship)
     for r in records:
         extra = f", threshold {r.threshold:.6g} at FPR {r.threshold_fpr:g}" if r.threshold is not None else ""

@@ -28,7 +28,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--instrument", help="ACS/WFC or WFC3/UVIS")
     parser.add_argument("--seed", type=int, help="random seed")
     parser.add_argument("--size", help="chip shape NYxNX for small test visits (default: full size)")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing visit")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing visit (one "
+                        "simulated with the same settings is kept; with other settings it is refused)")
+    parser.add_argument("--wait", action="store_true", help="wait for another run simulating the "
+                        "same visit instead of refusing (exit 2)")
 
 
 def _chip_shape(text: str) -> tuple[int, int]:
@@ -48,7 +51,7 @@ def run(args: argparse.Namespace, cfg: RunConfig) -> int:
     if args.size:
         flags["chip_shape"] = _chip_shape(args.size)
     sim = dataclasses.replace(cfg.simulate, **flags)
-    path = simulate_visit(sim, args.out, overwrite=args.overwrite)
+    path = simulate_visit(sim, args.out, overwrite=args.overwrite, wait=args.wait)
     logger.info("wrote %s", path)
     sys.stdout.write(f"{path}\n")  # the command's one line of output: where the visit is
     return 0

@@ -27,7 +27,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "weights file (one --kind), or from deepCR 0.3.1's published mask model: "
                         "deepcr:ACS-WFC or deepcr:WFC3-UVIS (default: train.init_mask, "
                         "train.init_inpaint)")
-
+    parser.add_argument("--wait", action="store_true", help="wait for another run training into the "
+                        "same run directory instead of refusing (exit 2)")
 
 
 def run(args: argparse.Namespace, cfg: RunConfig) -> int:
@@ -43,7 +44,8 @@ def run(args: argparse.Namespace, cfg: RunConfig) -> int:
     results = []
     for kind in kinds:
         kcfg = dataclasses.replace(cfg.train, kind=kind)
-        res = main(kcfg, args.data, Path(args.runs) / name / kind, resume=args.resume, init=args.init)
+        res = main(kcfg, args.data, Path(args.runs) / name / kind, resume=args.resume, init=args.init,
+                   wait=args.wait)
         results.append(res)
         sys.stdout.write(_summary_line(res, kcfg.val_fpr))
     for res in results:

@@ -12,11 +12,14 @@ and split names; in each split the datasets, dtypes, shapes (N and SxS), image
 chunking (1, S, S) and ``BUNIT``; values (``cr`` in {0, 1}, ``ignore`` <= 7, ``truth``
 <= 4, finite ``image`` wherever ``ignore == 0``); that every ``meta.field_id`` is in
 ``/fields`` with the same split and field type; that no field and no visit has stamps
-in two splits; that ``truth`` is in all splits or in none.
+in two splits; that ``truth`` is in all splits or in none; that no two stamps, in one
+split or in two, have identical images (an exposure cut twice, e.g. listed under two
+visits; hashed stamp by stamp).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -259,6 +262,8 @@ class _Scan:
     seen_ids: set[int] = field(default_factory=set)
     visits: set[str] = field(default_factory=set)
     unreadable: list[str] = field(default_factory=list)
+    digests: dict[bytes, int] = field(default_factory=dict)  # image hash -> first stamp with it
+    duplicates: list[tuple[int, int]] = field(default_factory=list)  # (stamp, the earlier identical one)
 
     def bad_values(self, name: str, arr: np.ndarray, bad: np.ndarray, offset: int, expected: str) -> None:
         """Count bad values of a dataset, keeping the first example."""
@@ -285,6 +290,16 @@ class _Scan:
         if img is not None and np.issubdtype(img.dtype, np.floating):
             bad = ~np.isfinite(img) if ign is None else ~np.isfinite(img) & (ign == 0)
             self.bad_values(f"{gname}/image", img, bad, offset, "finite values wherever ignore == 0")
+        if img is not None:
+            self.hash_stamps(img, offset)
+
+    def hash_stamps(self, img: np.ndarray, offset: int) -> None:
+        """Remember each stamp's hash; two equal images are one exposure cut twice."""
+        for k in range(len(img)):
+            digest = hashlib.blake2b(np.ascontiguousarray(img[k]).tobytes(), digest_size=16).digest()
+            first = self.digests.setdefault(digest, offset + k)
+            if first != offset + k:
+                self.duplicates.append((offset + k, first))
 
     def rows(self, rows: np.ndarray) -> None:
         names = rows.dtype.fields or {}
@@ -315,6 +330,10 @@ class _Scan:
                          f"puts it in {want!r}; expected every stamp of a field in its /fields split")
         for fid, (got, want) in sorted(self.wrong_type.items()):
             probs.append(f"{gname}/meta: field_id {fid} has field_type {got!r}, but /fields says {want!r}")
+        if self.duplicates:
+            shown = ", ".join(f"{j} = {i}" for j, i in self.duplicates[:5])
+            probs.append(f"{gname}/image: {len(self.duplicates)} duplicate stamp(s), identical to an earlier "
+                         f"one ({shown}); expected every stamp once (an exposure listed under two visits?)")
         return probs
 
 
@@ -361,6 +380,7 @@ def _across_splits(truth_in: dict[str, bool], scans: dict[str, _Scan]) -> list[s
         probs.append(f"/{'/truth, /'.join(with_t)}/truth present but /"
                      f"{'/truth, /'.join(without)}/truth missing; expected truth in all "
                      "splits or in none")
+    probs += _duplicates_across_splits(scans)
     for what, key in (("field_id", "seen_ids"), ("visit", "visits")):
         where: dict[Any, list[str]] = {}
         for split, scan in scans.items():
@@ -372,6 +392,20 @@ def _across_splits(truth_in: dict[str, bool], scans: dict[str, _Scan]) -> list[s
                 probs.append(f"/{', /'.join(splits)}: {what} {shown} has stamps in two splits "
                              f"({', '.join(splits)}); expected every {what.split('_')[0]} in exactly "
                              "one split")
+    return probs
+
+
+def _duplicates_across_splits(scans: dict[str, _Scan]) -> list[str]:
+    """Stamps of one split identical to stamps of another (the same pixels trained and tested on)."""
+    probs, first = [], {}
+    for split, scan in scans.items():
+        found = [(first[d], i) for d, i in scan.digests.items() if d in first]
+        if found:
+            shown = ", ".join(f"/{s}/image {j} = /{split}/image {i}" for (s, j), i in found[:5])
+            probs.append(f"/{split}/image: {len(found)} stamp(s) identical to stamps of another split "
+                         f"({shown}); expected every stamp once")
+        for d, i in scan.digests.items():
+            first.setdefault(d, (split, i))
     return probs
 
 

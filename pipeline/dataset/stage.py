@@ -48,6 +48,7 @@ from astropy.wcs import WCS
 
 from crforge import atomic
 from crforge.errors import InputError
+from crforge.lock import hold
 from crforge.pipeline.archive.config import ArchiveConfig
 from crforge.pipeline.datafile.schema import META_DTYPE, SPLITS
 from crforge.pipeline.datafile.writer import DataFileWriter, FileAttributes, compress_stamps
@@ -121,6 +122,7 @@ class VisitStamps:
     n_exposures: int
     seconds: float
     reused: bool = False
+    exposures: tuple[str, ...] = ()  # rootnames (no exposure may be in two visits)
 
     def to_json(self) -> dict:
         """The ``<visit>.json`` document."""
@@ -129,6 +131,7 @@ class VisitStamps:
     @classmethod
     def from_json(cls, doc: dict) -> VisitStamps:
         """Read a ``<visit>.json`` document back (unknown keys ignored)."""
+        doc = {**doc, "exposures": tuple(doc.get("exposures", ()))}
         return cls(**{k: doc[k] for k in cls.__dataclass_fields__ if k in doc})
 
 
@@ -153,6 +156,8 @@ def _exposures_on_disk(spec: VisitSpec, raw: Path) -> bool:
     old = raw / "visit.json"
     changed = old.exists() and json.loads(old.read_text())["config"] != json.loads(
         json.dumps(asdict(spec.simulate)))
+    if changed:
+        logger.info("%s: the manifest row changed since it was simulated; simulating it anew", raw)
     simulate_visit(spec.simulate, raw.parent, name=spec.name, overwrite=changed)
     return changed
 
@@ -163,6 +168,8 @@ def _labels(spec: VisitSpec, raw: Path, labels: Path, label_cfg: LabelConfig, ch
         redo = changed or read_labels(labels).config != cfg.result_dict()
     except (FileNotFoundError, InputError):  # none yet, or unreadable: label_visit decides
         redo = changed
+    if redo and (labels / "labels.json").exists():
+        logger.info("%s: made from another simulation or with other settings; labelling anew", labels)
     return label_visit(raw, labels, cfg, overwrite=redo)
 
 
@@ -229,7 +236,8 @@ def process_visit(spec: VisitSpec, work: str | os.PathLike, label_cfg: LabelConf
     done = VisitStamps(visit=spec.name, key=key, n_stamps=len(meta), bunit=bunit, target=report.target,
                        field_type=spec.field_type, split=spec.split, footprint=quads, ra=float(centre[0]),
                        dec=float(centre[1]), n_exposures=report.n_exposures,
-                       seconds=round(time.perf_counter() - t0, 2))
+                       seconds=round(time.perf_counter() - t0, 2),
+                       exposures=tuple(e.rootname for e in report.exposures))
     atomic.write_json(info_path, done.to_json(), indent=None)  # after the stamps: it marks them complete
     return done
 
@@ -399,7 +407,8 @@ def _split_fields(man: Manifest, done: list[VisitStamps], seed: int,
 def build_dataset(manifest: str | os.PathLike | Manifest, work: str | os.PathLike, *,
                   output: str | os.PathLike | None = None, dataset: DatasetConfig | None = None,
                   label: LabelConfig | None = None, stamps: StampConfig | None = None,
-                  archive: ArchiveConfig | None = None) -> DatasetReport:
+                  archive: ArchiveConfig | None = None, overwrite: bool = False,
+                  wait: bool = False) -> DatasetReport:
     """Build the HDF5 training set of a manifest.
 
     Parameters
@@ -407,11 +416,18 @@ def build_dataset(manifest: str | os.PathLike | Manifest, work: str | os.PathLik
     manifest : path-like or Manifest
         The visits (TOML or CSV, see :mod:`crforge.pipeline.manifest`).
     work : path-like
-        Work directory for raw, labels, stamps and the output.
+        Work directory for raw, labels, stamps and the output. The run holds its lock
+        (:mod:`crforge.lock`) from start to end.
     output : path-like, optional
-        The HDF5 file; default ``<work>/<manifest name>.h5``.
+        The HDF5 file; default ``<work>/<manifest name>.h5``. An existing file is
+        replaced only when it records the same manifest and settings (a rebuild), or
+        with ``overwrite``.
     dataset, label, stamps, archive : config dataclasses, optional
         The ``[dataset]``, ``[label]``, ``[stamps]`` and ``[archive]`` tables (defaults when None).
+    overwrite : bool
+        Replace an existing ``output`` whatever it holds.
+    wait : bool
+        Wait for another run using ``work`` instead of refusing.
 
     Returns
     -------
@@ -421,7 +437,10 @@ def build_dataset(manifest: str | os.PathLike | Manifest, work: str | os.PathLik
     Raises
     ------
     InputError
-        A bad manifest or config, or overlapping visits with conflicting splits.
+        A bad manifest or config, overlapping visits with conflicting splits, an
+        exposure in two visits, or an existing ``output`` of another data set.
+    crforge.lock.LockedError
+        Another run is using ``work`` (and not ``wait``).
     DatasetError
         More than ``max_failed_fraction`` of the visits failed.
     """
@@ -432,14 +451,22 @@ def build_dataset(manifest: str | os.PathLike | Manifest, work: str | os.PathLik
     if cfg.stamps.size != 256:
         logger.warning("stamps.size=%d: schema v1 fixes 256; fine for tests only", cfg.stamps.size)
     man = manifest if isinstance(manifest, Manifest) else load_manifest(manifest)
+    _refuse_shared_exposures(man.visits, {v.name: _listed_exposures(v) for v in man.visits})
     work = Path(work)
-    work.mkdir(parents=True, exist_ok=True)
     output = Path(output) if output else work / f"{man.name}.h5"
+    with hold(work, what="crforge dataset", wait=wait):
+        replace_output = overwrite or _same_data_set(output, man, cfg)
+        return _build(man, work, output, cfg, replace_output)
+
+
+def _build(man: Manifest, work: Path, output: Path, cfg: _Sections, replace_output: bool) -> DatasetReport:
+    """:func:`build_dataset` once the work directory is locked and the output checked."""
     report_path = output.with_name(output.stem + ".report.json")
     t0 = time.perf_counter()
     logger.info("dataset %s: %d visits, scheduler %s", man.name, len(man.visits), cfg.dataset.scheduler)
     fetch_failed = _fetch_archive_visits(man, work, cfg.archive)
     done, failed = _run_visits([v for v in man.visits if v.name not in fetch_failed], work, cfg)
+    _refuse_shared_exposures(man.visits, {d.visit: list(d.exposures) for d in done})
     failed += [{"visit": n, "reason": r, "traceback": ""} for n, r in fetch_failed.items()]
     order = [v.name for v in man.visits]
     report = DatasetReport(man.name, man.sha256, str(output), len(man.visits), len(done),
@@ -451,7 +478,8 @@ def build_dataset(manifest: str | os.PathLike | Manifest, work: str | os.PathLik
         raise DatasetError(f"{len(failed)} of {len(man.visits)} visits failed (more than "
                            f"max_failed_fraction={cfg.dataset.max_failed_fraction}); see {report_path}")
     field_of, split_of = _split_fields(man, done, cfg.dataset.seed, cfg.dataset.fractions)
-    report.stamps = _write_hdf5(output, man, cfg, done, report.visits_failed, field_of, split_of, work)
+    report.stamps = _write_hdf5(output, man, cfg, done, report.visits_failed, field_of, split_of, work,
+                                overwrite=replace_output)
     report.status, report.seconds_total = "ok", round(time.perf_counter() - t0, 1)
     report.fields = {str(f): s for f, s in sorted(split_of.items())}
     atomic.write_json(report_path, report.to_json(), default=str)
@@ -459,16 +487,66 @@ def build_dataset(manifest: str | os.PathLike | Manifest, work: str | os.PathLik
     return report
 
 
-def _file_attributes(man: Manifest, cfg: _Sections, done: list[VisitStamps],
-                     failed: list[dict]) -> FileAttributes:
+def _listed_exposures(spec: VisitSpec) -> list[str]:
+    """The rootnames a manifest row names (simulated: by its ids; archive: its ``exposures``)."""
+    if spec.source == "simulate":
+        return list(spec.simulate.rootnames)
+    return [str(r).lower() for r in (spec.archive or {}).get("exposures") or []]
+
+
+def _refuse_shared_exposures(visits: list[VisitSpec], exposures: dict[str, list[str]]) -> None:
+    """Raise :class:`InputError` when one exposure belongs to two visits (duplicate stamps)."""
+    owner: dict[str, str] = {}
+    for spec in visits:
+        for root in exposures.get(spec.name, ()):
+            if root in owner and owner[root] != spec.name:
+                raise InputError(f"visits {owner[root]!r} and {spec.name!r} share the exposure {root!r}: "
+                                 "its stamps would be in the data set twice (and perhaps in two splits); "
+                                 "list every exposure under one visit only")
+            owner[root] = spec.name
+
+
+def _config_doc(cfg: _Sections) -> dict:
+    """The settings a data set records (``config`` attribute): what decides the stamps."""
     from crforge import config as cfgmod
 
-    specs = {v.name: v for v in man.visits}
     # how the work was scheduled does not change the data: leave it out, so the serial
     # and dask paths (and any worker count) write identical files
     doc = {k: cfgmod.to_dict(getattr(cfg, k)) for k in ("dataset", "label", "stamps")}
     for k in ("scheduler", "workers"):
         doc["dataset"].pop(k, None)
+    return json.loads(json.dumps(doc, sort_keys=True))
+
+
+def _same_data_set(output: Path, man: Manifest, cfg: _Sections) -> bool:
+    """Whether ``output`` may be replaced without ``overwrite``: False when it is not there.
+
+    Raises :class:`InputError` when it is there and is not a data set of this manifest
+    and these settings (another file is never replaced silently).
+    """
+    if not output.exists():
+        return False
+    import h5py
+
+    hint = "pass --overwrite to replace it, or choose another --output"
+    try:
+        with h5py.File(output, "r") as h:
+            recorded = (h.attrs.get("manifest_sha256"), json.loads(h.attrs.get("config", "null")))
+    except (OSError, ValueError, TypeError) as exc:
+        raise InputError(f"{output} exists and is not a readable crforge data set ({exc}); {hint}") from None
+    if recorded[0] != man.sha256:
+        raise InputError(f"{output} exists and was built from another manifest (sha256 {recorded[0]!s:.12}..., "
+                         f"this one {man.sha256[:12]}...); {hint}")
+    if recorded[1] != _config_doc(cfg):
+        raise InputError(f"{output} exists and was built with other settings; {hint}")
+    logger.info("%s exists, built from the same manifest with the same settings: rebuilding it", output)
+    return True
+
+
+def _file_attributes(man: Manifest, cfg: _Sections, done: list[VisitStamps],
+                     failed: list[dict]) -> FileAttributes:
+    specs = {v.name: v for v in man.visits}
+    doc = _config_doc(cfg)
     instruments = {get_instrument(specs[d.visit].simulate.instrument if specs[d.visit].source == "simulate"
                                   else specs[d.visit].archive["instrument"]).name for d in done}
     software = _software()
@@ -502,7 +580,8 @@ def _append_visit(w: DataFileWriter, split: str, npz: Path, field_id: int) -> No
 
 
 def _write_hdf5(output: Path, man: Manifest, cfg: _Sections, done: list[VisitStamps], failed: list[dict],
-                field_of: dict[str, int], split_of: dict[int, str], work: Path) -> dict[str, int]:
+                field_of: dict[str, int], split_of: dict[int, str], work: Path, *,
+                overwrite: bool) -> dict[str, int]:
     """Stream every finished visit's stamps into the file, one visit in memory at a time."""
     # truth only when every visit in the file is simulated (a failed one does not count)
     specs = {v.name: v for v in man.visits}
@@ -513,7 +592,7 @@ def _write_hdf5(output: Path, man: Manifest, cfg: _Sections, done: list[VisitSta
     bunit = next((d.bunit for d in done if d.bunit), "ELECTRONS")
     with DataFileWriter(output, _file_attributes(man, cfg, done, failed),
                         fields=_field_rows(by_field, split_of), truth=with_truth, bunit=bunit,
-                        compression=cfg.dataset.compression) as w:
+                        compression=cfg.dataset.compression, overwrite=overwrite) as w:
         for split in SPLITS:
             for fid in sorted(f for f in by_field if split_of[f] == split):
                 for d in sorted(by_field[fid], key=lambda d: d.visit):

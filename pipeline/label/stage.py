@@ -46,6 +46,7 @@ from pathlib import Path
 
 from crforge.atomic import remove_stale, temporary_name, write_json
 from crforge.errors import InputError
+from crforge.lock import hold
 from crforge.pipeline.label.astrodrizzle import (
     astrodrizzle_kwargs,
     drizzlepac_version,
@@ -68,6 +69,7 @@ def label_visit(
     cfg: LabelConfig | None = None,
     *,
     overwrite: bool = False,
+    wait: bool = False,
 ) -> VisitLabels:
     """Label every exposure of one visit.
 
@@ -77,12 +79,16 @@ def label_visit(
         Directory holding the visit's ``*_flc.fits`` (or ``*_flt.fits``) files.
         They are only read.
     out_dir : path-like
-        Directory for this visit's label files (created; a complete previous
-        result is kept unless ``overwrite``).
+        Directory for this visit's label files (created). A complete previous result
+        made with the same settings from the same exposures is kept (the log says
+        so); one made otherwise is refused unless ``overwrite``. The call holds the
+        directory's lock (:mod:`crforge.lock`) while it works.
     cfg : LabelConfig, optional
         Settings; defaults if ``None``.
     overwrite : bool
         Redo a visit whose labels are complete.
+    wait : bool
+        Wait for another run labelling into ``out_dir`` instead of refusing.
 
     Returns
     -------
@@ -96,20 +102,27 @@ def label_visit(
         each unusable one was refused.
     DrizzleError
         AstroDrizzle failed; the message has the tail of its log.
+    InputError
+        Complete labels made with other settings or exposures are in ``out_dir``
+        (and not ``overwrite``).
+    crforge.lock.LockedError
+        Another process is labelling into ``out_dir`` (and not ``wait``).
     """
     cfg = LabelConfig() if cfg is None else cfg
     if not isinstance(cfg, LabelConfig):
         raise TypeError(f"cfg must be a LabelConfig, got {type(cfg).__name__}")
     cfg.validate()
     raw_dir, out_dir = Path(raw_dir), Path(out_dir)
-    kept = None if overwrite else _complete_labels(out_dir)
-    if kept is not None:
-        logger.info("%s: labels complete, kept", out_dir)
-        return kept
-    infos, refused = validate_visit(raw_dir, cfg.min_exposures)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    report = _label(infos, refused, raw_dir.name, out_dir, cfg)
-    write_json(out_dir / REPORT_NAME, report.to_json())
+    with hold(out_dir, what="crforge label", wait=wait):
+        kept = None if overwrite else _complete_labels(out_dir)
+        if kept is not None:
+            _check_same_labels(kept, raw_dir, out_dir, cfg)
+            logger.info("%s: labels complete, made with the same settings from the same exposures; kept",
+                        out_dir)
+            return kept
+        infos, refused = validate_visit(raw_dir, cfg.min_exposures)
+        report = _label(infos, refused, raw_dir.name, out_dir, cfg)
+        write_json(out_dir / REPORT_NAME, report.to_json())
     logger.info("labelled %s: %d exposures in %.1f s", report.visit, len(infos), report.seconds_total)
     return report
 
@@ -161,6 +174,21 @@ def _scratch_dir(out_dir: Path, *, keep: bool) -> Iterator[Path]:
             logger.info("scratch kept in %s", kept)
         else:
             shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _check_same_labels(kept: VisitLabels, raw_dir: Path, out_dir: Path, cfg: LabelConfig) -> None:
+    """Refuse complete labels made with other settings, or of other exposures than ``raw_dir``'s."""
+    old, new = kept.config, cfg.result_dict()
+    diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+    if diff:
+        shown = ", ".join(f"{k} {old.get(k)!r} -> {new.get(k)!r}" for k in diff[:6])
+        raise InputError(f"{out_dir} holds labels made with other settings ({shown}); pass --overwrite "
+                         "to label the visit anew, or label into another --out")
+    labelled = {Path(e.input).name for e in kept.exposures}
+    missing = sorted(n for n in labelled if not (raw_dir / n).is_file())
+    if missing:
+        raise InputError(f"{out_dir} holds labels of exposures that are not in {raw_dir} "
+                         f"({', '.join(missing[:4])}); pass --overwrite to label the visit anew")
 
 
 def _complete_labels(out_dir: Path) -> VisitLabels | None:

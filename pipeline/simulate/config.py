@@ -155,6 +155,11 @@ class SimulateConfig:
         letter = {"ACS": "j", "WFC3": "i"}.get(get_instrument(self.instrument).instrume, "x")
         return f"{letter}{base36(self.proposal_id, 3)}{str(self.obset_id).lower()}"
 
+    @property
+    def rootnames(self) -> list[str]:
+        """The exposures' rootnames, in order (the data-set stage checks that no two visits share one)."""
+        return [f"{self.visit_name}{e + 1:02d}q" for e in range(self.n_exposures)]
+
 
 def base36(n: int, width: int) -> str:
     """``n`` modulo ``36**width`` in ``width`` lower-case base-36 digits (HST rootname style)."""

@@ -24,6 +24,7 @@ exposures does.  Within an exposure the chips draw in extension order.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -35,6 +36,7 @@ from astropy.io import fits
 
 from crforge.atomic import remove_stale, temporary_name, write_json
 from crforge.errors import InputError
+from crforge.lock import hold
 from crforge.pipeline.instruments import Instrument
 from crforge.pipeline.names import FIELD_TYPES
 from crforge.pipeline.simulate.config import SimulateConfig
@@ -67,13 +69,16 @@ _OVERHEAD_S = 100.0  # between exposures
 
 
 def simulate_visit(cfg: SimulateConfig, out_dir: str | os.PathLike, *,
-                   overwrite: bool = False, name: str | None = None) -> Path:
+                   overwrite: bool = False, name: str | None = None, wait: bool = False) -> Path:
     """Simulate one visit into ``out_dir/<visit>/``.
 
     Writes ``<root>_flc.fits`` and ``<root>_truth.fits`` per exposure and
     ``visit.json`` (config, dithers, files). The visit directory is built under a
     temporary name unique to the call and renamed when complete, so a half-written
-    visit never looks finished; an existing complete visit is kept unless ``overwrite``.
+    visit never looks finished. An existing complete visit simulated with the same
+    settings is kept (and the log says so); one simulated with other settings is
+    refused unless ``overwrite``. While it works the call holds the visit's lock
+    (``out_dir/.<visit>.lock``, :mod:`crforge.lock`).
 
     Parameters
     ----------
@@ -85,6 +90,8 @@ def simulate_visit(cfg: SimulateConfig, out_dir: str | os.PathLike, *,
         Replace an existing visit directory.
     name : str, optional
         Directory name of the visit; default :attr:`SimulateConfig.visit_name`.
+    wait : bool
+        Wait for another run simulating the same visit instead of refusing.
 
     Returns
     -------
@@ -94,28 +101,48 @@ def simulate_visit(cfg: SimulateConfig, out_dir: str | os.PathLike, *,
     Raises
     ------
     InputError
-        A config value or ``name`` is not what is expected.
+        A config value or ``name`` is not what is expected, or the visit exists with
+        other settings (and not ``overwrite``).
+    crforge.lock.LockedError
+        Another process is simulating the visit (and not ``wait``).
     """
     if not isinstance(cfg, SimulateConfig):  # a caller's bug, not bad input
         raise TypeError(f"cfg must be a SimulateConfig, got {type(cfg).__name__}")
     inst = cfg.validate()
     visit = cfg.visit_name if name is None else _check_name(name)
     final = Path(out_dir) / visit
-    if (final / "visit.json").exists() and not overwrite:
-        logger.info("%s: already simulated, kept", final)
-        return final
     final.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale(final.parent)  # what killed runs left
-    tmp = temporary_name(final)
-    tmp.mkdir()
-    try:
-        meta = _simulate_into(_plan_visit(cfg, inst), tmp)
-        write_json(tmp / "visit.json", meta, indent=2)
-        _publish(tmp, final, overwrite=overwrite)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    with hold(final.parent, what="crforge simulate", wait=wait, lock_file=final.parent / f".{visit}.lock"):
+        if (final / "visit.json").exists() and not overwrite:
+            _check_same_settings(final, cfg)
+            logger.info("%s: already simulated with the same settings, kept", final)
+            return final
+        remove_stale(final.parent)  # what killed runs left
+        tmp = temporary_name(final)
+        tmp.mkdir()
+        try:
+            meta = _simulate_into(_plan_visit(cfg, inst), tmp)
+            write_json(tmp / "visit.json", meta, indent=2)
+            _publish(tmp, final, overwrite=overwrite)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
     logger.info("simulated %s: %d exposures in %s", visit, cfg.n_exposures, final)
     return final
+
+
+def _check_same_settings(final: Path, cfg: SimulateConfig) -> None:
+    """Refuse an existing visit whose ``visit.json`` records other settings than ``cfg``."""
+    try:
+        old = json.loads((final / "visit.json").read_text(encoding="utf-8"))["config"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise InputError(f"{final / 'visit.json'}: unreadable ({exc}); pass --overwrite to simulate "
+                         "the visit anew") from None
+    new = json.loads(json.dumps(asdict(cfg)))
+    diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+    if diff:
+        shown = ", ".join(f"{k} {old.get(k)!r} -> {new.get(k)!r}" for k in diff[:6])
+        raise InputError(f"{final} was simulated with other settings ({shown}); pass --overwrite to "
+                         "replace it, or simulate into another --out")
 
 
 def _check_name(name: str) -> str:
@@ -224,7 +251,7 @@ def _simulate_into(plan: _Plan, out: Path) -> dict:
 def _simulate_exposure(plan: _Plan, e: int, out: Path) -> dict:
     """Simulate and write exposure ``e``; return its ``visit.json`` entry."""
     rng = np.random.default_rng(plan.exposure_seeds[e])
-    root = f"{plan.cfg.visit_name}{e + 1:02d}q"
+    root = plan.cfg.rootnames[e]
     dy, dx = plan.offsets[e]
     hdus: list = [_primary_hdu(plan, e, root)]
     truth = []

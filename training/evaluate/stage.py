@@ -56,6 +56,7 @@ from typing import Any
 import numpy as np
 
 from crforge.errors import InputError
+from crforge.lock import hold
 from crforge.training.evaluate.config import EvaluateConfig
 from crforge.training.evaluate.data import as_str, load_network, load_stamps, normalised
 from crforge.training.evaluate.detection import evaluate_mask
@@ -75,7 +76,8 @@ _KINDS = ("mask", "inpaint")
 
 
 def evaluate_run(run_dir: str | os.PathLike, data_path: str | os.PathLike, cfg: EvaluateConfig,
-                 out_dir: str | os.PathLike | None = None, *, progress: bool | None = False) -> dict:
+                 out_dir: str | os.PathLike | None = None, *, progress: bool | None = False,
+                 wait: bool = False) -> dict:
     """Evaluate a run's models and the baselines; write JSON, report and ROC plot.
 
     Parameters
@@ -90,6 +92,9 @@ def evaluate_run(run_dir: str | os.PathLike, data_path: str | os.PathLike, cfg: 
         Where the outputs go (default: ``run_dir``).
     progress : bool or None
         Progress bars on stderr (``None``: only on a terminal).
+    wait : bool
+        Wait for another run writing the output directory instead of refusing; the
+        call holds its lock (:mod:`crforge.lock`) while it evaluates and writes.
 
     Returns
     -------
@@ -103,6 +108,8 @@ def evaluate_run(run_dir: str | os.PathLike, data_path: str | os.PathLike, cfg: 
     InputError
         A bad setting in ``cfg``, a run directory without networks, a checkpoint or
         data file not as expected.
+    crforge.lock.LockedError
+        Another process is writing the output directory (and not ``wait``).
     """
     import torch
 
@@ -110,14 +117,16 @@ def evaluate_run(run_dir: str | os.PathLike, data_path: str | os.PathLike, cfg: 
         raise TypeError(f"cfg must be an EvaluateConfig, got {type(cfg).__name__}")
     cfg.validate()
     run_dir, data_path = _check_paths(Path(run_dir), Path(data_path))
-    nets = _networks(run_dir, cfg.checkpoint)
-    threads_before = torch.get_num_threads()
-    torch.set_num_threads(thread_count(cfg.threads))
-    try:
-        doc = _evaluate(data_path, nets, cfg, progress)
-    finally:
-        torch.set_num_threads(threads_before)
-    _write_outputs(doc, Path(out_dir) if out_dir is not None else run_dir)
+    out = Path(out_dir) if out_dir is not None else run_dir
+    with hold(out, what="crforge evaluate", wait=wait):
+        nets = _networks(run_dir, cfg.checkpoint)
+        threads_before = torch.get_num_threads()
+        torch.set_num_threads(thread_count(cfg.threads))
+        try:
+            doc = _evaluate(data_path, nets, cfg, progress)
+        finally:
+            torch.set_num_threads(threads_before)
+        _write_outputs(doc, out)
     return doc
 
 
@@ -217,7 +226,8 @@ def _document(data: dict, data_path: Path, groups: dict, cfg: EvaluateConfig) ->
 def _model_entry(ckpt, path: Path) -> dict:
     """What the document says of a network: its checkpoint, shape and training state."""
     mc = ckpt.model_config
-    return {"checkpoint": str(path), "depth": mc["depth"], "width": mc["width"],
+    # the checkpoint's sha256: crforge publish refuses figures of other weights than it ships
+    return {"checkpoint": str(path), "sha256": _sha256(path), "depth": mc["depth"], "width": mc["width"],
             "batch_norm": mc["batch_norm"], "epoch": ckpt.epoch, "step": ckpt.step,
             "normalisation": ckpt.normalisation}
 
