@@ -51,7 +51,7 @@ class LockedError(InputError):
 
 
 def holder(lock_file: str | os.PathLike) -> dict:
-    """Who holds (or last held) ``lock_file``: ``pid``, ``host``, ``command``, ``since``; {} if unknown."""
+    """Who holds ``lock_file``: ``pid``, ``host``, ``what``, ``command``, ``since``; {} if unknown."""
     try:
         doc = json.loads(Path(lock_file).read_text(encoding="utf-8") or "{}")
     except (OSError, ValueError):
@@ -62,8 +62,8 @@ def holder(lock_file: str | os.PathLike) -> dict:
 def _describe(doc: dict) -> str:
     if not doc:
         return "another process (it has not written its name yet)"
-    return (f"{doc.get('command', 'another crforge run')} (pid {doc.get('pid', '?')} on host "
-            f"{doc.get('host', '?')}, since {doc.get('since', '?')})")
+    return (f"{doc.get('what', 'another crforge run')} (pid {doc.get('pid', '?')} on host "
+            f"{doc.get('host', '?')}, since {doc.get('since', '?')}: {doc.get('command', '?')})")
 
 
 def _open_locked(path: Path, wait: bool) -> int | None:
@@ -132,7 +132,7 @@ def hold(directory: str | os.PathLike, *, what: str, wait: bool = False,
         raise LockedError(f"{directory} is in use by {_describe(holder(path))} (lock {path}); "
                           "wait for that run to finish, or pass --wait to wait for it")
     try:
-        doc = {"pid": os.getpid(), "host": socket.gethostname(), "command": f"{what}: {_command()}",
+        doc = {"pid": os.getpid(), "host": socket.gethostname(), "what": what, "command": _command(),
                "since": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps(doc).encode(), 0)

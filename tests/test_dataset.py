@@ -321,7 +321,8 @@ def test_an_edited_manifest_row_is_rebuilt_not_reused(tmp_path):
     """
     work = tmp_path / "w"
     first = build_dataset(_manifest(tmp_path, row.format(n=2)), work, **_cfg(scheduler="serial"))
-    again = build_dataset(_manifest(tmp_path, row.format(n=3)), work, **_cfg(scheduler="serial"))
+    # the finished file is of the old manifest: replacing it takes overwrite (issue 16)
+    again = build_dataset(_manifest(tmp_path, row.format(n=3)), work, overwrite=True, **_cfg(scheduler="serial"))
     assert sum(again.stamps.values()) == sum(first.stamps.values()) * 3 // 2
     assert len(list((work / "raw" / "j4e000").glob("*_flc.fits"))) == 3
     assert json.loads((work / "labels" / "j4e000" / "labels.json").read_text())["n_exposures"] == 3

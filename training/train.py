@@ -763,6 +763,7 @@ def main(cfg: TrainConfig, data: str | os.PathLike, out_dir: str | os.PathLike, 
         cfg = replace(cfg, **{f"init_{cfg.kind}": str(init)})
     data, out = _check_inputs(cfg, data, out_dir, stop_after)
     with hold(out, what=f"crforge train ({cfg.kind})", wait=wait):
+        atomic.remove_stale(out)  # what killed runs left
         data_sha256 = _file_sha256(data)
         resumed = _resume_point(cfg, out, resume, data, data_sha256)
         return _train(cfg, data, out, resumed, data_sha256, stop_after)
