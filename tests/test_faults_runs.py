@@ -339,7 +339,7 @@ def test_resume_on_another_data_set_or_crforge_is_refused(data_sets, tmp_path):
     a_h5, b_h5 = data_sets
     runs = tmp_path / "runs"
     common = ["--runs", runs, "--name", "d", "--kind", "mask", *TINY_TRAIN]
-    assert crforge("train", "--data", a_h5, *common, "--set=train.epochs=1").returncode == 0
+    assert cli.main(["train", "--data", str(a_h5), *map(str, common), "--set=train.epochs=1"]) == 0
     run = runs / "d" / "mask"
     before = digests(run)
     r = crforge("train", "--data", b_h5, *common, "--resume", "--set=train.epochs=2")
