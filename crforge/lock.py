@@ -89,8 +89,12 @@ def _open_locked(path: Path, wait: bool) -> int | None:
 
 
 def _command() -> str:
-    argv = [Path(sys.argv[0]).name] + sys.argv[1:] if sys.argv and sys.argv[0] else []
-    return " ".join(argv)[:300] or "python"
+    """This process' command line, as the user typed it (``python -m crforge.cli`` reads as crforge)."""
+    if not sys.argv or not sys.argv[0]:
+        return "python"
+    prog = Path(sys.argv[0]).name
+    prog = "crforge" if prog in ("__main__.py", "crforge") else prog
+    return " ".join([prog, *sys.argv[1:]])[:300]
 
 
 @contextlib.contextmanager

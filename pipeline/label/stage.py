@@ -63,14 +63,8 @@ logger = logging.getLogger(__name__)
 __all__ = ["label_visit"]
 
 
-def label_visit(
-    raw_dir: str | os.PathLike,
-    out_dir: str | os.PathLike,
-    cfg: LabelConfig | None = None,
-    *,
-    overwrite: bool = False,
-    wait: bool = False,
-) -> VisitLabels:
+def label_visit(raw_dir: str | os.PathLike, out_dir: str | os.PathLike, cfg: LabelConfig | None = None, *,
+                overwrite: bool = False, wait: bool = False) -> VisitLabels:
     """Label every exposure of one visit.
 
     Parameters
@@ -103,10 +97,8 @@ def label_visit(
     DrizzleError
         AstroDrizzle failed; the message has the tail of its log.
     InputError
-        Complete labels made with other settings or exposures are in ``out_dir``
-        (and not ``overwrite``).
-    crforge.lock.LockedError
-        Another process is labelling into ``out_dir`` (and not ``wait``).
+        Labels made otherwise are in ``out_dir`` (and not ``overwrite``); a
+        :class:`crforge.lock.LockedError` when another process labels into it.
     """
     cfg = LabelConfig() if cfg is None else cfg
     if not isinstance(cfg, LabelConfig):

@@ -101,10 +101,8 @@ def simulate_visit(cfg: SimulateConfig, out_dir: str | os.PathLike, *,
     Raises
     ------
     InputError
-        A config value or ``name`` is not what is expected, or the visit exists with
-        other settings (and not ``overwrite``).
-    crforge.lock.LockedError
-        Another process is simulating the visit (and not ``wait``).
+        A bad config value or ``name``, the visit there with other settings (and not
+        ``overwrite``); a :class:`crforge.lock.LockedError` while another run simulates it.
     """
     if not isinstance(cfg, SimulateConfig):  # a caller's bug, not bad input
         raise TypeError(f"cfg must be a SimulateConfig, got {type(cfg).__name__}")
