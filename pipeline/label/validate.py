@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import os
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,6 +17,7 @@ from astropy.io import fits
 from astropy.wcs import WCS
 
 from crforge.errors import InputError
+from crforge.pipeline.fitsfile import open_verified
 from crforge.pipeline.instruments import Instrument, instrument_for_header
 
 logger = logging.getLogger(__name__)
@@ -98,22 +98,7 @@ def validate_exposure(path: str | os.PathLike) -> ExposureInfo:
 
 def _open_verified(path: Path) -> fits.HDUList:
     """Open a FITS file completely, refusing unreadable and truncated files."""
-    if not path.is_file():
-        raise ExposureError(f"{path}: file not found")
-    try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            hdul = fits.open(path, memmap=False, lazy_load_hdus=False)
-            hdul.verify("exception")
-    except Exception as exc:  # astropy raises OSError, VerifyError, TypeError...
-        raise ExposureError(f"{path}: not a readable FITS file ({type(exc).__name__}: {exc})") from None
-    # astropy only warns about a file cut short (an interrupted download) and drops
-    # the HDUs it could not read: that is an error here.
-    cut = [str(w.message) for w in caught if "truncat" in str(w.message).lower()]
-    if cut:
-        hdul.close()
-        raise ExposureError(f"{path}: truncated FITS file ({cut[0]})")
-    return hdul
+    return open_verified(path, error=ExposureError)
 
 
 def _number(where: str, header: fits.Header, key: str) -> float:
