@@ -544,22 +544,18 @@ def clean(image: Any, mask_model: str | os.PathLike | ZooModel,
     Parameters
     ----------
     image : numpy.ndarray or astropy.nddata.NDData
-        One chip, 2-D, any size (not only multiples of the tile). An ``NDData`` (or
-        ``CCDData``) brings its own unit (electrons or electrons/s; ``EXPTIME`` from its
-        ``meta`` for a rate), mask (pixels never masked and shown to the networks as
-        sky), uncertainty (pixels with a non-finite one are ignored too; carried over
-        unchanged) and ``meta`` (instrument, detector and filter checked as ``header``).
+        One chip, 2-D, any size. An ``NDData``/``CCDData`` brings its unit (electrons,
+        or electrons/s with ``meta['EXPTIME']``), mask (ignored pixels), uncertainty
+        (non-finite: ignored; carried over) and ``meta`` (checked as ``header``).
     mask_model, inpaint_model : str, path-like or ZooModel
-        A zoo name, a crforge checkpoint or weights file (a zoo's weights file brings its
-        registry record), ``deepcr:ACS-WFC`` (mask), or a loaded model (:func:`load`).
-        Without an inpaint model the second result is None.
+        A zoo name, a checkpoint or weights file (a zoo's brings its record),
+        ``deepcr:ACS-WFC`` (mask), or a loaded model (:func:`load`).
     threshold : float, optional
-        CR probability threshold; default the record's recommended one (chosen at a
-        fixed false-positive rate on the validation split), else 0.5.
+        CR probability threshold; default the record's recommended one, else 0.5.
     tile, overlap : int
         Largest window side in pixels (about 1.3 kB per pixel for a 2-32 network),
-        and the context on every side of a window's kept core (default the receptive
-        radius: the result equals the untiled one).
+        and the context around a window's kept core (default the receptive radius:
+        the result equals the untiled one).
     sky : float, optional
         The sky in the image's unit; default :func:`estimate_sky` (one value per frame).
     ignore : numpy.ndarray of bool, optional
@@ -592,16 +588,14 @@ def clean(image: Any, mask_model: str | os.PathLike | ZooModel,
     (mask, cleaned) or NDData
         For an array: ``mask``, bool, True = cosmic ray; ``cleaned``, float32 in the
         input's unit with the masked pixels inpainted (others exactly the input's), or
-        None without an inpaint model. For an ``NDData``: a new one of the same class
-        (as ccdproc's ``cosmicray_lacosmic``) whose mask is the input's OR the CR
-        mask, whose data are inpainted (with an inpaint model), with the input's
-        unit, uncertainty and WCS, and ``meta`` recording the model and threshold.
+        None without an inpaint model. For an ``NDData``: a new one of its class (as
+        ccdproc's ``cosmicray_lacosmic``): mask = the input's OR the CR mask, data
+        inpainted (with an inpaint model), unit, uncertainty and WCS kept.
 
     Raises
     ------
     InputError
-        A bad argument or unit; data the model was not trained for (without
-        ``allow_mismatch``): :class:`~crforge.deepcr_models.fitness.FitnessError`.
+        A bad argument or unit; data the model was not trained for (``FitnessError``).
     """
     options = {"threshold": threshold, "tile": tile, "overlap": overlap, "sky": sky, "batch_size": batch_size,
                "threads": threads, "precision": precision, "device": device, "progress": progress, "zoo": zoo}

@@ -13,6 +13,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 from astropy.io import fits
 from astropy.wcs import WCS
 
@@ -171,6 +172,8 @@ def _check_chip(name: str, hdul: fits.HDUList, ext_names: set, ev: int,
     data = hdul["SCI", ev].data
     if data is None or data.ndim != 2:
         raise ExposureError(f"{where}: no 2-D image data")
+    if not np.isfinite(data).any():  # AstroDrizzle's median would be NaN and every label garbage
+        raise ExposureError(f"{where}: no finite pixel (all {data.size} are NaN or infinite)")
     dq = hdul["DQ", ev].data
     if dq is None or dq.shape != data.shape:
         raise ExposureError(f"{name}[DQ,{ev}]: shape {None if dq is None else dq.shape} "
