@@ -69,8 +69,8 @@ class DataDescription:
     bunit : str or None
         The unit as given.
     keys : dict
-        Which keyword (and extension) each of ``instrument``, ``filters`` and
-        ``bunit`` came from, for the messages.
+        How the messages name each of ``instrument``, ``filters`` and ``bunit``:
+        keyword, value and extension (``"BUNIT='COUNTS' [SCI,1]"``).
     """
 
     where: str
@@ -117,7 +117,7 @@ def describe_header(primary: Mapping | None, ext: Mapping | None = None, *, wher
     instrument = None
     if inst is not None:
         instrument = str(inst).strip().upper() + (f"/{str(det).strip().upper()}" if det is not None else "")
-        keys["instrument"] = f"[{in_ext}] INSTRUME/DETECTOR"
+        keys["instrument"] = f"INSTRUME/DETECTOR={instrument!r} [{in_ext}]"
     filters = []
     for key in FILTER_KEYWORDS:
         value, in_ext = get(key)
@@ -125,14 +125,15 @@ def describe_header(primary: Mapping | None, ext: Mapping | None = None, *, wher
         # WFPC2's FILTER1/FILTER2 are wheel positions (numbers); its names are FILTNAM1/2
         if text and not text.isdigit() and not any(text.startswith(c) for c in _CLEAR if c):
             filters.append(text)
-            keys.setdefault("filters", f"[{in_ext}] {key}")
+            keys.setdefault("filters", f"{key}={text!r} [{in_ext}]")
     if unit is not None:
-        bunit, keys["bunit"] = _unit_text(unit), "unit"
+        bunit = _unit_text(unit)
+        keys["bunit"] = f"unit={bunit!r}"
     else:
         value, in_ext = get("BUNIT")
         bunit = None if value is None else str(value).strip()
         if bunit is not None:
-            keys["bunit"] = f"[{in_ext}] BUNIT"
+            keys["bunit"] = f"BUNIT={bunit!r} [{in_ext}]"
     return DataDescription(where, instrument, tuple(dict.fromkeys(filters)), bunit, keys)
 
 
@@ -173,15 +174,13 @@ def _mismatches(data: DataDescription, trained: Mapping[str, Any]) -> list[str]:
     out = []
     keys = data.keys
     if data.instrument is not None and data.instrument != str(trained["instrument"]).upper():
-        out.append(f"{keys.get('instrument', 'INSTRUME/DETECTOR')} says {data.instrument}, "
-                   f"the model was trained on {trained['instrument']}")
+        out.append(f"{keys['instrument']}, the model was trained on {trained['instrument']}")
     filters = {f.upper() for f in trained.get("filters", ())}
     if data.filters and filters and not filters.intersection(data.filters):
-        out.append(f"{keys.get('filters', 'FILTER')} says {'/'.join(data.filters)}, the model was "
-                   f"trained on {', '.join(sorted(filters))}")
+        out.append(f"{keys['filters']}, the model was trained on {', '.join(sorted(filters))}")
     if data.bunit is not None and normalise_bunit(data.bunit) is None:
-        out.append(f"{keys.get('bunit', 'BUNIT')} says {data.bunit!r}, the model takes electrons "
-                   f"({trained.get('bunit', 'ELECTRONS')} or a rate with EXPTIME); counts need the gain first")
+        out.append(f"{keys['bunit']}, the model takes electrons ({trained.get('bunit', 'ELECTRONS')}, or "
+                   "ELECTRONS/S with EXPTIME): counts need the gain first")
     return out
 
 
