@@ -625,9 +625,12 @@ def _header_unit(header: Mapping, bunit: str | None, exptime: float | None, *, f
     return bunit, exptime
 
 
-def _clean_array(image: np.ndarray, m: ZooModel, inpaint_model, *, threshold, sky, ignore, bunit, exptime,
-                 tile, overlap, batch_size, threads, precision, device, progress, zoo):
-    """:func:`clean` of a checked array with a loaded mask model."""
+def _clean_array(image: np.ndarray, m: ZooModel, inpaint_model: str | os.PathLike | ZooModel | None, *,
+                 threshold: float | None, sky: float | None, ignore: np.ndarray | None, bunit: str | None,
+                 exptime: float | None, tile: int, overlap: int | None, batch_size: int, threads: int | None,
+                 precision: str, device: str | torch.device | None, progress: Any,
+                 zoo: str | os.PathLike | None) -> tuple[np.ndarray, np.ndarray | None]:
+    """:func:`clean` of a checked array with a loaded mask model (parameters as :func:`clean`)."""
     threshold = _threshold(m, threshold)
     ign = _with_nonfinite(image, _check_ignore(ignore, image.shape))
     if sky is None:
