@@ -367,15 +367,26 @@ def _unprivileged() -> list[str]:
     return [setpriv, "--bounding-set", "-dac_override,-dac_read_search"]
 
 
-@pytest.mark.parametrize("what", ["clean", "simulate", "train"])
+_MANIFEST = ('name = "tiny"\nseed = 1\n[defaults]\nsource = "simulate"\ninstrument = "ACS/WFC"\n'
+             'chip_shape = [64, 96]\n[[visit]]\nfield_type = "extragalactic"\nfilter = "F606W"\n'
+             'n_exposures = 2\nexptime = 500.0\n')
+
+
+@pytest.mark.parametrize("what", ["clean", "simulate", "label", "dataset", "train"])
 def test_an_unwritable_output_directory_is_refused_first(inputs, tmp_path, what):
     """The real ``crforge`` executable; the directory named, not a temporary file in it."""
     ro = tmp_path / "readonly"
     ro.mkdir()
     flc = _copy(inputs["flc"], tmp_path / "in_flc.fits")
     h5 = _copy(inputs["h5"], tmp_path / "in.h5")
+    visit = tmp_path / inputs["visit"].name
+    shutil.copytree(inputs["visit"], visit)
+    (tmp_path / "tiny.toml").write_text(_MANIFEST)
     args = {"clean": ["clean", str(flc), "--model", QUICK, "--output", str(ro / "out.fits")],
             "simulate": ["simulate", "--out", str(ro), "--n-exposures", "2", "--size", "64x64"],
+            "label": ["label", str(visit), "--out", str(ro)],
+            "dataset": ["dataset", "--manifest", str(tmp_path / "tiny.toml"), "--work", str(ro / "work"),
+                        "--scheduler", "serial"],
             "train": ["train", "--data", str(h5), "--runs", str(ro / "runs"), "--kind", "mask"]}[what]
     before = _snapshot(tmp_path)
     ro.chmod(0o555)
@@ -403,9 +414,7 @@ def test_an_output_below_a_file_is_refused(inputs, tmp_path, capsys):
 
 def test_dataset_refuses_an_unreachable_scheduler_at_once(tmp_path, capsys):
     manifest = tmp_path / "tiny.toml"
-    manifest.write_text('name = "tiny"\nseed = 1\n[defaults]\nsource = "simulate"\ninstrument = "ACS/WFC"\n'
-                        'chip_shape = [64, 96]\n[[visit]]\nfield_type = "extragalactic"\nfilter = "F606W"\n'
-                        'n_exposures = 2\nexptime = 500.0\n')
+    manifest.write_text(_MANIFEST)
     address = f"tcp://127.0.0.1:{_free_port()}"
     _refused(["dataset", "--manifest", str(manifest), "--work", str(tmp_path / "work"), "--scheduler", address],
              tmp_path, capsys, address, "no dask scheduler answers")
