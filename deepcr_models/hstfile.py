@@ -30,6 +30,7 @@ import numpy as np
 from crforge import atomic
 from crforge.deepcr_models.inference import DEFAULT_TILE, ZooModel, clean, count_tiles, load
 from crforge.errors import InputError
+from crforge.paths import check_writable_dir
 
 logger = logging.getLogger(__name__)
 
@@ -76,23 +77,20 @@ class _Chip:
 
 
 def _instrument_and_bit(path: Path, primary, dq_bit: int | None):
-    """The file's instrument (None when unknown) and the DQ bit to set."""
-    from crforge.pipeline.instruments import instrument_for_header
+    """The DQ bits of the file's imager (its table entry, else the HST pipelines') and the bit to set."""
+    from crforge.pipeline.instruments import Instrument, dq_convention
 
-    try:
-        inst = instrument_for_header(primary)
-    except ValueError:
-        inst = None
+    conv = dq_convention(primary)
     if dq_bit is not None:
-        return inst, _check_bit(dq_bit)
-    if inst is None:
+        return conv, _check_bit(dq_bit)
+    if not isinstance(conv, Instrument):
         raise InputError(f"{path}: INSTRUME/DETECTOR {primary.get('INSTRUME')!r}/"
                          f"{primary.get('DETECTOR')!r} is not in crforge's instrument table; pass --dq-bit")
-    return inst, inst.clean_dq_bit
+    return conv, conv.clean_dq_bit
 
 
-def _chip(path: Path, hdul, sci) -> _Chip:
-    """Check one SCI extension and its DQ partner."""
+def _chip(path: Path, hdul, sci, forced: bool) -> _Chip:
+    """Check one SCI extension and its DQ partner (``forced``: a unit in counts read as electrons)."""
     ver, primary = sci.ver, hdul[0].header
     try:
         dq = hdul["DQ", ver]
@@ -103,24 +101,41 @@ def _chip(path: Path, hdul, sci) -> _Chip:
     if not np.issubdtype(dq.data.dtype, np.integer):
         raise InputError(f"{path}: DQ,{ver} is not an integer array ({dq.data.dtype})")
     bunit = sci.header.get("BUNIT", primary.get("BUNIT"))
-    if bunit is None:
-        raise InputError(f"{path}: SCI,{ver} has no BUNIT (expected ELECTRONS or ELECTRONS/S)")
     key = str(bunit).strip().upper().replace(" ", "")
     if key not in ("ELECTRONS", "ELECTRONS/S", "ELECTRONS/SEC"):
-        raise InputError(f"{path}: SCI,{ver} BUNIT={bunit!r}: expected ELECTRONS or ELECTRONS/S "
-                         "(counts must be calibrated to electrons first)")
+        what = "has no BUNIT" if bunit is None else f"BUNIT={bunit!r}"
+        if not forced:
+            raise InputError(f"{path}: SCI,{ver} {what}: expected ELECTRONS or ELECTRONS/S "
+                             "(counts must be calibrated to electrons first; --force reads them as electrons)")
+        logger.warning("%s: SCI,%d %s: read as electrons (--force)", path, ver, what)
+        key = "ELECTRONS"
     exptime = primary.get("EXPTIME", sci.header.get("EXPTIME"))
     if key != "ELECTRONS" and not (exptime is not None and float(exptime) > 0):
         raise InputError(f"{path}: SCI,{ver} is in {bunit} but EXPTIME is {exptime!r}: "
                          "a positive exposure time is needed")
+    if not np.isfinite(sci.data).any():
+        raise InputError(f"{path}: SCI,{ver} has no finite pixel (all NaN or infinite)")
     return _Chip(sci, dq, key, exptime)
 
 
-def _chips(path: Path, hdul) -> list[_Chip]:
+def _chips(path: Path, hdul, forced: bool) -> list[_Chip]:
     scis = [h for h in hdul if h.name == "SCI"]
     if not scis:
         raise InputError(f"{path}: no SCI extension (not a calibrated FLC/FLT file?)")
-    return [_chip(path, hdul, sci) for sci in scis]
+    return [_chip(path, hdul, sci, forced) for sci in scis]
+
+
+def _check_fitness(path: Path, hdul, models: list[ZooModel], allow_mismatch: bool) -> bool:
+    """Refuse (or warn about) a file its models were not trained for; True when forced past a mismatch."""
+    from crforge.deepcr_models.fitness import check_fitness, describe_header
+
+    sci = next((h for h in hdul if h.name == "SCI"), None)
+    desc = describe_header(hdul[0].header, sci.header if sci is not None else None, where=str(path),
+                           ext_name=f"SCI,{sci.ver}" if sci is not None else "SCI")
+    found = False
+    for m in models:
+        found = bool(check_fitness(m, desc, allow_mismatch=allow_mismatch)) or found
+    return found or allow_mismatch
 
 
 def _clean_chip(chip: _Chip, path: Path, inst, dq_bit: int, mm: ZooModel, im: ZooModel | None,
@@ -131,12 +146,10 @@ def _clean_chip(chip: _Chip, path: Path, inst, dq_bit: int, mm: ZooModel, im: Zo
 
     sci, dq, ver = chip.sci, chip.dq, chip.sci.ver
     image, dqa = sci.data, dq.data
-    ign = None
-    if inst is not None:
-        # saturation grown as in the training labels; the clean bit itself is not a
-        # defect (a file cleaned twice)
-        ign = ignore_mask(dqa, inst, saturation_grow=LabelConfig().saturation_grow,
-                          bad_bits=inst.bad_bits & ~dq_bit) != 0
+    # always, whatever the imager: saturation grown as in the training labels; the clean
+    # bit itself is not a defect (a file cleaned twice)
+    ign = ignore_mask(dqa, inst, saturation_grow=LabelConfig().saturation_grow,
+                      bad_bits=inst.bad_bits & ~dq_bit) != 0
     mask, cleaned = clean(image, mm, im, ignore=ign, bunit=chip.bunit, exptime=chip.exptime, **options)
     already = int(((dqa & dq_bit) != 0).sum())
     if already:
@@ -197,7 +210,7 @@ def clean_fits(path: str | os.PathLike, mask_model: str | os.PathLike | ZooModel
                dq_bit: int | None = None, threshold: float | None = None, tile: int = DEFAULT_TILE,
                overlap: int | None = None, batch_size: int = 1, threads: int | None = None,
                precision: str = "float32", device: str | None = None, zoo: str | os.PathLike | None = None,
-               progress: bool | None = None) -> dict:
+               allow_mismatch: bool = False, progress: bool | None = None) -> dict:
     """Clean every chip of a calibrated HST file and write the result.
 
     Parameters
@@ -216,6 +229,10 @@ def clean_fits(path: str | os.PathLike, mask_model: str | os.PathLike | ZooModel
         The DQ bit of the CR mask; default the instrument's ``clean_dq_bit``.
     threshold, tile, overlap, batch_size, threads, precision, device, zoo
         As :func:`crforge.deepcr_models.clean`.
+    allow_mismatch : bool
+        Clean a file whose instrument, detector, filter or unit is not what the
+        models were trained on (``crforge clean --force``), with a warning per
+        mismatch, instead of refusing it.
     progress : bool, optional
         A progress bar over chips and tiles (None: only on a terminal).
 
@@ -230,25 +247,30 @@ def clean_fits(path: str | os.PathLike, mask_model: str | os.PathLike | ZooModel
     FileNotFoundError
         No input file.
     InputError
-        No SCI extension, a SCI without its DQ, a missing or unknown BUNIT, a rate
-        without EXPTIME, an unknown instrument without ``dq_bit``, an output that is
-        the input (without ``in_place``) or exists (without ``overwrite``).
+        Not a readable or a truncated FITS file; no SCI extension, a SCI without its
+        DQ, a missing or unknown BUNIT, a rate without EXPTIME, a SCI without a finite
+        pixel, an unknown instrument without ``dq_bit``, an output that is the input
+        (without ``in_place``), exists (without ``overwrite``) or cannot be written;
+        data the models were not trained for (without ``allow_mismatch``:
+        :class:`~crforge.deepcr_models.fitness.FitnessError`).
     """
-    from astropy.io import fits
+    from crforge.pipeline.fitsfile import open_verified
 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(2, "No such file or directory", str(path))
     out = _output_path(path, output, in_place, overwrite)
+    check_writable_dir(out.parent, what="output directory")
     dq_bit = _check_bit(dq_bit) if dq_bit is not None else None
     mm = load(mask_model, kind="mask", zoo=zoo, device=device or "cpu")
     im = load(inpaint_model, kind="inpaint", zoo=zoo, device=device or "cpu") if inpaint_model is not None else None
     threshold = threshold if threshold is not None else mm.threshold if mm.threshold is not None else 0.5
     options = {"threshold": threshold, "tile": tile, "overlap": overlap, "batch_size": batch_size,
                "threads": threads, "precision": precision}
-    with fits.open(path, memmap=False) as hdul:
+    with open_verified(path, verify=False) as hdul:
+        forced = _check_fitness(path, hdul, [m for m in (mm, im) if m is not None], allow_mismatch)
         inst, dq_bit = _instrument_and_bit(path, hdul[0].header, dq_bit)
-        chips = _clean_chips(path, _chips(path, hdul), inst, dq_bit, mm, im, options, progress)
+        chips = _clean_chips(path, _chips(path, hdul, forced), inst, dq_bit, mm, im, options, progress)
         _stamp_primary(hdul[0].header, mm, im, threshold, dq_bit)
         _write(hdul, out, overwrite or in_place)
     logger.info("%s -> %s: %s CR pixels (DQ bit %d)", path, out,

@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 import numbers
 import os
+from collections.abc import Mapping
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +33,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from crforge.deepcr_models import fitness
 from crforge.deepcr_models import registry as reg
 from crforge.errors import InputError
 from crforge.training import checkpoint
@@ -118,7 +120,14 @@ def _from_file(path: Path, kind: str | None, device: torch.device, *, sha256: st
     :class:`~crforge.deepcr_models.registry.WeightsError`.
     """
     if path.suffix == ".pt" or sha256 is not None:
-        reg.verify_weights(path, sha256)
+        digest = reg.verify_weights(path, sha256)
+        if record is None:
+            # a zoo file given by its path is the published model: its record (threshold,
+            # instrument) applies, not the defaults of a bare checkpoint
+            found = reg.record_for_weights(path, digest)
+            if found is not None:
+                record = found[0]
+                logger.info("%s is %s of the zoo %s", path, record.key, found[1])
     ckpt = checkpoint.read(path, kind=kind)
     if record is not None:
         mc = ckpt.model_config
@@ -398,8 +407,12 @@ def _normalised(image: np.ndarray, model: ZooModel, factor: float, sky_in: float
     from crforge.training.data import network_input
 
     # as in training: an ignored pixel reads as the sky
-    return network_input(image.astype(np.float32) * np.float32(factor), sky_in * factor, model.normalisation,
-                         ignore)
+    x = network_input(image.astype(np.float32) * np.float32(factor), sky_in * factor, model.normalisation,
+                      ignore)
+    bad = ~np.isfinite(x)
+    if bad.any():  # a model trained without filling ignored pixels still never sees NaN
+        x[bad] = np.float32(sky_in * factor / model.scale) if model.normalisation.get("keep_sky") else 0.0
+    return x
 
 
 def _check_common(batch_size, precision, threads):
@@ -439,7 +452,7 @@ def mask_probability(image: np.ndarray, model: str | os.PathLike | ZooModel, *, 
     image = _as_image(image)
     _check_common(batch_size, precision, threads)
     m = load(model, kind="mask", zoo=zoo, device=device or _default_device(model))
-    ign = _check_ignore(ignore, image.shape)
+    ign = _with_nonfinite(image, _check_ignore(ignore, image.shape))
     factor = unit_factor(bunit or m.bunit, m.bunit, exptime)
     sky_in = estimate_sky(image, ign) if sky is None else float(sky)
     x = _normalised(image, m, factor, sky_in, ign)
@@ -474,7 +487,7 @@ def inpaint(image: np.ndarray, mask: np.ndarray, model: str | os.PathLike | ZooM
         raise InputError(f"mask: shape {mask.shape} differs from image {image.shape}")
     _check_common(batch_size, precision, threads)
     m = load(model, kind="inpaint", zoo=zoo, device=device or _default_device(model))
-    ign = _check_ignore(ignore, image.shape)
+    ign = _with_nonfinite(image, _check_ignore(ignore, image.shape))
     factor = unit_factor(bunit or m.bunit, m.bunit, exptime)
     sky_in = estimate_sky(image, ign) if sky is None else float(sky)
     x = _normalised(image, m, factor, sky_in, ign)
@@ -518,37 +531,48 @@ def _threshold(m: ZooModel, threshold: float | None) -> float:
     return float(threshold)
 
 
-def clean(image: np.ndarray, mask_model: str | os.PathLike | ZooModel,
+def clean(image: Any, mask_model: str | os.PathLike | ZooModel,
           inpaint_model: str | os.PathLike | ZooModel | None = None, *, threshold: float | None = None,
           tile: int = DEFAULT_TILE, overlap: int | None = None, sky: float | None = None,
           ignore: np.ndarray | None = None, bunit: str | None = None, exptime: float | None = None,
+          header: Mapping | None = None, allow_mismatch: bool = False,
           batch_size: int = 1, threads: int | None = None, precision: str = "float32",
           device: str | torch.device | None = None, progress: Any = None,
-          zoo: str | os.PathLike | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+          zoo: str | os.PathLike | None = None) -> Any:
     """Find (and optionally inpaint) the cosmic rays of a full frame.
 
     Parameters
     ----------
-    image : numpy.ndarray
-        One chip, 2-D, any size (not only multiples of the tile).
+    image : numpy.ndarray or astropy.nddata.NDData
+        One chip, 2-D, any size. An ``NDData``/``CCDData`` brings its unit (electrons,
+        or electrons/s with ``meta['EXPTIME']``), mask (ignored pixels), uncertainty
+        (non-finite: ignored; carried over) and ``meta`` (checked as ``header``).
     mask_model, inpaint_model : str, path-like or ZooModel
-        A zoo name, a crforge checkpoint or weights file, ``deepcr:ACS-WFC`` (mask), or
-        a loaded model (:func:`load`). Without an inpaint model the second result is None.
+        A zoo name, a checkpoint or weights file (a zoo's brings its record),
+        ``deepcr:ACS-WFC`` (mask), or a loaded model (:func:`load`).
     threshold : float, optional
-        CR probability threshold; default the record's recommended one (chosen at a
-        fixed false-positive rate on the validation split), else 0.5.
+        CR probability threshold; default the record's recommended one, else 0.5.
     tile, overlap : int
         Largest window side in pixels (about 1.3 kB per pixel for a 2-32 network),
-        and the context on every side of a window's kept core (default the receptive
-        radius: the result equals the untiled one).
+        and the context around a window's kept core (default the receptive radius:
+        the result equals the untiled one).
     sky : float, optional
         The sky in the image's unit; default :func:`estimate_sky` (one value per frame).
     ignore : numpy.ndarray of bool, optional
         Pixels without a usable value (DQ bad, saturated, no data): the networks see
-        them as sky (as in training) and they are never in the mask.
+        them as sky (as in training) and they are never in the mask. Non-finite pixels
+        are always ignored.
     bunit, exptime : str, float, optional
-        The image's unit (``'ELECTRONS'`` or ``'ELECTRONS/S'``; default the model's)
-        and the seconds that convert it to the model's.
+        The image's unit (``'ELECTRONS'`` or ``'ELECTRONS/S'``; default ``header``'s
+        ``BUNIT``, else the model's) and the seconds that convert it to the model's
+        (default ``header``'s ``EXPTIME``).
+    header : mapping, optional
+        The frame's FITS header (primary and SCI keywords merged): its ``INSTRUME``,
+        ``DETECTOR``, filter and ``BUNIT`` are checked against the model's record
+        (:mod:`crforge.deepcr_models.fitness`).
+    allow_mismatch : bool
+        Apply the model to data it was not trained for (another imager, filter or a
+        unit in counts) with a warning instead of refusing.
     batch_size, threads, precision, device
         Windows per forward pass; ``torch.set_num_threads`` for the call;
         ``'bfloat16'`` autocast (about 1.8x faster on CPUs with bfloat16 instructions,
@@ -561,15 +585,54 @@ def clean(image: np.ndarray, mask_model: str | os.PathLike | ZooModel,
 
     Returns
     -------
-    (mask, cleaned)
-        ``mask``: bool array, True = cosmic ray. ``cleaned``: float32 image in the
-        input's unit with the masked pixels inpainted (others exactly the input's),
-        or None without an inpaint model.
+    (mask, cleaned) or NDData
+        For an array: ``mask``, bool, True = cosmic ray; ``cleaned``, float32 in the
+        input's unit with the masked pixels inpainted (others exactly the input's), or
+        None without an inpaint model. For an ``NDData``: a new one of its class (as
+        ccdproc's ``cosmicray_lacosmic``): mask = the input's OR the CR mask, data
+        inpainted (with an inpaint model), unit, uncertainty and WCS kept.
+
+    Raises
+    ------
+    InputError
+        A bad argument or unit; data the model was not trained for (``FitnessError``).
     """
+    options = {"threshold": threshold, "tile": tile, "overlap": overlap, "sky": sky, "batch_size": batch_size,
+               "threads": threads, "precision": precision, "device": device, "progress": progress, "zoo": zoo}
+    if _is_nddata(image):
+        if header is not None or bunit is not None:
+            raise InputError("an NDData image brings its own unit and meta: give neither bunit nor header")
+        return _clean_nddata(image, mask_model, inpaint_model, ignore=ignore, exptime=exptime,
+                             allow_mismatch=allow_mismatch, options=options)
     image = _as_image(image)
     m = load(mask_model, kind="mask", zoo=zoo, device=device or _default_device(mask_model))
+    if header is not None:
+        desc = fitness.describe_header(header, where="header")
+        found = fitness.check_fitness(m, desc, allow_mismatch=allow_mismatch)
+        bunit, exptime = _header_unit(header, bunit, exptime, forced=bool(found))
+    return _clean_array(image, m, inpaint_model, ignore=ignore, bunit=bunit, exptime=exptime, **options)
+
+
+def _header_unit(header: Mapping, bunit: str | None, exptime: float | None, *, forced: bool
+                 ) -> tuple[str | None, float | None]:
+    """``bunit`` and ``exptime``, else the header's (a unit in counts, let through by force: the model's)."""
+    if bunit is None and header.get("BUNIT") is not None:
+        bunit = fitness.normalise_bunit(header["BUNIT"])
+        if bunit is None and not forced:
+            raise InputError(f"header BUNIT={header['BUNIT']!r}: expected electrons or electrons/s")
+    if exptime is None and header.get("EXPTIME") is not None:
+        exptime = float(header["EXPTIME"])
+    return bunit, exptime
+
+
+def _clean_array(image: np.ndarray, m: ZooModel, inpaint_model: str | os.PathLike | ZooModel | None, *,
+                 threshold: float | None, sky: float | None, ignore: np.ndarray | None, bunit: str | None,
+                 exptime: float | None, tile: int, overlap: int | None, batch_size: int, threads: int | None,
+                 precision: str, device: str | torch.device | None, progress: Any,
+                 zoo: str | os.PathLike | None) -> tuple[np.ndarray, np.ndarray | None]:
+    """:func:`clean` of a checked array with a loaded mask model (parameters as :func:`clean`)."""
     threshold = _threshold(m, threshold)
-    ign = _check_ignore(ignore, image.shape)
+    ign = _with_nonfinite(image, _check_ignore(ignore, image.shape))
     if sky is None:
         unit_factor(bunit or m.bunit, m.bunit, exptime)  # a bad unit fails before any work
         sky = estimate_sky(image, ign)
@@ -583,3 +646,67 @@ def clean(image: np.ndarray, mask_model: str | os.PathLike | ZooModel,
         return mask, None
     im = load(inpaint_model, kind="inpaint", zoo=zoo, device=device or _default_device(inpaint_model))
     return mask, inpaint(image, mask, im, device=im.device, **common)
+
+
+def _with_nonfinite(image: np.ndarray, ign: np.ndarray | None) -> np.ndarray | None:
+    """``ign`` with the non-finite pixels added (NaN has no CR to find); none finite: an error."""
+    bad = ~np.isfinite(image)
+    if not bad.any():
+        return ign
+    if bad.all():
+        raise InputError(f"image: no finite pixel (all {image.size} are NaN or infinite)")
+    return bad if ign is None else ign | bad
+
+
+def _is_nddata(obj: Any) -> bool:
+    try:
+        from astropy.nddata import NDData
+    except ImportError:  # pragma: no cover - astropy is a dependency
+        return False
+    return isinstance(obj, NDData)
+
+
+def _clean_nddata(nd: Any, mask_model, inpaint_model, *, ignore, exptime, allow_mismatch: bool,
+                  options: dict) -> Any:
+    """:func:`clean` of an ``NDData``/``CCDData``: its unit, mask, uncertainty and meta respected."""
+    meta = dict(nd.meta or {})
+    image = _as_image(np.asarray(nd.data))
+    m = load(mask_model, kind="mask", zoo=options["zoo"],
+             device=options["device"] or _default_device(mask_model))
+    desc = fitness.describe_header(meta, where=type(nd).__name__, unit=nd.unit)
+    found = fitness.check_fitness(m, desc, allow_mismatch=allow_mismatch)
+    bunit = fitness.normalise_bunit(desc.bunit) if desc.bunit is not None else None
+    if desc.bunit is not None and bunit is None and not found:
+        raise InputError(f"{type(nd).__name__}: unit {desc.bunit!r}: expected electrons or electrons/s")
+    if exptime is None and meta.get("EXPTIME") is not None:
+        exptime = float(meta["EXPTIME"])
+    ign = _check_ignore(ignore, image.shape)
+    for extra in (nd.mask, _bad_uncertainty(nd, image.shape)):
+        if extra is not None and np.ndim(extra) == 2:
+            ign = _check_ignore(extra, image.shape) if ign is None else ign | _check_ignore(extra, image.shape)
+    mask, cleaned = _clean_array(image, m, inpaint_model, ignore=ign, bunit=bunit, exptime=exptime, **options)
+    return _nddata_result(nd, meta, mask, cleaned, m, _threshold(m, options["threshold"]))
+
+
+def _bad_uncertainty(nd: Any, shape: tuple[int, int]) -> np.ndarray | None:
+    """Pixels whose uncertainty is not a finite number (no usable value there)."""
+    unc = getattr(nd, "uncertainty", None)
+    arr = getattr(unc, "array", None)
+    if arr is None or np.shape(arr) != shape:
+        return None
+    return ~np.isfinite(np.asarray(arr, dtype=float))
+
+
+def _nddata_result(nd: Any, meta: dict, mask: np.ndarray, cleaned: np.ndarray | None, m: ZooModel,
+                   threshold: float) -> Any:
+    """A new NDData of ``nd``'s class: CR mask OR-ed into its mask, inpainted data, meta noted."""
+    import copy
+
+    old = np.zeros(mask.shape, bool) if nd.mask is None or np.ndim(nd.mask) != 2 else np.asarray(nd.mask, bool)
+    data = np.array(nd.data, copy=True) if cleaned is None else cleaned
+    meta.update({"CRMODEL": str(m.record.name if m.record else m.source)[:68], "CRTHRESH": float(threshold),
+                 "CRNPIX": int(mask.sum())})
+    if cleaned is not None:
+        meta["CRINPNT"] = True
+    return type(nd)(data, unit=nd.unit, mask=old | mask, uncertainty=copy.deepcopy(nd.uncertainty),
+                    wcs=nd.wcs, meta=meta)

@@ -47,7 +47,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["ModelRecord", "WeightsError", "REGISTRY_FORMAT", "REGISTRY_FILE", "NAME_PATTERN",
            "shipped_zoo", "default_zoo", "search_path", "writable_zoo", "source_checkout_zoo", "read_registry",
-           "write_registry", "find_record", "all_records", "sha256_of", "weights_file_name",
+           "write_registry", "find_record", "all_records", "record_for_weights", "sha256_of", "weights_file_name",
            "verify_weights"]
 
 REGISTRY_FORMAT = "crforge-zoo/1"
@@ -326,6 +326,33 @@ def find_record(name: str, kind: str = "mask", zoo: str | os.PathLike | None = N
     known = ", ".join(r.key for r, _ in records) or "none"
     where = " and ".join(str(z) for z in search_path(zoo))
     raise InputError(f"no {kind} model {name!r} in the zoo {where} (it has: {known})")
+
+
+def record_for_weights(path: str | os.PathLike, sha256: str) -> tuple[ModelRecord, Path] | None:
+    """The record of a weights file given by its path: the zoo beside it, then the zoos searched.
+
+    Parameters
+    ----------
+    path : path-like
+        The weights file (``<zoo>/<name>-<kind>-<sha256[:12]>.pt``, or a copy elsewhere).
+    sha256 : str
+        Its digest (:func:`verify_weights`); a record matches on it.
+
+    Returns
+    -------
+    (ModelRecord, Path) or None
+        The record and its zoo directory, or None when no zoo publishes these weights.
+    """
+    zoos = [Path(path).parent] + [z for z in search_path() if not _same(z, Path(path).parent)]
+    for zdir in zoos:
+        try:
+            records = read_registry(zdir)
+        except InputError:  # a directory that merely holds a registry.json of something else
+            continue
+        for rec in records:
+            if rec.sha256 == sha256:
+                return rec, zdir
+    return None
 
 
 def sha256_of(path: str | os.PathLike) -> str:

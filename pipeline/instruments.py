@@ -40,7 +40,8 @@ from crforge.errors import InputError
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Chip", "Instrument", "INSTRUMENTS", "get_instrument", "instrument_for_header"]
+__all__ = ["Chip", "Instrument", "INSTRUMENTS", "get_instrument", "instrument_for_header", "DQConvention",
+           "HST_DQ", "dq_convention"]
 
 
 @dataclass(frozen=True)
@@ -354,3 +355,40 @@ def instrument_for_header(header: Mapping) -> Instrument:
     if not inst or not det:
         raise InputError("primary header: INSTRUME and DETECTOR are required")
     return get_instrument(f"{inst}/{det}")
+
+
+@dataclass(frozen=True)
+class DQConvention:
+    """Which DQ bits make a pixel unusable, for an imager without a table entry.
+
+    Has the four attributes :func:`crforge.pipeline.masks.ignore_mask` reads from an
+    :class:`Instrument`.
+    """
+
+    name: str
+    bad_bits: int
+    saturation_bits: int
+    nodata_bits: int
+    cr_bits: int
+
+
+#: The DQ bits the HST calibration pipelines share (calacs for WFC, HRC and SBC, calwf3,
+#: calstis): bad 1-32, 128, 512, 1024; saturated 256 (full well) and 2048 (A-to-D);
+#: no data 1, 2; cosmic rays 4096, 8192 (labels, never defects).
+HST_DQ = DQConvention("HST", bad_bits=1 | 2 | 4 | 8 | 16 | 32 | 128 | 512 | 1024,
+                      saturation_bits=256 | 2048, nodata_bits=1 | 2, cr_bits=4096 | 8192)
+
+
+def dq_convention(header: Mapping) -> Instrument | DQConvention:
+    """The DQ bits of the imager a primary header names: its table entry, else :data:`HST_DQ`.
+
+    A frame of an imager crforge has no table for (ACS/HRC, STIS/CCD) still has its bad
+    and saturated pixels ignored: the ignore mask never depends on crforge knowing the
+    imager.
+    """
+    try:
+        return instrument_for_header(header)
+    except InputError:
+        logger.info("INSTRUME/DETECTOR %r/%r not in the instrument table: the HST pipelines' DQ bits",
+                    header.get("INSTRUME"), header.get("DETECTOR"))
+        return HST_DQ

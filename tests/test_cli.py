@@ -179,7 +179,7 @@ def test_default_command_table():
     import importlib
 
     assert set(cli.COMMANDS) == {"simulate", "label", "query", "fetch", "dataset", "inspect", "train",
-                                 "evaluate", "publish", "clean", "export", "realdata"}
+                                 "evaluate", "publish", "clean", "models", "export", "realdata"}
     with_config = set()
     for name, (module, help_) in cli.COMMANDS.items():
         assert module.startswith("crforge.cli.") and help_

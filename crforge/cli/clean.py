@@ -37,7 +37,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--zoo", type=Path, default=None, help="search this zoo directory alone for "
                         "--model names (default: the shipped zoo, then the user zoo: $CRFORGE_ZOO or "
                         "the per-user data directory)")
-
+    parser.add_argument("--force", action="store_true", help="clean a file whose instrument, detector, "
+                        "filter or unit (BUNIT) is not what the model was trained on (a warning per "
+                        "mismatch) instead of refusing it")
 
 
 def run(args: argparse.Namespace, cfg: None = None) -> int:
@@ -49,7 +51,7 @@ def run(args: argparse.Namespace, cfg: None = None) -> int:
                      in_place=args.in_place, overwrite=args.overwrite, dq_bit=args.dq_bit,
                      threshold=args.threshold, tile=args.tile, overlap=args.overlap,
                      batch_size=args.batch_size, threads=args.threads, precision=args.precision,
-                     device=args.device, zoo=args.zoo)
+                     device=args.device, zoo=args.zoo, allow_mismatch=args.force)
     for c in res["chips"]:
         sys.stdout.write(f"SCI,{c['extver']}: {c['cr_pixels']} CR pixels ({100 * c['fraction']:.3f}%)\n")
     sys.stdout.write(f"wrote {res['output']} (DQ bit {res['dq_bit']}, threshold {res['threshold']:.6g}"

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from crforge.cli.runconfig import RunConfig
+from crforge.paths import check_writable_dir
 
 CONFIG = RunConfig
 SECTION = "dataset"
@@ -30,6 +31,9 @@ def run(args: argparse.Namespace, cfg: RunConfig) -> int:
     """Build the data set; exit 1 when too many visits failed."""
     from crforge.pipeline.dataset.stage import DatasetError, build_dataset
 
+    check_writable_dir(args.work, what="--work directory")
+    if args.output is not None:
+        check_writable_dir(Path(args.output).parent, what="--output directory")
     flags = {k: getattr(args, k) for k in ("scheduler", "workers") if getattr(args, k) is not None}
     try:
         report = build_dataset(args.manifest, args.work, output=args.output,

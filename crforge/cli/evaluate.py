@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from crforge.cli.runconfig import RunConfig
+from crforge.paths import check_writable_dir
 from crforge.pipeline.names import SPLITS
 
 CONFIG = RunConfig
@@ -36,6 +37,7 @@ def run(args: argparse.Namespace, cfg: RunConfig) -> int:
         flags["split"] = args.split
     if args.no_baselines:
         flags["baselines"] = ()
+    check_writable_dir(args.out or args.run, what="output directory")
     doc = evaluate_run(args.run, args.data, dataclasses.replace(cfg.evaluate, **flags), args.out,
                        progress=None, wait=args.wait)
     out = Path(args.out or args.run)

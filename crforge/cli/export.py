@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from crforge.deepcr_models.interop import export_deepcr
+from crforge.paths import check_writable_dir
 
 CONFIG = None
 
@@ -28,6 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace, cfg: None = None) -> int:
     """Entry point of ``crforge export``."""
+    check_writable_dir(Path(args.output).parent, what="--output directory")
     info = export_deepcr(args.model, args.output, sky=args.sky, zoo=args.zoo, overwrite=args.overwrite)
     sys.stdout.write(f"wrote {info['path']}: {info['usage'].replace('THRESHOLD', str(round(info['threshold'], 6)))}\n")
     return 0

@@ -21,7 +21,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, cfg: None = None) -> int:
-    """Validate, then summarise; 1 (each problem on stderr, no report) when the file is invalid."""
+    """Validate, then summarise; 2 (each problem on stderr, no report) when the file is invalid."""
     from crforge.pipeline.datafile.validate import validate
     from crforge.pipeline.summary import format_summary, summarise
 
@@ -30,7 +30,7 @@ def run(args: argparse.Namespace, cfg: None = None) -> int:
         for msg in problems:
             sys.stderr.write(f"{args.file}: {msg}\n")
         sys.stderr.write(f"{args.file}: INVALID ({len(problems)} problem(s))\n")
-        return 1
+        return 2  # bad input, as every command's
     summary = summarise(args.file)
     sys.stdout.write(json.dumps(summary, indent=2) + "\n" if args.json else format_summary(summary))
     return 0

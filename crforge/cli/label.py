@@ -8,6 +8,7 @@ import logging
 from pathlib import Path
 
 from crforge.cli.runconfig import RunConfig
+from crforge.paths import check_writable_dir
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +34,7 @@ def run(args: argparse.Namespace, cfg: RunConfig) -> int:
 
     label = dataclasses.replace(cfg.label, keep_scratch=True) if args.keep_scratch else cfg.label
     out = Path(args.out) / Path(args.visit).name
+    check_writable_dir(args.out, what="--out directory")
     labels = label_visit(args.visit, out, label, overwrite=args.overwrite, wait=args.wait)
     logger.info("labels of %d exposures in %s", len(labels.exposures), out)
     return 0

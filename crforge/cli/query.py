@@ -11,6 +11,7 @@ from pathlib import Path
 
 from crforge.cli.runconfig import RunConfig
 from crforge.errors import InputError
+from crforge.paths import check_writable_dir
 from crforge.pipeline.archive.config import ArchiveConfig
 from crforge.pipeline.names import FIELD_TYPES
 
@@ -56,6 +57,7 @@ def archive_config(args: argparse.Namespace, cfg: RunConfig) -> ArchiveConfig:
 def run(args: argparse.Namespace, cfg: RunConfig) -> int:
     """Resolve a manifest (``--manifest``) or search by criteria; 1 when nothing was found."""
     archive = archive_config(args, cfg)
+    check_writable_dir(Path(args.out).parent, what="--out directory")
     if args.manifest is not None:
         return _resolve(args, archive)
     if not args.field_type:

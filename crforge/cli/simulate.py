@@ -10,6 +10,7 @@ from pathlib import Path
 
 from crforge.cli.runconfig import RunConfig
 from crforge.errors import InputError
+from crforge.paths import check_writable_dir
 from crforge.pipeline.names import FIELD_TYPES
 
 logger = logging.getLogger(__name__)
@@ -51,6 +52,7 @@ def run(args: argparse.Namespace, cfg: RunConfig) -> int:
     if args.size:
         flags["chip_shape"] = _chip_shape(args.size)
     sim = dataclasses.replace(cfg.simulate, **flags)
+    check_writable_dir(args.out, what="--out directory")
     path = simulate_visit(sim, args.out, overwrite=args.overwrite, wait=args.wait)
     logger.info("wrote %s", path)
     sys.stdout.write(f"{path}\n")  # the command's one line of output: where the visit is

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from crforge.cli.runconfig import RunConfig
 from crforge.errors import InputError
+from crforge.paths import check_writable_dir
 
 CONFIG = RunConfig
 SECTION = "train"
@@ -41,6 +42,7 @@ def run(args: argparse.Namespace, cfg: RunConfig) -> int:
     if not Path(args.data).is_file():
         raise FileNotFoundError(2, "No such file or directory", str(args.data))
     name = args.name or Path(args.data).stem
+    check_writable_dir(args.runs, what="--runs directory")
     results = []
     for kind in kinds:
         kcfg = dataclasses.replace(cfg.train, kind=kind)

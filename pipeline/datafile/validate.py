@@ -27,11 +27,13 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import h5py
 import numpy as np
 
+from crforge.errors import InputError
 from crforge.pipeline.datafile.reader import blocks, check_block, check_file, progress_bar, read_fields, text
 from crforge.pipeline.datafile.schema import (
     FIELDS_DTYPE,
@@ -44,7 +46,7 @@ from crforge.pipeline.datafile.schema import (
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["validate", "DEFAULT_BLOCK"]
+__all__ = ["validate", "require_valid", "DEFAULT_BLOCK"]
 
 #: Default number of stamps read at a time.
 DEFAULT_BLOCK = 64
@@ -418,6 +420,56 @@ def _total_stamps(f: h5py.File) -> int:
     return total
 
 
+def _validate_open(p, block: int, progress: bool) -> tuple[list[str], dict[str, bool], dict]:
+    """The per-file and per-split checks of :func:`validate`, on the opened file."""
+    with h5py.File(p, "r") as f:
+        probs, stamp_size = _validate_root(f)
+        probs += _validate_fields(f)
+        fields = read_fields(f)
+        truth_in: dict[str, bool] = {}
+        scans: dict[str, _Scan] = {}
+        with progress_bar(_total_stamps(f), f"validate {p.name}", progress) as bar:
+            for split in SPLITS:
+                sp, has_truth, scans[split] = _validate_split(f, split, stamp_size, fields, block, bar)
+                probs += sp
+                if split in f:
+                    truth_in[split] = has_truth
+    return probs, truth_in, scans
+
+
+#: Files :func:`require_valid` found valid: (path, size, mtime) -> True (train --kind both reads one twice).
+_VALID: dict[tuple[str, int, int], bool] = {}
+
+
+def require_valid(path: str | os.PathLike, *, what: str = "data set", block: int = DEFAULT_BLOCK,
+                  progress: bool = True) -> Path:
+    """Validate a training set before a stage uses it; refuse it, naming every problem, if invalid.
+
+    ``crforge train`` and ``crforge evaluate`` call this before they create anything,
+    so a damaged file is refused at once instead of failing mid-epoch. A file found
+    valid once in this process (same size and modification time) is not read again.
+
+    Raises
+    ------
+    FileNotFoundError
+        No such file.
+    InputError
+        Not HDF5, damaged, truncated, or not a valid training set: the message names
+        the file and its problems (the first five, and how many there are).
+    """
+    p = check_file(path)
+    st = p.stat()
+    key = (str(p.resolve()), st.st_size, st.st_mtime_ns)
+    if key in _VALID:
+        return p
+    probs = validate(p, block=block, progress=progress)
+    if probs:
+        shown = "; ".join(probs[:5]) + (f"; ... ({len(probs)} problems in all)" if len(probs) > 5 else "")
+        raise InputError(f"{p}: not a valid {what} ({shown}); `crforge inspect {p}` lists every problem")
+    _VALID[key] = True
+    return p
+
+
 def validate(path: str | os.PathLike, *, block: int = DEFAULT_BLOCK, progress: bool = True) -> list[str]:
     """Check an HDF5 training set against the schema; every problem found, [] if valid.
 
@@ -444,18 +496,14 @@ def validate(path: str | os.PathLike, *, block: int = DEFAULT_BLOCK, progress: b
     """
     p = check_file(path)
     block = check_block(block)
-    with h5py.File(p, "r") as f:
-        probs, stamp_size = _validate_root(f)
-        probs += _validate_fields(f)
-        fields = read_fields(f)
-        truth_in: dict[str, bool] = {}
-        scans: dict[str, _Scan] = {}
-        with progress_bar(_total_stamps(f), f"validate {p.name}", progress) as bar:
-            for split in SPLITS:
-                sp, has_truth, scans[split] = _validate_split(f, split, stamp_size, fields, block, bar)
-                probs += sp
-                if split in f:
-                    truth_in[split] = has_truth
+    try:
+        probs, truth_in, scans = _validate_open(p, block, progress)
+    except InputError:
+        raise
+    except (OSError, RuntimeError, KeyError, ValueError, TypeError) as exc:
+        # h5py's errors of a truncated or bit-flipped file: its superblock, object headers
+        # or B-trees, before any chunk is read (damaged chunks are listed as problems)
+        raise InputError(f"{p}: damaged or truncated HDF5 file ({type(exc).__name__}: {exc})") from None
     probs += _across_splits(truth_in, scans)
     for msg in probs:
         logger.debug("%s: %s", p, msg)

@@ -305,10 +305,38 @@ def _client(dcfg: DatasetConfig):
     if not logger.isEnabledFor(logging.DEBUG):
         logging.getLogger("distributed").setLevel(logging.WARNING)
     if dcfg.scheduler != "local":
-        return Client(dcfg.scheduler, timeout="30s"), None
+        try:
+            return Client(dcfg.scheduler, timeout="30s"), None
+        except (OSError, TimeoutError) as exc:  # gone since _check_scheduler, or not a scheduler
+            raise InputError(f"dataset.scheduler={dcfg.scheduler!r}: cannot connect to a dask scheduler "
+                             f"there ({exc})") from None
     cluster = LocalCluster(n_workers=dcfg.workers or os.cpu_count() or 1, threads_per_worker=1,
                            processes=True, dashboard_address=None, silence_logs=logging.ERROR)
     return Client(cluster), cluster
+
+
+def _check_scheduler(dcfg: DatasetConfig, timeout: float = 5.0) -> None:
+    """Refuse a scheduler address nothing answers at, before any work (dask would wait 30 s, then fail)."""
+    import socket
+    from urllib.parse import urlsplit
+
+    if "://" not in dcfg.scheduler:
+        return
+    url = urlsplit(dcfg.scheduler)
+    if url.scheme not in ("tcp", "tls"):
+        return  # inproc://, ucx://...: dask's own client says what is wrong
+    try:
+        host, port = url.hostname, url.port
+    except ValueError:
+        host, port = None, None
+    if not host or port is None:
+        raise InputError(f"dataset.scheduler={dcfg.scheduler!r}: expected tcp://host:port")
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except OSError as exc:
+        raise InputError(f"dataset.scheduler={dcfg.scheduler!r}: no dask scheduler answers there "
+                         f"({exc.strerror or exc}); start one (`dask scheduler`) or use "
+                         "--scheduler local or serial") from None
 
 
 def _run_dask(visits: list[VisitSpec], work: Path, cfg: _Sections, progress: _Progress) -> None:
@@ -448,6 +476,7 @@ def build_dataset(manifest: str | os.PathLike | Manifest, work: str | os.PathLik
                     archive or ArchiveConfig())
     for section in (cfg.dataset, cfg.label, cfg.stamps):
         section.validate()
+    _check_scheduler(cfg.dataset)
     if cfg.stamps.size != 256:
         logger.warning("stamps.size=%d: schema v1 fixes 256; fine for tests only", cfg.stamps.size)
     man = manifest if isinstance(manifest, Manifest) else load_manifest(manifest)

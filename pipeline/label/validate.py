@@ -10,14 +10,15 @@ from __future__ import annotations
 
 import logging
 import os
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 from astropy.io import fits
 from astropy.wcs import WCS
 
 from crforge.errors import InputError
+from crforge.pipeline.fitsfile import open_verified
 from crforge.pipeline.instruments import Instrument, instrument_for_header
 
 logger = logging.getLogger(__name__)
@@ -98,22 +99,7 @@ def validate_exposure(path: str | os.PathLike) -> ExposureInfo:
 
 def _open_verified(path: Path) -> fits.HDUList:
     """Open a FITS file completely, refusing unreadable and truncated files."""
-    if not path.is_file():
-        raise ExposureError(f"{path}: file not found")
-    try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            hdul = fits.open(path, memmap=False, lazy_load_hdus=False)
-            hdul.verify("exception")
-    except Exception as exc:  # astropy raises OSError, VerifyError, TypeError...
-        raise ExposureError(f"{path}: not a readable FITS file ({type(exc).__name__}: {exc})") from None
-    # astropy only warns about a file cut short (an interrupted download) and drops
-    # the HDUs it could not read: that is an error here.
-    cut = [str(w.message) for w in caught if "truncat" in str(w.message).lower()]
-    if cut:
-        hdul.close()
-        raise ExposureError(f"{path}: truncated FITS file ({cut[0]})")
-    return hdul
+    return open_verified(path, error=ExposureError)
 
 
 def _number(where: str, header: fits.Header, key: str) -> float:
@@ -186,6 +172,8 @@ def _check_chip(name: str, hdul: fits.HDUList, ext_names: set, ev: int,
     data = hdul["SCI", ev].data
     if data is None or data.ndim != 2:
         raise ExposureError(f"{where}: no 2-D image data")
+    if not np.isfinite(data).any():  # AstroDrizzle's median would be NaN and every label garbage
+        raise ExposureError(f"{where}: no finite pixel (all {data.size} are NaN or infinite)")
     dq = hdul["DQ", ev].data
     if dq is None or dq.shape != data.shape:
         raise ExposureError(f"{name}[DQ,{ev}]: shape {None if dq is None else dq.shape} "

@@ -57,6 +57,7 @@ import numpy as np
 
 from crforge.errors import InputError
 from crforge.lock import hold
+from crforge.pipeline.datafile.validate import require_valid
 from crforge.training.evaluate.config import EvaluateConfig
 from crforge.training.evaluate.data import as_str, load_network, load_stamps, normalised
 from crforge.training.evaluate.detection import evaluate_mask
@@ -138,6 +139,7 @@ def _check_paths(run_dir: Path, data_path: Path) -> tuple[Path, Path]:
         raise InputError(f"{run_dir}: not a directory (expected a run directory holding mask/ and/or inpaint/)")
     if not data_path.is_file():
         raise FileNotFoundError(2, "No such file or directory", str(data_path))
+    require_valid(data_path, what="data set")  # before any network runs or any file is written
     return run_dir, data_path
 
 
