@@ -261,7 +261,7 @@ def test_inspect_reports_duplicate_stamps(tmp_path):
     path = tiny_set(tmp_path / "dup.h5", seed=0, edit=duplicate)
     before = digests(path)
     r = crforge("inspect", path)
-    assert r.returncode == 1
+    assert r.returncode == 2  # an invalid data set is bad input
     assert "/train/image: 1 duplicate stamp(s), identical to an earlier one (3 = 0)" in r.stderr
     assert "/test/image: 1 stamp(s) identical to stamps of another split (/train/image 5 = /test/image 1)" in r.stderr
     assert "INVALID (2 problem(s))" in r.stderr

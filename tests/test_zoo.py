@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 import torch
 from astropy.io import fits
+from scipy import ndimage
 
 from crforge import cli, deepcr_models
 from crforge.deepcr_models import interop, registry
@@ -603,8 +604,13 @@ def test_shipped_models_match_their_files_and_clean_a_frame():
     hits = [(50, 60), (120, 200), (250, 30), (200, 260)]
     for y, x in hits:
         img[y, x:x + 3] += 2000.0  # sharp tracks, 3 pixels each
-    mask, cleaned = deepcr_models.clean(img, mask_model="synthetic-acs-wfc-2-4",
+    mask, cleaned = deepcr_models.clean(img, mask_model="synthetic-acs-wfc",
                                         inpaint_model="synthetic-acs-wfc", threads=1)
     assert all(mask[y, x:x + 3].all() for y, x in hits)
-    assert mask.sum() < 60  # the hits and a few neighbours, no more
+    assert mask.sum() < 30  # the hits and a few neighbours, no more
     assert np.abs(cleaned[50, 60:63] - 300.0).max() < 100.0  # filled back to about the sky
+    # the 2-4 network localises less well (its 3x3-dilated TPR is 26 points above its
+    # plain one at 0.05% FPR): its mask lies within a pixel of every hit
+    small, _ = deepcr_models.clean(img, mask_model="synthetic-acs-wfc-2-4", threads=1)
+    near = ndimage.binary_dilation(small, np.ones((3, 3), bool))
+    assert all(near[y, x:x + 3].all() for y, x in hits) and small.sum() < 60

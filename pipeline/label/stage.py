@@ -105,6 +105,8 @@ def label_visit(raw_dir: str | os.PathLike, out_dir: str | os.PathLike, cfg: Lab
         raise TypeError(f"cfg must be a LabelConfig, got {type(cfg).__name__}")
     cfg.validate()
     raw_dir, out_dir = Path(raw_dir), Path(out_dir)
+    # the exposures are checked before the lock creates out_dir: a refused visit leaves nothing
+    infos, refused = validate_visit(raw_dir, cfg.min_exposures)
     with hold(out_dir, what="crforge label", wait=wait):
         kept = None if overwrite else _complete_labels(out_dir)
         if kept is not None:
@@ -112,7 +114,6 @@ def label_visit(raw_dir: str | os.PathLike, out_dir: str | os.PathLike, cfg: Lab
             logger.info("%s: labels complete, made with the same settings from the same exposures; kept",
                         out_dir)
             return kept
-        infos, refused = validate_visit(raw_dir, cfg.min_exposures)
         report = _label(infos, refused, raw_dir.name, out_dir, cfg)
         write_json(out_dir / REPORT_NAME, report.to_json())
     logger.info("labelled %s: %d exposures in %.1f s", report.visit, len(infos), report.seconds_total)
