@@ -132,9 +132,14 @@ def two_datasets(tmp_path_factory):
     args = ["dataset", "--manifest", root / "m.toml", "--work", work, "--scheduler", "serial"]
     a = start(*args)
     wait_until(lambda: holds_lock(work, a) or a.poll() is not None, "run A to lock the work directory")
-    c = start(*args, "--wait")
-    wait_until(lambda: waits_for(c, work / LOCK_NAME) or c.poll() is not None, "run C to wait for the lock")
-    b = crforge(*args)
+    # A is paused while it holds the lock, so that B and C meet it however loaded the machine
+    os.kill(a.pid, signal.SIGSTOP)
+    try:
+        c = start(*args, "--wait")
+        wait_until(lambda: waits_for(c, work / LOCK_NAME) or c.poll() is not None, "run C to wait for the lock")
+        b = crforge(*args)
+    finally:
+        os.kill(a.pid, signal.SIGCONT)
     a_out, a_err = a.communicate(timeout=180)
     c_out, c_err = c.communicate(timeout=180)
     return {"root": root, "work": work, "args": args, "a": (a.returncode, a_err, a.pid), "b": b,
@@ -146,11 +151,10 @@ def test_two_dataset_runs_on_one_work_directory(two_datasets):
     rc_a, err_a, pid_a = two_datasets["a"]
     b = two_datasets["b"]
     assert rc_a == 0, err_a
-    # B is refused at once, naming the directory, the lock and the run holding it (A,
-    # or C when A has just finished)
+    # B is refused at once, naming the directory, the lock and the run holding it (A)
     rc_c, err_c, pid_c = two_datasets["c"]
     assert b.returncode == 2
-    assert any(f"{work} is in use by crforge dataset (pid {pid} on host" in b.stderr for pid in (pid_a, pid_c))
+    assert f"{work} is in use by crforge dataset (pid {pid_a} on host" in b.stderr
     assert str(work / LOCK_NAME) in b.stderr and "--wait" in b.stderr
     # C waited for A, then rebuilt the same file from A's visits
     assert rc_c == 0, err_c
@@ -211,14 +215,21 @@ def test_simulate_into_a_visit_with_other_settings_is_refused(tmp_path):
 
 
 def test_an_interrupted_dataset_run_reruns_to_a_valid_file(tmp_path):
-    (tmp_path / "m.toml").write_text(MANIFEST)
+    # two visits, so that the run is still labelling when the signal lands
+    (tmp_path / "m.toml").write_text(MANIFEST + MANIFEST[MANIFEST.index("[[visit]]"):])
     work = tmp_path / "work"
     args = ["dataset", "--manifest", tmp_path / "m.toml", "--work", work, "--scheduler", "serial"]
     proc = start(*args)
     # interrupted while labelling: AstroDrizzle's scratch directory is there
     wait_until(lambda: any((work / "labels").glob("*/.scratch*")) or proc.poll() is not None,
                "the run to start labelling")
-    proc.send_signal(signal.SIGINT)
+    # Ctrl-C, pressed again after a few seconds as a user would if the run goes on
+    while proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            continue
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130 and "crforge dataset: interrupted" in err
     assert not (work / "tiny.h5").exists() and not (work / "labels" / "j4e000" / "labels.json").exists()
@@ -303,7 +314,7 @@ def test_two_trainings_into_one_run_directory_then_sigint(data_sets, tmp_path):
     assert b.returncode == 2
     assert f"{run} is in use by crforge train (mask) (pid {a.pid} on host" in b.stderr
     a.send_signal(signal.SIGINT)
-    _, err = a.communicate(timeout=60)
+    _, err = a.communicate(timeout=180)
     assert a.returncode == 130 and "crforge train: interrupted" in err
     log = (run / "train.log").read_text()
     assert log.count("new mask run") == 1  # B wrote nothing into A's run
