@@ -56,10 +56,18 @@ def crforge(*args: str, timeout: float = 180) -> subprocess.CompletedProcess:
     return subprocess.run(CRFORGE + [str(a) for a in args], capture_output=True, text=True, timeout=timeout)
 
 
+def _default_sigint() -> None:
+    # A child inherits an ignored or blocked SIGINT (and Python then never raises
+    # KeyboardInterrupt); libraries used by earlier tests in the session may leave it so.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+
 def start(*args: str) -> subprocess.Popen:
     """Start the real ``crforge`` command (its own session, so signals reach it alone)."""
     return subprocess.Popen(CRFORGE + [str(a) for a in args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+                            stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            preexec_fn=_default_sigint)
 
 
 def wait_until(pred, what: str, timeout: float = 120.0) -> None:
@@ -223,15 +231,10 @@ def test_an_interrupted_dataset_run_reruns_to_a_valid_file(tmp_path):
     # interrupted while labelling: AstroDrizzle's scratch directory is there
     wait_until(lambda: any((work / "labels").glob("*/.scratch*")) or proc.poll() is not None,
                "the run to start labelling")
-    # Ctrl-C, pressed again after a few seconds as a user would if the run goes on
-    while proc.poll() is None:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            continue
-    _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130 and "crforge dataset: interrupted" in err
+    seen = proc.poll() is None
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "crforge dataset: interrupted" in err, (seen, err[-3000:])
     assert not (work / "tiny.h5").exists() and not (work / "labels" / "j4e000" / "labels.json").exists()
     assert not leftovers(work)  # scratch and temporary files removed, lock released
     r = crforge(*args)
@@ -314,7 +317,7 @@ def test_two_trainings_into_one_run_directory_then_sigint(data_sets, tmp_path):
     assert b.returncode == 2
     assert f"{run} is in use by crforge train (mask) (pid {a.pid} on host" in b.stderr
     a.send_signal(signal.SIGINT)
-    _, err = a.communicate(timeout=180)
+    _, err = a.communicate(timeout=120)
     assert a.returncode == 130 and "crforge train: interrupted" in err
     log = (run / "train.log").read_text()
     assert log.count("new mask run") == 1  # B wrote nothing into A's run
