@@ -26,7 +26,7 @@ from crforge.pipeline.label.validate import ExposureInfo
 logger = logging.getLogger(__name__)
 
 __all__ = ["DrizzleError", "astrodrizzle_kwargs", "refines", "run_astrodrizzle", "scratch_file",
-           "drizzlepac_version"]
+           "drizzlepac_version", "copy_inputs"]
 
 
 class DrizzleError(RuntimeError):
@@ -97,7 +97,8 @@ def run_astrodrizzle(infos: list[ExposureInfo], scratch: Path, kwargs: dict) -> 
         inputs with only a printed warning); the message has the tail of its log.
     """
     for info in infos:
-        _pristine_copy(info, scratch / info.path.name)
+        if not (scratch / info.path.name).exists():  # copied (and aligned) already
+            _pristine_copy(info, scratch / info.path.name)
     _call(infos, scratch, kwargs)
     missing = [scratch_file(scratch, info, ev, "crmask").name
                for info in infos for ev in info.chips
@@ -106,6 +107,12 @@ def run_astrodrizzle(infos: list[ExposureInfo], scratch: Path, kwargs: dict) -> 
         tail = _log_tail(scratch / kwargs["runfile"], "")
         raise DrizzleError(f"{kwargs['output']}: AstroDrizzle wrote no CR mask for {missing}; "
                            f"log tail:\n{tail}")
+
+
+def copy_inputs(infos: list[ExposureInfo], scratch: Path) -> None:
+    """Pristine copies of the exposures in ``scratch`` (what alignment and AstroDrizzle edit)."""
+    for info in infos:
+        _pristine_copy(info, scratch / info.path.name)
 
 
 def _pristine_copy(info: ExposureInfo, dest: Path) -> None:

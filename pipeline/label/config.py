@@ -62,6 +62,36 @@ class LabelConfig:
         AstroDrizzle (NumPy and file I/O release the GIL).
     keep_scratch : bool
         Keep AstroDrizzle's scratch directory (for debugging); removed otherwise.
+    align : bool
+        Align the exposures to the first one before AstroDrizzle
+        (:mod:`crforge.pipeline.label.align`: TweakReg's source finder, tweakwcs' fit);
+        a visit that cannot be aligned is refused, never labelled on its header WCS.
+        Off by default: simulated visits have exact headers unless simulated with a
+        ``pointing_error``, and small test chips hold too few sources to fit; real
+        visits should turn it on (the rows of ``data_manifests/deepcr-acs-wfc.csv`` do).
+    align_conv_width : float
+        TweakReg's ``conv_width``: FWHM in pixels of the finder's kernel; 0 takes
+        twice the PSF FWHM of the instrument table in the exposure's filter (3.4 for
+        ACS/WFC F606W; TweakReg recommends 3.5 for ACS/WFC, 2.5 for WFC3/UVIS).
+        Per visit from the manifest's ``label`` cell (deepCR's published values).
+    align_threshold : float
+        TweakReg's ``threshold``: detection peak in sky sigmas (``sqrt(2 |mode|)``).
+    align_good_bits : int
+        DQ bits of pixels the finder may still use (sum); others are left out.
+    align_fitgeom : str
+        tweakwcs fit geometry: ``shift``, ``rshift`` (shift and rotation), ``rscale``
+        or ``general``.
+    align_tolerance : float
+        Matching tolerance in pixels, from the header WCS: the largest relative
+        pointing error the alignment can correct.
+    align_min_matches : int
+        Fewer matched sources than this (per exposure, after clipping) refuses the visit.
+    align_max_rms : float
+        A fit residual rms above this (pixels) refuses the visit.
+    align_max_shift_error : float
+        A fitted shift less certain than this (pixels; the rms over the square root of
+        the matches) refuses the visit: a sparse field's few matches cannot pin the
+        shift down to the tenth of a pixel that matters.
     """
 
     combine_type: str = "minmed"
@@ -83,6 +113,15 @@ class LabelConfig:
     num_cores: int = 1
     threads: int = 2
     keep_scratch: bool = False
+    align: bool = False
+    align_conv_width: float = 0.0
+    align_threshold: float = 10.0
+    align_good_bits: int = 64
+    align_fitgeom: str = "shift"
+    align_tolerance: float = 1.0
+    align_min_matches: int = 5
+    align_max_rms: float = 0.5
+    align_max_shift_error: float = 0.03
 
     #: How the work is run, not what it gives: left out of result comparisons.
     EXECUTION_ONLY = ("num_cores", "threads", "keep_scratch")
@@ -92,6 +131,9 @@ class LabelConfig:
         d = json.loads(json.dumps(asdict(self)))
         for k in self.EXECUTION_ONLY:
             d.pop(k, None)
+        if not self.align:  # unused then: labels made before alignment existed stay reusable
+            for k in [k for k in d if k.startswith("align")]:
+                d.pop(k)
         return d
 
     def validate(self) -> None:
@@ -111,6 +153,7 @@ class LabelConfig:
             raise InputError(f"grow_snr={self.grow_snr!r}, grow_deriv_scale={self.grow_deriv_scale!r}: expected >= 0")
         if len(self.refine_snr) != 2 or not self.refine_snr[0] >= self.refine_snr[1] > 0:
             raise InputError(f"refine_snr={self.refine_snr!r}: expected (seed, grow), seed >= grow > 0")
+        self._validate_align()
         for name in ("driz_cr_snr", "driz_cr_scale", "combine_nsigma"):
             parts = str(getattr(self, name)).replace(",", " ").split()
             try:
@@ -119,3 +162,17 @@ class LabelConfig:
                 ok = False
             if not ok:
                 raise InputError(f"{name}={getattr(self, name)!r}: expected two numbers, e.g. '3.5 3.0'")
+
+    def _validate_align(self) -> None:
+        """The ``align_*`` settings."""
+        if self.align_fitgeom not in ("shift", "rshift", "rscale", "general"):
+            raise InputError(f"align_fitgeom={self.align_fitgeom!r}: expected shift, rshift, rscale or general")
+        for name in ("align_threshold", "align_tolerance", "align_max_rms", "align_max_shift_error"):
+            if not getattr(self, name) > 0:
+                raise InputError(f"{name}={getattr(self, name)!r}: expected > 0")
+        if not self.align_conv_width >= 0:
+            raise InputError(f"align_conv_width={self.align_conv_width!r}: expected pixels > 0 (0: default)")
+        if self.align_min_matches < 2:
+            raise InputError(f"align_min_matches={self.align_min_matches!r}: expected >= 2")
+        if self.align_good_bits < 0:
+            raise InputError(f"align_good_bits={self.align_good_bits!r}: expected a sum of DQ bits >= 0")

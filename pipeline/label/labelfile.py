@@ -86,9 +86,13 @@ def write_label(infos: list[ExposureInfo], i: int, scratch: Path, out_dir: Path,
             nocov = _no_coverage(infos, i, ev, sci.shape)
             ignore = masks.ignore_mask(src["DQ", ev].data, info.instrument,
                                        saturation_grow=cfg.saturation_grow, no_coverage=nocov)
-            sky = float(fits.getheader(scratch / info.path.name, ("SCI", ev)).get("MDRIZSKY", 0.0))
+            drizzled = fits.getheader(scratch / info.path.name, ("SCI", ev))
+            sky = float(drizzled.get("MDRIZSKY", 0.0))
             frac = float(cr[ignore == 0].mean()) if np.any(ignore == 0) else 0.0
             h = _chip_header(src["SCI", ev].header, info, ev, sky=sky, cr_fraction=frac)
+            if drizzled.get("CRFALIGN"):  # the labels go with the WCS they were made on
+                h.update({k: drizzled[k] for k in _KEEP_KEYS[:10] if k in drizzled})
+                h["CRFALIGN"] = (True, "WCS aligned by crforge before AstroDrizzle")
             hdus.append(fits.ImageHDU(sci, header=h, name="SCI", ver=ev))
             hdus.append(fits.ImageHDU(cr.astype(np.uint8), header=h.copy(), name="CR", ver=ev))
             hdus.append(fits.ImageHDU(ignore, header=h.copy(), name="IGNORE", ver=ev))

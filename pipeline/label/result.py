@@ -114,6 +114,11 @@ class VisitLabels:
         Wall time of AstroDrizzle and of the whole visit.
     exposures : tuple of ExposureLabels
         One per labelled exposure, in file-name order.
+    alignment : tuple of dict
+        When the exposures were aligned (``config["align"]``), each one's fit to the
+        first (:meth:`crforge.pipeline.label.align.ExposureAlignment.to_json`:
+        rootname, status, n_sources, n_matches, shift, rotation_deg, scale, rms);
+        empty otherwise.
     """
 
     visit: str
@@ -129,6 +134,7 @@ class VisitLabels:
     seconds_astrodrizzle: float
     seconds_total: float
     exposures: tuple[ExposureLabels, ...]
+    alignment: tuple[dict[str, Any], ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         """The content of ``labels.json`` (keys in the order they have always had)."""
@@ -139,6 +145,8 @@ class VisitLabels:
             "drizzlepac_version": self.drizzlepac_version,
             "seconds_astrodrizzle": self.seconds_astrodrizzle, "seconds_total": self.seconds_total,
             "exposures": [e.to_json() for e in self.exposures],
+            # only when aligned: unaligned labels.json keep the keys they always had
+            **({"alignment": [dict(a) for a in self.alignment]} if self.alignment else {}),
         }
 
     @classmethod
@@ -153,6 +161,8 @@ class VisitLabels:
             seconds_astrodrizzle=float(doc["seconds_astrodrizzle"]),
             seconds_total=float(doc["seconds_total"]),
             exposures=tuple(ExposureLabels.from_json(e) for e in doc["exposures"]),
+            # labels.json written before alignment existed has no such key
+            alignment=tuple(dict(a) for a in doc.get("alignment", ())),
         )
 
 

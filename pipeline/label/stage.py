@@ -47,8 +47,10 @@ from pathlib import Path
 from crforge.atomic import remove_stale, temporary_name, write_json
 from crforge.errors import InputError
 from crforge.lock import hold
+from crforge.pipeline.label.align import align_exposures, aligned_infos
 from crforge.pipeline.label.astrodrizzle import (
     astrodrizzle_kwargs,
+    copy_inputs,
     drizzlepac_version,
     refines,
     run_astrodrizzle,
@@ -93,7 +95,10 @@ def label_visit(raw_dir: str | os.PathLike, out_dir: str | os.PathLike, cfg: Lab
     ------
     VisitError
         Fewer than ``cfg.min_exposures`` usable exposures; the message lists why
-        each unusable one was refused.
+        each unusable one was refused. Its subclass
+        :class:`~crforge.pipeline.label.align.AlignmentError` when ``cfg.align`` and
+        the exposures could not be aligned (the message names the visit, the
+        exposure and why); nothing is labelled.
     DrizzleError
         AstroDrizzle failed; the message has the tail of its log.
     InputError
@@ -126,6 +131,11 @@ def _label(infos: list[ExposureInfo], refused: list[str], visit: str, out_dir: P
     kwargs = astrodrizzle_kwargs(cfg, len(infos), visit)
     t0 = time.perf_counter()
     with _scratch_dir(out_dir, keep=cfg.keep_scratch) as scratch:
+        alignment = ()
+        if cfg.align:
+            copy_inputs(infos, scratch)
+            alignment = align_exposures(infos, scratch, cfg, visit)  # AlignmentError: not labelled
+            infos = aligned_infos(infos, scratch)
         run_astrodrizzle(infos, scratch, kwargs)
         t_driz = time.perf_counter() - t0
         exposures = _write_labels(infos, scratch, out_dir, cfg)
@@ -135,7 +145,8 @@ def _label(infos: list[ExposureInfo], refused: list[str], visit: str, out_dir: P
         refused=tuple(refused), config=cfg.result_dict(),
         astrodrizzle={k: v for k, v in kwargs.items() if k not in ("output", "runfile")},
         drizzlepac_version=drizzlepac_version(), seconds_astrodrizzle=round(t_driz, 2),
-        seconds_total=round(time.perf_counter() - t0, 2), exposures=exposures)
+        seconds_total=round(time.perf_counter() - t0, 2), exposures=exposures,
+        alignment=tuple(a.to_json() for a in alignment))
 
 
 def _write_labels(infos: list[ExposureInfo], scratch: Path, out_dir: Path,

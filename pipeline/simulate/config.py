@@ -72,6 +72,13 @@ class SimulateConfig:
         drawn in this range (thicker or thinner silicon than the table's, other
         detectors: the real cosmic rays of ACS/HRC carry about twice the charge of
         ACS/WFC's median event).
+    pointing_error : float
+        Per-axis rms (pixels) of each exposure's pointing error: the header WCS of an
+        exposure says it points ``(dy, dx)`` further than it does, with ``dy`` and
+        ``dx`` drawn from a normal distribution of this width (its own random stream;
+        the true error is in the truth file). 0 (the default) writes headers that
+        are exact, as before; ~0.1 is typical of the relative pointing of real
+        exposures within a visit (the label stage's alignment corrects it).
     """
 
     instrument: str = "ACS/WFC"
@@ -98,6 +105,7 @@ class SimulateConfig:
     psf_ellipticity: float = 0.1
     cr_diffusion: tuple[float, float] = (0.25, 0.45)
     cr_charge: tuple[float, float] = (1.0, 1.0)
+    pointing_error: float = 0.0
 
     def validate(self) -> Instrument:
         """Check the values; return the instrument record.
@@ -146,6 +154,8 @@ class SimulateConfig:
                                  f"{lo_min} <= low <= high")
         if not 0 <= self.psf_jitter < 0.3:
             raise InputError(f"psf_jitter={self.psf_jitter!r}: expected a fraction in [0, 0.3)")
+        if not 0 <= self.pointing_error <= 5:
+            raise InputError(f"pointing_error={self.pointing_error!r}: expected an rms in pixels in [0, 5]")
         if not 0 <= self.psf_ellipticity < 0.5:
             raise InputError(f"psf_ellipticity={self.psf_ellipticity!r}: expected a value in [0, 0.5)")
 

@@ -118,7 +118,7 @@ def _chip_hdus(c: ChipInjection) -> list[fits.hdu.base.ExtensionHDU]:
 
 
 def write_truth(path: str | os.PathLike, chips: list[ChipInjection], *, rootname: str,
-                sky_e: float, dark_e: float) -> Path:
+                sky_e: float, dark_e: float, pointing_error: tuple[float, float] = (0.0, 0.0)) -> Path:
     """Write the truth file of one exposure (a new file); return its path.
 
     Parameters
@@ -131,11 +131,16 @@ def write_truth(path: str | os.PathLike, chips: list[ChipInjection], *, rootname
         The exposure's ``ROOTNAME``.
     sky_e, dark_e : float
         Sky and mean dark of the exposure in e- per pixel.
+    pointing_error : tuple of float
+        ``(dy, dx)``: how far (pixels) the exposure's header WCS is off its true
+        pointing (written as ``PNTERRY``, ``PNTERRX``).
     """
     prim = fits.PrimaryHDU()
     prim.header["ROOTNAME"] = rootname
     prim.header["SKY_E"] = sky_e
     prim.header["DARK_E"] = dark_e
+    prim.header["PNTERRY"] = (pointing_error[0], "header WCS minus true pointing, y pixels")
+    prim.header["PNTERRX"] = (pointing_error[1], "header WCS minus true pointing, x pixels")
     hdus = [prim]
     for c in chips:
         hdus.extend(_chip_hdus(c))

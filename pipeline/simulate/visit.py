@@ -182,6 +182,7 @@ class _Plan:
     layout: list[ChipPlacement]
     frame: SkyFrame
     offsets: np.ndarray  # (n_exposures, 2) dithers (dy, dx) in pixels
+    pointing_errors: np.ndarray  # (n_exposures, 2) header WCS minus true pointing (dy, dx), pixels
     scene: Scene
     defects: dict[int, Defects]  # by extver
     exposure_seeds: list[np.random.SeedSequence]
@@ -216,7 +217,8 @@ def _plan_visit(cfg: SimulateConfig, inst: Instrument) -> _Plan:
     """Draw the dithers, the scene, the defects and the optics; seed the exposures."""
     filt = (cfg.filter or inst.default_filter).upper()
     ss = np.random.SeedSequence([cfg.seed, cfg.proposal_id, FIELD_TYPES.index(cfg.field_type)])
-    scene_ss, det_ss, dith_ss, exp_ss, optics_ss = ss.spawn(5)
+    # a sixth stream for the pointing errors: the first five children are what they were
+    scene_ss, det_ss, dith_ss, exp_ss, optics_ss, point_ss = ss.spawn(6)
     offsets = dither_offsets(cfg.n_exposures, cfg.dither, np.random.default_rng(dith_ss))
     layout = chip_layout(inst, cfg.chip_shape)
     frame = sky_frame(layout)
@@ -231,9 +233,17 @@ def _plan_visit(cfg: SimulateConfig, inst: Instrument) -> _Plan:
         cfg=cfg, inst=inst, filt=filt,
         target=cfg.target or f"SIM-{cfg.field_type.upper().replace('_', '-')}-{cfg.seed}",
         layout=layout, frame=frame, offsets=offsets, scene=scene, defects=defects,
+        pointing_errors=_pointing_errors(cfg, point_ss),
         exposure_seeds=exp_ss.spawn(cfg.n_exposures), psfs=psfs, cr_diffusion=diffusion, cr_charge=charge,
         sky_e=inst.sky(filt) * cfg.exptime, dark_e=inst.dark_rate * cfg.exptime,
         cr_rate=inst.cr_rate if cfg.cr_rate is None else cfg.cr_rate)
+
+
+def _pointing_errors(cfg: SimulateConfig, ss: np.random.SeedSequence) -> np.ndarray:
+    """Per exposure, how far the header WCS is off the true pointing ``(dy, dx)`` (pixels)."""
+    if cfg.pointing_error == 0:
+        return np.zeros((cfg.n_exposures, 2))
+    return np.random.default_rng(ss).normal(0.0, cfg.pointing_error, size=(cfg.n_exposures, 2))
 
 
 def _simulate_into(plan: _Plan, out: Path) -> dict:
@@ -253,15 +263,17 @@ def _simulate_exposure(plan: _Plan, e: int, out: Path) -> dict:
     dy, dx = plan.offsets[e]
     hdus: list = [_primary_hdu(plan, e, root)]
     truth = []
+    ey, ex = plan.pointing_errors[e]
     for chip in plan.layout:
-        chip_hdus, injected = _simulate_chip(plan, rng, chip, (dy, dx), root, plan.psfs[e])
+        chip_hdus, injected = _simulate_chip(plan, rng, chip, (dy, dx), root, plan.psfs[e], (ey, ex))
         hdus.extend(chip_hdus)
         truth.append(injected)
     fits.HDUList(hdus).writeto(out / f"{root}_flc.fits")
     write_truth(out / f"{root}_truth.fits", truth, rootname=root, sky_e=plan.sky_e,
-                dark_e=plan.dark_e)
+                dark_e=plan.dark_e, pointing_error=(float(ey), float(ex)))
     return {"rootname": root, "flc": f"{root}_flc.fits", "truth": f"{root}_truth.fits",
-            "dither_dy": float(dy), "dither_dx": float(dx)}
+            "dither_dy": float(dy), "dither_dx": float(dx),
+            "pointing_error_dy": float(ey), "pointing_error_dx": float(ex)}
 
 
 def _primary_hdu(plan: _Plan, e: int, root: str) -> fits.PrimaryHDU:
@@ -307,8 +319,8 @@ def _primary_hdu(plan: _Plan, e: int, root: str) -> fits.PrimaryHDU:
 
 
 def _simulate_chip(plan: _Plan, rng: np.random.Generator, chip: ChipPlacement,
-                   dither: tuple[float, float], root: str, psf: tuple[float, float]
-                   ) -> tuple[list, ChipInjection]:
+                   dither: tuple[float, float], root: str, psf: tuple[float, float],
+                   pointing_error: tuple[float, float] = (0.0, 0.0)) -> tuple[list, ChipInjection]:
     """One chip of one exposure: its ``SCI``, ``ERR``, ``DQ`` extensions and its truth.
 
     Draws from ``rng`` in a fixed order: photon noise and the hot pixels' dark
@@ -333,7 +345,9 @@ def _simulate_chip(plan: _Plan, rng: np.random.Generator, chip: ChipPlacement,
                              inst.readnoise[chip.amps[-1]])
     sci, dq = read_out(rng, signal_e, rn_img, defects, sat, adc_sat)
     err = np.sqrt(np.maximum(sci, 0.0) + rn_img**2)
-    wcs_h = wcs_header(inst, plan.frame, chip, dy, dx, ra=cfg.ra, dec=cfg.dec, orient=cfg.orient)
+    # the scene is seen at the dither; the header believes the dither plus the pointing error
+    wcs_h = wcs_header(inst, plan.frame, chip, dy + pointing_error[0], dx + pointing_error[1],
+                       ra=cfg.ra, dec=cfg.dec, orient=cfg.orient)
     hdus = _image_hdus(chip, root, sci, err, dq, wcs_h, plan.dark_e)
     injected = ChipInjection.from_images(
         chip.extver, crimg, n_cr, expected=expected, readnoise=rn_img, star_y=src.star_y,
