@@ -27,6 +27,7 @@ from crforge.pipeline.archive.prepare import fetch_specs
 from crforge.pipeline.archive.query import Criteria, find_visits, mast_criteria, resolve_specs
 from crforge.pipeline.archive.visits import download_url, group_visits, normalise_filter
 from crforge.pipeline.datafile.validate import validate
+from crforge.pipeline.label.config import LabelConfig
 from crforge.pipeline.manifest import load_manifest
 from crforge.pipeline.simulate.config import SimulateConfig
 from crforge.pipeline.simulate.visit import simulate_visit
@@ -585,6 +586,12 @@ def test_the_deepcr_acs_wfc_manifest():
         got = [(v.archive["filter"], v.archive["proposal_id"], v.archive["obset_id"], v.field_type, v.split)
                for v in man.visits]
         assert got == want
+        # every visit aligned with the TweakReg settings those authors published for it
+        tweak = [(float(r["tweakreg_conv_width"]), float(r["tweakreg_threshold"]))
+                 for r in csv.DictReader(ref.open())]
+        cfgs = [v.label_config(LabelConfig()) for v in man.visits]
+        assert all(c.align for c in cfgs)
+        assert [(c.align_conv_width, c.align_threshold) for c in cfgs] == tweak
 
 
 # ---- the real MAST (off by default) ----------------------------------------------------

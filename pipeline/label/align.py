@@ -32,6 +32,8 @@ The fit of every exposure (status, matches, shift, rotation, scale, rms) goes in
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import warnings
 from dataclasses import dataclass, replace
@@ -138,7 +140,7 @@ def find_sources(sci: np.ndarray, good: np.ndarray, conv_width: float, threshold
     mode = ImageStats(finite, nclip=3, fields="mode", binwidth=0.01).mode
     sigma = float(np.sqrt(2.0 * abs(mode))) or 1.0
     # the finder prints to stdout, and warns on an empty chip: the caller reports counts
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")
         x, y, flux, *_ = ndfind(data, sigma * threshold, conv_width, sigma**2, mask=good, use_sharp_round=True)
     return Table({"x": np.asarray(x, float), "y": np.asarray(y, float), "flux": np.asarray(flux, float)})
@@ -214,11 +216,15 @@ def align_exposures(infos: list[ExposureInfo], scratch: Path, cfg: LabelConfig,
         raise AlignmentError(f"visit {visit}: no sources found to align on in {', '.join(empty)} "
                              f"(align_conv_width={conv_width}, align_threshold={cfg.align_threshold}); "
                              "the visit is not labelled on an unchecked WCS")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        align_wcs(correctors, enforce_user_order=True, expand_refcat=False, minobj=cfg.align_min_matches,
-                  match=XYXYMatch(separation=0.5, tolerance=cfg.align_tolerance, use2dhist=False),
-                  fitgeom=cfg.align_fitgeom, nclip=3, sigma=(3.0, "rmse"))
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            align_wcs(correctors, enforce_user_order=True, expand_refcat=False, minobj=cfg.align_min_matches,
+                      match=XYXYMatch(separation=0.5, tolerance=cfg.align_tolerance, use2dhist=False),
+                      fitgeom=cfg.align_fitgeom, nclip=3, sigma=(3.0, "rmse"))
+    except (ValueError, ArithmeticError, np.linalg.LinAlgError) as exc:  # too few or degenerate matches
+        raise AlignmentError(f"visit {visit}: tweakwcs could not fit the exposures ({type(exc).__name__}: "
+                             f"{exc}); the visit is not labelled on an unchecked WCS") from None
     results = tuple(_result(info, counts[info.rootname],
                             next(c for c in correctors if c.meta["group_id"] == j).meta["fit_info"])
                     for j, info in enumerate(infos))
