@@ -189,3 +189,17 @@ split = "test"
     assert [a["status"] for a in doc["alignment"]] == ["REFERENCE", "SUCCESS"]
     assert doc["config"]["align_threshold"] == 12.0  # the manifest row's own setting
     assert report["visits_done"] == 1
+
+
+def test_a_rows_own_label_settings_decide_whether_its_stamps_are_reused():
+    """Changing a manifest row's alignment settings redoes that visit (not stale stamps)."""
+    from crforge.pipeline.dataset.config import StampConfig
+    from crforge.pipeline.dataset.stage import _visit_key
+    from crforge.pipeline.manifest import VisitSpec
+
+    spec = VisitSpec(name="v", source="archive", field_type="globular_cluster",
+                     archive={"instrument": "ACS/WFC"}, label={"align": True, "align_threshold": 800})
+    key = _visit_key(spec, LabelConfig(), StampConfig())
+    other = VisitSpec(**{**spec.__dict__, "label": {"align": True, "align_threshold": 400}})
+    assert _visit_key(other, LabelConfig(), StampConfig()) != key
+    assert _visit_key(VisitSpec(**{**spec.__dict__, "label": dict(spec.label)}), LabelConfig(), StampConfig()) == key

@@ -84,7 +84,8 @@ def _visit_key(spec: VisitSpec, label_cfg: LabelConfig, stamp_cfg: StampConfig) 
     """Hash of everything that decides a visit's stamps (reuse only when equal)."""
     doc = {"name": spec.name, "source": spec.source,
            "simulate": asdict(spec.simulate) if spec.simulate else None,
-           "archive": spec.archive, "label": label_cfg.result_dict(), "stamps": asdict(stamp_cfg)}
+           "archive": spec.archive, "label": spec.label_config(label_cfg).result_dict(),  # with the row's own
+           "stamps": asdict(stamp_cfg)}
     return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

@@ -210,7 +210,11 @@ def align_exposures(infos: list[ExposureInfo], scratch: Path, cfg: LabelConfig,
     from tweakwcs.matchutils import XYXYMatch
 
     conv_width = cfg.align_conv_width or default_conv_width(infos[0])
-    correctors, counts = _correctors(infos, scratch, cfg, conv_width, cfg.align_threshold)
+    try:
+        correctors, counts = _correctors(infos, scratch, cfg, conv_width, cfg.align_threshold)
+    except ValueError as exc:  # a WCS tweakwcs cannot correct (unknown distortion)
+        raise AlignmentError(f"visit {visit}: cannot align ({exc}); the visit is not labelled on an "
+                             "unchecked WCS") from None
     empty = [r for r, n in counts.items() if n == 0]
     if empty:
         raise AlignmentError(f"visit {visit}: no sources found to align on in {', '.join(empty)} "
