@@ -57,7 +57,8 @@ def _row(field: str, n: int, pe: float, aligned: bool, raws: list[Path], out: Pa
     if not total:
         return row
     s = summarise(total)
-    return {**row, "recall_above_5sigma": s["recall_above_5sigma"], "false_per_million": s["false_per_million"],
+    return {**row, "recall_above_5sigma": s["recall_above_5sigma"],
+            "false_per_million": s["false_per_million"],
             "false_star_per_million": s["false_source_per_million"],
             "fit_rms": max((a["rms"] for a in fits), default=None),
             "fit_matches": min((a["n_matches"] for a in fits), default=None)}

@@ -182,7 +182,8 @@ split = "test"
     report = json.loads((out / "aligned.report.json").read_text())
     (failed,) = report["visits_failed"]
     name = failed["visit"]
-    assert name.endswith("e1") and "AlignmentError" in failed["reason"] and f"visit {name}" in failed["reason"]
+    assert name.endswith("e1") and "AlignmentError" in failed["reason"]
+    assert f"visit {name}" in failed["reason"]
     assert not (out / "labels" / name / "labels.json").exists()
     good = next(p for p in (out / "labels").iterdir() if p.name.endswith("g1"))
     doc = json.loads((good / "labels.json").read_text())
@@ -202,4 +203,5 @@ def test_a_rows_own_label_settings_decide_whether_its_stamps_are_reused():
     key = _visit_key(spec, LabelConfig(), StampConfig())
     other = VisitSpec(**{**spec.__dict__, "label": {"align": True, "align_threshold": 400}})
     assert _visit_key(other, LabelConfig(), StampConfig()) != key
-    assert _visit_key(VisitSpec(**{**spec.__dict__, "label": dict(spec.label)}), LabelConfig(), StampConfig()) == key
+    same = VisitSpec(**{**spec.__dict__, "label": dict(spec.label)})
+    assert _visit_key(same, LabelConfig(), StampConfig()) == key

@@ -142,7 +142,8 @@ def find_sources(sci: np.ndarray, good: np.ndarray, conv_width: float, threshold
     # the finder prints to stdout, and warns on an empty chip: the caller reports counts
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")
-        x, y, flux, *_ = ndfind(data, sigma * threshold, conv_width, sigma**2, mask=good, use_sharp_round=True)
+        x, y, flux, *_ = ndfind(data, sigma * threshold, conv_width, sigma**2, mask=good,
+                                use_sharp_round=True)
     return Table({"x": np.asarray(x, float), "y": np.asarray(y, float), "flux": np.asarray(flux, float)})
 
 
@@ -203,12 +204,11 @@ def align_exposures(infos: list[ExposureInfo], scratch: Path, cfg: LabelConfig,
     Raises
     ------
     AlignmentError
-        A fit failed, kept fewer than ``cfg.align_min_matches`` sources, or left an rms
-        above ``cfg.align_max_rms``; the message names the visit and the exposure.
+        No source found in an exposure, a fit failed, kept fewer than
+        ``cfg.align_min_matches`` sources, left an rms above ``cfg.align_max_rms`` or a
+        shift less certain than ``cfg.align_max_shift_error``; the message names the
+        visit, the exposure and why.
     """
-    from tweakwcs import align_wcs
-    from tweakwcs.matchutils import XYXYMatch
-
     conv_width = cfg.align_conv_width or default_conv_width(infos[0])
     try:
         correctors, counts = _correctors(infos, scratch, cfg, conv_width, cfg.align_threshold)
@@ -220,15 +220,7 @@ def align_exposures(infos: list[ExposureInfo], scratch: Path, cfg: LabelConfig,
         raise AlignmentError(f"visit {visit}: no sources found to align on in {', '.join(empty)} "
                              f"(align_conv_width={conv_width}, align_threshold={cfg.align_threshold}); "
                              "the visit is not labelled on an unchecked WCS")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            align_wcs(correctors, enforce_user_order=True, expand_refcat=False, minobj=cfg.align_min_matches,
-                      match=XYXYMatch(separation=0.5, tolerance=cfg.align_tolerance, use2dhist=False),
-                      fitgeom=cfg.align_fitgeom, nclip=3, sigma=(3.0, "rmse"))
-    except (ValueError, ArithmeticError, np.linalg.LinAlgError) as exc:  # too few or degenerate matches
-        raise AlignmentError(f"visit {visit}: tweakwcs could not fit the exposures ({type(exc).__name__}: "
-                             f"{exc}); the visit is not labelled on an unchecked WCS") from None
+    _fit(correctors, cfg, visit)
     results = tuple(_result(info, counts[info.rootname],
                             next(c for c in correctors if c.meta["group_id"] == j).meta["fit_info"])
                     for j, info in enumerate(infos))
@@ -239,6 +231,22 @@ def align_exposures(infos: list[ExposureInfo], scratch: Path, cfg: LabelConfig,
         logger.info("%s %s: %s, %d matches, shift (%.3f, %.3f) px, rms %.3f px", visit, r.rootname,
                     r.status, r.n_matches, r.shift[0], r.shift[1], r.rms)
     return results
+
+
+def _fit(correctors: list, cfg: LabelConfig, visit: str) -> None:
+    """:func:`tweakwcs.align_wcs` on the correctors, each exposure against the first."""
+    from tweakwcs import align_wcs
+    from tweakwcs.matchutils import XYXYMatch
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            align_wcs(correctors, enforce_user_order=True, expand_refcat=False, minobj=cfg.align_min_matches,
+                      match=XYXYMatch(separation=0.5, tolerance=cfg.align_tolerance, use2dhist=False),
+                      fitgeom=cfg.align_fitgeom, nclip=3, sigma=(3.0, "rmse"))
+    except (ValueError, ArithmeticError, np.linalg.LinAlgError) as exc:  # too few or degenerate matches
+        raise AlignmentError(f"visit {visit}: tweakwcs could not fit the exposures ({type(exc).__name__}: "
+                             f"{exc}); the visit is not labelled on an unchecked WCS") from None
 
 
 def _result(info: ExposureInfo, n_sources: int, fit: dict) -> ExposureAlignment:

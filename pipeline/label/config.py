@@ -166,7 +166,8 @@ class LabelConfig:
     def _validate_align(self) -> None:
         """The ``align_*`` settings."""
         if self.align_fitgeom not in ("shift", "rshift", "rscale", "general"):
-            raise InputError(f"align_fitgeom={self.align_fitgeom!r}: expected shift, rshift, rscale or general")
+            raise InputError(f"align_fitgeom={self.align_fitgeom!r}: expected shift, rshift, rscale "
+                             "or general")
         for name in ("align_threshold", "align_tolerance", "align_max_rms", "align_max_shift_error"):
             if not getattr(self, name) > 0:
                 raise InputError(f"{name}={getattr(self, name)!r}: expected > 0")
