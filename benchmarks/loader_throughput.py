@@ -27,6 +27,7 @@ from pathlib import Path
 
 def loader_rate(data: Path, workers: int, stamps: int) -> dict:
     """Stamps/s of the training loader with ``workers`` workers over ``stamps`` stamps."""
+    import torch
     from torch.utils.data import DataLoader
 
     from crforge.training.config import TrainConfig
@@ -36,6 +37,9 @@ def loader_rate(data: Path, workers: int, stamps: int) -> dict:
     ds = StampDataset(data, "train", "mask", cfg.augment, seed=0, norm_scale=cfg.norm_scale,
                       keep_sky=cfg.keep_sky)
     loader = DataLoader(ds, batch_size=16, num_workers=workers, sampler=EpochSampler(len(ds), 0, True, stamps))
+    # one thread, as in a worker: with 0 workers the batches are collated here, and idle
+    # OpenMP threads spinning on a busy machine would be timed instead of the loader
+    torch.set_num_threads(1)
     t0 = time.perf_counter()
     n = sum(batch["image"].shape[0] for batch in loader)
     seconds = time.perf_counter() - t0
