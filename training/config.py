@@ -166,7 +166,9 @@ class TrainConfig:
         (``benchmarks/train_throughput.py``), and off elsewhere, where it would be
         emulated and slow. Validation stays float32.
     num_workers : int
-        DataLoader worker processes (0 = load in the training process).
+        DataLoader worker processes (0 = load in the training process); -1 (default) =
+        automatic: none on the CPU, where workers would take cores from the network, and on
+        a GPU enough to keep it fed (:meth:`workers`).
     threads : int
         ``torch.set_num_threads`` for the run (0 = leave torch's default).
     channels_last : bool
@@ -210,7 +212,7 @@ class TrainConfig:
     device: Literal["auto", "cpu", "cuda"] = "auto"
     amp: bool = True
     cpu_bf16: Literal["auto", "on", "off"] = "auto"
-    num_workers: int = 0
+    num_workers: int = -1
     threads: int = 0
     channels_last: bool = True
     init_mask: str = "deepcr:ACS-WFC"
@@ -223,6 +225,21 @@ class TrainConfig:
     def init(self) -> str | None:
         """The starting weights of this run's kind (None: a seeded random start)."""
         return (self.init_mask if self.kind == "mask" else self.init_inpaint) or None
+
+    def workers(self, device) -> int:
+        """DataLoader workers on ``device`` (a ``torch.device``), resolving -1 (auto).
+
+        On a GPU: up to 8 per training process, within the CPU cores this process may use
+        divided among the node's processes (``LOCAL_WORLD_SIZE`` under ``torchrun``).
+        """
+        import os
+
+        if self.num_workers >= 0:
+            return self.num_workers
+        if getattr(device, "type", device) != "cuda":
+            return 0
+        per_node = max(int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1), 1)
+        return max(1, min(8, len(os.sched_getaffinity(0)) // per_node - 1))
 
     def freeze_epoch(self) -> int:
         """The effective ``bn_freeze_epoch`` (0 = never), resolving -1 (auto) by ``kind``."""
@@ -239,7 +256,9 @@ class TrainConfig:
                 raise InputError(f"train.{name}={getattr(self, name)!r}: expected >= 1")
         if self.bn_freeze_epoch < -1:
             raise InputError(f"train.bn_freeze_epoch={self.bn_freeze_epoch!r}: expected >= 0, or -1 (auto)")
-        for name in ("stamps_per_epoch", "val_stamps", "num_workers", "threads",
+        if self.num_workers < -1:
+            raise InputError(f"train.num_workers={self.num_workers!r}: expected >= 0, or -1 (auto)")
+        for name in ("stamps_per_epoch", "val_stamps", "threads",
                      "weight_decay", "clip_grad_norm"):
             if getattr(self, name) < 0:
                 raise InputError(f"train.{name}={getattr(self, name)!r}: expected >= 0")

@@ -328,29 +328,44 @@ class EpochSampler(Sampler[int]):
     limit : int
         Yield only the first ``limit`` indices of each epoch's order (0 = all): a
         different subset every epoch when shuffling.
+    rank, world_size : int
+        With several training processes, this one's share of the order: every
+        ``world_size``-th index from ``rank``, after cutting the order to a multiple of
+        ``world_size`` (:mod:`crforge.training.distributed`). The whole order is the
+        same whatever ``world_size``.
     """
 
-    def __init__(self, n: int, seed: int = 0, shuffle: bool = True, limit: int = 0) -> None:
+    def __init__(self, n: int, seed: int = 0, shuffle: bool = True, limit: int = 0, *,
+                 rank: int = 0, world_size: int = 1) -> None:
         if n < 0:
             raise InputError(f"n={n!r}: expected >= 0")
         if limit < 0:
             raise InputError(f"limit={limit!r}: expected >= 0 (0 = all)")
+        if world_size < 1 or not 0 <= rank < world_size:
+            raise InputError(f"rank={rank!r}, world_size={world_size!r}: expected 0 <= rank < world_size")
         self.n, self.seed, self.shuffle, self.limit = int(n), int(seed), bool(shuffle), int(limit)
+        self.rank, self.world_size = int(rank), int(world_size)
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
         """Select the epoch whose order the next iteration yields."""
         self.epoch = int(epoch)
 
-    def __len__(self) -> int:
+    def _total(self) -> int:
         return min(self.n, self.limit) if self.limit else self.n
+
+    def __len__(self) -> int:
+        total = self._total()
+        return (total - total % self.world_size) // self.world_size
 
     def __iter__(self) -> Iterator[int]:
         if self.shuffle:
             order = np.random.default_rng([self.seed, self.epoch, _SALT_ORDER]).permutation(self.n)
         else:
             order = np.arange(self.n)
-        return iter(order[:len(self)].tolist())
+        total = self._total()
+        # strided: the k-th local batches of the ranks together are the k-th global batch
+        return iter(order[:total - total % self.world_size][self.rank::self.world_size].tolist())
 
 
 def estimate_sky(image: np.ndarray, ignore: np.ndarray | None = None, *, sigma: float = 3.0,

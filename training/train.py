@@ -68,6 +68,7 @@ from crforge.errors import InputError
 from crforge.lock import hold
 from crforge.pipeline.datafile.validate import require_valid
 from crforge.training import checkpoint
+from crforge.training import distributed as ddp
 from crforge.training.config import TrainConfig
 from crforge.training.data import EpochSampler, StampDataset, normalisation_info
 from crforge.training.metrics import rates_at_threshold, tpr_at_fpr
@@ -224,7 +225,9 @@ def _train_step(model: nn.Module, batch: dict, optimizer: torch.optim.Optimizer,
     """One optimizer step on one batch; the batch's loss."""
     optimizer.zero_grad(set_to_none=True)
     with torch.autocast(device.type, dtype=autocast[1], enabled=autocast[0]):
-        loss = batch_loss(model, batch, cfg.kind)
+        total, count, _ = batch_loss(model, batch, cfg.kind, reduction="sum")
+    # with several processes: this rank's share of the global batch's mean (distributed.py)
+    loss, value = ddp.global_mean(total, count)
     scaler.scale(loss).backward()
     if cfg.clip_grad_norm:
         # a batch of bright stars can give the inpaint loss a spike that undoes
@@ -233,7 +236,7 @@ def _train_step(model: nn.Module, batch: dict, optimizer: torch.optim.Optimizer,
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad_norm)
     scaler.step(optimizer)
     scaler.update()
-    return float(loss.detach())
+    return float(value)
 
 
 def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer,
@@ -277,17 +280,18 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim
     if cfg.freeze_epoch() and epoch >= cfg.freeze_epoch():
         _set_bn_frozen(model, True)
     autocast = _autocast(device, cfg)
+    world = ddp.current()
     total, stamps, steps = 0.0, 0, 0
     t0 = time.perf_counter()
     bar = tqdm(loader, desc=f"{cfg.kind} epoch {epoch + 1}/{cfg.epochs}", unit="batch",
-               disable=None, leave=False)
+               disable=None if world.main else True, leave=False)
     for batch in bar:
         batch = _to(batch, device)
         value = _train_step(model, batch, optimizer, scaler, device, autocast, cfg)
         if not math.isfinite(value):
             raise FloatingPointError(f"{cfg.kind} loss is {value} at epoch {epoch + 1}, step {steps + 1}: "
                                      "lower train.lr or check the data")
-        n = batch["image"].shape[0]
+        n = batch["image"].shape[0] * world.size  # the global batch (equal shares)
         total, stamps, steps = total + value * n, stamps + n, steps + 1
         bar.set_postfix(loss=f"{value:.4g}")
     bar.close()
@@ -392,10 +396,12 @@ def evaluate(model: nn.Module, loader: DataLoader, device: torch.device | str, k
 class _RunLog:
     """Lines to ``train.log`` (always) and the module logger (shown with -v)."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
+    def __init__(self, path: Path, enabled: bool = True) -> None:
+        self.path, self.enabled = path, enabled
 
     def __call__(self, msg: str, *args, level: int = logging.INFO) -> None:
+        if not self.enabled:  # another process than rank 0 of a distributed run
+            return
         text = msg % args if args else msg
         logger.log(level, text)
         stamp = time.strftime("%Y-%m-%d %H:%M:%S")
@@ -427,7 +433,7 @@ class _Run:
     norm: dict = field(init=False)
 
     def __post_init__(self) -> None:
-        self.log = _RunLog(self.out / "train.log")
+        self.log = _RunLog(self.out / "train.log", enabled=ddp.current().main)
         self.norm = normalisation_info(self.cfg.norm_scale, self.cfg.fill_ignored,
                                        self.train_loader.dataset.bunit, keep_sky=self.cfg.sky_kept())
 
@@ -447,13 +453,19 @@ class _Run:
     def amp(self) -> bool:
         return self.cfg.amp and self.device.type == "cuda"
 
+    @property
+    def net(self) -> nn.Module:
+        """The network itself (inside the DDP wrapper of a distributed run)."""
+        return ddp.unwrap(self.model)
+
 
 def _device(cfg: TrainConfig) -> torch.device:
     if cfg.device == "cuda" and not torch.cuda.is_available():
         raise InputError("train.device='cuda' but torch sees no CUDA device")
-    if cfg.device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(cfg.device)
+    kind = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    if kind == "cuda" and ddp.current().active:  # one GPU per process
+        return torch.device("cuda", ddp.current().local_rank)
+    return torch.device(kind)
 
 
 def _config_diff(old: dict, new: dict, prefix: str = "") -> list[str]:
@@ -477,11 +489,13 @@ def _loaders(cfg: TrainConfig, data: Path, device: torch.device) -> tuple[DataLo
         raise InputError(f"{data}: stamp_size {train_ds.stamp_size} is not a multiple of "
                          f"2**(model.depth-1) = {2 ** (cfg.model.depth - 1)}")
     val_ds = StampDataset(data, "val", cfg.kind, None, cfg.seed, **common)
-    kw = {"batch_size": cfg.batch_size, "num_workers": cfg.num_workers,
+    world = ddp.current()
+    kw = {"batch_size": ddp.local_batch_size(cfg.batch_size, world), "num_workers": cfg.workers(device),
           "pin_memory": device.type == "cuda", "persistent_workers": False}
     # non-persistent workers: each epoch's workers are forked after set_epoch, so they
     # see the epoch (and no worker RNG is involved: draws come from (seed, epoch, index))
-    order = EpochSampler(len(train_ds), cfg.seed, shuffle=True, limit=cfg.stamps_per_epoch)
+    order = EpochSampler(len(train_ds), cfg.seed, shuffle=True, limit=cfg.stamps_per_epoch,
+                         rank=world.rank, world_size=world.size)
     train = DataLoader(train_ds, sampler=order, **kw)
     if len(val_ds) == 0:
         return train, None
@@ -505,7 +519,7 @@ def _torch_threads(n: int) -> Iterator[None]:
 
 
 def _check_inputs(cfg: TrainConfig, data: str | os.PathLike, out_dir: str | os.PathLike,
-                  stop_after: int | None) -> tuple[Path, Path]:
+                  stop_after: int | None, validate: bool = True) -> tuple[Path, Path]:
     """The data file and the run directory (created), after checking the arguments."""
     if not isinstance(cfg, TrainConfig):
         raise TypeError(f"cfg must be a TrainConfig, got {type(cfg).__name__}")
@@ -516,7 +530,8 @@ def _check_inputs(cfg: TrainConfig, data: str | os.PathLike, out_dir: str | os.P
     if stop_after is not None and stop_after < 0:
         raise InputError(f"stop_after={stop_after!r}: expected >= 0")
     # the whole file before anything is written: a damaged chunk refused now, not mid-epoch
-    require_valid(data, what="training set")
+    if validate:  # (rank 0 of a distributed run checks it for all)
+        require_valid(data, what="training set")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     return data, out
@@ -605,7 +620,8 @@ def _build_run(cfg: TrainConfig, data: Path, out: Path, init: str | os.PathLike 
     """Data loaders, network, optimizer, scheduler and scaler of a run at epoch 0."""
     device = _device(cfg)
     train_loader, val_loader = _loaders(cfg, data, device)
-    model = _new_model(cfg, device, init)
+    # every process builds the same seeded network; DDP checks it and averages gradients
+    model = ddp.wrap(_new_model(cfg, device, init), device)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda e: lr_factor(e, cfg))
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp and device.type == "cuda")
@@ -613,13 +629,15 @@ def _build_run(cfg: TrainConfig, data: Path, out: Path, init: str | os.PathLike 
 
 
 def _write_metrics(run: _Run) -> None:
+    if not ddp.current().main:
+        return
     atomic.write_text(run.metrics_path, "".join(json.dumps(h) + "\n" for h in run.history))
 
 
 def _restore(run: _Run, ckpt: checkpoint.Checkpoint) -> None:
     """Continue ``run`` from ``ckpt`` (its ``last.pt``): weights, optimizer, RNG, history."""
     state = ckpt.training
-    run.model.load_state_dict(ckpt.state_dict)
+    run.net.load_state_dict(ckpt.state_dict)
     run.optimizer.load_state_dict(state.optimizer)
     run.scheduler.load_state_dict(state.scheduler)
     run.scaler.load_state_dict(state.scaler)
@@ -651,6 +669,8 @@ def _start(run: _Run, init: str | os.PathLike | None) -> None:
 def _write_config(run: _Run) -> None:
     from crforge import config as cfgmod
 
+    if not ddp.current().main:
+        return
     if run.val_loader is None:
         run.log("%s: the val split is empty; no validation (best.pt = last.pt)", run.data, level=logging.WARNING)
     cfgmod.write_toml({"train": run.cfg}, run.out / "config.toml",
@@ -662,6 +682,8 @@ def _save_checkpoints(run: _Run, rec: dict, improved: bool) -> None:
     from crforge import __version__
     from crforge import config as cfgmod
 
+    if not ddp.current().main:
+        return
     state = checkpoint.TrainingState(
         optimizer=run.optimizer.state_dict(), scheduler=run.scheduler.state_dict(),
         scaler=run.scaler.state_dict(), rng=checkpoint.rng_state(), epoch=rec["epoch"], step=run.step,
@@ -669,7 +691,7 @@ def _save_checkpoints(run: _Run, rec: dict, improved: bool) -> None:
         data={"path": str(run.data), "sha256": run.data_sha256, "train_stamps": len(run.train_loader.dataset)},
         versions={"crforge": str(__version__), "torch": str(torch.__version__)})
     ckpt = checkpoint.Checkpoint(kind=run.cfg.kind, model_config=asdict(run.cfg.model),
-                                 state_dict=run.model.state_dict(), normalisation=run.norm,
+                                 state_dict=run.net.state_dict(), normalisation=run.norm,
                                  stamp_size=run.train_loader.dataset.stamp_size, training=state)
     checkpoint.write_training(run.last_path, ckpt)
     if improved:
@@ -685,7 +707,10 @@ def _one_epoch(run: _Run, epoch: int) -> None:
     tr = train_one_epoch(run.model, run.train_loader, run.optimizer, run.scaler, run.device, epoch, cfg)
     run.step += tr["steps"]
     run.scheduler.step()
-    val = evaluate(run.model, run.val_loader, run.device, cfg.kind, fpr=cfg.val_fpr) if run.val_loader else {}
+    # validation on rank 0 alone, on the bare network (a DDP forward would wait for the others)
+    main_rank = ddp.current().main
+    val = evaluate(run.net, run.val_loader, run.device, cfg.kind, fpr=cfg.val_fpr) \
+        if run.val_loader and main_rank else {}
     rec = {"epoch": epoch + 1, "step": run.step, "lr": lr, **tr, **val}
     run.history.append(rec)
     _write_metrics(run)
@@ -694,6 +719,7 @@ def _one_epoch(run: _Run, epoch: int) -> None:
     if improved:
         run.best = {"epoch": epoch + 1, "val_loss": vloss if val else float("nan")}
     _save_checkpoints(run, rec, improved)
+    ddp.barrier()  # the others start the next epoch once rank 0 has its checkpoint
     extra = f", TPR@{cfg.val_fpr:.1%}FPR {val['tpr_at_fpr']:.4f}" if "tpr_at_fpr" in val else ""
     run.log("epoch %d/%d: train loss %.5g, val loss %.5g%s, %.1f stamps/s%s", epoch + 1, cfg.epochs,
             tr["train_loss"], vloss, extra, tr["stamps_per_s"] or 0.0, " (best)" if improved else "")
@@ -764,11 +790,19 @@ def main(cfg: TrainConfig, data: str | os.PathLike, out_dir: str | os.PathLike, 
     """
     if init is not None:  # recorded in the run's config, the checkpoints and the model card
         cfg = replace(cfg, **{f"init_{cfg.kind}": str(init)})
-    data, out = _check_inputs(cfg, data, out_dir, stop_after)
+    world = ddp.current()
+    data, out = _check_inputs(cfg, data, out_dir, stop_after, validate=world.main)
+    if not world.main:
+        # rank 0 locks, cleans and checks the run directory first (distributed.py)
+        ddp.barrier()
+        data_sha256 = _file_sha256(data)
+        return _train(cfg, data, out, _resume_point(cfg, out, resume, data, data_sha256), data_sha256,
+                      stop_after)
     with hold(out, what=f"crforge train ({cfg.kind})", wait=wait):
         atomic.remove_stale(out)  # what killed runs left
         data_sha256 = _file_sha256(data)
         resumed = _resume_point(cfg, out, resume, data, data_sha256)
+        ddp.barrier()
         return _train(cfg, data, out, resumed, data_sha256, stop_after)
 
 

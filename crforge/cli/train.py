@@ -16,7 +16,7 @@ SECTION = "train"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Arguments of ``crforge train``."""
+    """Arguments of ``crforge train`` (the same under ``torchrun``, see docs/training.md)."""
     parser.add_argument("--data", type=Path, required=True, help="HDF5 training set (schema v1)")
     parser.add_argument("--runs", type=Path, default=Path("runs"), help="runs directory (default: runs)")
     parser.add_argument("--kind", choices=("mask", "inpaint", "both"), default="both",
@@ -33,7 +33,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, cfg: RunConfig) -> int:
-    """Train the network(s) one after the other; print where each best model is."""
+    """Train the network(s) one after the other; print where each best model is.
+
+    Under ``torchrun`` every process runs this; they train together with DDP
+    (:mod:`crforge.training.distributed`) and rank 0 alone writes and prints.
+    """
+    from crforge.training import distributed as ddp
+
+    world = ddp.world_from_env()
+    ddp.init_process_group(world, device=cfg.train.device)
+    try:
+        return _run(args, cfg, world)
+    finally:
+        ddp.shutdown()
+
+
+def _run(args: argparse.Namespace, cfg: RunConfig, world) -> int:
     from crforge.training.train import main
 
     kinds = ["mask", "inpaint"] if args.kind == "both" else [args.kind]
@@ -49,8 +64,9 @@ def run(args: argparse.Namespace, cfg: RunConfig) -> int:
         res = main(kcfg, args.data, Path(args.runs) / name / kind, resume=args.resume, init=args.init,
                    wait=args.wait)
         results.append(res)
-        sys.stdout.write(_summary_line(res, kcfg.val_fpr))
-    for res in results:
+        if world.main:
+            sys.stdout.write(_summary_line(res, kcfg.val_fpr))
+    for res in results if world.main else ():
         sys.stdout.write(f"{res['kind']}: {res['run_dir']} ({res['seconds']:.0f} s)\n")
     return 0
 
