@@ -75,7 +75,7 @@ def astrodrizzle_kwargs(cfg: LabelConfig, n_exposures: int, output: str) -> dict
 
 def scratch_file(scratch: Path, info: ExposureInfo, ev: int, product: str) -> Path:
     """AstroDrizzle's ``product`` (``crmask``, ``blt``) of chip ``ev`` of an exposure."""
-    return scratch / f"{info.path.name.rsplit('_', 1)[0]}_sci{ev}_{product}.fits"
+    return scratch / f"{info.scratch_name.rsplit('_', 1)[0]}_sci{ev}_{product}.fits"
 
 
 def run_astrodrizzle(infos: list[ExposureInfo], scratch: Path, kwargs: dict) -> None:
@@ -97,7 +97,7 @@ def run_astrodrizzle(infos: list[ExposureInfo], scratch: Path, kwargs: dict) -> 
         inputs with only a printed warning); the message has the tail of its log.
     """
     for info in infos:
-        _pristine_copy(info, scratch / info.path.name)
+        _pristine_copy(info, scratch / info.scratch_name)
     _call(infos, scratch, kwargs)
     missing = [scratch_file(scratch, info, ev, "crmask").name
                for info in infos for ev in info.chips
@@ -111,15 +111,40 @@ def run_astrodrizzle(infos: list[ExposureInfo], scratch: Path, kwargs: dict) -> 
 def _pristine_copy(info: ExposureInfo, dest: Path) -> None:
     """Copy an exposure for AstroDrizzle, which edits its inputs in place.
 
+    An exposure that is one imset of a file of several (STIS) is written alone, as
+    AstroDrizzle's own ``splitStis`` does, so that crforge names and reads its products.
     A ``MDRIZSKY`` left by an earlier drizzle would be read as "sky already
     subtracted", so it is removed from the copy.
     """
-    shutil.copyfile(info.path, dest)
+    if info.imset:
+        _imset_copy(info, dest)
+    else:
+        shutil.copyfile(info.path, dest)
     os.chmod(dest, 0o644)
     with fits.open(dest, mode="update") as hdul:
         for hdu in hdul[1:]:
             if "MDRIZSKY" in hdu.header:
                 del hdu.header["MDRIZSKY"]
+
+
+def _imset_copy(info: ExposureInfo, dest: Path) -> None:
+    """Imset ``info.imset`` of ``info.path`` as a one-exposure file (EXTVER 1) at ``dest``.
+
+    The primary header gets the imset's exposure time and timing (the primary of a
+    STIS file has only the total ``TEXPTIME``), as ``stsci.tools`` does on a split.
+    """
+    with fits.open(info.path, memmap=False) as src:
+        prim = fits.PrimaryHDU(header=src[0].header.copy())
+        sci_h = src["SCI", info.imset].header
+        for key in (info.instrument.exptime_keyword, "EXPSTART", "EXPEND", "DATE-OBS", "TIME-OBS"):
+            if key in sci_h:
+                prim.header[key] = sci_h[key]
+        prim.header["ROOTNAME"] = info.rootname
+        hdus = [prim]
+        for ext in ("SCI", "ERR", "DQ"):
+            h = src[ext, info.imset]
+            hdus.append(fits.ImageHDU(h.data, header=h.header.copy(), name=ext, ver=1))
+        fits.HDUList(hdus).writeto(dest)
 
 
 def _call(infos: list[ExposureInfo], scratch: Path, kwargs: dict) -> None:
@@ -135,7 +160,7 @@ def _call(infos: list[ExposureInfo], scratch: Path, kwargs: dict) -> None:
             # truncates, NaN casts in its median of empty pixels), once per file
             warnings.simplefilter("ignore", fits.verify.VerifyWarning)
             warnings.filterwarnings("ignore", "invalid value encountered in cast", RuntimeWarning)
-            astrodrizzle.AstroDrizzle(input=[info.path.name for info in infos], **kwargs)
+            astrodrizzle.AstroDrizzle(input=[info.scratch_name for info in infos], **kwargs)
     except Exception as exc:
         tail = _log_tail(scratch / kwargs["runfile"], buf.getvalue())
         raise DrizzleError(f"AstroDrizzle failed ({type(exc).__name__}: {exc}); log tail:\n{tail}") from exc
