@@ -186,6 +186,8 @@ class Instrument:
         flags both saturations 256).
     default_bunit : str
         The unit of SCI arrays without ``BUNIT`` (WFPC2's c0f/c0m carry none: DN).
+    extensions : tuple of str
+        The extensions every chip has (``SCI``, ``ERR``, ``DQ``; WFPC2 has no ``ERR``).
     sci_keywords : tuple of str
         Keywords every SCI extension must have (ACS, WFC3, STIS: ``EXPNAME``,
         ``MEANDARK``, ``NGOODPIX``; WFPC2's groups have none of them).
@@ -249,6 +251,7 @@ class Instrument:
     exposure_keywords: tuple[str, ...] = ()
     sim_dq: Mapping[str, int] = field(default_factory=lambda: MappingProxyType(_SIM_DQ_CALACS))
     default_bunit: str = ""
+    extensions: tuple[str, ...] = ("SCI", "ERR", "DQ")
     sci_keywords: tuple[str, ...] = ("EXPNAME", "MEANDARK", "NGOODPIX")
     dq_files: Mapping[str, str] = field(default_factory=dict)
     header_amps: str = ""
@@ -574,6 +577,7 @@ WFPC2 = Instrument(
     units=("COUNTS",),
     sim_bunit="COUNTS",
     default_bunit="COUNTS",
+    extensions=("SCI", "DQ"),
     sci_keywords=(),
     dq_files=MappingProxyType({"c0f": "c1f", "c0m": "c1m"}),
     products=("c0m", "c0f"),

@@ -26,8 +26,14 @@ from astropy.io import fits
 from astropy.wcs import WCS, FITSFixedWarning
 
 from crforge.errors import InputError
-from crforge.pipeline.fitsfile import open_verified
-from crforge.pipeline.instruments import Instrument, instrument_for_header, normalise_unit, to_electrons
+from crforge.pipeline.fitsfile import open_exposure
+from crforge.pipeline.instruments import (
+    INSTRUMENTS,
+    Instrument,
+    instrument_for_header,
+    normalise_unit,
+    to_electrons,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -153,8 +159,12 @@ def _exposure(path: Path, hdul: fits.HDUList, ext_names: set, prim: _Primary,
 
 
 def _open_verified(path: Path) -> fits.HDUList:
-    """Open a FITS file completely, refusing unreadable and truncated files."""
-    return open_verified(path, error=ExposureError)
+    """Open a FITS file completely, refusing unreadable and truncated files.
+
+    Waivered files (WFPC2 c0f) are converted and a separate DQ file (c1f/c1m) attached
+    (:func:`crforge.pipeline.fitsfile.open_exposure`).
+    """
+    return open_exposure(path, error=ExposureError)
 
 
 def _number(where: str, header: fits.Header, key: str) -> float:
@@ -188,8 +198,10 @@ def _exptime(where: str, header: fits.Header, inst: Instrument) -> float:
 def _check_primary(name: str, ph: fits.Header) -> _Primary:
     """Instrument, exposure time and timing, amplifier gains and read noise, filter."""
     where = f"{name}[PRIMARY]"
+    # WFPC2's primary has no DETECTOR (each group's is its chip number): its table entry has none
+    detectorless = {i.instrume for i in INSTRUMENTS.values() if not i.detector}
     for key in ("TELESCOP", "INSTRUME", "DETECTOR"):
-        if key not in ph:
+        if key not in ph and not (key == "DETECTOR" and str(ph.get("INSTRUME", "")).strip() in detectorless):
             raise ExposureError(f"{where}: keyword {key} missing")
     try:
         inst = instrument_for_header(ph)
@@ -225,23 +237,25 @@ def _check_chip(name: str, hdul: fits.HDUList, ext_names: set, ev: int,
     agree, and be one of the instrument's ``units``. Returns the chip's BUNIT
     (:func:`~crforge.pipeline.instruments.normalise_unit`), WCS and shape.
     """
-    for ext in ("SCI", "ERR", "DQ"):
+    for ext in inst.extensions:
         if (ext, ev) not in ext_names:
-            raise ExposureError(f"{name}[{ext},{ev}]: extension missing")
+            kept = f" ({inst.name} keeps it in the {'/'.join(inst.dq_files.values())} file, not found)" \
+                if ext == "DQ" and inst.dq_files else ""
+            raise ExposureError(f"{name}[{ext},{ev}]: extension missing{kept}")
     sh = hdul["SCI", ev].header
     where = f"{name}[SCI,{ev}]"
-    if "BUNIT" not in sh:
+    if "BUNIT" not in sh and not inst.default_bunit:
         raise ExposureError(f"{where}: keyword BUNIT missing (AstroDrizzle would "
                             "treat electrons as electrons/s and mislabel)")
-    bu = normalise_unit(sh["BUNIT"])
+    bu = normalise_unit(sh.get("BUNIT", inst.default_bunit))
     if bu not in inst.units:
-        raise ExposureError(f"{where}: BUNIT={sh['BUNIT']!r}, expected one of {inst.units} ({inst.name})")
+        raise ExposureError(f"{where}: BUNIT={sh.get('BUNIT')!r}, expected one of {inst.units} ({inst.name})")
     if bunit and bu != bunit:
         raise ExposureError(f"{where}: BUNIT={bu!r} differs from the other chips ({bunit!r})")
-    for key in ("EXPNAME", "MEANDARK", "NGOODPIX"):
+    for key in inst.sci_keywords:
         if key not in sh:
             raise ExposureError(f"{where}: keyword {key} missing")
-    if not int(_number(where, sh, "NGOODPIX")) > 0:
+    if "NGOODPIX" in inst.sci_keywords and not int(_number(where, sh, "NGOODPIX")) > 0:
         raise ExposureError(f"{where}: NGOODPIX={sh['NGOODPIX']!r}, expected > 0")
     wcs = _check_wcs(where, sh)
     data = hdul["SCI", ev].data
