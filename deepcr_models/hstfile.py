@@ -95,18 +95,12 @@ def _counts_gain(path: Path, hdul, ver: int, inst) -> float:
     if not isinstance(inst, Instrument) or "COUNTS" not in inst.units:
         return 0.0
     chip = inst.chips[0] if inst.packing == "imsets" or len(inst.chips) == 1 else inst.chip(ver)
-    values = []
-    for key in inst.gain_keywords(chip).values():
-        v = hdul[0].header.get(key)
-        try:
-            values.append(float(v))
-        except (TypeError, ValueError):
-            raise InputError(f"{path}[PRIMARY]: keyword {key}={v!r}: the gain (e-/DN) is needed to turn "
-                             f"counts into electrons") from None
-    g = sum(values) / len(values)
-    if not g > 0:
-        raise InputError(f"{path}[PRIMARY]: gain {g!r} from {list(inst.gain_keywords(chip).values())}, "
-                         "expected > 0")
+    try:
+        gains, _ = inst.header_gains(hdul[0].header)
+    except InputError as exc:
+        raise InputError(f"{path}[PRIMARY]: {exc}: the gain (e-/DN) is needed to turn counts into "
+                         "electrons") from None
+    g = sum(gains[a] for a in chip.amps) / len(chip.amps)
     return g
 
 

@@ -132,7 +132,7 @@ def _attach_dq(path: Path, hdul: fits.HDUList, error: type[InputError]) -> None:
         return
     dq = open_exposure(dq_path, error=error)
     try:
-        for h in [h for h in dq if h.name == "SCI"]:
+        for h in [h for h in dq[1:] if h.name in ("SCI", "DQ") and h.data is not None]:
             hdul.append(fits.ImageHDU(h.data.astype("int16"), header=h.header.copy(), name="DQ", ver=h.ver))
     finally:
         dq.close()

@@ -47,8 +47,11 @@ real thing, not to calibrate science data):
   gain mode in ``ATODGAIN`` (7 or 15) and no read-noise keyword; the calibrated gains
   and read noise per chip are drizzlepac's ``wfpc2Data.WFPC2_GAINS`` (gain 7: 7.12,
   7.12, 6.90, 7.10 e-/DN; 5.24, 5.51, 5.22, 5.19 e-). Full well about 53,000 e-
-  (A-to-D saturation at 4095 DN at gain 7: 28,700 e-), dark about 0.005 e-/s/pixel.
-  DQ bits: the c1f/c1m data-quality file (WFPC2 Data Handbook table 3.3).
+  (A-to-D saturation at 4095 DN at gain 7: 28,700 e-), dark about 0.005 e-/s/pixel
+  (drizzlepac's ``wfpc2Data`` uses the same). PSF cores 1.2-1.4 WF pixels (TinyTim's
+  WF PSFs, pixel response included); the PC chip gets the same core in arcsec.
+  Zeropoints: WFPC2 Data Handbook (AB, gain 7), approximate. DQ bits: the c1f/c1m
+  data-quality file (WFPC2 Data Handbook table 3.3).
 - Cosmic rays: about 1.2 events s^-1 cm^-2 on all imagers, the order of the rates
   Miles et al. (2021, ApJ 918, 86) measured over 1.2 billion HST cosmic rays; 15 um pixels; the sensitive silicon
   thickness sets the track length for a given incidence angle.
@@ -87,6 +90,9 @@ class Chip:
         pixels (no distortion): used to lay the chips out on the sky.
     amps : str
         The amplifiers reading this chip, e.g. ``"AB"``; each half in x belongs to one.
+    pixel_scale : float
+        Arcsec per pixel of this chip when it differs from the instrument's (WFPC2's
+        PC1); 0: the instrument's. ``origin`` is in the instrument's pixels.
     """
 
     extver: int
@@ -94,6 +100,20 @@ class Chip:
     shape: tuple[int, int]
     origin: tuple[float, float]
     amps: str
+    pixel_scale: float = 0.0
+
+
+def _positive(header: Mapping, key: str) -> float:
+    """``header[key]`` as a number > 0 (a gain of 0 is an amplifier that did not read)."""
+    if key not in header:
+        raise InputError(f"keyword {key} missing")
+    try:
+        v = float(header[key])
+    except (TypeError, ValueError):
+        raise InputError(f"{key}={header[key]!r} is not a number") from None
+    if not v > 0:
+        raise InputError(f"{key}={header[key]!r}, expected > 0 (this chip's amplifier)")
+    return v
 
 
 #: The simulator's defects -> DQ bits of calacs and calwf3.
@@ -195,6 +215,20 @@ class Instrument:
         Suffix of an image file -> suffix of the file holding its DQ arrays, for
         imagers that keep them apart (WFPC2: ``c0f`` -> ``c1f``, ``c0m`` -> ``c1m``);
         :func:`crforge.pipeline.fitsfile.open_exposure` attaches them as ``DQ``.
+    gain_modes : dict
+        For an imager whose gain keyword holds a gain *mode* (WFPC2's ``ATODGAIN`` 7 or
+        15): mode -> amplifier -> calibrated ``(gain, read noise)``.
+    chip_keyword : str
+        The SCI keyword holding a chip's number (``CCDCHIP``; WFPC2: ``DETECTOR``).
+    always_refine : bool
+        Label every visit on the minimum stack with crforge's refinement, whatever
+        its exposure count (``label.refine_max_exposures`` is for the others). WFPC2:
+        drizzlepac 3.11's ``driz_cr`` takes WFPC2's read noise in DN for electrons and
+        flags about 7% of the sky pixels of every chip as cosmic rays.
+    drizzle_stem : str
+        How AstroDrizzle names an exposure's products (``<stem>_sci<n>_crmask.fits``):
+        ``"rootname"`` (the file name up to its last ``_``: ACS, WFC3, STIS) or
+        ``"filename"`` (the whole name without ``.fits``: WFPC2's ``<root>_c0m``).
     header_amps : str
         Amplifiers whose gain and read-noise keywords every file of the imager
         carries, 0 for those that did not read (ACS/HRC: ``ABCD``, read by C alone;
@@ -254,6 +288,10 @@ class Instrument:
     extensions: tuple[str, ...] = ("SCI", "ERR", "DQ")
     sci_keywords: tuple[str, ...] = ("EXPNAME", "MEANDARK", "NGOODPIX")
     dq_files: Mapping[str, str] = field(default_factory=dict)
+    gain_modes: Mapping[float, Mapping[str, tuple[float, float]]] = field(default_factory=dict)
+    chip_keyword: str = "CCDCHIP"
+    always_refine: bool = False
+    drizzle_stem: str = "rootname"
     header_amps: str = ""
     rootname_letter: str = "j"
     mast_instrument: str = ""
@@ -321,6 +359,34 @@ class Instrument:
         if not self.readnoise_keyword:
             return {}
         return {a: self.readnoise_keyword.format(amp=a) for a in chip.amps}
+
+    def header_gains(self, header: Mapping) -> tuple[dict[str, float], dict[str, float]]:
+        """Gain (e-/DN) and read noise (e-) per amplifier from a primary header.
+
+        The table's keywords (or, for a gain mode, the table's calibrated values of
+        that mode); each must be a number > 0.
+
+        Raises
+        ------
+        InputError
+            A keyword missing, not a number, not > 0, or an unknown gain mode;
+            the message names the keyword.
+        """
+        gains, rns = {}, {}
+        for chip in self.chips:
+            for a, key in self.gain_keywords(chip).items():
+                gains[a] = _positive(header, key)
+            rn_keys = self.readnoise_keywords(chip)
+            for a in chip.amps:
+                rns[a] = _positive(header, rn_keys[a]) if rn_keys else self.readnoise[a]
+        if self.gain_modes:
+            mode = next(iter(gains.values()))
+            if mode not in self.gain_modes:
+                raise InputError(f"{self.gain_keyword}={mode!r}: a gain mode of {self.name} is one of "
+                                 f"{sorted(self.gain_modes)}")
+            gains = {a: self.gain_modes[mode][a][0] for a in gains}
+            rns = {a: self.gain_modes[mode][a][1] for a in rns}
+        return gains, rns
 
     @property
     def mast_name(self) -> str:
@@ -541,9 +607,10 @@ WFPC2 = Instrument(
     instrume="WFPC2",
     detector="",
     # the c0m/c0f groups: PC1 then WF2-WF4, each 800x800 (the L-shaped mosaic is
-    # laid out here as four tiles; the PC's smaller pixels are the chip's own scale)
+    # laid out here as four tiles in WF pixels, not rotated; the PC's 0.0455" pixels
+    # cover 364 WF pixels)
     chips=(
-        Chip(extver=1, ccdchip=1, shape=(800, 800), origin=(0.0, 0.0), amps="1"),
+        Chip(extver=1, ccdchip=1, shape=(800, 800), origin=(0.0, 0.0), amps="1", pixel_scale=0.0455),
         Chip(extver=2, ccdchip=2, shape=(800, 800), origin=(0.0, 800.0 + 10.0), amps="2"),
         Chip(extver=3, ccdchip=3, shape=(800, 800), origin=(800.0 + 10.0, 800.0 + 10.0), amps="3"),
         Chip(extver=4, ccdchip=4, shape=(800, 800), origin=(800.0 + 10.0, 0.0), amps="4"),
@@ -562,8 +629,11 @@ WFPC2 = Instrument(
     saturation_bits=8,
     nodata_bits=1 | 16,
     cr_bits=4096,
-    fwhm_pix={"F300W": 1.3, "F439W": 1.3, "F450W": 1.3, "F555W": 1.4, "F606W": 1.4, "F675W": 1.5,
-              "F702W": 1.5, "F814W": 1.6},
+    # in WF pixels, charge diffusion included (TinyTim's WF PSFs: 1.2-1.5 pixels); the
+    # PC chip gets the same core in arcsec (2.6-3.3 of its pixels: broader than the
+    # real PC's, a simplification of one core per imager)
+    fwhm_pix={"F300W": 1.2, "F439W": 1.2, "F450W": 1.2, "F555W": 1.25, "F606W": 1.25, "F675W": 1.3,
+              "F702W": 1.3, "F814W": 1.4},
     sky_rate={"F300W": 0.002, "F439W": 0.005, "F450W": 0.02, "F555W": 0.03, "F606W": 0.06,
               "F675W": 0.04, "F702W": 0.05, "F814W": 0.04},
     zeropoint={"F300W": 21.3, "F439W": 22.0, "F450W": 23.3, "F555W": 24.1, "F606W": 24.9,
@@ -580,6 +650,15 @@ WFPC2 = Instrument(
     extensions=("SCI", "DQ"),
     sci_keywords=(),
     dq_files=MappingProxyType({"c0f": "c1f", "c0m": "c1m"}),
+    gain_modes=MappingProxyType({
+        7.0: MappingProxyType({"1": (7.12, 5.24), "2": (7.12, 5.51), "3": (6.90, 5.22), "4": (7.10, 5.19)}),
+        15.0: MappingProxyType({"1": (13.99, 7.02), "2": (14.50, 7.84), "3": (13.95, 6.99),
+                                "4": (13.95, 8.32)})}),
+    extra_primary={"ATODGAIN": 7.0, "MODE": "FULL"},
+    exposure_keywords=("MODE", "DARKTIME"),
+    chip_keyword="DETECTOR",
+    always_refine=True,
+    drizzle_stem="filename",
     products=("c0m", "c0f"),
     rootname_letter="u",
 )

@@ -225,8 +225,8 @@ def test_fwhm_undersampled(inst):
     for filt in inst.fwhm_pix:
         fw = inst.fwhm(filt)
         assert 1.2 <= fw <= 3.0, (inst.name, filt, fw)
-        # In arcsec: HST's diffraction-limited PSF is 0.05-0.16" (UV to the WF's pixels).
-        assert 0.045 <= fw * inst.pixel_scale <= 0.16, (inst.name, filt, fw)
+        # In arcsec: HST's diffraction-limited PSF is 0.05-0.13" (WFPC2's WF pixels: 0.14")
+        assert 0.045 <= fw * inst.pixel_scale <= 0.14, (inst.name, filt, fw)
 
 
 @pytest.mark.parametrize("inst", ALL, ids=ids)
@@ -256,7 +256,8 @@ def test_dq_bit_groups(inst):
     assert inst.bad_bits & inst.saturation_bits == 0
     assert inst.cr_bits & 4096  # AstroDrizzle's, whatever the imager
     # the simulator's defects are documented bits of the right groups
-    assert inst.sim_dq["saturated"] & inst.saturation_bits and inst.sim_dq["adc_saturated"] & inst.saturation_bits
+    assert inst.sim_dq["saturated"] & inst.saturation_bits
+    assert inst.sim_dq["adc_saturated"] & inst.saturation_bits
     assert inst.sim_dq["hot"] & inst.bad_bits and inst.sim_dq["bad_column"] & inst.bad_bits
     # the clean bit is never a CR bit of the pipeline or AstroDrizzle, nor a saturation
     assert not inst.clean_dq_bit & (inst.saturation_bits | inst.cr_bits)
@@ -317,3 +318,23 @@ def test_instrument_is_frozen():
         ACS_WFC.cr_rate = 2.0  # type: ignore[misc]
     with pytest.raises(TypeError):
         INSTRUMENTS["X/Y"] = ACS_WFC  # type: ignore[index]
+
+
+def test_counts_become_electrons_with_the_gain():
+    from crforge.pipeline.instruments import to_electrons
+
+    assert to_electrons("COUNTS", exptime=100.0, gain=7.12) == 7.12
+    assert to_electrons("electrons/s", exptime=100.0, gain=7.12) == 100.0
+    assert to_electrons("ELECTRONS", exptime=100.0, gain=7.12) == 1.0
+    with pytest.raises(ValueError, match="BUNIT='JY'"):
+        to_electrons("JY", exptime=100.0, gain=1.0)
+
+
+def test_wfpc2_gain_mode_gives_the_calibrated_gains():
+    wfpc2 = INSTRUMENTS["WFPC2"]
+    gains, rns = wfpc2.header_gains({"ATODGAIN": 15.0})
+    assert gains == {"1": 13.99, "2": 14.50, "3": 13.95, "4": 13.95} and rns["4"] == 8.32
+    with pytest.raises(ValueError, match="ATODGAIN=8.0: a gain mode of WFPC2 is one of"):
+        wfpc2.header_gains({"ATODGAIN": 8.0})
+    with pytest.raises(ValueError, match="keyword ATODGAIN missing"):
+        wfpc2.header_gains({})

@@ -33,14 +33,17 @@ class DrizzleError(RuntimeError):
     """AstroDrizzle failed; the message carries the tail of its log."""
 
 
-def refines(cfg: LabelConfig, n_exposures: int) -> bool:
-    """Whether a visit of ``n_exposures`` uses the minimum stack and crforge's refinement."""
-    return 0 < n_exposures <= cfg.refine_max_exposures
+def refines(cfg: LabelConfig, n_exposures: int, always: bool = False) -> bool:
+    """Whether a visit of ``n_exposures`` uses the minimum stack and crforge's refinement.
+
+    ``always``: the imager's ``Instrument.always_refine`` (WFPC2).
+    """
+    return 0 < n_exposures and (always or n_exposures <= cfg.refine_max_exposures)
 
 
-def astrodrizzle_kwargs(cfg: LabelConfig, n_exposures: int, output: str) -> dict:
+def astrodrizzle_kwargs(cfg: LabelConfig, n_exposures: int, output: str, always_refine: bool = False) -> dict:
     """The AstroDrizzle keyword arguments crforge uses for one visit."""
-    refine = refines(cfg, n_exposures)
+    refine = refines(cfg, n_exposures, always_refine)
     return dict(
         output=output,
         runfile=f"{output}_astrodrizzle.log",
@@ -75,7 +78,9 @@ def astrodrizzle_kwargs(cfg: LabelConfig, n_exposures: int, output: str) -> dict
 
 def scratch_file(scratch: Path, info: ExposureInfo, ev: int, product: str) -> Path:
     """AstroDrizzle's ``product`` (``crmask``, ``blt``) of chip ``ev`` of an exposure."""
-    return scratch / f"{info.scratch_name.rsplit('_', 1)[0]}_sci{ev}_{product}.fits"
+    name = info.scratch_name
+    stem = name[:-5] if info.instrument.drizzle_stem == "filename" else name.rsplit("_", 1)[0]
+    return scratch / f"{stem}_sci{ev}_{product}.fits"
 
 
 def run_astrodrizzle(infos: list[ExposureInfo], scratch: Path, kwargs: dict) -> None:
@@ -120,6 +125,12 @@ def _pristine_copy(info: ExposureInfo, dest: Path) -> None:
         _imset_copy(info, dest)
     else:
         shutil.copyfile(info.path, dest)
+        stem, _, suffix = info.path.name[:-5].rpartition("_")
+        dq_suffix = info.instrument.dq_files.get(suffix)
+        if dq_suffix:  # WFPC2: AstroDrizzle reads the DQ from the c1m beside the c0m
+            dq_name = f"{stem}_{dq_suffix}.fits"
+            shutil.copyfile(info.path.with_name(dq_name), dest.with_name(dq_name))
+            os.chmod(dest.with_name(dq_name), 0o644)
     os.chmod(dest, 0o644)
     with fits.open(dest, mode="update") as hdul:
         for hdu in hdul[1:]:

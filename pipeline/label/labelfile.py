@@ -23,6 +23,7 @@ from scipy import ndimage
 
 from crforge.atomic import atomic_path
 from crforge.pipeline import masks
+from crforge.pipeline.fitsfile import open_exposure
 from crforge.pipeline.label.astrodrizzle import DrizzleError, drizzlepac_version, scratch_file
 from crforge.pipeline.label.config import LabelConfig
 from crforge.pipeline.label.result import LABEL_SUFFIX, ChipLabels, ExposureLabels
@@ -47,7 +48,8 @@ def residuals(infos: list[ExposureInfo], scratch: Path) -> Residuals:
         for ev in info.chips:
             sci = fits.getdata(info.path, ("SCI", info.source_ext(ev))).astype(np.float32)
             blot = fits.getdata(scratch_file(scratch, info, ev, "blt")).astype(np.float32)
-            out[(j, ev)] = (sci - blot) * np.float32(info.to_electrons(ev))
+            to_e = np.float32(info.to_electrons(ev))
+            out[(j, ev)] = (sci - blot) * to_e
     return out
 
 
@@ -79,7 +81,7 @@ def write_label(infos: list[ExposureInfo], i: int, scratch: Path, out_dir: Path,
     """
     info = infos[i]
     chips = []
-    with fits.open(info.path, memmap=False) as src:
+    with open_exposure(info.path) as src:  # WFPC2: its c1m DQ attached
         hdus = [fits.PrimaryHDU(header=_primary_header(src[0].header.copy(), info, len(infos), refine))]
         for ev in info.chips:
             sci = src["SCI", info.source_ext(ev)].data.astype(np.float32)
@@ -142,13 +144,14 @@ def _chip_cr(infos: list[ExposureInfo], i: int, ev: int, sci: np.ndarray, scratc
         return cr
     to_e = info.to_electrons(ev)
     blot = fits.getdata(scratch_file(scratch, info, ev, "blt"))
+    blot_e = np.float32(to_e)
     if refine:
         return masks.refine_cr_mask(
-            sci * to_e, blot.astype(np.float32) * to_e, info.readnoise[ev],
+            sci * to_e, blot.astype(np.float32) * blot_e, info.readnoise[ev],
             snr=tuple(cfg.refine_snr), deriv_scale=cfg.refine_deriv_scale,
             other_residual=_other_residual(infos, i, ev, sci.shape, other),
             other_scale=cfg.refine_other_scale)
-    blot = blot.astype(np.float32) * to_e
+    blot = blot.astype(np.float32) * blot_e
     # the reference is a median of the other exposures: its variance is about
     # 1.5/(n-1) of one exposure's
     var_ref = (np.abs(blot) + info.readnoise[ev] ** 2) * np.float32(1.5 / (len(infos) - 1))

@@ -208,25 +208,14 @@ def _check_primary(name: str, ph: fits.Header) -> _Primary:
     except ValueError as exc:
         raise ExposureError(f"{where}: {exc}") from None
     exptime = _exptime(where, ph, inst) if inst.exptime_ext == "PRIMARY" else None
-    gains, rns = {}, {}
-    for chip in inst.chips:
-        for a, key in inst.gain_keywords(chip).items():
-            gains[a] = _positive(where, ph, key)
-        rn_keys = inst.readnoise_keywords(chip)
-        for a in chip.amps:  # no keyword (WFPC2): the table's calibrated value
-            rns[a] = _positive(where, ph, rn_keys[a]) if rn_keys else inst.readnoise[a]
+    try:
+        gains, rns = inst.header_gains(ph)
+    except InputError as exc:
+        raise ExposureError(f"{where}: {exc}") from None
     values = [str(ph.get(key, "")).strip().upper() for key in inst.filter_keywords]
     named = [v for v in values if v and not v.startswith("CLEAR")]
     filt = named[-1] if named else next((v for v in values if v), "")
     return _Primary(instrument=inst, exptime=exptime, gain=gains, readnoise=rns, filter=filt)
-
-
-def _positive(where: str, header: fits.Header, key: str) -> float:
-    """A keyword that must be a number > 0 (a gain of 0 is an amplifier that did not read)."""
-    v = _number(where, header, key)
-    if not v > 0:
-        raise ExposureError(f"{where}: {key}={header[key]!r}, expected > 0 (this chip's amplifier)")
-    return v
 
 
 def _check_chip(name: str, hdul: fits.HDUList, ext_names: set, ev: int,

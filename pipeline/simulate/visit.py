@@ -251,8 +251,13 @@ def _simulate_into(plan: _Plan, out: Path) -> dict:
         files = [{**x[1], "flc": name} for x in exposures]
     else:
         files = []
+        dq_suffix = plan.inst.dq_files.get(suffix)
         for e in range(cfg.n_exposures):
             hdus, entry = _simulate_exposure(plan, e, out)
+            if dq_suffix:  # WFPC2: the DQ arrays go to their own file (c0m -> c1m)
+                dqs = [h for h in hdus if h.name == "DQ"]
+                fits.HDUList([hdus[0].copy()] + dqs).writeto(out / f"{entry['rootname']}_{dq_suffix}.fits")
+                hdus = [h for h in hdus if h.name != "DQ"]
             fits.HDUList(hdus).writeto(out / entry["flc"])
             files.append(entry)
     return {"visit": cfg.visit_name, "instrument": plan.inst.name, "filter": plan.filt,
@@ -338,8 +343,9 @@ def _timing(plan: _Plan, e: int) -> dict:
     """``EXPTIME`` (the instrument's keyword), ``EXPSTART`` and ``EXPEND`` of exposure ``e``."""
     cfg = plan.cfg
     start = _MJD0 + (cfg.seed % 3000) + e * (cfg.exptime + _OVERHEAD_S) / 86400.0
-    return {plan.inst.exptime_keyword: cfg.exptime, "EXPSTART": start, "EXPEND": start + cfg.exptime / 86400.0,
-            "DATE-OBS": "2015-01-01", "TIME-OBS": "00:00:00"}
+    return {plan.inst.exptime_keyword: cfg.exptime, "EXPSTART": start,
+            "EXPEND": start + cfg.exptime / 86400.0, "DATE-OBS": "2015-01-01", "TIME-OBS": "00:00:00",
+            "DARKTIME": cfg.exptime}
 
 
 def _gain_keywords(ph: fits.Header, inst: Instrument) -> None:
@@ -348,6 +354,9 @@ def _gain_keywords(ph: fits.Header, inst: Instrument) -> None:
         ph[inst.gain_keyword.format(amp=a)] = inst.gain.get(a, 0.0)
         if inst.readnoise_keyword:
             ph[inst.readnoise_keyword.format(amp=a)] = inst.readnoise.get(a, 0.0)
+    for key, value in inst.extra_primary.items():  # e.g. WFPC2's gain mode, ACS's FILTER2
+        if key not in inst.filter_keywords:
+            ph[key] = value
 
 
 def _simulate_chip(plan: _Plan, rng: np.random.Generator, chip: ChipPlacement,
@@ -361,9 +370,10 @@ def _simulate_chip(plan: _Plan, rng: np.random.Generator, chip: ChipPlacement,
     cfg, inst = plan.cfg, plan.inst
     dy, dx = dither
     src = render_scene(plan.scene, chip.shape, plan.frame.offset(chip, dy, dx),
-                       exptime=cfg.exptime, fwhm=psf)
+                       exptime=cfg.exptime, fwhm=psf, scale=chip.scale)
     defects = plan.defects[chip.extver]
-    expected = src.source.astype(np.float64) + plan.sky_e + plan.dark_e
+    sky_e = plan.sky_e * chip.scale**2  # the table's sky is per pixel of the instrument's scale
+    expected = src.source.astype(np.float64) + sky_e + plan.dark_e
     signal_e = expose(rng, expected, defects, exptime=cfg.exptime, dark_e=plan.dark_e)
     crimg, n_cr = cosmic_ray_image(rng, chip.shape, rate=plan.cr_rate, exptime=cfg.exptime,
                                    depletion_um=inst.depletion_um, pixel_um=inst.pixel_size_um,
@@ -381,8 +391,8 @@ def _simulate_chip(plan: _Plan, rng: np.random.Generator, chip: ChipPlacement,
     if inst.exptime_ext == "SCI":  # STIS: each imset's own exposure time and timing
         wcs_h.update(_timing(plan, cfg.rootnames.index(root)))
     to_unit = 1.0 / gain if inst.sim_bunit == "COUNTS" else 1.0  # calibrated files in DN
-    hdus = _image_hdus(chip, root, sci * to_unit, err * to_unit, dq, wcs_h, plan.dark_e,
-                       bunit=inst.sim_bunit, expname=root if inst.packing == "imsets" else root[:-1] + "j")
+    hdus = _image_hdus(chip, root, sci * to_unit, err * to_unit, dq, wcs_h, plan.dark_e, inst=inst,
+                       expname=root if inst.packing == "imsets" else root[:-1] + "j")
     injected = ChipInjection.from_images(
         chip.extver, crimg, n_cr, expected=expected, readnoise=rn_img, star_y=src.star_y,
         star_x=src.star_x, star_e=src.star_e, source=src.source)
@@ -390,13 +400,17 @@ def _simulate_chip(plan: _Plan, rng: np.random.Generator, chip: ChipPlacement,
 
 
 def _image_hdus(chip: ChipPlacement, root: str, sci: np.ndarray, err: np.ndarray,
-                dq: np.ndarray, wcs_h: fits.Header, dark_e: float, *, bunit: str,
+                dq: np.ndarray, wcs_h: fits.Header, dark_e: float, *, inst: Instrument,
                 expname: str) -> list[fits.ImageHDU]:
-    """The ``SCI``, ``ERR`` and ``DQ`` extensions of one chip (float32, float32, int16)."""
+    """The ``SCI``, ``ERR`` and ``DQ`` extensions of one chip (float32, float32, int16).
+
+    The instrument's ``extensions`` (WFPC2: no ERR), unit and chip-number keyword.
+    """
     ev = chip.extver
+    bunit = inst.sim_bunit
     sci_h = fits.Header()
     sci_h["BUNIT"] = bunit
-    sci_h["CCDCHIP"] = chip.ccdchip
+    sci_h[inst.chip_keyword] = chip.ccdchip
     sci_h["EXPNAME"] = expname
     sci_h["MEANDARK"] = dark_e
     good = dq == 0
@@ -407,6 +421,7 @@ def _image_hdus(chip: ChipPlacement, root: str, sci: np.ndarray, err: np.ndarray
     err_h = fits.Header()
     err_h["BUNIT"] = bunit
     err_h.update(wcs_h)
-    return [fits.ImageHDU(sci.astype(np.float32), header=sci_h, name="SCI", ver=ev),
+    hdus = [fits.ImageHDU(sci.astype(np.float32), header=sci_h, name="SCI", ver=ev),
             fits.ImageHDU(err.astype(np.float32), header=err_h, name="ERR", ver=ev),
             fits.ImageHDU(dq, header=wcs_h.copy(), name="DQ", ver=ev)]
+    return [h for h in hdus if h.name in inst.extensions]
