@@ -196,6 +196,21 @@ def test_find_visits_of_the_other_imagers(mast):
     assert find_visits(Criteria(proposal_ids=(9019, 7908)), cfg) == []
 
 
+def test_a_stis_cr_split_row_is_fetched_and_validates_as_two_exposures(mast, tmp_path):
+    from crforge.pipeline.label.validate import validate_visit
+
+    m = tmp_path / "m.csv"
+    m.write_text("instrument,filter,proposal_id,obset_id,field_type\n"
+                 "STIS/CCD,CLEAR,7908,19,extragalactic\n"
+                 "ACS/HRC,F435W,9019,06,globular_cluster\n")
+    res = fetch_specs(load_manifest(m).visits, tmp_path / "w", _cfg())
+    # one verified FLT file is a ready STIS visit (it holds both exposures)
+    assert {n: r.reason for n, r in res.items()} == {"7908_19_clear": "", "9019_06_f435w": ""}
+    infos, refused = validate_visit(tmp_path / "w" / "raw" / "7908_19_clear", 2)
+    assert [i.imset for i in infos] == [1, 2] and refused == []
+    assert len(validate_visit(tmp_path / "w" / "raw" / "9019_06_f435w", 2)[0]) == 2
+
+
 def test_criteria_are_checked_and_translated():
     kw = mast_criteria(Criteria(filters=("f606w",), exptime=(100, 900), proposal_ids=(10775,),
                                 dates=("2005-01-01", "53500"), target_classification="GLOBULAR*"))
