@@ -11,7 +11,14 @@ unchanged. The result goes to a new file (``<input stem>_crclean.fits`` or
 (:mod:`crforge.atomic`); the input is never modified unless ``--in-place``.
 
 Pixels in electrons/s (``BUNIT='ELECTRONS/S'``) are multiplied by ``EXPTIME`` before
-the networks see them and the inpainted values are converted back. Pixels the DQ
+the networks see them, pixels in counts (STIS, WFPC2: ``BUNIT='COUNTS'``, or no BUNIT
+where the instrument table's ``default_bunit`` says so) by the chip's gain from the
+table's gain keyword, and the inpainted values are converted back. The exposure time
+is read where the table says (a STIS imset's own SCI header). Files of imagers that
+keep DQ apart (WFPC2's c0f/c0m, ``Instrument.dq_files``) are read with their c1f/c1m
+DQ file when it is there (waivered files converted as AstroDrizzle does); the output is
+then a multi-extension file with SCI and DQ per chip, the DQ all zero but for the
+clean bit when no DQ file was found. Pixels the DQ
 marks bad, saturated (grown by ``label.saturation_grow`` pixels, as in the training
 labels) or without data are shown to the networks as sky, as in training, and never
 masked.
@@ -68,12 +75,33 @@ def _output_path(path: Path, output: str | os.PathLike | None, in_place: bool, o
 
 @dataclass
 class _Chip:
-    """One SCI extension, its DQ, its unit (normalised spelling) and exposure time."""
+    """One SCI extension, its DQ, its unit (normalised spelling) and exposure time.
+
+    ``gain`` turns counts into electrons (1 for data in electrons); ``bunit`` is then
+    the unit after that factor.
+    """
 
     sci: Any
     dq: Any
     bunit: str
     exptime: float | None
+    gain: float = 1.0
+
+
+def _counts_gain(path: Path, hdul, ver: int, inst) -> float:
+    """e-/DN of SCI,``ver`` from the instrument table's gain keywords in the primary header."""
+    from crforge.pipeline.instruments import Instrument
+
+    if not isinstance(inst, Instrument) or "COUNTS" not in inst.units:
+        return 0.0
+    chip = inst.chips[0] if inst.packing == "imsets" or len(inst.chips) == 1 else inst.chip(ver)
+    try:
+        gains, _ = inst.header_gains(hdul[0].header)
+    except InputError as exc:
+        raise InputError(f"{path}[PRIMARY]: {exc}: the gain (e-/DN) is needed to turn counts into "
+                         "electrons") from None
+    g = sum(gains[a] for a in chip.amps) / len(chip.amps)
+    return g
 
 
 def _instrument_and_bit(path: Path, primary, dq_bit: int | None):
@@ -89,20 +117,39 @@ def _instrument_and_bit(path: Path, primary, dq_bit: int | None):
     return conv, conv.clean_dq_bit
 
 
-def _chip(path: Path, hdul, sci, forced: bool) -> _Chip:
-    """Check one SCI extension and its DQ partner (``forced``: a unit in counts read as electrons)."""
-    ver, primary = sci.ver, hdul[0].header
+def _dq_of(path: Path, hdul, sci, inst):
+    """DQ,``ver`` of SCI,``ver``; a new all-zero one for an imager whose DQ file is missing (WFPC2)."""
+    from astropy.io import fits
+
+    ver = sci.ver
     try:
-        dq = hdul["DQ", ver]
+        return hdul["DQ", ver]
     except KeyError:
-        raise InputError(f"{path}: SCI,{ver} has no DQ,{ver} extension") from None
+        if not getattr(inst, "dq_files", None) or sci.data is None:
+            raise InputError(f"{path}: SCI,{ver} has no DQ,{ver} extension") from None
+    logger.warning("%s: no DQ file (%s): DQ,%d written with crforge's bit only", path,
+                   "/".join(inst.dq_files.values()), ver)
+    dq = fits.ImageHDU(np.zeros(sci.data.shape, np.int16), name="DQ", ver=ver)
+    hdul.append(dq)
+    return dq
+
+
+def _chip(path: Path, hdul, sci, forced: bool, inst=None) -> _Chip:
+    """Check one SCI extension and its DQ partner (``forced``: a unit in counts read as electrons)."""
+    from crforge.pipeline.instruments import normalise_unit
+
+    ver, primary = sci.ver, hdul[0].header
+    dq = _dq_of(path, hdul, sci, inst)
     if sci.data is None or sci.data.ndim != 2 or dq.data is None or dq.data.shape != sci.data.shape:
         raise InputError(f"{path}: SCI,{ver} and DQ,{ver} are not two 2-D arrays of one shape")
     if not np.issubdtype(dq.data.dtype, np.integer):
         raise InputError(f"{path}: DQ,{ver} is not an integer array ({dq.data.dtype})")
-    bunit = sci.header.get("BUNIT", primary.get("BUNIT"))
-    key = str(bunit).strip().upper().replace(" ", "")
-    if key not in ("ELECTRONS", "ELECTRONS/S", "ELECTRONS/SEC"):
+    bunit = sci.header.get("BUNIT", primary.get("BUNIT")) or getattr(inst, "default_bunit", "") or None
+    key = normalise_unit(bunit)
+    gain = _counts_gain(path, hdul, ver, inst) if key == "COUNTS" else 0.0
+    if gain:  # the instrument table knows where the gain is: counts become electrons
+        key = "ELECTRONS"
+    elif key not in ("ELECTRONS", "ELECTRONS/S"):
         what = "has no BUNIT" if bunit is None else f"BUNIT={bunit!r}"
         if not forced:
             raise InputError(f"{path}: SCI,{ver} {what}: expected ELECTRONS or ELECTRONS/S "
@@ -110,28 +157,39 @@ def _chip(path: Path, hdul, sci, forced: bool) -> _Chip:
         logger.warning("%s: SCI,%d %s: read as electrons (--force)", path, ver, what)
         key = "ELECTRONS"
     exptime = primary.get("EXPTIME", sci.header.get("EXPTIME"))
+    if getattr(inst, "exptime_ext", "PRIMARY") == "SCI":  # STIS: each imset's own
+        exptime = sci.header.get(inst.exptime_keyword, exptime)
     if key != "ELECTRONS" and not (exptime is not None and float(exptime) > 0):
         raise InputError(f"{path}: SCI,{ver} is in {bunit} but EXPTIME is {exptime!r}: "
                          "a positive exposure time is needed")
     if not np.isfinite(sci.data).any():
         raise InputError(f"{path}: SCI,{ver} has no finite pixel (all NaN or infinite)")
-    return _Chip(sci, dq, key, exptime)
+    return _Chip(sci, dq, key, exptime, gain or 1.0)
 
 
-def _chips(path: Path, hdul, forced: bool) -> list[_Chip]:
+def _chips(path: Path, hdul, forced: bool, inst=None) -> list[_Chip]:
     scis = [h for h in hdul if h.name == "SCI"]
     if not scis:
         raise InputError(f"{path}: no SCI extension (not a calibrated FLC/FLT file?)")
-    return [_chip(path, hdul, sci, forced) for sci in scis]
+    return [_chip(path, hdul, sci, forced, inst) for sci in scis]
 
 
-def _check_fitness(path: Path, hdul, models: list[ZooModel], allow_mismatch: bool) -> bool:
-    """Refuse (or warn about) a file its models were not trained for; True when forced past a mismatch."""
+def _check_fitness(path: Path, hdul, models: list[ZooModel], allow_mismatch: bool, inst=None) -> bool:
+    """Refuse (or warn about) a file its models were not trained for; True when forced past a mismatch.
+
+    Counts of an imager whose table entry has the gain are described as electrons:
+    :func:`_chip` converts them.
+    """
     from crforge.deepcr_models.fitness import check_fitness, describe_header
+    from crforge.pipeline.instruments import normalise_unit
 
     sci = next((h for h in hdul if h.name == "SCI"), None)
+    bunit = None if sci is None else sci.header.get("BUNIT", hdul[0].header.get("BUNIT"))
+    bunit = bunit or getattr(inst, "default_bunit", "") or None
+    unit = "ELECTRONS" if bunit and normalise_unit(bunit) in getattr(inst, "units", ()) and \
+        normalise_unit(bunit) == "COUNTS" else None
     desc = describe_header(hdul[0].header, sci.header if sci is not None else None, where=str(path),
-                           ext_name=f"SCI,{sci.ver}" if sci is not None else "SCI")
+                           ext_name=f"SCI,{sci.ver}" if sci is not None else "SCI", unit=unit)
     found = False
     for m in models:
         found = bool(check_fitness(m, desc, allow_mismatch=allow_mismatch)) or found
@@ -146,6 +204,8 @@ def _clean_chip(chip: _Chip, path: Path, inst, dq_bit: int, mm: ZooModel, im: Zo
 
     sci, dq, ver = chip.sci, chip.dq, chip.sci.ver
     image, dqa = sci.data, dq.data
+    if chip.gain != 1.0:  # counts -> electrons (and back for the inpainted pixels)
+        image = image.astype(np.float32) * np.float32(chip.gain)
     # always, whatever the imager: saturation grown as in the training labels; the clean
     # bit itself is not a defect (a file cleaned twice)
     ign = ignore_mask(dqa, inst, saturation_grow=LabelConfig().saturation_grow,
@@ -157,7 +217,7 @@ def _clean_chip(chip: _Chip, path: Path, inst, dq_bit: int, mm: ZooModel, im: Zo
                        path.name, ver, already, dq_bit)
     dq.data = (dqa | np.asarray(dq_bit, dtype=dqa.dtype) * mask.astype(dqa.dtype)).astype(dqa.dtype)
     if cleaned is not None:
-        sci.data = cleaned.astype(image.dtype, copy=False)
+        sci.data = (cleaned / np.float32(chip.gain)).astype(sci.data.dtype, copy=False)
         sci.header["CRINPNT"] = (True, "CR pixels inpainted by crforge clean")
     sci.header["CRNPIX"] = (int(mask.sum()), "CR pixels found by crforge clean")
     return {"extver": int(ver), "cr_pixels": int(mask.sum()), "fraction": float(mask.mean()),
@@ -254,7 +314,7 @@ def clean_fits(path: str | os.PathLike, mask_model: str | os.PathLike | ZooModel
         data the models were not trained for (without ``allow_mismatch``:
         :class:`~crforge.deepcr_models.fitness.FitnessError`).
     """
-    from crforge.pipeline.fitsfile import open_verified
+    from crforge.pipeline.fitsfile import open_exposure
 
     path = Path(path)
     if not path.is_file():
@@ -267,10 +327,10 @@ def clean_fits(path: str | os.PathLike, mask_model: str | os.PathLike | ZooModel
     threshold = threshold if threshold is not None else mm.threshold if mm.threshold is not None else 0.5
     options = {"threshold": threshold, "tile": tile, "overlap": overlap, "batch_size": batch_size,
                "threads": threads, "precision": precision}
-    with open_verified(path, verify=False) as hdul:
-        forced = _check_fitness(path, hdul, [m for m in (mm, im) if m is not None], allow_mismatch)
+    with open_exposure(path, verify=False) as hdul:
         inst, dq_bit = _instrument_and_bit(path, hdul[0].header, dq_bit)
-        chips = _clean_chips(path, _chips(path, hdul, forced), inst, dq_bit, mm, im, options, progress)
+        forced = _check_fitness(path, hdul, [m for m in (mm, im) if m is not None], allow_mismatch, inst)
+        chips = _clean_chips(path, _chips(path, hdul, forced, inst), inst, dq_bit, mm, im, options, progress)
         _stamp_primary(hdul[0].header, mm, im, threshold, dq_bit)
         _write(hdul, out, overwrite or in_place)
     logger.info("%s -> %s: %s CR pixels (DQ bit %d)", path, out,

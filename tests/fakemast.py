@@ -305,9 +305,10 @@ class FakeMast:
         list of str
             The served file names (``<rootname>_<product>.fits``).
         """
-        files = sorted(Path(visit_dir).glob("*_flc.fits"))
+        # a simulated STIS visit is one CR-split *_flt.fits (its rootname the association's)
+        files = sorted(Path(visit_dir).glob("*_flc.fits")) or sorted(Path(visit_dir).glob("*_flt.fits"))
         if not files:
-            raise ValueError(f"{visit_dir}: no *_flc.fits files")
+            raise ValueError(f"{visit_dir}: no *_flc.fits or *_flt.fits files")
         if product not in ("flc", "flt"):
             raise ValueError(f"product={product!r}: expected 'flc' or 'flt'")
         roots = [f.name.split("_")[0] for f in files]
@@ -315,11 +316,13 @@ class FakeMast:
         obset = roots[0][4:6]
         from astropy.io import fits
 
-        exptime = sum(float(fits.getheader(f)["EXPTIME"]) for f in files)
+        heads = [fits.getheader(f) for f in files]  # a STIS CR-split's primary has the total TEXPTIME
+        exptime = sum(float(h.get("EXPTIME", h.get("TEXPTIME"))) for h in heads)
         common = _observation_row(proposal_id=proposal_id, filter=filter, instrument=instrument,
                                   target=target, classification=classification, t_min=t_min,
                                   ra=ra, dec=dec, exptime=exptime)
-        obsid = self._add_observation(common, "CALACS", "HST", asn)
+        calib = {"WFC3": "CALWF3", "STIS": "CALSTIS"}.get(instrument.split("/")[0], "CALACS")
+        obsid = self._add_observation(common, calib, "HST", asn)
         hap = f"hst_{proposal_id}_{obset}_{instrument.replace('/', '_').lower()}_{filter.lower()}_"
         hap_id = hap + roots[0][:6]
         hap_obsid = self._add_observation(common, "HAP", "HAP", hap_id)

@@ -58,6 +58,16 @@ VISITS = {
                            mast=dict(instrument="WFC3/UVIS", target="NGC-6397",
                                      classification="STAR;GLOBULAR CLUSTER", product="flt",
                                      t_min=55000.0)),
+    # the other imagers of the instrument table: ACS/HRC (FLT only) and a STIS/CCD
+    # CR-split (both exposures in one FLT file, as imsets)
+    "9019_06_f435w": dict(sim=dict(instrument="ACS/HRC", proposal_id=9019, obset_id="06", filter="F435W",
+                                   n_exposures=2, chip_shape=(64, 64), seed=6),
+                          mast=dict(instrument="ACS/HRC", target="NGC-1850", classification="STAR CLUSTER",
+                                    product="flt", t_min=52700.0)),
+    "7908_19_clear": dict(sim=dict(instrument="STIS/CCD", proposal_id=7908, obset_id="19", filter="CLEAR",
+                                   n_exposures=2, chip_shape=(64, 64), seed=7),
+                          mast=dict(instrument="STIS/CCD", target="ANY", classification="FIELD",
+                                    product="flt", t_min=50853.0)),
     # one exposure: not a visit crforge can label
     "9405_4b_f606w": dict(sim=dict(proposal_id=9405, obset_id="4b", filter="F606W", n_exposures=1,
                                    chip_shape=(64, 128), seed=5),
@@ -172,6 +182,34 @@ def test_find_visits_by_criteria(mast):
     uvis = find_visits(Criteria(instrument="WFC3/UVIS", proposal_ids=(11586,)), cfg)
     assert [(v.name, v.product) for v in uvis] == [("11586_05_f438w", "flt")]
     assert all(e.filename.endswith("_flt.fits") for e in uvis[0].exposures)
+
+
+def test_find_visits_of_the_other_imagers(mast):
+    """ACS/HRC (FLT only) and a STIS/CCD CR-split: one FLT file of two imsets is a visit."""
+    cfg = _cfg()
+    hrc = find_visits(Criteria(instrument="ACS/HRC", filters=("F435W",)), cfg)
+    assert [(v.name, v.product, v.instrument) for v in hrc] == [("9019_06_f435w", "flt", "ACS/HRC")]
+    assert [e.filename for e in hrc[0].exposures] == mast.served["9019_06_f435w"]
+    stis = find_visits(Criteria(instrument="STIS/CCD", proposal_ids=(7908,)), cfg)
+    assert [(v.name, v.filter, v.instrument) for v in stis] == [("7908_19_clear", "CLEAR", "STIS/CCD")]
+    assert [e.filename for e in stis[0].exposures] == mast.served["7908_19_clear"] == ["o63o19010_flt.fits"]
+    # an ACS/WFC query does not find them
+    assert find_visits(Criteria(proposal_ids=(9019, 7908)), cfg) == []
+
+
+def test_a_stis_cr_split_row_is_fetched_and_validates_as_two_exposures(mast, tmp_path):
+    from crforge.pipeline.label.validate import validate_visit
+
+    m = tmp_path / "m.csv"
+    m.write_text("instrument,filter,proposal_id,obset_id,field_type\n"
+                 "STIS/CCD,CLEAR,7908,19,extragalactic\n"
+                 "ACS/HRC,F435W,9019,06,globular_cluster\n")
+    res = fetch_specs(load_manifest(m).visits, tmp_path / "w", _cfg())
+    # one verified FLT file is a ready STIS visit (it holds both exposures)
+    assert {n: r.reason for n, r in res.items()} == {"7908_19_clear": "", "9019_06_f435w": ""}
+    infos, refused = validate_visit(tmp_path / "w" / "raw" / "7908_19_clear", 2)
+    assert [i.imset for i in infos] == [1, 2] and refused == []
+    assert len(validate_visit(tmp_path / "w" / "raw" / "9019_06_f435w", 2)[0]) == 2
 
 
 def test_criteria_are_checked_and_translated():

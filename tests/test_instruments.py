@@ -16,15 +16,20 @@ from crforge.pipeline.instruments import (
 
 ALL = [INSTRUMENTS[k] for k in sorted(INSTRUMENTS)]
 ids = [i.name for i in ALL]
+TWO_CHIP = [ACS_WFC, WFC3_UVIS]
+two_ids = [i.name for i in TWO_CHIP]
+#: the imagers whose DQ bits follow calacs/calwf3 (WFPC2's c1f and STIS's differ)
+CALACS_LIKE = [INSTRUMENTS["ACS/WFC"], INSTRUMENTS["WFC3/UVIS"], INSTRUMENTS["ACS/HRC"]]
+calacs_ids = [i.name for i in CALACS_LIKE]
 
 
 def test_known_instruments():
-    assert sorted(INSTRUMENTS) == ["ACS/WFC", "WFC3/UVIS"]
+    assert sorted(INSTRUMENTS) == ["ACS/HRC", "ACS/WFC", "STIS/CCD", "WFC3/UVIS", "WFPC2"]
     assert INSTRUMENTS["ACS/WFC"] is ACS_WFC
     assert INSTRUMENTS["WFC3/UVIS"] is WFC3_UVIS
     for name, inst in INSTRUMENTS.items():
         assert isinstance(inst, Instrument)
-        assert inst.name == name == f"{inst.instrume}/{inst.detector}"
+        assert inst.name == name == (f"{inst.instrume}/{inst.detector}" if inst.detector else inst.instrume)
 
 
 # --------------------------------------------------------------------------------------
@@ -42,7 +47,7 @@ def test_get_instrument_uvis_spellings(name):
     assert get_instrument(name) is WFC3_UVIS
 
 
-@pytest.mark.parametrize("name", ["WFPC2/PC", "ACS/HRC", "ACSWFC", "", "WFC3/IR"])
+@pytest.mark.parametrize("name", ["WFPC2/PC", "ACS/SBC", "ACSWFC", "", "WFC3/IR"])
 def test_get_instrument_unknown_lists_known(name):
     with pytest.raises(ValueError) as exc:
         get_instrument(name)
@@ -97,7 +102,7 @@ def test_instrument_for_header_unknown_imager():
 # --------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("inst", ALL, ids=ids)
+@pytest.mark.parametrize("inst", TWO_CHIP, ids=two_ids)
 def test_two_chips(inst):
     assert len(inst.chips) == 2
     assert all(isinstance(c, Chip) for c in inst.chips)
@@ -121,7 +126,7 @@ def test_chip_shapes_and_gaps():
 
 
 @pytest.mark.parametrize("inst", ALL, ids=ids)
-@pytest.mark.parametrize("extver", [0, 3, -1])
+@pytest.mark.parametrize("extver", [0, 5, -1])
 def test_chip_unknown_extver(inst, extver):
     with pytest.raises(ValueError, match="extver"):
         inst.chip(extver)
@@ -147,7 +152,7 @@ def test_chip_gain_readnoise_acs_numbers():
     assert ACS_WFC.chip_gain_readnoise(2) == pytest.approx((1.955, 4.05))
 
 
-@pytest.mark.parametrize("inst", ALL, ids=ids)
+@pytest.mark.parametrize("inst", TWO_CHIP, ids=two_ids)
 def test_chip_gain_readnoise_is_amp_mean(inst):
     for c in inst.chips:
         g, r = inst.chip_gain_readnoise(c.extver)
@@ -164,10 +169,16 @@ def test_chip_gain_readnoise_unknown_extver():
 
 @pytest.mark.parametrize("inst", ALL, ids=ids)
 def test_detector_numbers_plausible(inst):
-    assert all(1.0 < g < 3.0 for g in inst.gain.values())
+    assert all(0.9 < g < 8.0 for g in inst.gain.values())
     assert all(2.0 < r < 6.0 for r in inst.readnoise.values())
-    # Full well must be reachable by the ADC at the chip gains (else no A-to-D saturation
-    # would be needed to model it, but a full-well pixel must be representable).
+    # whichever comes first, full well or the converter, a pixel holds > 20,000 e-
+    assert min(inst.full_well, inst.adc_max_dn * min(inst.gain.values())) > 20000
+
+
+@pytest.mark.parametrize("inst", TWO_CHIP, ids=two_ids)
+def test_full_well_below_the_adc(inst):
+    # ACS/WFC, WFC3/UVIS: a full-well pixel is representable (HRC, STIS, WFPC2 saturate
+    # the converter first at their usual gains)
     assert inst.full_well / max(inst.gain.values()) < inst.adc_max_dn
 
 
@@ -189,7 +200,8 @@ def test_unknown_filter_named(inst, method):
 def test_filter_tables_consistent(inst):
     assert set(inst.fwhm_pix) == set(inst.sky_rate) == set(inst.zeropoint)
     assert inst.default_filter in inst.fwhm_pix
-    assert "F606W" in inst.fwhm_pix and "F814W" in inst.fwhm_pix
+    if inst.name != "STIS/CCD":  # STIS images through CLEAR or the long-pass filter
+        assert "F606W" in inst.fwhm_pix and "F814W" in inst.fwhm_pix
 
 
 @pytest.mark.parametrize("inst", ALL, ids=ids)
@@ -212,15 +224,15 @@ def test_filter_hand_values():
 def test_fwhm_undersampled(inst):
     for filt in inst.fwhm_pix:
         fw = inst.fwhm(filt)
-        assert 1.5 <= fw <= 3.0, (inst.name, filt, fw)
-        # In arcsec: HST's diffraction-limited PSF is 0.06-0.13".
-        assert 0.06 <= fw * inst.pixel_scale <= 0.13, (inst.name, filt, fw)
+        assert 1.2 <= fw <= 3.0, (inst.name, filt, fw)
+        # In arcsec: HST's diffraction-limited PSF is 0.05-0.13" (WFPC2's WF pixels: 0.14")
+        assert 0.045 <= fw * inst.pixel_scale <= 0.14, (inst.name, filt, fw)
 
 
 @pytest.mark.parametrize("inst", ALL, ids=ids)
 def test_sky_and_zeropoints_plausible(inst):
     assert all(0.0 < s < 1.0 for s in inst.sky_rate.values())
-    assert all(23.0 < z < 27.5 for z in inst.zeropoint.values())
+    assert all(21.0 < z < 27.5 for z in inst.zeropoint.values())
 
 
 # --------------------------------------------------------------------------------------
@@ -228,16 +240,27 @@ def test_sky_and_zeropoints_plausible(inst):
 # --------------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("inst", CALACS_LIKE, ids=calacs_ids)
+def test_dq_bit_groups_calacs(inst):
+    assert inst.saturation_bits & 256
+    assert inst.saturation_bits & 2048
+    assert inst.cr_bits == 4096 | 8192
+    assert inst.nodata_bits == 1 | 2
+
+
 @pytest.mark.parametrize("inst", ALL, ids=ids)
 def test_dq_bit_groups(inst):
     assert inst.bad_bits & inst.cr_bits == 0
     assert inst.saturation_bits & inst.cr_bits == 0
     assert inst.nodata_bits & inst.cr_bits == 0
-    assert inst.saturation_bits & 256
-    assert inst.saturation_bits & 2048
     assert inst.bad_bits & inst.saturation_bits == 0
-    assert inst.cr_bits == 4096 | 8192
-    assert inst.nodata_bits == 1 | 2
+    assert inst.cr_bits & 4096  # AstroDrizzle's, whatever the imager
+    # the simulator's defects are documented bits of the right groups
+    assert inst.sim_dq["saturated"] & inst.saturation_bits
+    assert inst.sim_dq["adc_saturated"] & inst.saturation_bits
+    assert inst.sim_dq["hot"] & inst.bad_bits and inst.sim_dq["bad_column"] & inst.bad_bits
+    # the clean bit is never a CR bit of the pipeline or AstroDrizzle, nor a saturation
+    assert not inst.clean_dq_bit & (inst.saturation_bits | inst.cr_bits)
     # Every bit used in a group is a documented DQ bit.
     documented = 0
     for bit in inst.dq_bits:
@@ -248,10 +271,12 @@ def test_dq_bit_groups(inst):
 
 @pytest.mark.parametrize("inst", ALL, ids=ids)
 def test_dq_bits_are_single_powers_of_two(inst):
-    assert sorted(inst.dq_bits) == [1 << b for b in range(15)]
+    assert all(b > 0 and b & (b - 1) == 0 and b <= 16384 for b in inst.dq_bits)
+    if inst in CALACS_LIKE:
+        assert sorted(inst.dq_bits) == [1 << b for b in range(15)]
 
 
-@pytest.mark.parametrize("inst", ALL, ids=ids)
+@pytest.mark.parametrize("inst", CALACS_LIKE, ids=calacs_ids)
 def test_bits_of_matches_groups(inst):
     assert inst.bits_of("cosmic ray") == inst.cr_bits
     assert inst.bits_of("saturation") == inst.saturation_bits
@@ -271,7 +296,7 @@ def test_dq_meanings_differ_where_documented():
 # --------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("inst", ALL, ids=ids)
+@pytest.mark.parametrize("inst", TWO_CHIP, ids=two_ids)
 def test_cr_events_per_chip_second(inst):
     cm = inst.pixel_size_um * 1e-4
     for c in inst.chips:
@@ -293,3 +318,23 @@ def test_instrument_is_frozen():
         ACS_WFC.cr_rate = 2.0  # type: ignore[misc]
     with pytest.raises(TypeError):
         INSTRUMENTS["X/Y"] = ACS_WFC  # type: ignore[index]
+
+
+def test_counts_become_electrons_with_the_gain():
+    from crforge.pipeline.instruments import to_electrons
+
+    assert to_electrons("COUNTS", exptime=100.0, gain=7.12) == 7.12
+    assert to_electrons("electrons/s", exptime=100.0, gain=7.12) == 100.0
+    assert to_electrons("ELECTRONS", exptime=100.0, gain=7.12) == 1.0
+    with pytest.raises(ValueError, match="BUNIT='JY'"):
+        to_electrons("JY", exptime=100.0, gain=1.0)
+
+
+def test_wfpc2_gain_mode_gives_the_calibrated_gains():
+    wfpc2 = INSTRUMENTS["WFPC2"]
+    gains, rns = wfpc2.header_gains({"ATODGAIN": 15.0})
+    assert gains == {"1": 13.99, "2": 14.50, "3": 13.95, "4": 13.95} and rns["4"] == 8.32
+    with pytest.raises(ValueError, match="ATODGAIN=8.0: a gain mode of WFPC2 is one of"):
+        wfpc2.header_gains({"ATODGAIN": 8.0})
+    with pytest.raises(ValueError, match="keyword ATODGAIN missing"):
+        wfpc2.header_gains({})

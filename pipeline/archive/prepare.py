@@ -22,7 +22,7 @@ from crforge.errors import InputError
 from crforge.pipeline.archive.config import ArchiveConfig, checked_config
 from crforge.pipeline.archive.download import FileResult, VisitResult, fetch_visits
 from crforge.pipeline.archive.query import resolve_specs
-from crforge.pipeline.archive.visits import Exposure, Visit
+from crforge.pipeline.archive.visits import Exposure, Visit, min_files
 from crforge.pipeline.manifest import VisitSpec
 from crforge.pipeline.names import ARCHIVE_PRODUCTS
 
@@ -120,11 +120,15 @@ def _resolve(specs: Sequence[VisitSpec], cfg: ArchiveConfig, raw_root: Path
     return plans, failed
 
 
-def _not_ready(name: str, res: VisitResult, cfg: ArchiveConfig) -> str:
-    """Why a fetched visit cannot be labelled (empty when it can)."""
+def _not_ready(name: str, res: VisitResult, cfg: ArchiveConfig, instrument: str = "") -> str:
+    """Why a fetched visit cannot be labelled (empty when it can).
+
+    A STIS CR-split file holds several exposures (:func:`min_files`); the labelling
+    stage counts them.
+    """
     n_ok, n = len(res.verified), len(res.files)
     why = "; ".join(f"{f.filename}: {f.reason}" for f in res.failed)
-    if n_ok < cfg.min_exposures:
+    if n_ok < min_files(instrument, cfg.min_exposures):
         return (f"{n_ok} of {n} exposure(s) verified, at least {cfg.min_exposures} needed"
                 + (f"; {why}" if why else ""))
     if res.failed and not cfg.partial_visits:
@@ -146,7 +150,7 @@ def _fetch_plans(plans: dict[str, Visit], raw_root: Path, cfg: ArchiveConfig, pr
         res = fetched.get(name) or VisitResult(name, [FileResult(e.filename, e.size, "present",
                                                                  path=str(raw_root / name / e.filename))
                                                       for e in v.exposures])
-        res.reason = _not_ready(name, res, cfg)
+        res.reason = _not_ready(name, res, cfg, v.instrument)
         out[name] = res
     return out
 

@@ -26,6 +26,7 @@ from crforge.pipeline.archive.visits import (
     collect_members,
     group_visits,
     is_rootname,
+    min_files,
 )
 from crforge.pipeline.manifest import VisitSpec
 from crforge.pipeline.names import ARCHIVE_PRODUCTS
@@ -49,7 +50,8 @@ class Criteria:
     Parameters
     ----------
     instrument : str
-        MAST ``instrument_name`` (``ACS/WFC``, ``WFC3/UVIS``): one of crforge's imagers.
+        MAST ``instrument_name`` (``ACS/WFC``, ``WFC3/UVIS``, ``ACS/HRC``, ``STIS/CCD``): one of
+        crforge's imagers.
     filters : tuple of str
         Filters (any of them); empty: every filter.
     exptime : tuple of float, optional
@@ -335,7 +337,7 @@ def _resolve_row(spec: VisitSpec, groups: dict[VisitKey, dict], cfg: ArchiveConf
     kind, chosen, left = choose_product(members, prefs)
     if a["exposures"] and left:
         return f"{where}: no {kind.upper()} product for {' '.join(left)}"
-    if len(chosen) < cfg.min_exposures:
+    if len(chosen) < min_files(inst, cfg.min_exposures):
         return (f"{where}: {len(chosen)} {kind.upper()} exposure(s) on MAST, "
                 f"at least {cfg.min_exposures} needed")
     if left:

@@ -28,7 +28,7 @@ from crforge.pipeline.names import ARCHIVE_PRODUCTS
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Exposure", "Visit", "normalise_filter", "collect_members", "choose_product",
+__all__ = ["Exposure", "Visit", "normalise_filter", "min_files", "collect_members", "choose_product",
            "group_visits", "download_url", "is_rootname", "DOWNLOAD_PATH", "PRODUCT_URI"]
 
 #: Where MAST serves a product (astroquery's ``MAST_DOWNLOAD_URL``), below the server.
@@ -124,12 +124,28 @@ def normalise_filter(filters: Any) -> str | None:
 
     ``"F606W"`` and ``"F606W;CLEAR2L"`` give ``"F606W"``; two real elements
     (``"F435W;POL0V"``: a polarizer) or none give ``None``: not a plain imaging visit.
+    A lone ``"CLEAR"`` is a filter of its own (STIS/CCD's unfiltered 50CCD imaging).
     """
     if filters is None:
         return None
     parts = [p.strip().upper() for p in str(filters).replace(",", ";").split(";")]
+    if parts == ["CLEAR"]:
+        return "CLEAR"
     real = [p for p in parts if p and not p.startswith("CLEAR") and p not in ("N/A", "DETECTION")]
     return real[0] if len(real) == 1 else None
+
+
+def min_files(instrument: str, min_exposures: int) -> int:
+    """Product files a visit needs for ``min_exposures`` exposures.
+
+    An imager that packs several exposures into one file (``Instrument.packing ==
+    "imsets"``: a STIS CR-split FLT) may have them all in one; how many a file holds
+    MAST does not say, so the labelling stage counts them.
+    """
+    from crforge.pipeline.instruments import INSTRUMENTS
+
+    inst = INSTRUMENTS.get(str(instrument).strip().upper())
+    return 1 if inst is not None and inst.packing == "imsets" else min_exposures
 
 
 def _is_missing(v: Any) -> bool:
@@ -268,7 +284,7 @@ def group_visits(observations: Iterable[Mapping], products: Iterable[Mapping], *
         name = f"{pid}_{obset}_{filt.lower()}"
         if left:
             logger.warning("visit %s: %s have no %s product; left out", name, " ".join(left), kind.upper())
-        if len(chosen) < min_exposures:
+        if len(chosen) < min_files(g["instrument"], min_exposures):
             logger.info("visit %s: %d exposure(s), fewer than %d; left out", name, len(chosen), min_exposures)
             continue
         visits.append(Visit(g["instrument"], filt, pid, obset, kind, chosen, g["target"], g["classification"]))

@@ -44,6 +44,7 @@ from astropy.io import fits
 from astropy.table import Table
 from astropy.wcs import WCS
 
+from crforge.pipeline.fitsfile import open_exposure
 from crforge.pipeline.label.config import LabelConfig
 from crforge.pipeline.label.validate import ExposureInfo, VisitError
 
@@ -167,7 +168,8 @@ def _correctors(infos: list[ExposureInfo], scratch: Path, cfg: LabelConfig, conv
     correctors, counts = [], {}
     for j, info in enumerate(infos):
         counts[info.rootname] = 0
-        with fits.open(scratch / info.path.name) as hdul:
+        # open_exposure: WFPC2's DQ lives in the c1m copied beside the c0m
+        with open_exposure(scratch / info.scratch_name, verify=False) as hdul:
             for ev in info.chips:
                 sci, dq = hdul["SCI", ev].data, hdul["DQ", ev].data
                 good = (dq.astype(np.int64) & ~cfg.align_good_bits) == 0
@@ -177,7 +179,7 @@ def _correctors(infos: list[ExposureInfo], scratch: Path, cfg: LabelConfig, conv
                 wcs.pixel_shape = sci.shape[::-1]
                 correctors.append(FITSWCSCorrector(wcs, meta={
                     "catalog": cat, "group_id": j, "name": f"{info.path.name}[SCI,{ev}]",
-                    "path": scratch / info.path.name, "extver": ev}))
+                    "path": scratch / info.scratch_name, "extver": ev}))
     return correctors, counts
 
 
@@ -300,7 +302,7 @@ def aligned_infos(infos: list[ExposureInfo], scratch: Path) -> list[ExposureInfo
     """``infos`` with the WCS of their aligned scratch copies (for coverage and residual maps)."""
     out = []
     for info in infos:
-        with fits.open(scratch / info.path.name) as hdul:
+        with fits.open(scratch / info.scratch_name) as hdul:
             wcs = {ev: WCS(hdul["SCI", ev].header, hdul) for ev in info.chips}
         out.append(replace(info, wcs=wcs))
     return out

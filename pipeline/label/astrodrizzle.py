@@ -33,14 +33,17 @@ class DrizzleError(RuntimeError):
     """AstroDrizzle failed; the message carries the tail of its log."""
 
 
-def refines(cfg: LabelConfig, n_exposures: int) -> bool:
-    """Whether a visit of ``n_exposures`` uses the minimum stack and crforge's refinement."""
-    return 0 < n_exposures <= cfg.refine_max_exposures
+def refines(cfg: LabelConfig, n_exposures: int, always: bool = False) -> bool:
+    """Whether a visit of ``n_exposures`` uses the minimum stack and crforge's refinement.
+
+    ``always``: the imager's ``Instrument.always_refine`` (WFPC2).
+    """
+    return 0 < n_exposures and (always or n_exposures <= cfg.refine_max_exposures)
 
 
-def astrodrizzle_kwargs(cfg: LabelConfig, n_exposures: int, output: str) -> dict:
+def astrodrizzle_kwargs(cfg: LabelConfig, n_exposures: int, output: str, always_refine: bool = False) -> dict:
     """The AstroDrizzle keyword arguments crforge uses for one visit."""
-    refine = refines(cfg, n_exposures)
+    refine = refines(cfg, n_exposures, always_refine)
     return dict(
         output=output,
         runfile=f"{output}_astrodrizzle.log",
@@ -75,7 +78,9 @@ def astrodrizzle_kwargs(cfg: LabelConfig, n_exposures: int, output: str) -> dict
 
 def scratch_file(scratch: Path, info: ExposureInfo, ev: int, product: str) -> Path:
     """AstroDrizzle's ``product`` (``crmask``, ``blt``) of chip ``ev`` of an exposure."""
-    return scratch / f"{info.path.name.rsplit('_', 1)[0]}_sci{ev}_{product}.fits"
+    name = info.scratch_name
+    stem = name[:-5] if info.instrument.drizzle_stem == "filename" else name.rsplit("_", 1)[0]
+    return scratch / f"{stem}_sci{ev}_{product}.fits"
 
 
 def run_astrodrizzle(infos: list[ExposureInfo], scratch: Path, kwargs: dict) -> None:
@@ -97,8 +102,8 @@ def run_astrodrizzle(infos: list[ExposureInfo], scratch: Path, kwargs: dict) -> 
         inputs with only a printed warning); the message has the tail of its log.
     """
     for info in infos:
-        if not (scratch / info.path.name).exists():  # copied (and aligned) already
-            _pristine_copy(info, scratch / info.path.name)
+        if not (scratch / info.scratch_name).exists():  # copied (and aligned) already
+            _pristine_copy(info, scratch / info.scratch_name)
     _call(infos, scratch, kwargs)
     missing = [scratch_file(scratch, info, ev, "crmask").name
                for info in infos for ev in info.chips
@@ -112,21 +117,52 @@ def run_astrodrizzle(infos: list[ExposureInfo], scratch: Path, kwargs: dict) -> 
 def copy_inputs(infos: list[ExposureInfo], scratch: Path) -> None:
     """Pristine copies of the exposures in ``scratch`` (what alignment and AstroDrizzle edit)."""
     for info in infos:
-        _pristine_copy(info, scratch / info.path.name)
+        _pristine_copy(info, scratch / info.scratch_name)
 
 
 def _pristine_copy(info: ExposureInfo, dest: Path) -> None:
     """Copy an exposure for AstroDrizzle, which edits its inputs in place.
 
+    An exposure that is one imset of a file of several (STIS) is written alone, as
+    AstroDrizzle's own ``splitStis`` does, so that crforge names and reads its products.
     A ``MDRIZSKY`` left by an earlier drizzle would be read as "sky already
     subtracted", so it is removed from the copy.
     """
-    shutil.copyfile(info.path, dest)
+    if info.imset:
+        _imset_copy(info, dest)
+    else:
+        shutil.copyfile(info.path, dest)
+        stem, _, suffix = info.path.name[:-5].rpartition("_")
+        dq_suffix = info.instrument.dq_files.get(suffix)
+        if dq_suffix:  # WFPC2: AstroDrizzle reads the DQ from the c1m beside the c0m
+            dq_name = f"{stem}_{dq_suffix}.fits"
+            shutil.copyfile(info.path.with_name(dq_name), dest.with_name(dq_name))
+            os.chmod(dest.with_name(dq_name), 0o644)
     os.chmod(dest, 0o644)
     with fits.open(dest, mode="update") as hdul:
         for hdu in hdul[1:]:
             if "MDRIZSKY" in hdu.header:
                 del hdu.header["MDRIZSKY"]
+
+
+def _imset_copy(info: ExposureInfo, dest: Path) -> None:
+    """Imset ``info.imset`` of ``info.path`` as a one-exposure file (EXTVER 1) at ``dest``.
+
+    The primary header gets the imset's exposure time and timing (the primary of a
+    STIS file has only the total ``TEXPTIME``), as ``stsci.tools`` does on a split.
+    """
+    with fits.open(info.path, memmap=False) as src:
+        prim = fits.PrimaryHDU(header=src[0].header.copy())
+        sci_h = src["SCI", info.imset].header
+        for key in (info.instrument.exptime_keyword, "EXPSTART", "EXPEND", "DATE-OBS", "TIME-OBS"):
+            if key in sci_h:
+                prim.header[key] = sci_h[key]
+        prim.header["ROOTNAME"] = info.rootname
+        hdus = [prim]
+        for ext in ("SCI", "ERR", "DQ"):
+            h = src[ext, info.imset]
+            hdus.append(fits.ImageHDU(h.data, header=h.header.copy(), name=ext, ver=1))
+        fits.HDUList(hdus).writeto(dest)
 
 
 def _call(infos: list[ExposureInfo], scratch: Path, kwargs: dict) -> None:
@@ -142,7 +178,7 @@ def _call(infos: list[ExposureInfo], scratch: Path, kwargs: dict) -> None:
             # truncates, NaN casts in its median of empty pixels), once per file
             warnings.simplefilter("ignore", fits.verify.VerifyWarning)
             warnings.filterwarnings("ignore", "invalid value encountered in cast", RuntimeWarning)
-            astrodrizzle.AstroDrizzle(input=[info.path.name for info in infos], **kwargs)
+            astrodrizzle.AstroDrizzle(input=[info.scratch_name for info in infos], **kwargs)
     except Exception as exc:
         tail = _log_tail(scratch / kwargs["runfile"], buf.getvalue())
         raise DrizzleError(f"AstroDrizzle failed ({type(exc).__name__}: {exc}); log tail:\n{tail}") from exc

@@ -1,6 +1,7 @@
 """One exposure's label file, from AstroDrizzle's products::
 
-    <labels>/<visit>/<root>_label.fits   PRIMARY + per chip SCI (float32, input BUNIT),
+    <labels>/<visit>/<root>_label.fits   PRIMARY + per chip SCI (float32, input BUNIT;
+                                         COUNTS are turned into electrons with the gain),
                                          CR (uint8, 1 = cosmic ray) and
                                          IGNORE (uint8, bits 1 bad / 2 saturated / 4 no data)
 
@@ -22,6 +23,7 @@ from scipy import ndimage
 
 from crforge.atomic import atomic_path
 from crforge.pipeline import masks
+from crforge.pipeline.fitsfile import open_exposure
 from crforge.pipeline.label.astrodrizzle import DrizzleError, drizzlepac_version, scratch_file
 from crforge.pipeline.label.config import LabelConfig
 from crforge.pipeline.label.result import LABEL_SUFFIX, ChipLabels, ExposureLabels
@@ -44,9 +46,10 @@ def residuals(infos: list[ExposureInfo], scratch: Path) -> Residuals:
     out = {}
     for j, info in enumerate(infos):
         for ev in info.chips:
-            sci = fits.getdata(info.path, ("SCI", ev)).astype(np.float32)
+            sci = fits.getdata(info.path, ("SCI", info.source_ext(ev))).astype(np.float32)
             blot = fits.getdata(scratch_file(scratch, info, ev, "blt")).astype(np.float32)
-            out[(j, ev)] = (sci - blot) * np.float32(info.to_electrons)
+            to_e = np.float32(info.to_electrons(ev))
+            out[(j, ev)] = (sci - blot) * to_e
     return out
 
 
@@ -78,21 +81,25 @@ def write_label(infos: list[ExposureInfo], i: int, scratch: Path, out_dir: Path,
     """
     info = infos[i]
     chips = []
-    with fits.open(info.path, memmap=False) as src:
-        hdus = [fits.PrimaryHDU(header=_primary_header(src[0].header.copy(), len(infos), refine))]
+    with open_exposure(info.path) as src:  # WFPC2: its c1m DQ attached
+        hdus = [fits.PrimaryHDU(header=_primary_header(src[0].header.copy(), info, len(infos), refine))]
         for ev in info.chips:
-            sci = src["SCI", ev].data.astype(np.float32)
+            sci = src["SCI", info.source_ext(ev)].data.astype(np.float32)
             cr = _chip_cr(infos, i, ev, sci, scratch, cfg, refine=refine, other=other)
             nocov = _no_coverage(infos, i, ev, sci.shape)
-            ignore = masks.ignore_mask(src["DQ", ev].data, info.instrument,
+            ignore = masks.ignore_mask(src["DQ", info.source_ext(ev)].data, info.instrument,
                                        saturation_grow=cfg.saturation_grow, no_coverage=nocov)
-            drizzled = fits.getheader(scratch / info.path.name, ("SCI", ev))
+            drizzled = fits.getheader(scratch / info.scratch_name, ("SCI", ev))
             sky = float(drizzled.get("MDRIZSKY", 0.0))
             frac = float(cr[ignore == 0].mean()) if np.any(ignore == 0) else 0.0
-            h = _chip_header(src["SCI", ev].header, info, ev, sky=sky, cr_fraction=frac)
+            h = _chip_header(src["SCI", info.source_ext(ev)].header, info, ev, sky=sky, cr_fraction=frac)
             if drizzled.get("CRFALIGN"):  # the labels go with the WCS they were made on
                 h.update({k: drizzled[k] for k in _KEEP_KEYS[:10] if k in drizzled})
                 h["CRFALIGN"] = (True, "WCS aligned by crforge before AstroDrizzle")
+            if info.bunit == "COUNTS":  # training data are in electrons: counts times the gain
+                sci = sci * np.float32(info.to_electrons(ev))
+                h["SKY"] = sky * info.to_electrons(ev)
+                h["BUNIT"] = "ELECTRONS"
             hdus.append(fits.ImageHDU(sci, header=h, name="SCI", ver=ev))
             hdus.append(fits.ImageHDU(cr.astype(np.uint8), header=h.copy(), name="CR", ver=ev))
             hdus.append(fits.ImageHDU(ignore, header=h.copy(), name="IGNORE", ver=ev))
@@ -104,8 +111,13 @@ def write_label(infos: list[ExposureInfo], i: int, scratch: Path, out_dir: Path,
     return ExposureLabels(rootname=info.rootname, input=info.path, label=name, chips=tuple(chips))
 
 
-def _primary_header(ph: fits.Header, n_exposures: int, refine: bool) -> fits.Header:
-    """The input's primary header ``ph`` (a copy), stamped with what the label stage did."""
+def _primary_header(ph: fits.Header, info: ExposureInfo, n_exposures: int, refine: bool) -> fits.Header:
+    """The input's primary header ``ph`` (a copy), stamped with what the label stage did.
+
+    ``EXPTIME`` and ``ROOTNAME`` are the exposure's (an imset's, in a STIS file).
+    """
+    ph["EXPTIME"] = info.exptime
+    ph["ROOTNAME"] = info.rootname
     ph["CRFSTAGE"] = ("label", "crforge stage that wrote this file")
     ph["CRFDRIZ"] = (drizzlepac_version(), "drizzlepac version")
     ph["CRFNEXP"] = (n_exposures, "exposures drizzled together")
@@ -119,7 +131,7 @@ def _chip_header(sci_h: fits.Header, info: ExposureInfo, ev: int, *, sky: float,
     h = fits.Header([(k, sci_h[k]) for k in _KEEP_KEYS if k in sci_h])
     h["GAIN"] = (info.gain[ev], "mean gain of the amplifiers, e-/DN")
     h["RDNOISE"] = (info.readnoise[ev], "mean read noise, e-")
-    h["SKY"] = (sky, "AstroDrizzle MDRIZSKY, input units")
+    h["SKY"] = (sky, "AstroDrizzle MDRIZSKY, SCI units")
     h["CRFRAC"] = (cr_fraction, "fraction of usable pixels labelled CR")
     return h
 
@@ -134,15 +146,16 @@ def _chip_cr(infos: list[ExposureInfo], i: int, ev: int, sci: np.ndarray, scratc
     cr = masks.cr_from_crmask(crmask).astype(bool)
     if not refine and not cfg.grow_snr > 0:
         return cr
-    to_e = info.to_electrons
+    to_e = info.to_electrons(ev)
     blot = fits.getdata(scratch_file(scratch, info, ev, "blt"))
+    blot_e = np.float32(to_e)
     if refine:
         return masks.refine_cr_mask(
-            sci * to_e, blot.astype(np.float32) * to_e, info.readnoise[ev],
+            sci * to_e, blot.astype(np.float32) * blot_e, info.readnoise[ev],
             snr=tuple(cfg.refine_snr), deriv_scale=cfg.refine_deriv_scale,
             other_residual=_other_residual(infos, i, ev, sci.shape, other),
             other_scale=cfg.refine_other_scale)
-    blot = blot.astype(np.float32) * to_e
+    blot = blot.astype(np.float32) * blot_e
     # the reference is a median of the other exposures: its variance is about
     # 1.5/(n-1) of one exposure's
     var_ref = (np.abs(blot) + info.readnoise[ev] ** 2) * np.float32(1.5 / (len(infos) - 1))

@@ -128,7 +128,8 @@ def label_visit(raw_dir: str | os.PathLike, out_dir: str | os.PathLike, cfg: Lab
 def _label(infos: list[ExposureInfo], refused: list[str], visit: str, out_dir: Path,
            cfg: LabelConfig) -> VisitLabels:
     """AstroDrizzle in a scratch directory, then the label files; what was done."""
-    kwargs = astrodrizzle_kwargs(cfg, len(infos), visit)
+    always = infos[0].instrument.always_refine
+    kwargs = astrodrizzle_kwargs(cfg, len(infos), visit, always)
     t0 = time.perf_counter()
     with _scratch_dir(out_dir, keep=cfg.keep_scratch) as scratch:
         alignment = ()
@@ -141,7 +142,7 @@ def _label(infos: list[ExposureInfo], refused: list[str], visit: str, out_dir: P
         exposures = _write_labels(infos, scratch, out_dir, cfg)
     return VisitLabels(
         visit=visit, instrument=infos[0].instrument.name, filter=infos[0].filter,
-        target=infos[0].target, n_exposures=len(infos), refined=refines(cfg, len(infos)),
+        target=infos[0].target, n_exposures=len(infos), refined=refines(cfg, len(infos), always),
         refused=tuple(refused), config=cfg.result_dict(),
         astrodrizzle={k: v for k, v in kwargs.items() if k not in ("output", "runfile")},
         drizzlepac_version=drizzlepac_version(), seconds_astrodrizzle=round(t_driz, 2),
@@ -152,7 +153,7 @@ def _label(infos: list[ExposureInfo], refused: list[str], visit: str, out_dir: P
 def _write_labels(infos: list[ExposureInfo], scratch: Path, out_dir: Path,
                   cfg: LabelConfig) -> tuple[ExposureLabels, ...]:
     """Write every exposure's label file, ``cfg.threads`` at a time."""
-    refine = refines(cfg, len(infos))
+    refine = refines(cfg, len(infos), infos[0].instrument.always_refine)
     other = residuals(infos, scratch) if refine else {}
     with ThreadPoolExecutor(max_workers=cfg.threads) as pool:
         return tuple(pool.map(

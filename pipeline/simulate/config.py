@@ -162,7 +162,7 @@ class SimulateConfig:
     @property
     def visit_name(self) -> str:
         """Six-character visit id, HST style: instrument letter, program, obset."""
-        letter = {"ACS": "j", "WFC3": "i"}.get(get_instrument(self.instrument).instrume, "x")
+        letter = get_instrument(self.instrument).rootname_letter
         return f"{letter}{base36(self.proposal_id, 3)}{str(self.obset_id).lower()}"
 
     @property

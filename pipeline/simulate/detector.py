@@ -6,7 +6,8 @@
 - Defects in DQ: hot pixels (bit 16, residual dark that changes between exposures),
   warm pixels (64, small residual), a few bad columns (128), and saturation: charge
   above the full well bleeds along columns and is flagged 256 (and 2048 where the
-  A-to-D converter would saturate).
+  A-to-D converter would saturate). These are calacs's and calwf3's bits; another
+  imager's come from its table entry (``Instrument.sim_dq``, passed as ``bits``).
 
 Defects are fixed in detector coordinates for a whole visit; everything else is drawn
 per exposure.  Each function draws from the generator it is given, in a fixed order.
@@ -157,20 +158,24 @@ def readnoise_image(shape: tuple[int, int], left: float, right: float) -> np.nda
 
 def read_out(rng: np.random.Generator, signal_e: np.ndarray, rn_img: np.ndarray,
              defects: Defects, saturated: np.ndarray,
-             adc_saturated: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+             adc_saturated: np.ndarray, bits: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Add read noise and bad-column junk; return ``(sci, dq)`` (float64 e-, int16 DQ).
 
-    DQ is int16 (BITPIX=16), as in HST files: drizzlepac fails on uint16.
+    ``bits`` maps ``hot``, ``warm``, ``bad_column``, ``saturated``, ``adc_saturated``
+    to the imager's DQ bits (default: calacs's). DQ is int16 (BITPIX=16), as in HST
+    files: drizzlepac fails on uint16.
     """
+    b = {"hot": DQ_HOT, "warm": DQ_WARM, "bad_column": DQ_BAD_COLUMN, "saturated": DQ_SATURATED,
+         "adc_saturated": DQ_ADC_SATURATED, **(bits or {})}
     ny = signal_e.shape[0]
     sci = signal_e + rng.normal(0.0, 1.0, signal_e.shape) * rn_img
     dq = np.zeros(signal_e.shape, np.int16)
-    dq[defects.hot] |= DQ_HOT
-    dq[defects.warm] |= DQ_WARM
+    dq[defects.hot] |= b["hot"]
+    dq[defects.warm] |= b["warm"]
     badcols = defects.badcols
     if len(badcols):
         sci[:, badcols] += rng.normal(200.0, 80.0, (ny, len(badcols)))
-        dq[:, badcols] |= DQ_BAD_COLUMN
-    dq[saturated] |= DQ_SATURATED
-    dq[adc_saturated] |= DQ_ADC_SATURATED
+        dq[:, badcols] |= b["bad_column"]
+    dq[saturated] |= b["saturated"]
+    dq[adc_saturated] |= b["adc_saturated"]
     return sci, dq

@@ -167,7 +167,7 @@ def build_scene(rng: np.random.Generator, field_type: str, frame: tuple[int, int
 
 
 def render_scene(scene: Scene, shape: tuple[int, int], offset: tuple[float, float], *,
-                 exptime: float, fwhm: float | tuple[float, float]) -> ChipScene:
+                 exptime: float, fwhm: float | tuple[float, float], scale: float = 1.0) -> ChipScene:
     """Image the scene onto one chip (noiseless, e-, no sky).
 
     Parameters
@@ -181,26 +181,31 @@ def render_scene(scene: Scene, shape: tuple[int, int], offset: tuple[float, floa
     exptime : float
         Seconds.
     fwhm : float or (float, float)
-        Core FWHM of the PSF in pixels, or ``(fwhm_y, fwhm_x)``.
+        Core FWHM of the PSF in frame pixels, or ``(fwhm_y, fwhm_x)``.
+    scale : float
+        Frame pixels per chip pixel (a chip of finer pixels than the frame's, WFPC2's
+        PC: < 1): positions, sizes and the PSF in chip pixels, surface brightness
+        per chip pixel.
     """
     ny, nx = shape
     off_v, off_u = offset
-    sy, sx = scene.star_v - off_v, scene.star_u - off_u
+    fwhm = tuple(f / scale for f in fwhm) if isinstance(fwhm, tuple) else fwhm / scale
+    sy, sx = (scene.star_v - off_v) / scale, (scene.star_u - off_u) / scale
     on = (sy > -_EDGE) & (sy < ny + _EDGE) & (sx > -_EDGE) & (sx < nx + _EDGE)
     star_e = scene.star_rate[on] * exptime
     source = render_point_sources(shape, sy[on], sx[on], star_e, fwhm)
     gal = scene.gal
     if gal["v"].size:
-        gy, gx = gal["v"] - off_v, gal["u"] - off_u
+        gy, gx = (gal["v"] - off_v) / scale, (gal["u"] - off_u) / scale
         e = _GALAXY_EDGE
         gon = (gy > -e) & (gy < ny + e) & (gx > -e) & (gx < nx + e)
         source += render_galaxies(shape, gy[gon], gx[gon], gal["rate"][gon] * exptime,
-                                  gal["r_e"][gon], gal["n"][gon], gal["q"][gon],
+                                  gal["r_e"][gon] / scale, gal["n"][gon], gal["q"][gon],
                                   gal["pa"][gon], fwhm)
     if scene.smooth is not None:
         sm = scene.smooth
-        yy = np.arange(ny)[:, None] + off_v - sm["v"]
-        xx = np.arange(nx)[None, :] + off_u - sm["u"]
+        yy = np.arange(ny)[:, None] * scale + off_v - sm["v"]
+        xx = np.arange(nx)[None, :] * scale + off_u - sm["u"]
         r = np.sqrt(xx**2 + (yy / sm["q"]) ** 2)
-        source += (sm["peak"] * exptime * np.exp(-r / sm["h"])).astype(np.float32)
+        source += (sm["peak"] * scale**2 * exptime * np.exp(-r / sm["h"])).astype(np.float32)
     return ChipScene(source=source, star_y=sy[on], star_x=sx[on], star_e=star_e)

@@ -247,17 +247,58 @@ def _pointing_errors(cfg: SimulateConfig, ss: np.random.SeedSequence) -> np.ndar
 
 
 def _simulate_into(plan: _Plan, out: Path) -> dict:
-    """Write every exposure into ``out``; return the contents of ``visit.json``."""
+    """Write every exposure into ``out``; return the contents of ``visit.json``.
+
+    An imager that packs exposures as imsets (STIS) gets one file holding all of them,
+    as a CR-split FLT; the others one file per exposure.
+    """
     cfg = plan.cfg
-    files = [_simulate_exposure(plan, e, out) for e in range(cfg.n_exposures)]
+    suffix = plan.inst.products[0]
+    if plan.inst.packing == "imsets":
+        name = f"{cfg.visit_name}010_{suffix}.fits"
+        exposures = [_simulate_exposure(plan, e, out) for e in range(cfg.n_exposures)]
+        _imset_file([x[0] for x in exposures], cfg).writeto(out / name)
+        files = [{**x[1], "flc": name} for x in exposures]
+    else:
+        files = []
+        dq_suffix = plan.inst.dq_files.get(suffix)
+        for e in range(cfg.n_exposures):
+            hdus, entry = _simulate_exposure(plan, e, out)
+            if dq_suffix:  # WFPC2: the DQ arrays go to their own file (c0m -> c1m)
+                dqs = [h for h in hdus if h.name == "DQ"]
+                fits.HDUList([hdus[0].copy()] + dqs).writeto(out / f"{entry['rootname']}_{dq_suffix}.fits")
+                hdus = [h for h in hdus if h.name != "DQ"]
+            fits.HDUList(hdus).writeto(out / entry["flc"])
+            files.append(entry)
     return {"visit": cfg.visit_name, "instrument": plan.inst.name, "filter": plan.filt,
             "field_type": cfg.field_type, "target": plan.target, "config": asdict(cfg),
             "sky_e": plan.sky_e, "psf_fwhm_yx": [list(p) for p in plan.psfs],
             "cr_diffusion": plan.cr_diffusion, "cr_charge": plan.cr_charge, "exposures": files}
 
 
-def _simulate_exposure(plan: _Plan, e: int, out: Path) -> dict:
-    """Simulate and write exposure ``e``; return its ``visit.json`` entry."""
+def _imset_file(exposures: list[list], cfg: SimulateConfig) -> fits.HDUList:
+    """One file of several exposures, one SCI/ERR/DQ imset each (EXTVER = exposure number).
+
+    Each imset's SCI header carries its exposure time and timing; the primary the total
+    (``TEXPTIME``), as in a STIS CR-split FLT file.
+    """
+    prim = exposures[0][0].copy()
+    for key in ("EXPTIME", "EXPSTART", "EXPEND"):
+        prim.header.remove(key, ignore_missing=True)
+    prim.header["TEXPTIME"] = cfg.exptime * len(exposures)
+    prim.header["NRPTEXP"] = len(exposures)
+    prim.header["ROOTNAME"] = f"{cfg.visit_name}010"
+    prim.header["FILENAME"] = f"{cfg.visit_name}010_flt.fits"
+    hdus = [prim]
+    for e, exp_hdus in enumerate(exposures):
+        for h in exp_hdus[1:]:
+            h.ver = e + 1
+            hdus.append(h)
+    return fits.HDUList(hdus)
+
+
+def _simulate_exposure(plan: _Plan, e: int, out: Path) -> tuple[list, dict]:
+    """Simulate exposure ``e`` and write its truth; return its HDUs and ``visit.json`` entry."""
     rng = np.random.default_rng(plan.exposure_seeds[e])
     root = plan.cfg.rootnames[e]
     dy, dx = plan.offsets[e]
@@ -268,12 +309,11 @@ def _simulate_exposure(plan: _Plan, e: int, out: Path) -> dict:
         chip_hdus, injected = _simulate_chip(plan, rng, chip, (dy, dx), root, plan.psfs[e], (ey, ex))
         hdus.extend(chip_hdus)
         truth.append(injected)
-    fits.HDUList(hdus).writeto(out / f"{root}_flc.fits")
     write_truth(out / f"{root}_truth.fits", truth, rootname=root, sky_e=plan.sky_e,
                 dark_e=plan.dark_e, pointing_error=(float(ey), float(ex)))
-    return {"rootname": root, "flc": f"{root}_flc.fits", "truth": f"{root}_truth.fits",
-            "dither_dy": float(dy), "dither_dx": float(dx),
-            "pointing_error_dy": float(ey), "pointing_error_dx": float(ex)}
+    return hdus, {"rootname": root, "flc": f"{root}_{plan.inst.products[0]}.fits",
+                  "truth": f"{root}_truth.fits", "dither_dy": float(dy), "dither_dx": float(dx),
+                  "pointing_error_dy": float(ey), "pointing_error_dx": float(ex)}
 
 
 def _primary_hdu(plan: _Plan, e: int, root: str) -> fits.PrimaryHDU:
@@ -286,7 +326,7 @@ def _primary_hdu(plan: _Plan, e: int, root: str) -> fits.PrimaryHDU:
     ph["INSTRUME"] = inst.instrume
     ph["DETECTOR"] = inst.detector
     ph["ROOTNAME"] = root
-    ph["FILENAME"] = f"{root}_flc.fits"
+    ph["FILENAME"] = f"{root}_{inst.products[0]}.fits"
     ph["FILETYPE"] = "SCI"
     ph["PRIMESI"] = inst.instrume
     ph["TARGNAME"] = plan.target
@@ -297,25 +337,38 @@ def _primary_hdu(plan: _Plan, e: int, root: str) -> fits.PrimaryHDU:
     ph[inst.filter_keywords[0]] = plan.filt
     if len(inst.filter_keywords) == 2:
         ph[inst.filter_keywords[1]] = inst.extra_primary.get(inst.filter_keywords[1], "CLEAR")
-    ph["EXPTIME"] = cfg.exptime
-    start = _MJD0 + (cfg.seed % 3000) + e * (cfg.exptime + _OVERHEAD_S) / 86400.0
-    ph["EXPSTART"] = start
-    ph["EXPEND"] = start + cfg.exptime / 86400.0
-    ph["DATE-OBS"] = "2015-01-01"
-    ph["TIME-OBS"] = "00:00:00"
+    ph.update(_timing(plan, e))
     ph["CCDAMP"] = inst.amps
     ph["SUBARRAY"] = False
     ph["FLASHDUR"] = 0.0
     ph["SHUTRPOS"] = "A"
-    for a in inst.amps:
-        ph[f"ATODGN{a}"] = inst.gain[a]
-        ph[f"READNSE{a}"] = inst.readnoise[a]
+    _gain_keywords(ph, inst)
     ph["PA_V3"] = (cfg.orient, "drizzlepac wants it or an _spt file")
     ph["POSTARG1"], ph["POSTARG2"] = dx * inst.pixel_scale, dy * inst.pixel_scale
     ph["CRFSIM"] = (True, "simulated by crforge")
     ph["CRFSEED"] = cfg.seed
     ph["CRFFIELD"] = cfg.field_type
     return prim
+
+
+def _timing(plan: _Plan, e: int) -> dict:
+    """``EXPTIME`` (the instrument's keyword), ``EXPSTART`` and ``EXPEND`` of exposure ``e``."""
+    cfg = plan.cfg
+    start = _MJD0 + (cfg.seed % 3000) + e * (cfg.exptime + _OVERHEAD_S) / 86400.0
+    return {plan.inst.exptime_keyword: cfg.exptime, "EXPSTART": start,
+            "EXPEND": start + cfg.exptime / 86400.0, "DATE-OBS": "2015-01-01", "TIME-OBS": "00:00:00",
+            "DARKTIME": cfg.exptime}
+
+
+def _gain_keywords(ph: fits.Header, inst: Instrument) -> None:
+    """The gain and read-noise keywords the instrument's files carry (0 for amplifiers that did not read)."""
+    for a in inst.header_amps or inst.amps:
+        ph[inst.gain_keyword.format(amp=a)] = inst.gain.get(a, 0.0)
+        if inst.readnoise_keyword:
+            ph[inst.readnoise_keyword.format(amp=a)] = inst.readnoise.get(a, 0.0)
+    for key, value in inst.extra_primary.items():  # e.g. WFPC2's gain mode, ACS's FILTER2
+        if key not in inst.filter_keywords:
+            ph[key] = value
 
 
 def _simulate_chip(plan: _Plan, rng: np.random.Generator, chip: ChipPlacement,
@@ -329,9 +382,10 @@ def _simulate_chip(plan: _Plan, rng: np.random.Generator, chip: ChipPlacement,
     cfg, inst = plan.cfg, plan.inst
     dy, dx = dither
     src = render_scene(plan.scene, chip.shape, plan.frame.offset(chip, dy, dx),
-                       exptime=cfg.exptime, fwhm=psf)
+                       exptime=cfg.exptime, fwhm=psf, scale=chip.scale)
     defects = plan.defects[chip.extver]
-    expected = src.source.astype(np.float64) + plan.sky_e + plan.dark_e
+    sky_e = plan.sky_e * chip.scale**2  # the table's sky is per pixel of the instrument's scale
+    expected = src.source.astype(np.float64) + sky_e + plan.dark_e
     signal_e = expose(rng, expected, defects, exptime=cfg.exptime, dark_e=plan.dark_e)
     crimg, n_cr = cosmic_ray_image(rng, chip.shape, rate=plan.cr_rate, exptime=cfg.exptime,
                                    depletion_um=inst.depletion_um, pixel_um=inst.pixel_size_um,
@@ -343,12 +397,16 @@ def _simulate_chip(plan: _Plan, rng: np.random.Generator, chip: ChipPlacement,
     sat, adc_sat = saturate(signal_e, full_well=inst.full_well, adc_limit_e=inst.adc_max_dn * gain)
     rn_img = readnoise_image(chip.shape, inst.readnoise[chip.amps[0]],
                              inst.readnoise[chip.amps[-1]])
-    sci, dq = read_out(rng, signal_e, rn_img, defects, sat, adc_sat)
+    sci, dq = read_out(rng, signal_e, rn_img, defects, sat, adc_sat, dict(inst.sim_dq))
     err = np.sqrt(np.maximum(sci, 0.0) + rn_img**2)
     # the scene is seen at the dither; the header believes the dither plus the pointing error
     wcs_h = wcs_header(inst, plan.frame, chip, dy + pointing_error[0], dx + pointing_error[1],
                        ra=cfg.ra, dec=cfg.dec, orient=cfg.orient)
-    hdus = _image_hdus(chip, root, sci, err, dq, wcs_h, plan.dark_e)
+    if inst.exptime_ext == "SCI":  # STIS: each imset's own exposure time and timing
+        wcs_h.update(_timing(plan, cfg.rootnames.index(root)))
+    to_unit = 1.0 / gain if inst.sim_bunit == "COUNTS" else 1.0  # calibrated files in DN
+    hdus = _image_hdus(chip, root, sci * to_unit, err * to_unit, dq, wcs_h, plan.dark_e, inst=inst,
+                       expname=root if inst.packing == "imsets" else root[:-1] + "j")
     injected = ChipInjection.from_images(
         chip.extver, crimg, n_cr, expected=expected, readnoise=rn_img, star_y=src.star_y,
         star_x=src.star_x, star_e=src.star_e, source=src.source)
@@ -356,13 +414,18 @@ def _simulate_chip(plan: _Plan, rng: np.random.Generator, chip: ChipPlacement,
 
 
 def _image_hdus(chip: ChipPlacement, root: str, sci: np.ndarray, err: np.ndarray,
-                dq: np.ndarray, wcs_h: fits.Header, dark_e: float) -> list[fits.ImageHDU]:
-    """The ``SCI``, ``ERR`` and ``DQ`` extensions of one chip (float32, float32, int16)."""
+                dq: np.ndarray, wcs_h: fits.Header, dark_e: float, *, inst: Instrument,
+                expname: str) -> list[fits.ImageHDU]:
+    """The ``SCI``, ``ERR`` and ``DQ`` extensions of one chip (float32, float32, int16).
+
+    The instrument's ``extensions`` (WFPC2: no ERR), unit and chip-number keyword.
+    """
     ev = chip.extver
+    bunit = inst.sim_bunit
     sci_h = fits.Header()
-    sci_h["BUNIT"] = "ELECTRONS"
-    sci_h["CCDCHIP"] = chip.ccdchip
-    sci_h["EXPNAME"] = root[:-1] + "j"
+    sci_h["BUNIT"] = bunit
+    sci_h[inst.chip_keyword] = chip.ccdchip
+    sci_h["EXPNAME"] = expname
     sci_h["MEANDARK"] = dark_e
     good = dq == 0
     sci_h["NGOODPIX"] = int(np.count_nonzero(good))
@@ -370,8 +433,9 @@ def _image_hdus(chip: ChipPlacement, root: str, sci: np.ndarray, err: np.ndarray
     sci_h["SNRMEAN"] = 0.0
     sci_h.update(wcs_h)
     err_h = fits.Header()
-    err_h["BUNIT"] = "ELECTRONS"
+    err_h["BUNIT"] = bunit
     err_h.update(wcs_h)
-    return [fits.ImageHDU(sci.astype(np.float32), header=sci_h, name="SCI", ver=ev),
+    hdus = [fits.ImageHDU(sci.astype(np.float32), header=sci_h, name="SCI", ver=ev),
             fits.ImageHDU(err.astype(np.float32), header=err_h, name="ERR", ver=ev),
             fits.ImageHDU(dq, header=wcs_h.copy(), name="DQ", ver=ev)]
+    return [h for h in hdus if h.name in inst.extensions]

@@ -48,6 +48,8 @@ class ChipPlacement:
         Focal-plane pixel of its pixel (0, 0).
     amps : str
         Its amplifiers, left half first.
+    scale : float
+        Frame pixels per chip pixel (1 but for a chip of another pixel scale, WFPC2's PC).
     """
 
     extver: int
@@ -56,6 +58,7 @@ class ChipPlacement:
     origin_y: float
     origin_x: float
     amps: str
+    scale: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -72,23 +75,25 @@ class SkyFrame:
 
 
 def chip_layout(inst: Instrument, chip_shape: tuple[int, ...] | None) -> list[ChipPlacement]:
-    """The instrument's chips, shrunk to ``chip_shape`` when given (the gap is kept)."""
+    """The instrument's chips, shrunk to ``chip_shape`` when given (the gaps are kept)."""
     out = []
-    full_ny = inst.chips[0].shape[0]
+    full_ny, full_nx = inst.chips[0].shape
     for c in inst.chips:
         shape = tuple(chip_shape) if chip_shape is not None else c.shape
-        oy = c.origin[0]
+        oy, ox = c.origin
         if chip_shape is not None and oy > 0:
-            gap = oy - full_ny
-            oy = shape[0] + gap
-        out.append(ChipPlacement(c.extver, c.ccdchip, shape, oy, c.origin[1], c.amps))
+            oy = shape[0] + oy - full_ny
+        if chip_shape is not None and ox > 0:
+            ox = shape[1] + ox - full_nx
+        scale = (c.pixel_scale or inst.pixel_scale) / inst.pixel_scale
+        out.append(ChipPlacement(c.extver, c.ccdchip, shape, oy, ox, c.amps, scale))
     return out
 
 
 def sky_frame(layout: list[ChipPlacement], pad: int = 30) -> SkyFrame:
     """The frame covering every chip with ``pad`` pixels to spare for the dithers."""
-    fh = int(max(c.origin_y + c.shape[0] for c in layout) + 2 * pad)
-    fw = int(max(c.origin_x + c.shape[1] for c in layout) + 2 * pad)
+    fh = int(max(c.origin_y + c.shape[0] * c.scale for c in layout) + 2 * pad)
+    fw = int(max(c.origin_x + c.shape[1] * c.scale for c in layout) + 2 * pad)
     return SkyFrame(shape=(fh, fw), pad=pad, crpix_ref=(fh / 2.0 + 1.0, fw / 2.0 + 1.0))
 
 
@@ -122,15 +127,16 @@ def wcs_header(inst: Instrument, frame: SkyFrame, chip: ChipPlacement, dy: float
     ``orient`` (degrees) is the position angle of the chip's y axis.
     """
     oy, ox = chip.origin_y + frame.pad, chip.origin_x + frame.pad
-    s = inst.pixel_scale / 3600.0
+    k = chip.scale  # chip pixel (0-based) p sits at frame pixel o + d + p * k
+    s = inst.pixel_scale * k / 3600.0
     th = math.radians(orient)
     h = fits.Header()
     h["WCSAXES"] = 2
     h["CTYPE1"], h["CTYPE2"] = "RA---TAN", "DEC--TAN"
     h["CUNIT1"], h["CUNIT2"] = "deg", "deg"
     h["CRVAL1"], h["CRVAL2"] = ra, dec
-    h["CRPIX1"] = frame.crpix_ref[1] - ox - dx
-    h["CRPIX2"] = frame.crpix_ref[0] - oy - dy
+    h["CRPIX1"] = (frame.crpix_ref[1] - 1.0 - ox - dx) / k + 1.0
+    h["CRPIX2"] = (frame.crpix_ref[0] - 1.0 - oy - dy) / k + 1.0
     h["CD1_1"] = -s * math.cos(th)
     h["CD1_2"] = s * math.sin(th)
     h["CD2_1"] = s * math.sin(th)
@@ -138,5 +144,5 @@ def wcs_header(inst: Instrument, frame: SkyFrame, chip: ChipPlacement, dy: float
     h["ORIENTAT"] = orient
     h["WCSNAME"] = "CRFORGE"
     h["LTV1"], h["LTV2"], h["LTM1_1"], h["LTM2_2"] = 0.0, 0.0, 1.0, 1.0
-    h["IDCSCALE"] = inst.pixel_scale
+    h["IDCSCALE"] = inst.pixel_scale * k
     return h
