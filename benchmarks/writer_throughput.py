@@ -23,8 +23,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
 
 def _stamps(data: Path, n: int) -> dict:
     import h5py
