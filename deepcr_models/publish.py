@@ -185,10 +185,18 @@ def _card_real(ev: dict, real_png: str | None) -> list[str]:
 
 
 def _card_inpaint(ev: dict) -> list[str]:
-    lines = [f"## Inpaint: mean squared error under the masks ({ev['data'].get('split', 'test')} split)", "",
-             *_table_header()]
+    lines = [f"## Inpaint: mean squared error under the masks ({ev['data'].get('split', 'test')} split)", ""]
+    if all("mse_truth" in figs for figs in ev["inpaint"].values()) and ev["inpaint"]:
+        lines += ["Against the noiseless pixels (sky + source model of the simulation):", "", *_table_header()]
+        lines += [_table_row(method, [_num(figs["mse_truth"].get(f)) for f in FIELDS], figs)
+                  for method, figs in ev["inpaint"].items()]
+        lines += ["", "Against the observed pixel values (no fill goes below the noise floor):", ""]
+    lines += _table_header()
     for method, figs in ev["inpaint"].items():
         lines.append(_table_row(method, [_num(figs.get("mse", {}).get(f)) for f in FIELDS], figs))
+    if "inpaint_noise_floor" in ev:
+        floor = ev["inpaint_noise_floor"]
+        lines.append("| noise floor | " + " | ".join(_num(floor.get(f)) for f in FIELDS) + " | |")
     units = ev.get("inpaint_units")
     lines += ["", (f"Units: {units} (normalised pixels squared)." if units else
                    "Units as in the run's `report.md` (`crforge evaluate`).")

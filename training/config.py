@@ -10,11 +10,14 @@ from typing import Literal
 
 from crforge.errors import InputError
 
-__all__ = ["TrainConfig", "ModelConfig", "AugmentConfig", "KINDS"]
+__all__ = ["TrainConfig", "ModelConfig", "AugmentConfig", "KINDS", "INPAINT_FILLS"]
 
 
 #: The two kinds of model.
 KINDS = ("mask", "inpaint")
+
+#: Base fills the inpaint network corrects (``none``: crforge's first, non-residual design).
+INPAINT_FILLS = ("median5", "none")
 
 
 
@@ -35,12 +38,17 @@ class ModelConfig:
         run; with the short runs of ``make train`` the running statistics must have
         converged by the time they are frozen (``bn_freeze_epoch``) or used for
         validation, hence PyTorch's 0.1.
+    fill : {'median5', 'none'}
+        Inpaint network only: the classical fill it starts from and corrects (the 5x5
+        masked median), or ``none`` for crforge's first design (masked pixels zeroed,
+        the prediction made from scratch), which lost to the classical fills.
     """
 
     depth: int = 2
     width: int = 32
     batch_norm: bool = True
     bn_momentum: float = 0.1
+    fill: str = "median5"
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming a bad parameter."""
@@ -50,6 +58,8 @@ class ModelConfig:
             raise InputError(f"model.width={self.width!r}: expected >= 1")
         if not 0 < self.bn_momentum <= 1:
             raise InputError(f"model.bn_momentum={self.bn_momentum!r}: expected (0, 1]")
+        if self.fill not in INPAINT_FILLS:
+            raise InputError(f"model.fill={self.fill!r}: expected one of {INPAINT_FILLS}")
 
 
 @dataclass

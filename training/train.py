@@ -159,7 +159,8 @@ def batch_loss(model: nn.Module, batch: dict, kind: str, reduction: Literal["mea
         # hide the stamp's own CRs from the input too (at inference all CRs are masked)
         mask_in = torch.maximum(batch["mask"], batch["cr"])
         out = model(batch["image"], mask_in)
-        loss = inpaint_loss(out, batch["image"], batch["loss_mask"], reduction)
+        # the noiseless pixels where the data set has them (simulated), else the observed
+        loss = inpaint_loss(out, batch.get("target", batch["image"]), batch["loss_mask"], reduction)
     else:
         raise InputError(f"kind={kind!r}: expected 'mask' or 'inpaint'")
     return (*loss, out) if reduction == "sum" else loss
@@ -580,7 +581,8 @@ def _initial_weights(model: nn.Module, init: str | os.PathLike, cfg: TrainConfig
         return
     src = checkpoint.read(init)
     mc = cfg.model
-    if src.kind != cfg.kind or any(src.model_config[k] != getattr(mc, k) for k in ("depth", "width", "batch_norm")):
+    if src.kind != cfg.kind or any(src.model_config[k] != getattr(mc, k) for k in ("depth", "width", "batch_norm")) \
+            or (cfg.kind == "inpaint" and src.model_config.get("fill", "none") != mc.fill):
         raise InputError(f"init={str(init)!r}: a {src.kind} model {src.model_config} "
                          f"cannot start a {cfg.kind} model {asdict(mc)}")
     model.load_state_dict(src.state_dict)
@@ -592,7 +594,7 @@ def _new_model(cfg: TrainConfig, device: torch.device, init: str | os.PathLike |
     np.random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
     mc = cfg.model
-    model = build_model(cfg.kind, mc.depth, mc.width, mc.batch_norm, mc.bn_momentum)
+    model = build_model(cfg.kind, mc.depth, mc.width, mc.batch_norm, mc.bn_momentum, fill=mc.fill)
     if init is not None:
         _initial_weights(model, init, cfg)
     model.to(device)

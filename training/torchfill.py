@@ -1,0 +1,94 @@
+"""Classical fills of masked pixels in torch: the base the inpaint network corrects.
+
+:func:`masked_median_fill` is :func:`crforge.training.baselines.median_fill` (the 5x5
+masked median, deepCR's baseline) on batches of tensors, computed only at the masked
+pixels. Unlike the NumPy baseline, a pixel whose window is entirely masked grows its
+window a bounded number of times (5, 11, 23, 47 pixels) and then takes 0, the sky of a
+normalised image, instead of the whole image's median: the fill of a pixel then
+depends only on the pixels within :data:`REACH` of it, so a tiled image is filled
+exactly as the whole one (:mod:`crforge.deepcr_models.inference`).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from crforge.errors import InputError
+
+__all__ = ["masked_median_fill", "REACH"]
+
+#: Half-widths of the windows tried in turn (5x5, then each about twice as wide).
+_HALVES = (2, 5, 11, 23)
+
+#: How far (pixels) a fill looks: the half-width of the largest window.
+REACH = _HALVES[-1]
+
+
+def _window_median(vals: torch.Tensor, ok: torch.Tensor) -> torch.Tensor:
+    """Median of the ``ok`` entries of each row of ``vals`` ([K, n]; rows with none: NaN).
+
+    The mean of the two middle values for an even count, as ``numpy.nanmedian``.
+    """
+    inf = torch.tensor(float("inf"), dtype=vals.dtype, device=vals.device)
+    s, _ = torch.sort(torch.where(ok, vals, inf), dim=1)
+    c = ok.sum(dim=1, keepdim=True)
+    lo = torch.clamp((c - 1) // 2, min=0)
+    hi = torch.clamp(c // 2, max=vals.shape[1] - 1)
+    med = 0.5 * (s.gather(1, lo) + s.gather(1, hi))
+    return torch.where(c > 0, med, torch.full_like(med, float("nan")))[:, 0]
+
+
+def _gather_windows(xp: torch.Tensor, okp: torch.Tensor, b: torch.Tensor, y: torch.Tensor,
+                    x: torch.Tensor, half: int, pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``(2 half + 1)^2`` window values and validity around pixels (b, y, x) of padded maps."""
+    d = torch.arange(-half, half + 1, device=xp.device)
+    n = len(d)
+    yy = (y[:, None, None] + pad + d[None, :, None]).expand(-1, n, n).reshape(len(y), -1)
+    xx = (x[:, None, None] + pad + d[None, None, :]).expand(-1, n, n).reshape(len(x), -1)
+    bb = b[:, None].expand_as(yy)
+    return xp[bb, yy, xx], okp[bb, yy, xx]
+
+
+@torch.no_grad()
+def masked_median_fill(image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``image`` with each masked pixel replaced by the median of the unmasked ones around it.
+
+    Parameters
+    ----------
+    image : torch.Tensor
+        ``[B, 1, H, W]`` normalised pixels (sky 0).
+    mask : torch.Tensor
+        ``[B, 1, H, W]``, non-zero where a pixel is to be filled.
+
+    Returns
+    -------
+    torch.Tensor
+        The filled image, same shape and dtype. Windows of 5x5 first; a pixel whose
+        window holds no unmasked pixel tries 11x11, 23x23, 47x47, and then takes 0
+        (the sky).
+    """
+    if image.dim() != 4 or image.shape[1] != 1 or mask.shape != image.shape:
+        raise InputError(f"image, mask: expected two [B, 1, H, W] tensors, got {tuple(image.shape)} "
+                         f"and {tuple(mask.shape)}")
+    m = mask[:, 0] != 0
+    out = image.clone()
+    if not bool(m.any()):
+        return out
+    img = image[:, 0].float()
+    pad = REACH
+    xp = F.pad(img, (pad, pad, pad, pad))
+    okp = F.pad(~m, (pad, pad, pad, pad), value=False)
+    b, y, x = torch.nonzero(m, as_tuple=True)
+    filled = torch.zeros(len(b), dtype=img.dtype, device=img.device)
+    todo = torch.arange(len(b), device=img.device)
+    for half in _HALVES:
+        vals, ok = _gather_windows(xp, okp, b[todo], y[todo], x[todo], half, pad)
+        med = _window_median(vals, ok)
+        done = ~torch.isnan(med)
+        filled[todo[done]] = med[done]
+        todo = todo[~done]
+        if len(todo) == 0:
+            break
+    out[b, 0, y, x] = filled.to(out.dtype)
+    return out
