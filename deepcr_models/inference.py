@@ -96,6 +96,20 @@ class ZooModel:
         return int(self.model_config["depth"])
 
     @property
+    def reach(self) -> int:
+        """How far (pixels) the output at a pixel looks: the default tile overlap.
+
+        The UNet's receptive radius, plus, for a residual inpaint network, the reach
+        of the classical fill it corrects (its UNet sees the filled image).
+        """
+        fill = self.model_config.get("fill", "none") if self.kind == "inpaint" else "none"
+        if fill == "none":
+            return receptive_radius(self.depth)
+        from crforge.training.torchfill import REACH
+
+        return receptive_radius(self.depth) + REACH
+
+    @property
     def scale(self) -> float:
         return float(self.normalisation["scale"])
 
@@ -487,6 +501,10 @@ def inpaint(image: np.ndarray, mask: np.ndarray, model: str | os.PathLike | ZooM
         raise InputError(f"mask: shape {mask.shape} differs from image {image.shape}")
     _check_common(batch_size, precision, threads)
     m = load(model, kind="inpaint", zoo=zoo, device=device or _default_device(model))
+    if overlap is None:
+        overlap = m.reach
+    elif overlap < m.reach:
+        logger.warning("overlap=%d is below the inpaint network's reach %d: tile seams may show", overlap, m.reach)
     ign = _with_nonfinite(image, _check_ignore(ignore, image.shape))
     factor = unit_factor(bunit or m.bunit, m.bunit, exptime)
     sky_in = estimate_sky(image, ign) if sky is None else float(sky)

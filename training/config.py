@@ -151,6 +151,12 @@ class TrainConfig:
         of the sky-subtracted image: it then sees the sky level, and so the noise a pixel
         can have (:func:`crforge.training.data.network_input`). The inpaint network
         always sees the sky-subtracted image.
+    inpaint_loss : {'relative', 'mse'}
+        The inpaint network's loss: each stamp's squared error relative to that of the
+        base fill (the masked median) on the same pixels, averaged over stamps
+        (``relative``), or the squared error over all masked pixels of the batch
+        (``mse``, deepCR's), which crowded fields dominate
+        (:mod:`crforge.training.train`).
     target : {'labels', 'truth'}
         What the mask network learns a CR to be: the data set's AstroDrizzle labels, or,
         for simulated data sets only, the injected cosmic rays (``truth``) of at least
@@ -212,6 +218,7 @@ class TrainConfig:
     norm_scale: float = 100.0
     fill_ignored: bool = True
     keep_sky: bool = True
+    inpaint_loss: Literal["relative", "mse"] = "relative"
     target: Literal["labels", "truth"] = "labels"
     truth_min_bin: int = 2
     val_fpr: float = 0.005
@@ -260,5 +267,7 @@ class TrainConfig:
             raise InputError(f"train.min_lr_factor={self.min_lr_factor!r}: expected (0, 1]")
         if not 0 < self.val_fpr < 1:
             raise InputError(f"train.val_fpr={self.val_fpr!r}: expected (0, 1)")
+        if self.inpaint_loss not in ("relative", "mse"):
+            raise InputError(f"train.inpaint_loss={self.inpaint_loss!r}: expected 'relative' or 'mse'")
         if self.truth_min_bin not in (1, 2, 3, 4):
             raise InputError(f"train.truth_min_bin={self.truth_min_bin!r}: expected 1, 2, 3 or 4")

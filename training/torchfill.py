@@ -39,15 +39,16 @@ def _window_median(vals: torch.Tensor, ok: torch.Tensor) -> torch.Tensor:
     return torch.where(c > 0, med, torch.full_like(med, float("nan")))[:, 0]
 
 
-def _gather_windows(xp: torch.Tensor, okp: torch.Tensor, b: torch.Tensor, y: torch.Tensor,
-                    x: torch.Tensor, half: int, pad: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The ``(2 half + 1)^2`` window values and validity around pixels (b, y, x) of padded maps."""
-    d = torch.arange(-half, half + 1, device=xp.device)
-    n = len(d)
-    yy = (y[:, None, None] + pad + d[None, :, None]).expand(-1, n, n).reshape(len(y), -1)
-    xx = (x[:, None, None] + pad + d[None, None, :]).expand(-1, n, n).reshape(len(x), -1)
-    bb = b[:, None].expand_as(yy)
-    return xp[bb, yy, xx], okp[bb, yy, xx]
+def _gather_windows(flat_x: torch.Tensor, flat_ok: torch.Tensor, base: torch.Tensor, width: int,
+                    half: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``(2 half + 1)^2`` window values and validity around pixels of a padded, flattened batch.
+
+    ``base`` holds each pixel's flat index in the padded batch; ``width`` is the padded row length.
+    """
+    d = torch.arange(-half, half + 1, device=flat_x.device)
+    offsets = (d[:, None] * width + d[None, :]).reshape(-1)
+    idx = base[:, None] + offsets[None, :]
+    return flat_x[idx], flat_ok[idx]
 
 
 @torch.no_grad()
@@ -77,13 +78,16 @@ def masked_median_fill(image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         return out
     img = image[:, 0].float()
     pad = REACH
-    xp = F.pad(img, (pad, pad, pad, pad))
-    okp = F.pad(~m, (pad, pad, pad, pad), value=False)
+    hp, wp = img.shape[1] + 2 * pad, img.shape[2] + 2 * pad
+    # one flat padded copy: every window is a set of flat offsets from its centre
+    flat_x = F.pad(img, (pad, pad, pad, pad)).reshape(-1)
+    flat_ok = F.pad(~m, (pad, pad, pad, pad), value=False).reshape(-1)
     b, y, x = torch.nonzero(m, as_tuple=True)
+    centre = b * (hp * wp) + (y + pad) * wp + (x + pad)
     filled = torch.zeros(len(b), dtype=img.dtype, device=img.device)
     todo = torch.arange(len(b), device=img.device)
     for half in _HALVES:
-        vals, ok = _gather_windows(xp, okp, b[todo], y[todo], x[todo], half, pad)
+        vals, ok = _gather_windows(flat_x, flat_ok, centre[todo], wp, half)
         med = _window_median(vals, ok)
         done = ~torch.isnan(med)
         filled[todo[done]] = med[done]

@@ -13,10 +13,16 @@ Losses
     mask: binary cross-entropy on the logits, weighted by ``weight`` (0 on ignored
     pixels, which therefore contribute neither loss nor gradient), divided by the sum
     of the weights. inpaint: squared error under ``loss_mask`` (the borrowed CR masks
-    minus the stamp's own CRs and ignored pixels, deepCR eq. 2), divided by its sum.
-    The inpaint network's input mask is the borrowed mask together with the stamp's
-    own CRs, so that it never sees CR charge, as at inference where every CR is
-    masked.
+    minus ignored pixels and, against observed values, the stamp's own CRs; deepCR
+    eq. 2) against ``target`` (the noiseless pixels of a simulated data set, else the
+    observed ones). ``inpaint_loss='relative'`` (default) divides each stamp's squared
+    error by that of the network's base fill (the masked median) on the same pixels
+    and averages over stamps, so that a flat-sky stamp, where the fill is already
+    close, weighs as much as a crowded one, where its errors are 10^4 times larger
+    (plain MSE over the batch, ``'mse'``, is all crowded fields: the network then
+    learnt to add noise to flat sky). The inpaint network's input mask is the
+    borrowed mask together with the stamp's own CRs, so that it never sees CR charge,
+    as at inference where every CR is masked. Validation reports the plain MSE.
 
 Schedule
     Adam; the learning rate is ``lr`` times a per-epoch factor: ``constant``,
@@ -75,7 +81,7 @@ from crforge.training.models import build_model
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["train_one_epoch", "evaluate", "main", "mask_loss", "inpaint_loss", "batch_loss",
+__all__ = ["train_one_epoch", "evaluate", "main", "mask_loss", "inpaint_loss", "relative_inpaint_loss", "batch_loss",
            "lr_factor", "cpu_bf16_enabled"]
 
 # config keys that may differ when resuming: they do not change the numbers
@@ -143,8 +149,31 @@ def inpaint_loss(pred: torch.Tensor, target: torch.Tensor, loss_mask: torch.Tens
     return total / count.clamp_min(1.0)
 
 
-def batch_loss(model: nn.Module, batch: dict, kind: str, reduction: Literal["mean", "sum"] = "mean"):
+def relative_inpaint_loss(pred: torch.Tensor, base: torch.Tensor, target: torch.Tensor,
+                          loss_mask: torch.Tensor, eps: float = 1e-4) -> torch.Tensor:
+    """Mean over stamps of the squared error under ``loss_mask`` relative to ``base``'s.
+
+    ``sum((pred - target)^2) / (sum((base - target)^2) + eps * n)`` per stamp (``n`` its
+    masked pixels; ``eps`` in normalised units squared keeps a perfect base finite),
+    averaged over the stamps with masked pixels: 1 for the base fill itself.
+    """
+    inside = loss_mask > 0
+    zero = torch.zeros_like(pred, dtype=torch.float32)
+    err = torch.where(inside, pred.float() - target.float(), zero)
+    ref = torch.where(inside, base.float() - target.float(), zero)
+    dims = tuple(range(1, pred.dim()))
+    n = inside.sum(dim=dims).to(torch.float32)
+    ratio = (err * err).sum(dim=dims) / ((ref * ref).sum(dim=dims) + eps * n).clamp_min(1e-12)
+    has = n > 0
+    return (ratio * has).sum() / has.sum().clamp_min(1)
+
+
+def batch_loss(model: nn.Module, batch: dict, kind: str, reduction: Literal["mean", "sum"] = "mean",
+               *, relative: bool = False):
     """Run ``model`` on a collated batch (already on the device) and return its loss.
+
+    ``relative`` (inpaint, ``reduction='mean'``): :func:`relative_inpaint_loss` against
+    the network's base fill instead of the MSE.
 
     Returns
     -------
@@ -160,7 +189,12 @@ def batch_loss(model: nn.Module, batch: dict, kind: str, reduction: Literal["mea
         mask_in = torch.maximum(batch["mask"], batch["cr"])
         out = model(batch["image"], mask_in)
         # the noiseless pixels where the data set has them (simulated), else the observed
-        loss = inpaint_loss(out, batch.get("target", batch["image"]), batch["loss_mask"], reduction)
+        target = batch.get("target", batch["image"])
+        if relative and reduction == "mean":
+            base = model.base(batch["image"], mask_in)
+            loss = relative_inpaint_loss(out, base, target, batch["loss_mask"])
+        else:
+            loss = inpaint_loss(out, target, batch["loss_mask"], reduction)
     else:
         raise InputError(f"kind={kind!r}: expected 'mask' or 'inpaint'")
     return (*loss, out) if reduction == "sum" else loss
@@ -225,7 +259,7 @@ def _train_step(model: nn.Module, batch: dict, optimizer: torch.optim.Optimizer,
     """One optimizer step on one batch; the batch's loss."""
     optimizer.zero_grad(set_to_none=True)
     with torch.autocast(device.type, dtype=autocast[1], enabled=autocast[0]):
-        loss = batch_loss(model, batch, cfg.kind)
+        loss = batch_loss(model, batch, cfg.kind, relative=cfg.inpaint_loss == "relative")
     scaler.scale(loss).backward()
     if cfg.clip_grad_norm:
         # a batch of bright stars can give the inpaint loss a spike that undoes
