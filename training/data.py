@@ -1,4 +1,4 @@
-"""Stamps from the HDF5 training set (schema v1) as a torch Dataset, with augmentation.
+"""Stamps from the HDF5 training set (schema v1 or v2) as a torch Dataset, with augmentation.
 
 Reading
     :class:`StampDataset` reads one stamp (and, for inpainting, the CR masks it
@@ -147,7 +147,7 @@ class StampDataset(Dataset):
     Parameters
     ----------
     path : str or path-like
-        The HDF5 file (schema v1).
+        The HDF5 file (schema v1 or v2).
     split : {'train', 'val', 'test'}
         The split to read.
     kind : {'mask', 'inpaint'}

@@ -14,8 +14,9 @@ of the first level (doubled at every level down), so the paper's models are
   keeps the unmasked pixels and takes the network's only under the mask. With
   ``fill='median5'`` (the default) it is residual: the masked pixels are first filled
   by the 5x5 masked median (:func:`crforge.training.torchfill.masked_median_fill`), the
-  UNet sees that filled image and the mask, and its output, a correction added to the
-  fill, starts at exactly zero (its last layer is zero-initialised), so an untrained
+  UNet sees that filled image, its harmonic smoothing
+  (:func:`crforge.training.torchfill.harmonic_fill`: what follows a star's profile) and
+  the mask, and its output, a correction added to the median fill, starts at exactly zero (its last layer is zero-initialised), so an untrained
   network is the masked median and training can only move it from there. With
   ``fill='none'`` (crforge's first inpaint models) the masked pixels are zeroed and
   the UNet's output is the prediction itself.
@@ -169,7 +170,8 @@ class InpaintNet(nn.Module):
         if fill not in INPAINT_FILLS:
             raise InputError(f"fill={fill!r}: expected one of {INPAINT_FILLS}")
         self.fill = fill
-        self.unet = UNet(2, 1, depth, width, batch_norm, bn_momentum)
+        # residual: the median-filled image, its harmonic smoothing and the mask
+        self.unet = UNet(2 if fill == "none" else 3, 1, depth, width, batch_norm, bn_momentum)
         if fill != "none":
             # the correction starts at zero: the untrained network is the classical fill
             with torch.no_grad():
@@ -202,8 +204,12 @@ class InpaintNet(nn.Module):
                              f"{tuple(image.shape)}")
         mask = mask.to(image.dtype)
         base = self.base(image, mask)
-        out = self.unet(torch.cat([base, mask], dim=1))
-        return out if self.fill == "none" else base + out
+        if self.fill == "none":
+            return self.unet(torch.cat([base, mask], dim=1))
+        from crforge.training.torchfill import harmonic_fill
+
+        smooth = harmonic_fill(base, mask)
+        return base + self.unet(torch.cat([base, smooth, mask], dim=1))
 
     @torch.no_grad()
     def inpaint(self, image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

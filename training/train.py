@@ -163,9 +163,12 @@ def relative_inpaint_loss(pred: torch.Tensor, base: torch.Tensor, target: torch.
     ref = torch.where(inside, base.float() - target.float(), zero)
     dims = tuple(range(1, pred.dim()))
     n = inside.sum(dim=dims).to(torch.float32)
-    ratio = (err * err).sum(dim=dims) / ((ref * ref).sum(dim=dims) + eps * n).clamp_min(1e-12)
+    se, se_base = (err * err).sum(dim=dims), (ref * ref).sum(dim=dims) + eps * n
+    ratio = se / se_base.clamp_min(1e-12)
     has = n > 0
-    return (ratio * has).sum() / has.sum().clamp_min(1)
+    per_stamp = (ratio * has).sum() / has.sum().clamp_min(1)
+    # the batch's error relative to the base's: the MSE, made 1 at the start (crowded stamps lead it)
+    return per_stamp + se.sum() / se_base.sum().clamp_min(1e-12)
 
 
 def batch_loss(model: nn.Module, batch: dict, kind: str, reduction: Literal["mean", "sum"] = "mean",
@@ -352,7 +355,7 @@ class _Figures:
                 self.labels.setdefault(ft, []).append((batch["cr"][j, 0][keep] > 0).cpu().numpy())
             else:
                 lm = batch["loss_mask"][j, 0] > 0
-                d = (out[j, 0].float() - batch["image"][j, 0])[lm]
+                d = (out[j, 0].float() - batch.get("target", batch["image"])[j, 0])[lm]
                 acc = self.sq.setdefault(ft, [0.0, 0.0])
                 acc[0] += float((d * d).sum())
                 acc[1] += float(lm.sum())
@@ -760,7 +763,7 @@ def main(cfg: TrainConfig, data: str | os.PathLike, out_dir: str | os.PathLike, 
     cfg : TrainConfig
         The resolved configuration.
     data : str or path-like
-        The HDF5 training set (schema v1).
+        The HDF5 training set (schema v1 or v2).
     out_dir : str or path-like
         The run directory (created).
     resume : bool

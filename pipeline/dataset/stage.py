@@ -500,7 +500,7 @@ def build_dataset(manifest: str | os.PathLike | Manifest, work: str | os.PathLik
         section.validate()
     _check_scheduler(cfg.dataset)
     if cfg.stamps.size != 256:
-        logger.warning("stamps.size=%d: schema v1 fixes 256; fine for tests only", cfg.stamps.size)
+        logger.warning("stamps.size=%d: the schema fixes 256; fine for tests only", cfg.stamps.size)
     man = manifest if isinstance(manifest, Manifest) else load_manifest(manifest)
     _refuse_shared_exposures(man.visits, {v.name: _listed_exposures(v) for v in man.visits})
     work = Path(work)
