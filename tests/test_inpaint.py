@@ -35,7 +35,7 @@ def _scene(ftype: str, rng: np.random.Generator) -> np.ndarray:
     if ftype == "globular_cluster":
         for _ in range(10):
             y, x, f = rng.uniform(3, S - 3), rng.uniform(3, S - 3), rng.uniform(1000, 8000)
-            clean += f / (2 * np.pi * 1.2 ** 2) * np.exp(-((yy - y) ** 2 + (xx - x) ** 2) / (2 * 1.2 ** 2))
+            clean += f / (2 * np.pi * 0.9 ** 2) * np.exp(-((yy - y) ** 2 + (xx - x) ** 2) / (2 * 0.9 ** 2))
     elif ftype == "resolved_galaxy":
         y, x, r = rng.uniform(20, S - 20), rng.uniform(20, S - 20), rng.uniform(5, 9)
         clean += rng.uniform(150, 400) * np.exp(-np.hypot(yy - y, xx - x) / r)

@@ -16,7 +16,8 @@ of the first level (doubled at every level down), so the paper's models are
   by the 5x5 masked median (:func:`crforge.training.torchfill.masked_median_fill`), the
   UNet sees that filled image, its harmonic smoothing
   (:func:`crforge.training.torchfill.harmonic_fill`: what follows a star's profile) and
-  the mask, and its output, a correction added to the median fill, starts at exactly zero (its last layer is zero-initialised), so an untrained
+  the mask, and its outputs, the weight of the harmonic smoothing against the median
+  and a correction added to that blend, start at exactly zero (its last layer is zero-initialised), so an untrained
   network is the masked median and training can only move it from there. With
   ``fill='none'`` (crforge's first inpaint models) the masked pixels are zeroed and
   the UNet's output is the prediction itself.
@@ -170,8 +171,10 @@ class InpaintNet(nn.Module):
         if fill not in INPAINT_FILLS:
             raise InputError(f"fill={fill!r}: expected one of {INPAINT_FILLS}")
         self.fill = fill
-        # residual: the median-filled image, its harmonic smoothing and the mask
-        self.unet = UNet(2 if fill == "none" else 3, 1, depth, width, batch_norm, bn_momentum)
+        # residual: the median-filled image, its harmonic smoothing and the mask in; out a
+        # correction and the weight of the harmonic smoothing against the median
+        residual = fill != "none"
+        self.unet = UNet(3 if residual else 2, 2 if residual else 1, depth, width, batch_norm, bn_momentum)
         if fill != "none":
             # the correction starts at zero: the untrained network is the classical fill
             with torch.no_grad():
@@ -209,7 +212,9 @@ class InpaintNet(nn.Module):
         from crforge.training.torchfill import harmonic_fill
 
         smooth = harmonic_fill(base, mask)
-        return base + self.unet(torch.cat([base, smooth, mask], dim=1))
+        out = self.unet(torch.cat([base, smooth, mask], dim=1))
+        # both start at zero: the untrained network is the masked median exactly
+        return base + out[:, 1:2] * (smooth - base) + out[:, :1]
 
     @torch.no_grad()
     def inpaint(self, image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
