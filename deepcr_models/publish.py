@@ -359,7 +359,9 @@ def _stage(pub: _Publication) -> list[reg.ModelRecord]:
                       **({"fprs": list(ev.get("fprs", []))} if kind == "mask" else {}),
                       "crforge": _figures(ev, kind, pub.ev_path),
                       "baselines": {m: f for m, f in ev.get(kind, {}).items() if m != "crforge"},
-                      **({"real": ev["real"]} if kind == "mask" and ev.get("real") else {})}
+                      **({"real": ev["real"]} if kind == "mask" and ev.get("real") else {}),
+                      **({"noise_floor": ev["inpaint_noise_floor"]}
+                         if kind == "inpaint" and "inpaint_noise_floor" in ev else {})}
         ckpt = _read_evaluated(pub, kind, path)
         threshold = _threshold(ev, pub.ev_path) if kind == "mask" else (None, None, None)
         fname, digest = _save_weights(ckpt, pub.name, pub.zdir)

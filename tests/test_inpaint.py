@@ -110,17 +110,25 @@ def test_untrained_network_is_exactly_the_masked_median():
     assert np.abs(far - ref)[m[:, :1]].mean() > 0.01
 
 
-def test_relative_loss_is_one_for_the_base_and_ignores_unmasked_pixels():
+def test_relative_loss_is_two_for_the_base_and_ignores_unmasked_pixels():
+    """Per stamp plus per batch, each relative to the base fill: 1 + 1 for the base itself."""
     g = torch.Generator().manual_seed(0)
     target = torch.randn(4, 1, 16, 16, generator=g)
     base = target + 0.1 * torch.randn(4, 1, 16, 16, generator=g)
     lm = (torch.rand(4, 1, 16, 16, generator=g) < 0.2).float()
     lm[3] = 0  # a stamp without masked pixels does not count
-    assert relative_inpaint_loss(base, base, target, lm).item() == pytest.approx(1.0, rel=1e-2)
+    assert relative_inpaint_loss(base, base, target, lm).item() == pytest.approx(2.0, rel=2e-2)
     better = target + 0.5 * (base - target)
-    assert relative_inpaint_loss(better, base, target, lm).item() == pytest.approx(0.25, rel=1e-2)
+    assert relative_inpaint_loss(better, base, target, lm).item() == pytest.approx(0.5, rel=2e-2)
     wild = torch.where(lm > 0, better, torch.full_like(better, 1e6))
-    assert relative_inpaint_loss(wild, base, target, lm).item() == pytest.approx(0.25, rel=1e-2)
+    assert relative_inpaint_loss(wild, base, target, lm).item() == pytest.approx(0.5, rel=2e-2)
+    # a flat stamp made worse counts as much as a crowded one: the per-stamp term sees it
+    bright = target.clone()
+    bright[0] *= 100.0
+    b2 = bright + (base - target)
+    worse_flat = b2.clone()
+    worse_flat[1] = bright[1] + 3.0 * (base[1] - target[1])
+    assert relative_inpaint_loss(worse_flat, b2, bright, lm).item() > 2.0 + 8.0 / 3 - 0.1
 
 
 def test_inpaint_items_target_the_noiseless_pixels(simulated, tmp_path):

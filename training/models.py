@@ -164,6 +164,9 @@ class InpaintNet(nn.Module):
     """
 
     kind = "inpaint"
+    #: Normalised units in which the residual network's inputs are compressed and its
+    #: correction is measured: about the sky noise of an ACS/WFC exposure (10 e- / 100 e-).
+    INPUT_SOFTENING = 0.1
 
     def __init__(self, depth: int = 2, width: int = 32, batch_norm: bool = True,
                  bn_momentum: float = 0.1, fill: str = ModelConfig.fill) -> None:
@@ -212,9 +215,15 @@ class InpaintNet(nn.Module):
         from crforge.training.torchfill import harmonic_fill
 
         smooth = harmonic_fill(base, mask)
-        out = self.unet(torch.cat([base, smooth, mask], dim=1))
-        # both start at zero: the untrained network is the masked median exactly
-        return base + out[:, 1:2] * (smooth - base) + out[:, :1]
+        # the UNet sees the fills compressed (asinh: linear within the noise, logarithmic
+        # on stars), so a bright star cannot swamp its batch-norm statistics
+        k = self.INPUT_SOFTENING
+        out = self.unet(torch.cat([torch.asinh(base / k), torch.asinh(smooth / k), mask], dim=1))
+        # the weight of the harmonic fill and a correction in units of where the two fills
+        # disagree (plus the sky noise): both start at zero, so the untrained network is
+        # the masked median exactly, and on flat sky no step can move it far
+        diff = smooth - base
+        return base + out[:, 1:2] * diff + out[:, :1] * (diff.abs() + k)
 
     @torch.no_grad()
     def inpaint(self, image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
