@@ -366,13 +366,14 @@ def test_inpaint_tiled_equals_untiled():
 def test_clean_api_units_inpaint_and_errors(zoo):
     rng = np.random.default_rng(5)
     img, cr = _image((200, 260), rng, sky=40.0, n_cr=30)
-    mask, cleaned = deepcr_models.clean(img, mask_model="tiny", inpaint_model="tiny", zoo=zoo, tile=96)
+    # tiles of 128: the inpaint network's tiles overlap by its fill's reach too (50 pixels)
+    mask, cleaned = deepcr_models.clean(img, mask_model="tiny", inpaint_model="tiny", zoo=zoo, tile=128)
     assert mask.dtype == bool and mask.shape == img.shape and cleaned.dtype == np.float32
     p = mask_probability(img, "tiny", zoo=zoo)
     assert np.array_equal(mask, p > THRESHOLD)  # the record's threshold by default
     assert np.array_equal(cleaned[~mask], img[~mask])  # only masked pixels change
     # the same frame in electrons/s gives the same mask and the cleaned image / EXPTIME
-    m2, c2 = deepcr_models.clean(img / 500.0, "tiny", "tiny", zoo=zoo, tile=96, bunit="ELECTRONS/S",
+    m2, c2 = deepcr_models.clean(img / 500.0, "tiny", "tiny", zoo=zoo, tile=128, bunit="ELECTRONS/S",
                                  exptime=500.0)
     assert (m2 == mask).mean() > 0.9999
     both = m2 & mask
@@ -425,7 +426,7 @@ def test_clean_fits_multichip(zoo, tmp_path, capsys):
         threshold = float(np.quantile(mask_probability(h["SCI", 1].data, "tiny", zoo=zoo), 0.99))
     out = tmp_path / "out.fits"
     rc = cli.main(["clean", str(flc), "--model", "tiny", "--zoo", str(zoo), "--output", str(out),
-                   "--inpaint", "--threshold", str(threshold), "--tile", "64"])
+                   "--inpaint", "--threshold", str(threshold), "--tile", "128"])
     assert rc == 0, capsys.readouterr().err
     assert "SCI,1:" in capsys.readouterr().out
     assert _sha(flc) == before  # the input is untouched

@@ -222,8 +222,9 @@ class InpaintNet(nn.Module):
         # the weight of the harmonic fill and a correction in units of where the two fills
         # disagree (plus the sky noise): both start at zero, so the untrained network is
         # the masked median exactly, and on flat sky no step can move it far
+        # (bounded by tanh: a network early in training cannot throw a star's fill far off)
         diff = smooth - base
-        return base + out[:, 1:2] * diff + out[:, :1] * (diff.abs() + k)
+        return base + torch.tanh(out[:, 1:2]) * diff + torch.tanh(out[:, :1]) * (diff.abs() + k)
 
     @torch.no_grad()
     def inpaint(self, image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -219,6 +219,8 @@ def lr_factor(epoch: int, cfg: TrainConfig) -> float:
         raise InputError(f"train.schedule={cfg.schedule!r}: expected constant, step or cosine")
     if cfg.freeze_epoch() and epoch >= cfg.freeze_epoch():
         f *= cfg.bn_freeze_lr_factor
+    if cfg.kind == "inpaint" and cfg.model.fill != "none":
+        f *= cfg.inpaint_lr_factor
     return f
 
 
