@@ -9,7 +9,10 @@ with an overlap at least that large the tiled result equals the untiled one up t
 float rounding; the default overlap is exactly the receptive radius (rounded up to a
 multiple of ``2**(depth-1)``, so that every window sits on the pooling grid of the
 whole frame), which keeps the extra work small (about 5% for a 2-32 model on
-1024-pixel tiles).
+1024-pixel tiles). A residual inpaint network looks further, through the classical
+fill it corrects (:mod:`crforge.training.torchfill`): its default overlap is
+:attr:`ZooModel.reach`, the receptive radius plus the fill's reach, and inpainting
+skips the tiles whose core holds no masked pixel.
 
 The input is normalised once per chip, with one sky level per chip (a sigma-clipped
 median, :func:`estimate_sky`), never per tile, so that neighbouring tiles see the
@@ -340,15 +343,24 @@ def _threads(n: int | None) -> Iterator[None]:
 
 def _run_tiled(net: nn.Module, planes: list[np.ndarray], depth: int, tile: int, overlap: int | None,
                batch_size: int, device: torch.device, precision: str,
-               progress: Callable[[int], None] | None, out_fn: Callable[[torch.Tensor], torch.Tensor]
-               ) -> np.ndarray:
-    """Run ``net`` over ``planes`` (same-shape 2-D inputs, one channel each) tile by tile."""
+               progress: Callable[[int], None] | None, out_fn: Callable[[torch.Tensor], torch.Tensor],
+               *, needed: np.ndarray | None = None) -> np.ndarray:
+    """Run ``net`` over ``planes`` (same-shape 2-D inputs, one channel each) tile by tile.
+
+    ``needed``: the pixels whose output is used (inpainting: the masked ones); a tile
+    whose core holds none is not run (its output is left 0).
+    """
     shape = planes[0].shape
     (hp, wp), wins, (wy, wx) = tile_windows(shape, tile, overlap, depth)
+    if needed is not None:
+        skipped = [w for w in wins if not needed[w[2]:w[3], w[4]:w[5]].any()]
+        wins = [w for w in wins if needed[w[2]:w[3], w[4]:w[5]].any()]
+        if progress is not None and skipped:
+            progress(len(skipped))
     if (hp, wp) != shape:
         # zeros = the sky after normalisation (and "not masked" for a mask plane)
         planes = [np.pad(p, ((0, hp - shape[0]), (0, wp - shape[1]))) for p in planes]
-    out = np.empty((hp, wp), np.float32)
+    out = np.zeros((hp, wp), np.float32)
     autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bfloat16"
                 else nullcontext())
     with torch.inference_mode(), autocast:
@@ -513,7 +525,7 @@ def inpaint(image: np.ndarray, mask: np.ndarray, model: str | os.PathLike | ZooM
     try:
         with _threads(threads):
             pred = _run_tiled(m.fast(), [x, mask.astype(np.float32)], m.depth, tile, overlap, batch_size,
-                              m.device, precision, cb, _inpaint_out)
+                              m.device, precision, cb, _inpaint_out, needed=mask)
     finally:
         close()
     # back to the input's unit: x = (image * f - sky * f) / scale (or image * f / scale, sky kept)
