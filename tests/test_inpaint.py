@@ -191,3 +191,20 @@ def test_bars_of_issue_13_on_a_small_seeded_set(simulated, trained, tmp_path):
     ph = doc["photometry"]["methods"]
     for stat in ("median_abs", "p90_abs"):
         assert ph["crforge"]["all"][stat] < 0.7 * ph["median5"]["all"][stat]
+
+
+def test_model_card_gives_both_yardsticks_and_the_noise_floor():
+    from crforge.deepcr_models.publish import _card_inpaint
+
+    figs = {"all": 0.5, "extragalactic": 0.004, "globular_cluster": 1.5, "resolved_galaxy": 0.03}
+    ev = {"data": {"split": "test"}, "inpaint_units": "(100 electrons)^2",
+          "inpaint": {m: {"mse": figs, "mse_truth": {k: v / 2 for k, v in figs.items()}, "seconds_per_100": 1.0}
+                      for m in ("crforge", "median5")},
+          "inpaint_noise_floor": {"all": 0.0123, "extragalactic": 0.0065}}
+    text = "\n".join(_card_inpaint(ev))
+    assert "Against the noiseless pixels" in text and "| noise floor | 0.0123 | 0.0065 |" in text
+    assert "| **crforge (this model)** | 0.25 | 0.002 | 0.75 | 0.015 |" in text
+    del ev["inpaint_noise_floor"]
+    for figs_ in ev["inpaint"].values():
+        del figs_["mse_truth"]
+    assert "noiseless" not in "\n".join(_card_inpaint(ev))  # a version-1 data set: observed only
