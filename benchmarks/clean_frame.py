@@ -13,6 +13,13 @@ to ``--threads`` threads (torch threads and ``OMP_NUM_THREADS``/``MKL_NUM_THREAD
   the speed a smaller network buys (its masks are not comparable).
 - ``crforge-bf16``: the 2-32 model with ``precision='bfloat16'`` (CPU autocast), with the
   fraction of pixels whose mask differs from float32.
+- ``crforge-inpaint``: ``clean(image, mask_model, inpaint_model)``, the 2-32 mask model
+  and a 2-32 residual inpaint network (masked-median base, ``fill='median5'``: its tiles
+  overlap by the fill's reach too); ``inpaint_s`` is the inpainting alone (the same
+  call given the mask). ``crforge-inpaint-legacy``: the same with crforge's first,
+  non-residual inpaint design (``fill='none'``), for the speed before and after.
+  Random weights of the architecture (the time does not depend on them); the two
+  fills are compared at the end.
 - ``deepcr``: ``deepCR(mask='ACS-WFC').clean(image, threshold=0.5)`` (its defaults:
   1024-pixel patches without overlap, one job).
 - ``astroscrappy``: ``astroscrappy.detect_cosmics(image)`` with its defaults.
@@ -45,7 +52,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-METHODS = ("crforge", "crforge-bf16", "crforge-2-4", "deepcr", "astroscrappy")
+METHODS = ("crforge", "crforge-bf16", "crforge-2-4", "crforge-inpaint", "crforge-inpaint-legacy", "deepcr",
+           "astroscrappy")
 
 
 def _rss_mb() -> float:
@@ -93,6 +101,52 @@ def _zoo_mask_model(depth: int = 2, width: int = 32, work: Path | None = None):
     return str(path)
 
 
+def _inpaint_weights(work: Path, fill: str) -> str:
+    """A 2-32 inpaint network of the given base fill, random weights (seeded), as a weights file."""
+    import torch
+
+    from crforge.training import checkpoint
+    from crforge.training.data import normalisation_info
+    from crforge.training.models import build_model
+
+    torch.manual_seed(0)
+    net = build_model("inpaint", 2, 32, fill=fill)
+    with torch.no_grad():  # the residual network starts at its fill: give it a correction
+        net.unet.outc.weight.normal_(0.0, 0.01)
+    path = work / f"inpaint-{fill}.pt"
+    checkpoint.write_weights(path, checkpoint.Checkpoint(
+        kind="inpaint", model_config={"depth": 2, "width": 32, "batch_norm": True, "bn_momentum": 0.1,
+                                      "fill": fill},
+        state_dict=net.state_dict(), normalisation=normalisation_info(100.0, True)))
+    return str(path)
+
+
+def _timed(call, repeat: int) -> tuple[float, object]:
+    times, result = [], None
+    for _ in range(repeat):
+        t = time.perf_counter()
+        result = call()
+        times.append(time.perf_counter() - t)
+    return min(times), result
+
+
+def _inpaint_worker(method: str, img: np.ndarray, threads: int, repeat: int, res: dict, out: Path) -> None:
+    """``crforge-inpaint[-legacy]``: clean with inpainting, and the inpainting alone."""
+    from crforge import deepcr_models
+
+    mask_model = deepcr_models.load(_zoo_mask_model())
+    inp = deepcr_models.load(_inpaint_weights(out.parent, "none" if method.endswith("legacy") else "median5"))
+    res["model"] = f"{mask_model.source} + {inp.source}"
+    res["seconds"], (mask, cleaned) = _timed(
+        lambda: deepcr_models.clean(img, mask_model, inp, threads=threads), repeat)
+    res["inpaint_s"], _ = _timed(lambda: deepcr_models.inpaint(img, mask, inp, threads=threads), repeat)
+    res["peak_rss_mb"] = round(_rss_mb(), 1)
+    res["cr_pixels"] = int(mask.sum())
+    np.save(out.with_suffix(".npy"), mask)
+    np.save(out.with_name(out.stem + "-cleaned.npy"), cleaned)
+    out.write_text(json.dumps(res))
+
+
 def worker(method: str, image_path: Path, threads: int, repeat: int, out: Path) -> None:
     """Run one method in this (child) process and write its figures as JSON."""
     import torch
@@ -101,6 +155,9 @@ def worker(method: str, image_path: Path, threads: int, repeat: int, out: Path) 
     img = np.load(image_path)
     res = {"method": method, "threads": threads}
     t0 = time.perf_counter()
+    if method.startswith("crforge-inpaint"):
+        res["load_s"], res["rss_before_mb"] = 0.0, round(_rss_mb(), 1)
+        return _inpaint_worker(method, img, threads, repeat, res, out)
     if method.startswith("crforge"):
         from crforge import deepcr_models
         device = "cuda" if method == "crforge-cuda" else "cpu"
@@ -203,8 +260,21 @@ def main(argv=None) -> int:
             for m in ("deepcr", "astroscrappy"):
                 if m in results:
                     print(f"{fast} is {results[m]['seconds'] / results[fast]['seconds']:.2f}x faster than {m}")
+    _inpaint_summary(results, args.work)
     (args.work / "results.json").write_text(json.dumps(results, indent=2))
     return 0
+
+
+def _inpaint_summary(results: dict, work: Path) -> None:
+    """The inpainting times of the two designs side by side."""
+    for m in ("crforge-inpaint", "crforge-inpaint-legacy"):
+        if m in results:
+            print(f"{m}: clean with inpainting {results[m]['seconds']:.2f} s, inpainting alone "
+                  f"{results[m]['inpaint_s']:.2f} s")
+    if "crforge-inpaint" in results and "crforge-inpaint-legacy" in results:
+        new, old = results["crforge-inpaint"], results["crforge-inpaint-legacy"]
+        print(f"residual / legacy: clean {new['seconds'] / old['seconds']:.2f}x, "
+              f"inpainting {new['inpaint_s'] / old['inpaint_s']:.2f}x the time")
 
 
 if __name__ == "__main__":

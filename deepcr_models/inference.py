@@ -9,7 +9,10 @@ with an overlap at least that large the tiled result equals the untiled one up t
 float rounding; the default overlap is exactly the receptive radius (rounded up to a
 multiple of ``2**(depth-1)``, so that every window sits on the pooling grid of the
 whole frame), which keeps the extra work small (about 5% for a 2-32 model on
-1024-pixel tiles).
+1024-pixel tiles). A residual inpaint network looks further, through the classical
+fill it corrects (:mod:`crforge.training.torchfill`): its default overlap is
+:attr:`ZooModel.reach`, the receptive radius plus the fill's reach, and inpainting
+skips the tiles whose core holds no masked pixel.
 
 The input is normalised once per chip, with one sky level per chip (a sigma-clipped
 median, :func:`estimate_sky`), never per tile, so that neighbouring tiles see the
@@ -94,6 +97,20 @@ class ZooModel:
     @property
     def depth(self) -> int:
         return int(self.model_config["depth"])
+
+    @property
+    def reach(self) -> int:
+        """How far (pixels) the output at a pixel looks: the default tile overlap.
+
+        The UNet's receptive radius, plus, for a residual inpaint network, the reach
+        of the classical fill it corrects (its UNet sees the filled image).
+        """
+        fill = self.model_config.get("fill", "none") if self.kind == "inpaint" else "none"
+        if fill == "none":
+            return receptive_radius(self.depth)
+        from crforge.training.torchfill import REACH
+
+        return receptive_radius(self.depth) + REACH
 
     @property
     def scale(self) -> float:
@@ -326,15 +343,24 @@ def _threads(n: int | None) -> Iterator[None]:
 
 def _run_tiled(net: nn.Module, planes: list[np.ndarray], depth: int, tile: int, overlap: int | None,
                batch_size: int, device: torch.device, precision: str,
-               progress: Callable[[int], None] | None, out_fn: Callable[[torch.Tensor], torch.Tensor]
-               ) -> np.ndarray:
-    """Run ``net`` over ``planes`` (same-shape 2-D inputs, one channel each) tile by tile."""
+               progress: Callable[[int], None] | None, out_fn: Callable[[torch.Tensor], torch.Tensor],
+               *, needed: np.ndarray | None = None) -> np.ndarray:
+    """Run ``net`` over ``planes`` (same-shape 2-D inputs, one channel each) tile by tile.
+
+    ``needed``: the pixels whose output is used (inpainting: the masked ones); a tile
+    whose core holds none is not run (its output is left 0).
+    """
     shape = planes[0].shape
     (hp, wp), wins, (wy, wx) = tile_windows(shape, tile, overlap, depth)
+    if needed is not None:
+        skipped = [w for w in wins if not needed[w[2]:w[3], w[4]:w[5]].any()]
+        wins = [w for w in wins if needed[w[2]:w[3], w[4]:w[5]].any()]
+        if progress is not None and skipped:
+            progress(len(skipped))
     if (hp, wp) != shape:
         # zeros = the sky after normalisation (and "not masked" for a mask plane)
         planes = [np.pad(p, ((0, hp - shape[0]), (0, wp - shape[1]))) for p in planes]
-    out = np.empty((hp, wp), np.float32)
+    out = np.zeros((hp, wp), np.float32)
     autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bfloat16"
                 else nullcontext())
     with torch.inference_mode(), autocast:
@@ -487,6 +513,10 @@ def inpaint(image: np.ndarray, mask: np.ndarray, model: str | os.PathLike | ZooM
         raise InputError(f"mask: shape {mask.shape} differs from image {image.shape}")
     _check_common(batch_size, precision, threads)
     m = load(model, kind="inpaint", zoo=zoo, device=device or _default_device(model))
+    if overlap is None:
+        overlap = m.reach
+    elif overlap < m.reach:
+        logger.warning("overlap=%d is below the inpaint network's reach %d: tile seams may show", overlap, m.reach)
     ign = _with_nonfinite(image, _check_ignore(ignore, image.shape))
     factor = unit_factor(bunit or m.bunit, m.bunit, exptime)
     sky_in = estimate_sky(image, ign) if sky is None else float(sky)
@@ -495,7 +525,7 @@ def inpaint(image: np.ndarray, mask: np.ndarray, model: str | os.PathLike | ZooM
     try:
         with _threads(threads):
             pred = _run_tiled(m.fast(), [x, mask.astype(np.float32)], m.depth, tile, overlap, batch_size,
-                              m.device, precision, cb, _inpaint_out)
+                              m.device, precision, cb, _inpaint_out, needed=mask)
     finally:
         close()
     # back to the input's unit: x = (image * f - sky * f) / scale (or image * f / scale, sky kept)

@@ -185,10 +185,18 @@ def _card_real(ev: dict, real_png: str | None) -> list[str]:
 
 
 def _card_inpaint(ev: dict) -> list[str]:
-    lines = [f"## Inpaint: mean squared error under the masks ({ev['data'].get('split', 'test')} split)", "",
-             *_table_header()]
+    lines = [f"## Inpaint: mean squared error under the masks ({ev['data'].get('split', 'test')} split)", ""]
+    if all("mse_truth" in figs for figs in ev["inpaint"].values()) and ev["inpaint"]:
+        lines += ["Against the noiseless pixels (sky + source model of the simulation):", "", *_table_header()]
+        lines += [_table_row(method, [_num(figs["mse_truth"].get(f)) for f in FIELDS], figs)
+                  for method, figs in ev["inpaint"].items()]
+        lines += ["", "Against the observed pixel values (no fill goes below the noise floor):", ""]
+    lines += _table_header()
     for method, figs in ev["inpaint"].items():
         lines.append(_table_row(method, [_num(figs.get("mse", {}).get(f)) for f in FIELDS], figs))
+    if "inpaint_noise_floor" in ev:
+        floor = ev["inpaint_noise_floor"]
+        lines.append("| noise floor | " + " | ".join(_num(floor.get(f)) for f in FIELDS) + " | |")
     units = ev.get("inpaint_units")
     lines += ["", (f"Units: {units} (normalised pixels squared)." if units else
                    "Units as in the run's `report.md` (`crforge evaluate`).")
@@ -351,7 +359,9 @@ def _stage(pub: _Publication) -> list[reg.ModelRecord]:
                       **({"fprs": list(ev.get("fprs", []))} if kind == "mask" else {}),
                       "crforge": _figures(ev, kind, pub.ev_path),
                       "baselines": {m: f for m, f in ev.get(kind, {}).items() if m != "crforge"},
-                      **({"real": ev["real"]} if kind == "mask" and ev.get("real") else {})}
+                      **({"real": ev["real"]} if kind == "mask" and ev.get("real") else {}),
+                      **({"noise_floor": ev["inpaint_noise_floor"]}
+                         if kind == "inpaint" and "inpaint_noise_floor" in ev else {})}
         ckpt = _read_evaluated(pub, kind, path)
         threshold = _threshold(ev, pub.ev_path) if kind == "mask" else (None, None, None)
         fname, digest = _save_weights(ckpt, pub.name, pub.zdir)

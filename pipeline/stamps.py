@@ -63,6 +63,8 @@ def cut_stamps(
     ignore: np.ndarray,
     truth: np.ndarray | None = None,
     cfg: StampConfig | None = None,
+    *,
+    noiseless: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
     """Cut one chip's arrays into stamps, dropping the mostly ignored ones.
 
@@ -76,11 +78,13 @@ def cut_stamps(
         Truth codes (see :func:`snr_class`) of a simulated chip.
     cfg : StampConfig, optional
         Size and dropping rule.
+    noiseless : ndarray of float32, optional
+        The chip without noise and cosmic rays (a simulated chip's sky + source).
 
     Returns
     -------
     dict
-        ``image``, ``cr``, ``ignore`` (and ``truth``) as ``[N, size, size]`` arrays,
+        ``image``, ``cr``, ``ignore`` (and ``truth``, ``noiseless``) as ``[N, size, size]`` arrays,
         ``y0``, ``x0`` origins and ``cr_fraction`` (CR labels over usable pixels).
     """
     cfg = StampConfig() if cfg is None else cfg
@@ -89,6 +93,8 @@ def cut_stamps(
               "ignore": np.asarray(ignore, np.uint8)}
     if truth is not None:
         arrays["truth"] = np.asarray(truth, np.uint8)
+    if noiseless is not None:
+        arrays["noiseless"] = np.asarray(noiseless, np.float32)
     shape = arrays["image"].shape
     for k, a in arrays.items():
         if a.ndim != 2 or a.shape != shape:

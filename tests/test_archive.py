@@ -539,7 +539,7 @@ def test_dataset_from_the_fake_mast_end_to_end(mast, tmp_path, capsys):
     h5 = work / "small-real.h5"
     assert validate(h5, progress=False) == []
     with h5py.File(h5) as h:
-        assert h.attrs["schema_version"] == 1
+        assert h.attrs["schema_version"] == 2
         visits = set(h["train"]["meta"]["visit"].tolist())
         assert visits == {b"12058_01_f814w", b"12058_06_f814w"}
         assert len(h["test"]["meta"]) == 0 and "truth" not in h["train"]

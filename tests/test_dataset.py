@@ -99,7 +99,7 @@ def test_file_is_valid_schema_v1_and_split_by_field(serial_build):
     man, h5, report = serial_build
     assert validate(h5, progress=False) == []
     with h5py.File(h5) as h:
-        assert h.attrs["schema_version"] == 1 and h.attrs["stamp_size"] == 256
+        assert h.attrs["schema_version"] == 2 and h.attrs["stamp_size"] == 256
         assert h.attrs["manifest_sha256"] == load_manifest(man).sha256
         assert json.loads(h.attrs["instruments"]) == ["ACS/WFC"]
         software = json.loads(h.attrs["software"])

@@ -194,19 +194,25 @@ def test_aperture_photometry_helpers_find_and_hit_stars():
 # --------------------------------------------------------------------------- end to end
 
 
-def _write_eval_h5(path: Path, seed: int = 0) -> Path:
-    """A valid file with truth (the real writer): bright CRs (>10 sigma bin) labelled, faint ones (3-5) not."""
+def _write_eval_h5(path: Path, seed: int = 0, noiseless: bool = False) -> Path:
+    """A valid file with truth (the real writer): bright CRs (>10 sigma bin) labelled, faint ones (3-5) not.
+
+    With ``noiseless``, schema v2's noiseless pixels (sky + stars) too.
+    """
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[:S, :S]
     splits = {}
     for split, n in (("train", 12), ("val", 6), ("test", 9)):
         image = np.empty((n, S, S), np.float32)
+        clean = np.full((n, S, S), 60.0, np.float32)
         cr, truth, ignore = (np.zeros((n, S, S), np.uint8) for _ in range(3))
         for i in range(n):
             img = 60 + rng.normal(0, np.sqrt(60 + 25), (S, S))
             for _ in range(2):
                 y, x = rng.uniform(10, S - 10, 2)
-                img += 3000 / (2 * np.pi * 1.2 ** 2) * np.exp(-((yy - y) ** 2 + (xx - x) ** 2) / 2.88)
+                star = 3000 / (2 * np.pi * 1.2 ** 2) * np.exp(-((yy - y) ** 2 + (xx - x) ** 2) / 2.88)
+                img += star
+                clean[i] += star.astype(np.float32)
             for _ in range(6):
                 y, x = rng.integers(2, S - 3, 2)
                 amp = rng.uniform(100, 1500)
@@ -223,6 +229,8 @@ def _write_eval_h5(path: Path, seed: int = 0) -> Path:
         meta["exposure"] = [f"j0000{i:02d}q" for i in range(n)]
         meta["cr_fraction"] = cr.reshape(n, -1).mean(1)
         splits[split] = {"image": image, "cr": cr, "ignore": ignore, "truth": truth, "meta": meta}
+        if noiseless:
+            splits[split]["noiseless"] = clean
     return write_arrays(path, splits, manifest_name="tiny", instruments=["ACS/WFC"])
 
 
@@ -291,6 +299,28 @@ def test_evaluate_run_writes_json_report_and_plot(tiny_run, tmp_path):
     assert "Table 1" in report and "Table 2" in report and "LACosmic" in report
     assert (tmp_path / "roc.png").stat().st_size > 10_000
     assert doc["mask"]["crforge"]["tpr"]["all"] == saved["mask"]["crforge"]["tpr"]["all"]
+
+
+def test_inpaint_scored_against_the_noiseless_pixels_with_the_noise_floor(tiny_run, tmp_path):
+    """Schema v2: every fill's MSE against the noiseless pixels beside the observed one and its floor."""
+    data_v1, run_dir = tiny_run
+    data = _write_eval_h5(tmp_path / "v2.h5", noiseless=True)
+    doc = evaluate_run(run_dir, data, _cfg(baselines=("median5", "biharmonic"), photometry=False), tmp_path / "e")
+    floor = doc["inpaint_noise_floor"]
+    # the floor is the pixels' noise variance: (60 + 25) e- in (100 e-)^2
+    assert floor["all"] == pytest.approx(85 / 100 ** 2, rel=0.1)
+    for m in ("crforge", "median5", "biharmonic"):
+        r = doc["inpaint"][m]
+        for f in ("all",) + FIELD_TYPES:
+            assert r["mse_truth"][f] > 0 and r["mse"][f] > floor[f] * 0.8
+        # observed = noiseless + noise: the errors against the two differ by about the floor
+        assert r["mse"]["all"] == pytest.approx(r["mse_truth"]["all"] + floor["all"], rel=0.25)
+    report = (tmp_path / "e" / "report.md").read_text()
+    assert "Against the noiseless pixels" in report and "| noise floor |" in report
+    # a version-1 file (no noiseless pixels): the observed MSE alone, as before
+    old = evaluate_run(run_dir, data_v1, _cfg(baselines=("median5",), photometry=False), tmp_path / "o")
+    assert "inpaint_noise_floor" not in old and "mse_truth" not in old["inpaint"]["crforge"]
+    assert "Against the noiseless pixels" not in (tmp_path / "o" / "report.md").read_text()
 
 
 def test_evaluate_is_deterministic(tiny_run, tmp_path):

@@ -105,7 +105,7 @@ def test_valid_file_has_no_problems(h5file):
 def test_summary_figures(h5file):
     s = summarise(h5file, block=2)
     json.dumps(s)  # serialisable
-    assert s["schema_version"] == 1 and s["stamp_size"] == S
+    assert s["schema_version"] == 2 and s["stamp_size"] == S
     assert s["failed_visits"] == [{"visit": "v9", "reason": "no EXPTIME"}]
     sp = s["splits"]
     assert {k: sp[k]["stamps"] for k in sp} == {"train": 3, "val": 1, "test": 2}
@@ -198,8 +198,62 @@ def _one(problems, *needles):
 
 def test_wrong_schema_version(h5file):
     with h5py.File(h5file, "a") as f:
-        f.attrs["schema_version"] = 2
-    _one(validate(h5file), "schema_version", "expected 1")
+        f.attrs["schema_version"] = 3
+    _one(validate(h5file), "schema_version", "expected one of (1, 2)")
+
+
+def _with_noiseless(path, edit=None):
+    """Add ``noiseless`` to every split of a file (``edit(split, array)`` may spoil it)."""
+    with h5py.File(path, "a") as f:
+        for split in STAMPS:
+            n = f[split]["image"].shape[0]
+            a = np.full((n, S, S), 40.0, np.float32)
+            if edit is not None:
+                a = edit(split, a)
+            if a is not None:
+                f[split].create_dataset("noiseless", data=a, chunks=(1, S, S))
+    return path
+
+
+def test_schema_v2_noiseless_is_valid_and_read(h5file):
+    from crforge.pipeline.datafile.reader import split_info
+
+    assert not split_info(h5file, "train").has_noiseless
+    _with_noiseless(h5file)
+    assert validate(h5file) == []
+    assert split_info(h5file, "train").has_noiseless
+
+
+def test_schema_v1_file_is_still_valid_and_read(h5file):
+    """A version-1 file (no ``noiseless``) opens and validates; noiseless in v1 is refused."""
+    from crforge.pipeline.datafile.reader import split_info
+
+    with h5py.File(h5file, "a") as f:
+        f.attrs["schema_version"] = 1
+    assert validate(h5file) == []
+    info = split_info(h5file, "train")
+    assert info.n == 3 and info.has_truth and not info.has_noiseless
+    _with_noiseless(h5file)
+    _one(validate(h5file), "/train/noiseless", "schema_version 1")
+
+
+def test_noiseless_problems_are_named(h5file):
+    def spoil(split, a):
+        if split == "val":
+            return None  # missing in one split
+        if split == "train":
+            a[1, 2, 3] = np.nan  # not finite where ignore == 0
+        return a
+
+    _with_noiseless(h5file, spoil)
+    probs = validate(h5file)
+    _one(probs, "/val/noiseless missing", "expected noiseless in all splits")
+    _one(probs, "/train/noiseless", "finite values wherever ignore == 0")
+
+
+def test_noiseless_without_truth_is_refused(tmp_path):
+    path = _with_noiseless(write_file(tmp_path / "nt.h5", truth=False))
+    _one(validate(path), "/train/noiseless present without /train/truth")
 
 
 def test_missing_attribute_and_bad_json(h5file):

@@ -48,11 +48,16 @@ def _stamps(n: int, rng: np.random.Generator, sky: float = 40.0) -> dict:
     image = np.empty((n, S, S), np.float32)
     cr = np.zeros((n, S, S), np.uint8)
     ignore = np.zeros((n, S, S), np.uint8)
+    noiseless = np.empty((n, S, S), np.float32)
     for i in range(n):
         img = sky + rng.normal(0, np.sqrt(sky), (S, S))
+        clean = np.full((S, S), sky)
         for _ in range(3):  # stars: smooth, unlike CRs
             y, x, f = rng.uniform(5, S - 5), rng.uniform(5, S - 5), rng.uniform(500, 5000)
-            img += f / (2 * np.pi * 1.5 ** 2) * np.exp(-((yy - y) ** 2 + (xx - x) ** 2) / (2 * 1.5 ** 2))
+            star = f / (2 * np.pi * 1.5 ** 2) * np.exp(-((yy - y) ** 2 + (xx - x) ** 2) / (2 * 1.5 ** 2))
+            img += star
+            clean += star
+        noiseless[i] = clean
         for _ in range(int(rng.integers(4, 9))):  # CRs: sharp, a pixel or a short track
             y, x = rng.integers(2, S - 2, 2)
             length = int(rng.integers(1, 4))
@@ -67,15 +72,23 @@ def _stamps(n: int, rng: np.random.Generator, sky: float = 40.0) -> dict:
         ignore[i, hy, hx] = 1
         img[hy, hx] += 5000.0  # a hot pixel: looks like a CR, carries no label
         image[i] = img
-    return {"image": image, "cr": cr, "ignore": ignore}
+    return {"image": image, "cr": cr, "ignore": ignore, "noiseless": noiseless}
 
 
-def write_h5(path: Path, n_train: int = 12, n_val: int = 4, seed: int = 0, edit=None) -> Path:
-    """A valid training set of ``S x S`` stamps (the real writer); ``edit(split, arrays)`` may change arrays."""
+def write_h5(path: Path, n_train: int = 12, n_val: int = 4, seed: int = 0, edit=None,
+             noiseless: bool = False) -> Path:
+    """A valid training set of ``S x S`` stamps (the real writer); ``edit(split, arrays)`` may change arrays.
+
+    With ``noiseless``, a simulated set of schema v2 (``truth`` and ``noiseless``).
+    """
     rng = np.random.default_rng(seed)
     splits = {}
     for split, n in (("train", n_train), ("val", n_val), ("test", 0)):
         arrays = _stamps(n, rng)
+        if noiseless:
+            arrays["truth"] = arrays["cr"].copy()
+        else:
+            del arrays["noiseless"]
         if edit is not None:
             edit(split, arrays)
         meta = np.zeros(n, META_DTYPE)

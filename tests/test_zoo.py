@@ -327,16 +327,53 @@ def test_tiled_equals_untiled(depth):
     assert seams > 1e-3 and seams > 100 * np.abs(tiled - whole).max()
 
 
+def _random_inpaint_weights(path: Path, depth: int) -> Path:
+    """A residual inpaint network with a non-zero correction and batch-norm statistics."""
+    torch.manual_seed(depth)
+    net = build_model("inpaint", depth, 4, fill="median5").eval()
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.3, 0.3)
+                m.running_var.uniform_(0.5, 2.0)
+        net.unet.outc.weight.normal_(0.0, 0.3)  # the correction starts at zero: make it show
+    checkpoint.write_weights(path, checkpoint.Checkpoint(
+        kind="inpaint", model_config={"depth": depth, "width": 4, "batch_norm": True, "bn_momentum": 0.1,
+                                      "fill": "median5"},
+        state_dict=net.state_dict(), normalisation={"scale": 100.0, "bunit": "ELECTRONS", "fill_ignored": True}))
+    return path
+
+
+def test_inpaint_tiled_equals_untiled():
+    """Many tiles fill a frame exactly as one (the fill's reach is in the overlap), seams show without."""
+    depth = 2
+    path = _random_inpaint_weights(Path("inp.pt"), depth)
+    rng = np.random.default_rng(depth)
+    img, cr = _image((241, 389), rng, n_cr=200)
+    cr[100:112, 150:190] = True  # a blob wider than the 5x5 window: the fill's larger windows
+    m = deepcr_models.load(path)
+    assert m.reach > receptive_radius(depth)
+    (hp, wp), wins, _ = tile_windows(img.shape, 128, m.reach, depth)
+    assert len(wins) >= 12
+    whole = deepcr_models.inpaint(img, cr, path, tile=1024)
+    tiled = deepcr_models.inpaint(img, cr, path, tile=128, batch_size=3)
+    assert np.array_equal(whole[~cr], img[~cr])
+    assert np.abs(tiled - whole).max() < 1e-3  # electrons: float rounding of values ~300-5000
+    seams = np.abs(deepcr_models.inpaint(img, cr, path, tile=128, overlap=0) - whole)
+    assert seams.max() > 1.0  # without overlap they do show: the test can see them
+
+
 def test_clean_api_units_inpaint_and_errors(zoo):
     rng = np.random.default_rng(5)
     img, cr = _image((200, 260), rng, sky=40.0, n_cr=30)
-    mask, cleaned = deepcr_models.clean(img, mask_model="tiny", inpaint_model="tiny", zoo=zoo, tile=96)
+    # tiles of 128: the inpaint network's tiles overlap by its fill's reach too (50 pixels)
+    mask, cleaned = deepcr_models.clean(img, mask_model="tiny", inpaint_model="tiny", zoo=zoo, tile=128)
     assert mask.dtype == bool and mask.shape == img.shape and cleaned.dtype == np.float32
     p = mask_probability(img, "tiny", zoo=zoo)
     assert np.array_equal(mask, p > THRESHOLD)  # the record's threshold by default
     assert np.array_equal(cleaned[~mask], img[~mask])  # only masked pixels change
     # the same frame in electrons/s gives the same mask and the cleaned image / EXPTIME
-    m2, c2 = deepcr_models.clean(img / 500.0, "tiny", "tiny", zoo=zoo, tile=96, bunit="ELECTRONS/S",
+    m2, c2 = deepcr_models.clean(img / 500.0, "tiny", "tiny", zoo=zoo, tile=128, bunit="ELECTRONS/S",
                                  exptime=500.0)
     assert (m2 == mask).mean() > 0.9999
     both = m2 & mask
@@ -389,7 +426,7 @@ def test_clean_fits_multichip(zoo, tmp_path, capsys):
         threshold = float(np.quantile(mask_probability(h["SCI", 1].data, "tiny", zoo=zoo), 0.99))
     out = tmp_path / "out.fits"
     rc = cli.main(["clean", str(flc), "--model", "tiny", "--zoo", str(zoo), "--output", str(out),
-                   "--inpaint", "--threshold", str(threshold), "--tile", "64"])
+                   "--inpaint", "--threshold", str(threshold), "--tile", "128"])
     assert rc == 0, capsys.readouterr().err
     assert "SCI,1:" in capsys.readouterr().out
     assert _sha(flc) == before  # the input is untouched

@@ -225,8 +225,9 @@ def build_model(checkpoint: Checkpoint, *, device: str | torch.device = "cpu") -
         The state dict does not fit the architecture the file records.
     """
     mc = checkpoint.model_config
+    # a model_config without "fill" is of the first inpaint design (no base fill)
     net = models.build_model(checkpoint.kind, int(mc["depth"]), int(mc["width"]), bool(mc["batch_norm"]),
-                             float(mc["bn_momentum"]))
+                             float(mc["bn_momentum"]), fill=str(mc.get("fill", "none")))
     try:
         net.load_state_dict(checkpoint.state_dict)
     except RuntimeError as exc:

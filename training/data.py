@@ -1,4 +1,4 @@
-"""Stamps from the HDF5 training set (schema v1) as a torch Dataset, with augmentation.
+"""Stamps from the HDF5 training set (schema v1 or v2) as a torch Dataset, with augmentation.
 
 Reading
     :class:`StampDataset` reads one stamp (and, for inpainting, the CR masks it
@@ -40,9 +40,11 @@ Inpainting masks (deepCR eq. 2)
     borrowed from other stamps of the same split that have CRs (each borrowed mask
     independently flipped/rotated when geometric augmentation is on; CR labels on a
     donor's ignored pixels are left out, as everywhere: an ignored pixel has no
-    label). The loss is
-    taken only under that mask and outside the stamp's own CR and ignored pixels
-    (``loss_mask``), where the true pixel value is known.
+    label). The loss is taken only under that mask and outside the stamp's ignored
+    pixels (``loss_mask``). Its target (``target``) is the noiseless pixel (sky +
+    source model) where the data set has it (simulated, schema v2): known under the
+    stamp's own CRs too, and free of the noise no network can predict; otherwise the
+    observed pixel, and then the stamp's own CR pixels are left out of ``loss_mask``.
 
 Determinism
     Every random choice of item ``i`` comes from ``numpy.random.default_rng([seed,
@@ -145,7 +147,7 @@ class StampDataset(Dataset):
     Parameters
     ----------
     path : str or path-like
-        The HDF5 file (schema v1).
+        The HDF5 file (schema v1 or v2).
     split : {'train', 'val', 'test'}
         The split to read.
     kind : {'mask', 'inpaint'}
@@ -174,7 +176,9 @@ class StampDataset(Dataset):
     An item is a dict of tensors: ``image`` ``[1,S,S]`` float32 normalised, ``cr``
     ``[1,S,S]`` float32 (1 = CR; never on an ignored pixel), ``weight`` ``[1,S,S]`` float32 (0 where ignored,
     else 1), ``index`` (int) and, for inpaint, ``mask`` (the borrowed CR masks) and
-    ``loss_mask`` (``mask`` and not own CR and not ignored), both float32. ``S`` is
+    ``loss_mask`` (``mask`` and not ignored, and not own CR unless the target is
+    noiseless), both float32, and ``target`` (the normalised noiseless pixels) where
+    the file has them. ``S`` is
     the file's ``stamp_size``.
     """
 
@@ -210,6 +214,8 @@ class StampDataset(Dataset):
         self.sky = np.nan_to_num(info.column("sky", 0.0).astype(np.float64))
         self.exptime = info.column("exptime", 1.0).astype(np.float64)
         self.field_types = info.column("field_type", "unknown").astype(str)
+        # inpaint targets: the noiseless pixels where the file has them
+        self._noiseless = kind == "inpaint" and info.has_noiseless
         crf = info.column("cr_fraction", 1.0)
         # inpaint masks are borrowed only from stamps with CRs (an empty one adds nothing)
         self._donors = np.flatnonzero(crf > 0)
@@ -294,18 +300,21 @@ class StampDataset(Dataset):
             if aug.sky_noise and f > 0 and sky > 0:
                 var = f * sky / (self.exptime[index] if self._per_second else 1.0)
                 image += rng.normal(0.0, np.sqrt(var), image.shape).astype(np.float32)
-        if self.normalisation["keep_sky"]:
-            x = network_input(image, level, self.normalisation, ignore)
-        else:  # the recorded sky is subtracted: the network sees the augmented offsets too
-            x = network_input(image, sky, self.normalisation, ignore)
+        ref = level if self.normalisation["keep_sky"] else sky
+        # the recorded sky is subtracted: the network sees the augmented offsets too
+        x = network_input(image, ref, self.normalisation, ignore)
         k, flip = self._geometry(rng)
         arrays = {"image": x, "cr": cr, "weight": ~ignore & ~faint}
+        if self._noiseless:
+            clean = self._reader.read("noiseless", index).astype(np.float32) + np.float32(level - sky)
+            arrays["target"] = network_input(clean, ref, self.normalisation)
         if self.kind == "inpaint":
             # drawn after the stamp's own geometry, in its final orientation
             mask = self._borrowed_mask(index, rng)
             arrays = {k_: self._apply(v, k, flip) for k_, v in arrays.items()}
             arrays["mask"] = mask
-            arrays["loss_mask"] = mask & ~arrays["cr"] & arrays["weight"]
+            own = np.zeros_like(mask) if self._noiseless else arrays["cr"]
+            arrays["loss_mask"] = mask & ~own & arrays["weight"]
         else:
             arrays = {k_: self._apply(v, k, flip) for k_, v in arrays.items()}
         item = {name: torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))[None]

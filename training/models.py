@@ -10,10 +10,17 @@ of the first level (doubled at every level down), so the paper's models are
 - :class:`MaskNet`: one channel in (the normalised image, see
   :func:`crforge.training.data.normalise`), one channel of logits out; :meth:`MaskNet.predict`
   applies the sigmoid and gives the CR probability.
-- :class:`InpaintNet`: image and mask in (the masked pixels are zeroed before the
-  network sees them, and the mask is a second input channel), pixels out;
-  :meth:`InpaintNet.inpaint` keeps the unmasked pixels and takes the network's only
-  under the mask.
+- :class:`InpaintNet`: image and mask in, pixels out; :meth:`InpaintNet.inpaint`
+  keeps the unmasked pixels and takes the network's only under the mask. With
+  ``fill='median5'`` (the default) it is residual: the masked pixels are first filled
+  by the 5x5 masked median (:func:`crforge.training.torchfill.masked_median_fill`), the
+  UNet sees that filled image, its harmonic smoothing
+  (:func:`crforge.training.torchfill.harmonic_fill`: what follows a star's profile) and
+  the mask, and its outputs, the weight of the harmonic smoothing against the median
+  and a correction added to that blend, start at exactly zero (its last layer is zero-initialised), so an untrained
+  network is the masked median and training can only move it from there. With
+  ``fill='none'`` (crforge's first inpaint models) the masked pixels are zeroed and
+  the UNet's output is the prediction itself.
 """
 
 from __future__ import annotations
@@ -26,7 +33,7 @@ import torch
 from torch import nn
 
 from crforge.errors import InputError
-from crforge.training.config import KINDS
+from crforge.training.config import INPAINT_FILLS, KINDS, ModelConfig
 
 logger = logging.getLogger(__name__)
 
@@ -151,14 +158,39 @@ class InpaintNet(nn.Module):
     ----------
     depth, width, batch_norm, bn_momentum
         As :class:`UNet`.
+    fill : {'median5', 'none'}
+        The classical fill the network corrects (``none``: no base, the masked pixels
+        zeroed; the design of crforge's first inpaint models).
     """
 
     kind = "inpaint"
+    #: Normalised units in which the residual network's inputs are compressed and its
+    #: correction is measured: about the sky noise of an ACS/WFC exposure (10 e- / 100 e-).
+    INPUT_SOFTENING = 0.1
 
     def __init__(self, depth: int = 2, width: int = 32, batch_norm: bool = True,
-                 bn_momentum: float = 0.1) -> None:
+                 bn_momentum: float = 0.1, fill: str = ModelConfig.fill) -> None:
         super().__init__()
-        self.unet = UNet(2, 1, depth, width, batch_norm, bn_momentum)
+        if fill not in INPAINT_FILLS:
+            raise InputError(f"fill={fill!r}: expected one of {INPAINT_FILLS}")
+        self.fill = fill
+        # residual: the median-filled image, its harmonic smoothing and the mask in; out a
+        # correction and the weight of the harmonic smoothing against the median
+        residual = fill != "none"
+        self.unet = UNet(3 if residual else 2, 2 if residual else 1, depth, width, batch_norm, bn_momentum)
+        if fill != "none":
+            # the correction starts at zero: the untrained network is the classical fill
+            with torch.no_grad():
+                self.unet.outc.weight.zero_()
+                self.unet.outc.bias.zero_()
+
+    def base(self, image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """The image with the masked pixels filled classically (zeroed for ``fill='none'``)."""
+        if self.fill == "none":
+            return image * (1 - mask)
+        from crforge.training.torchfill import masked_median_fill
+
+        return masked_median_fill(image, mask)
 
     def forward(self, image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Predicted pixels ``[B, 1, H, W]``.
@@ -169,14 +201,30 @@ class InpaintNet(nn.Module):
             Normalised image ``[B, 1, H, W]``.
         mask : torch.Tensor
             ``[B, 1, H, W]``, 1 where the pixel is to be replaced. The pixels under
-            the mask are zeroed before the network sees them, so that whatever they
-            held (a CR) cannot leak into the prediction.
+            the mask are replaced by the base fill (zeros for ``fill='none'``) before
+            the network sees them, so that whatever they held (a CR) cannot leak
+            into the prediction.
         """
         if image.shape != mask.shape:
             raise InputError(f"mask: shape {tuple(mask.shape)} differs from image "
                              f"{tuple(image.shape)}")
         mask = mask.to(image.dtype)
-        return self.unet(torch.cat([image * (1 - mask), mask], dim=1))
+        base = self.base(image, mask)
+        if self.fill == "none":
+            return self.unet(torch.cat([base, mask], dim=1))
+        from crforge.training.torchfill import harmonic_fill
+
+        smooth = harmonic_fill(base, mask)
+        # the UNet sees the fills compressed (asinh: linear within the noise, logarithmic
+        # on stars), so a bright star cannot swamp its batch-norm statistics
+        k = self.INPUT_SOFTENING
+        out = self.unet(torch.cat([torch.asinh(base / k), torch.asinh(smooth / k), mask], dim=1))
+        # the weight of the harmonic fill and a correction in units of where the two fills
+        # disagree (plus the sky noise): both start at zero, so the untrained network is
+        # the masked median exactly, and on flat sky no step can move it far
+        # (bounded by tanh: a network early in training cannot throw a star's fill far off)
+        diff = smooth - base
+        return base + torch.tanh(out[:, 1:2]) * diff + torch.tanh(out[:, :1]) * (diff.abs() + k)
 
     @torch.no_grad()
     def inpaint(self, image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -186,7 +234,8 @@ class InpaintNet(nn.Module):
 
 
 def build_model(kind: Literal["mask", "inpaint"], depth: int = 2, width: int = 32,
-                batch_norm: bool = True, bn_momentum: float = 0.1) -> MaskNet | InpaintNet:
+                batch_norm: bool = True, bn_momentum: float = 0.1, *,
+                fill: str = ModelConfig.fill) -> MaskNet | InpaintNet:
     """Build a mask or inpaint network.
 
     Parameters
@@ -195,6 +244,8 @@ def build_model(kind: Literal["mask", "inpaint"], depth: int = 2, width: int = 3
         Which network.
     depth, width, batch_norm, bn_momentum
         As :class:`UNet` (the paper's models: depth 2 width 4, 2-32, 3-32).
+    fill : {'median5', 'none'}
+        The inpaint network's base fill (:class:`InpaintNet`); ignored for ``mask``.
 
     Returns
     -------
@@ -205,7 +256,7 @@ def build_model(kind: Literal["mask", "inpaint"], depth: int = 2, width: int = 3
     if kind == "mask":
         return MaskNet(depth, width, batch_norm, bn_momentum)
     if kind == "inpaint":
-        return InpaintNet(depth, width, batch_norm, bn_momentum)
+        return InpaintNet(depth, width, batch_norm, bn_momentum, fill=fill)
     raise InputError(f"kind={kind!r}: expected one of {KINDS}")
 
 

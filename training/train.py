@@ -13,10 +13,16 @@ Losses
     mask: binary cross-entropy on the logits, weighted by ``weight`` (0 on ignored
     pixels, which therefore contribute neither loss nor gradient), divided by the sum
     of the weights. inpaint: squared error under ``loss_mask`` (the borrowed CR masks
-    minus the stamp's own CRs and ignored pixels, deepCR eq. 2), divided by its sum.
-    The inpaint network's input mask is the borrowed mask together with the stamp's
-    own CRs, so that it never sees CR charge, as at inference where every CR is
-    masked.
+    minus ignored pixels and, against observed values, the stamp's own CRs; deepCR
+    eq. 2) against ``target`` (the noiseless pixels of a simulated data set, else the
+    observed ones). ``inpaint_loss='relative'`` (default) divides each stamp's squared
+    error by that of the network's base fill (the masked median) on the same pixels
+    and averages over stamps, so that a flat-sky stamp, where the fill is already
+    close, weighs as much as a crowded one, where its errors are 10^4 times larger
+    (plain MSE over the batch, ``'mse'``, is all crowded fields: the network then
+    learnt to add noise to flat sky). The inpaint network's input mask is the
+    borrowed mask together with the stamp's own CRs, so that it never sees CR charge,
+    as at inference where every CR is masked. Validation reports the plain MSE.
 
 Schedule
     Adam; the learning rate is ``lr`` times a per-epoch factor: ``constant``,
@@ -76,7 +82,7 @@ from crforge.training.models import build_model
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["train_one_epoch", "evaluate", "main", "mask_loss", "inpaint_loss", "batch_loss",
+__all__ = ["train_one_epoch", "evaluate", "main", "mask_loss", "inpaint_loss", "relative_inpaint_loss", "batch_loss",
            "lr_factor", "cpu_bf16_enabled"]
 
 # config keys that may differ when resuming: they do not change the numbers
@@ -144,8 +150,34 @@ def inpaint_loss(pred: torch.Tensor, target: torch.Tensor, loss_mask: torch.Tens
     return total / count.clamp_min(1.0)
 
 
-def batch_loss(model: nn.Module, batch: dict, kind: str, reduction: Literal["mean", "sum"] = "mean"):
+def relative_inpaint_loss(pred: torch.Tensor, base: torch.Tensor, target: torch.Tensor,
+                          loss_mask: torch.Tensor, eps: float = 1e-4) -> torch.Tensor:
+    """Mean over stamps of the squared error under ``loss_mask`` relative to ``base``'s.
+
+    ``sum((pred - target)^2) / (sum((base - target)^2) + eps * n)`` per stamp (``n`` its
+    masked pixels; ``eps`` in normalised units squared keeps a perfect base finite),
+    averaged over the stamps with masked pixels: 1 for the base fill itself.
+    """
+    inside = loss_mask > 0
+    zero = torch.zeros_like(pred, dtype=torch.float32)
+    err = torch.where(inside, pred.float() - target.float(), zero)
+    ref = torch.where(inside, base.float() - target.float(), zero)
+    dims = tuple(range(1, pred.dim()))
+    n = inside.sum(dim=dims).to(torch.float32)
+    se, se_base = (err * err).sum(dim=dims), (ref * ref).sum(dim=dims) + eps * n
+    ratio = se / se_base.clamp_min(1e-12)
+    has = n > 0
+    per_stamp = (ratio * has).sum() / has.sum().clamp_min(1)
+    # the batch's error relative to the base's: the MSE, made 1 at the start (crowded stamps lead it)
+    return per_stamp + se.sum() / se_base.sum().clamp_min(1e-12)
+
+
+def batch_loss(model: nn.Module, batch: dict, kind: str, reduction: Literal["mean", "sum"] = "mean",
+               *, relative: bool = False):
     """Run ``model`` on a collated batch (already on the device) and return its loss.
+
+    ``relative`` (inpaint, ``reduction='mean'``): :func:`relative_inpaint_loss` against
+    the network's base fill instead of the MSE.
 
     Returns
     -------
@@ -160,7 +192,13 @@ def batch_loss(model: nn.Module, batch: dict, kind: str, reduction: Literal["mea
         # hide the stamp's own CRs from the input too (at inference all CRs are masked)
         mask_in = torch.maximum(batch["mask"], batch["cr"])
         out = model(batch["image"], mask_in)
-        loss = inpaint_loss(out, batch["image"], batch["loss_mask"], reduction)
+        # the noiseless pixels where the data set has them (simulated), else the observed
+        target = batch.get("target", batch["image"])
+        if relative and reduction == "mean":
+            base = ddp.unwrap(model).base(batch["image"], mask_in)
+            loss = relative_inpaint_loss(out, base, target, batch["loss_mask"])
+        else:
+            loss = inpaint_loss(out, target, batch["loss_mask"], reduction)
     else:
         raise InputError(f"kind={kind!r}: expected 'mask' or 'inpaint'")
     return (*loss, out) if reduction == "sum" else loss
@@ -182,6 +220,8 @@ def lr_factor(epoch: int, cfg: TrainConfig) -> float:
         raise InputError(f"train.schedule={cfg.schedule!r}: expected constant, step or cosine")
     if cfg.freeze_epoch() and epoch >= cfg.freeze_epoch():
         f *= cfg.bn_freeze_lr_factor
+    if cfg.kind == "inpaint" and cfg.model.fill != "none":
+        f *= cfg.inpaint_lr_factor
     return f
 
 
@@ -225,9 +265,14 @@ def _train_step(model: nn.Module, batch: dict, optimizer: torch.optim.Optimizer,
     """One optimizer step on one batch; the batch's loss."""
     optimizer.zero_grad(set_to_none=True)
     with torch.autocast(device.type, dtype=autocast[1], enabled=autocast[0]):
-        total, count, _ = batch_loss(model, batch, cfg.kind, reduction="sum")
-    # with several processes: this rank's share of the global batch's mean (distributed.py)
-    loss, value = ddp.global_mean(total, count)
+        if cfg.kind == "inpaint" and cfg.inpaint_loss == "relative":
+            loss = batch_loss(model, batch, cfg.kind, relative=True)
+            # not a sum over pixels: with several processes, the mean of the ranks' losses
+            value = ddp.all_sum(loss.detach()) / ddp.current().size
+        else:
+            total, count, _ = batch_loss(model, batch, cfg.kind, reduction="sum")
+            # with several processes: this rank's share of the global batch's mean (distributed.py)
+            loss, value = ddp.global_mean(total, count)
     scaler.scale(loss).backward()
     if cfg.clip_grad_norm:
         # a batch of bright stars can give the inpaint loss a spike that undoes
@@ -321,7 +366,7 @@ class _Figures:
                 self.labels.setdefault(ft, []).append((batch["cr"][j, 0][keep] > 0).cpu().numpy())
             else:
                 lm = batch["loss_mask"][j, 0] > 0
-                d = (out[j, 0].float() - batch["image"][j, 0])[lm]
+                d = (out[j, 0].float() - batch.get("target", batch["image"])[j, 0])[lm]
                 acc = self.sq.setdefault(ft, [0.0, 0.0])
                 acc[0] += float((d * d).sum())
                 acc[1] += float(lm.sum())
@@ -595,7 +640,8 @@ def _initial_weights(model: nn.Module, init: str | os.PathLike, cfg: TrainConfig
         return
     src = checkpoint.read(init)
     mc = cfg.model
-    if src.kind != cfg.kind or any(src.model_config[k] != getattr(mc, k) for k in ("depth", "width", "batch_norm")):
+    if src.kind != cfg.kind or any(src.model_config[k] != getattr(mc, k) for k in ("depth", "width", "batch_norm")) \
+            or (cfg.kind == "inpaint" and src.model_config.get("fill", "none") != mc.fill):
         raise InputError(f"init={str(init)!r}: a {src.kind} model {src.model_config} "
                          f"cannot start a {cfg.kind} model {asdict(mc)}")
     model.load_state_dict(src.state_dict)
@@ -607,7 +653,7 @@ def _new_model(cfg: TrainConfig, device: torch.device, init: str | os.PathLike |
     np.random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
     mc = cfg.model
-    model = build_model(cfg.kind, mc.depth, mc.width, mc.batch_norm, mc.bn_momentum)
+    model = build_model(cfg.kind, mc.depth, mc.width, mc.batch_norm, mc.bn_momentum, fill=mc.fill)
     if init is not None:
         _initial_weights(model, init, cfg)
     model.to(device)
@@ -750,7 +796,7 @@ def main(cfg: TrainConfig, data: str | os.PathLike, out_dir: str | os.PathLike, 
     cfg : TrainConfig
         The resolved configuration.
     data : str or path-like
-        The HDF5 training set (schema v1).
+        The HDF5 training set (schema v1 or v2).
     out_dir : str or path-like
         The run directory (created).
     resume : bool

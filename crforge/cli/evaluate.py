@@ -19,7 +19,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``crforge evaluate``."""
     parser.add_argument("--run", type=Path, required=True,
                         help="run directory (runs/<name>, holding mask/ and inpaint/)")
-    parser.add_argument("--data", type=Path, required=True, help="HDF5 data set (schema v1)")
+    parser.add_argument("--data", type=Path, required=True, help="HDF5 data set (schema v1 or v2)")
     parser.add_argument("--split", choices=SPLITS, help="split to evaluate (default: evaluate.split, test)")
     parser.add_argument("--out", type=Path, help="output directory (default: the run directory)")
     parser.add_argument("--no-baselines", action="store_true", help="evaluate crforge's models only")

@@ -17,7 +17,7 @@ SECTION = "train"
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``crforge train`` (the same under ``torchrun``, see docs/training.md)."""
-    parser.add_argument("--data", type=Path, required=True, help="HDF5 training set (schema v1)")
+    parser.add_argument("--data", type=Path, required=True, help="HDF5 training set (schema v1 or v2)")
     parser.add_argument("--runs", type=Path, default=Path("runs"), help="runs directory (default: runs)")
     parser.add_argument("--kind", choices=("mask", "inpaint", "both"), default="both",
                         help="which network: mask, inpaint, or both one after the other (default)")

@@ -116,6 +116,8 @@ class SplitInfo:
     has_truth : bool
     meta : numpy.ndarray
         The ``meta`` table (one row per stamp).
+    has_noiseless : bool
+        The split carries ``noiseless`` (simulated, schema version 2).
     """
 
     path: Path
@@ -125,6 +127,7 @@ class SplitInfo:
     bunit: str
     has_truth: bool
     meta: np.ndarray
+    has_noiseless: bool = False
 
     def column(self, name: str, default: Any = None) -> np.ndarray:
         """A ``meta`` column (byte strings decoded), or ``default`` repeated when absent."""
@@ -152,11 +155,11 @@ def split_info(path: str | os.PathLike, split: str) -> SplitInfo:
         raise InputError(f"split={split!r}: expected one of {SPLITS}")
     with h5py.File(p, "r") as h5:
         if split not in h5:
-            raise InputError(f"{p}: no split {split!r} (not an HDF5 training set of schema v1?)")
+            raise InputError(f"{p}: no split {split!r} (not an HDF5 training set of schema v1 or v2?)")
         g = h5[split]
         for name in _PIXELS + ("meta",):
             if name not in g:
-                raise InputError(f"{p}: /{split}/{name} missing (schema v1)")
+                raise InputError(f"{p}: /{split}/{name} missing (schema v1 and v2 have it)")
         shape = g["image"].shape
         size = int(h5.attrs.get("stamp_size", shape[-1]))
         if shape[1:] != (size, size):
@@ -164,10 +167,10 @@ def split_info(path: str | os.PathLike, split: str) -> SplitInfo:
                              f"stamp_size={size}")
         meta = g["meta"][()]
         bunit = text(g["image"].attrs.get("BUNIT", "ELECTRONS")) or "ELECTRONS"
-        has_truth = "truth" in g
+        has_truth, has_noiseless = "truth" in g, "noiseless" in g
     if len(meta) != shape[0]:
         raise InputError(f"{p}: /{split}/meta has {len(meta)} rows for {shape[0]} stamps")
-    return SplitInfo(p, split, int(shape[0]), size, bunit, has_truth, meta)
+    return SplitInfo(p, split, int(shape[0]), size, bunit, has_truth, meta, has_noiseless)
 
 
 class StampReader:
@@ -196,7 +199,7 @@ class StampReader:
         return self._h5[self.split]
 
     def read(self, name: str, index: int) -> np.ndarray:
-        """Stamp ``index`` of dataset ``name`` (``image``, ``cr``, ``ignore``, ``truth``)."""
+        """Stamp ``index`` of dataset ``name`` (``image``, ``cr``, ``ignore``, ``truth``, ``noiseless``)."""
         try:
             return self._group()[name][int(index)]
         except (OSError, RuntimeError) as exc:  # a damaged chunk: name it

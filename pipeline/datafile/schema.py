@@ -1,8 +1,8 @@
-"""The layout of the HDF5 training set, version 1: one place for every name and dtype.
+"""The layout of the HDF5 training set, version 2: one place for every name and dtype.
 
 ::
 
-    /                      attrs: schema_version=1, created_utc, crforge_version,
+    /                      attrs: schema_version=2, created_utc, crforge_version,
                                   manifest_name, manifest_sha256, config (JSON),
                                   software (JSON), stamp_size, instruments (JSON list),
                                   failed_visits (JSON list of {"visit", "reason"})
@@ -15,7 +15,12 @@
                                 bit 4 no data / no other exposure covers the pixel
        truth   uint8   [N,S,S]  simulated visits only: 0 no injected CR, else 1 + the
                                 pixel's signal-to-noise bin (<3, 3-5, 5-10, >10 sigma)
+       noiseless float32 [N,S,S] simulated visits only (version 2): the pixel's value
+                                without noise and cosmic rays (sky + source model), image unit
        meta    compound [N]     one row per stamp (:data:`META_DTYPE`)
+
+Version 2 added ``noiseless``; version-1 files (no ``noiseless``) are still read
+(:data:`READABLE_VERSIONS`).
 
 Every stamp of a field (visits grouped by sky overlap) is in one split.  The writer
 (:mod:`crforge.pipeline.datafile.writer`), the reader
@@ -30,10 +35,12 @@ import numpy as np
 
 from crforge.pipeline.names import SPLITS
 
-__all__ = ["SCHEMA_VERSION", "SPLITS", "STAMP_SIZE", "ROOT_ATTRS", "META_DTYPE", "FIELDS_DTYPE",
+__all__ = ["SCHEMA_VERSION", "READABLE_VERSIONS", "OPTIONAL_PIXELS", "SPLITS", "STAMP_SIZE", "ROOT_ATTRS", "META_DTYPE", "FIELDS_DTYPE",
            "PIXEL_DTYPES", "TRUTH_SNR_BINS", "IGNORE_BITS"]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+#: Versions the reader and the validator accept (1: no ``noiseless``).
+READABLE_VERSIONS = (1, 2)
 STAMP_SIZE = 256
 
 #: Attributes of the root group that every file has.
@@ -53,9 +60,13 @@ FIELDS_DTYPE = np.dtype([
     ("field_type", "S32"), ("split", "S8"), ("visits", "S512"),
 ])
 
-#: ``/<split>/<name>``: [N, S, S] pixel datasets (``truth`` only for simulated data).
+#: ``/<split>/<name>``: [N, S, S] pixel datasets (``truth`` and ``noiseless`` only for
+#: simulated data).
 PIXEL_DTYPES = {"image": np.dtype("f4"), "cr": np.dtype("u1"), "ignore": np.dtype("u1"),
-                "truth": np.dtype("u1")}
+                "truth": np.dtype("u1"), "noiseless": np.dtype("f4")}
+
+#: Pixel datasets a split may lack (each in all splits or in none).
+OPTIONAL_PIXELS = ("truth", "noiseless")
 
 #: ``truth`` values: 0 no injected CR, else 1 + the pixel's signal-to-noise bin.
 TRUTH_SNR_BINS = {1: "<3", 2: "3-5", 3: "5-10", 4: ">10"}

@@ -10,9 +10,10 @@ Checked: root attributes (``schema_version``, ``stamp_size`` giving the stamp sh
 ISO time, 64-hex sha256, JSON attributes that parse); ``/fields`` columns, unique ids
 and split names; in each split the datasets, dtypes, shapes (N and SxS), image
 chunking (1, S, S) and ``BUNIT``; values (``cr`` in {0, 1}, ``ignore`` <= 7, ``truth``
-<= 4, finite ``image`` wherever ``ignore == 0``); that every ``meta.field_id`` is in
+<= 4, finite ``image`` and ``noiseless`` wherever ``ignore == 0``); that every ``meta.field_id`` is in
 ``/fields`` with the same split and field type; that no field and no visit has stamps
-in two splits; that ``truth`` is in all splits or in none; that no two stamps, in one
+in two splits; that ``truth`` and ``noiseless`` are each in all splits or in none
+(``noiseless`` only with ``truth``, and not in a version-1 file); that no two stamps, in one
 split or in two, have identical images (an exposure cut twice, e.g. listed under two
 visits; hashed stamp by stamp).
 """
@@ -38,9 +39,10 @@ from crforge.pipeline.datafile.reader import blocks, check_block, check_file, pr
 from crforge.pipeline.datafile.schema import (
     FIELDS_DTYPE,
     META_DTYPE,
+    OPTIONAL_PIXELS,
     PIXEL_DTYPES,
+    READABLE_VERSIONS,
     ROOT_ATTRS,
-    SCHEMA_VERSION,
     SPLITS,
 )
 
@@ -102,8 +104,8 @@ def _validate_root_ints(attrs, probs: list[str]) -> int | None:
     """``schema_version`` and ``stamp_size``; return the usable stamp size."""
     if "schema_version" in attrs:
         v = _int_attr(attrs, "schema_version", probs)
-        if v is not None and v != SCHEMA_VERSION:
-            probs.append(f"/: attribute 'schema_version' is {v}, expected {SCHEMA_VERSION}")
+        if v is not None and v not in READABLE_VERSIONS:
+            probs.append(f"/: attribute 'schema_version' is {v}, expected one of {READABLE_VERSIONS}")
     if "stamp_size" not in attrs:
         return None
     v = _int_attr(attrs, "stamp_size", probs)
@@ -188,9 +190,9 @@ def _split_datasets(g: h5py.Group, gname: str, stamp_size: int | None
     """Problems of the pixel datasets of a split, and the usable ones."""
     probs: list[str] = []
     pix: dict[str, h5py.Dataset] = {}
-    for key in ("image", "cr", "ignore", "truth"):
+    for key in ("image", "cr", "ignore") + OPTIONAL_PIXELS:
         if key not in g:
-            if key != "truth":
+            if key not in OPTIONAL_PIXELS:
                 probs.append(f"{gname}/{key}: missing dataset (expected {_PIXEL_SPEC[key]} [N,S,S])")
             continue
         ds = g[key]
@@ -289,9 +291,11 @@ class _Scan:
                 if not np.issubdtype(arr.dtype, np.integer):
                     bad |= arr != np.floor(arr)
                 self.bad_values(f"{gname}/{name}", arr, bad, offset, expected)
-        if img is not None and np.issubdtype(img.dtype, np.floating):
-            bad = ~np.isfinite(img) if ign is None else ~np.isfinite(img) & (ign == 0)
-            self.bad_values(f"{gname}/image", img, bad, offset, "finite values wherever ignore == 0")
+        for name in ("image", "noiseless"):
+            arr = arrays.get(name)
+            if arr is not None and np.issubdtype(arr.dtype, np.floating):
+                bad = ~np.isfinite(arr) if ign is None else ~np.isfinite(arr) & (ign == 0)
+                self.bad_values(f"{gname}/{name}", arr, bad, offset, "finite values wherever ignore == 0")
         if img is not None:
             self.hash_stamps(img, offset)
 
@@ -354,34 +358,48 @@ def _scan_split(scan: _Scan, gname: str, pix: dict, meta, n: int, block: int, ba
 
 
 def _validate_split(f: h5py.File, split: str, stamp_size: int | None, fields: dict, block: int,
-                    bar) -> tuple[list[str], bool, _Scan]:
-    """Problems of one split, whether it has truth, and what its stamps hold."""
+                    bar) -> tuple[list[str], tuple[str, ...], _Scan]:
+    """Problems of one split, the optional datasets it has, and what its stamps hold."""
     gname, scan = f"/{split}", _Scan(split, fields)
     if split not in f:
-        return [f"{gname}: missing group (all of train, val and test must exist)"], False, scan
+        return [f"{gname}: missing group (all of train, val and test must exist)"], (), scan
     g = f[split]
     if not isinstance(g, h5py.Group):
-        return [f"{gname}: is a dataset, expected a group"], False, scan
+        return [f"{gname}: is a dataset, expected a group"], (), scan
     probs, pix = _split_datasets(g, gname, stamp_size)
     meta_probs, meta = _split_meta(g, gname)
     probs += meta_probs
     n = _stamp_count(gname, pix, meta, probs)
     _scan_split(scan, gname, pix, meta, n, block, bar)
-    return probs + scan.problems(gname), "truth" in g, scan
+    return probs + scan.problems(gname), tuple(k for k in OPTIONAL_PIXELS if k in g), scan
 
 
 # ---------------------------------------------------------------------------- file
 
 
-def _across_splits(truth_in: dict[str, bool], scans: dict[str, _Scan]) -> list[str]:
-    """Truth in all splits or none; no field and no visit in two splits."""
+def _optional_problems(optional_in: dict[str, tuple[str, ...]], version: Any) -> list[str]:
+    """``truth`` and ``noiseless`` each in all splits or none; ``noiseless`` only with truth, in v2."""
     probs = []
-    if len(set(truth_in.values())) > 1:
-        with_t = [s for s, t in truth_in.items() if t]
-        without = [s for s, t in truth_in.items() if not t]
-        probs.append(f"/{'/truth, /'.join(with_t)}/truth present but /"
-                     f"{'/truth, /'.join(without)}/truth missing; expected truth in all "
-                     "splits or in none")
+    for key in OPTIONAL_PIXELS:
+        with_t = [s for s, t in optional_in.items() if key in t]
+        without = [s for s, t in optional_in.items() if key not in t]
+        if with_t and without:
+            probs.append(f"/{f'/{key}, /'.join(with_t)}/{key} present but /"
+                         f"{f'/{key}, /'.join(without)}/{key} missing; expected {key} in all "
+                         "splits or in none")
+    for split, names in optional_in.items():
+        if "noiseless" in names and "truth" not in names:
+            probs.append(f"/{split}/noiseless present without /{split}/truth; expected both "
+                         "(simulated data) or neither")
+        if "noiseless" in names and version == 1:
+            probs.append(f"/{split}/noiseless in a file of schema_version 1; expected schema_version 2")
+    return probs
+
+
+def _across_splits(optional_in: dict[str, tuple[str, ...]], scans: dict[str, _Scan],
+                   version: Any = None) -> list[str]:
+    """Truth and noiseless in all splits or none; no field and no visit in two splits."""
+    probs = _optional_problems(optional_in, version)
     probs += _duplicates_across_splits(scans)
     for what, key in (("field_id", "seen_ids"), ("visit", "visits")):
         where: dict[Any, list[str]] = {}
@@ -420,13 +438,14 @@ def _total_stamps(f: h5py.File) -> int:
     return total
 
 
-def _validate_open(p, block: int, progress: bool) -> tuple[list[str], dict[str, bool], dict]:
+def _validate_open(p, block: int, progress: bool) -> tuple[list[str], dict[str, tuple], dict, Any]:
     """The per-file and per-split checks of :func:`validate`, on the opened file."""
     with h5py.File(p, "r") as f:
         probs, stamp_size = _validate_root(f)
         probs += _validate_fields(f)
         fields = read_fields(f)
-        truth_in: dict[str, bool] = {}
+        truth_in: dict[str, tuple] = {}
+        version = f.attrs.get("schema_version")
         scans: dict[str, _Scan] = {}
         with progress_bar(_total_stamps(f), f"validate {p.name}", progress) as bar:
             for split in SPLITS:
@@ -434,7 +453,7 @@ def _validate_open(p, block: int, progress: bool) -> tuple[list[str], dict[str, 
                 probs += sp
                 if split in f:
                     truth_in[split] = has_truth
-    return probs, truth_in, scans
+    return probs, truth_in, scans, version
 
 
 #: Files :func:`require_valid` found valid: (path, size, mtime) -> True (train --kind both reads one twice).
@@ -497,14 +516,14 @@ def validate(path: str | os.PathLike, *, block: int = DEFAULT_BLOCK, progress: b
     p = check_file(path)
     block = check_block(block)
     try:
-        probs, truth_in, scans = _validate_open(p, block, progress)
+        probs, truth_in, scans, version = _validate_open(p, block, progress)
     except InputError:
         raise
     except (OSError, RuntimeError, KeyError, ValueError, TypeError) as exc:
         # h5py's errors of a truncated or bit-flipped file: its superblock, object headers
         # or B-trees, before any chunk is read (damaged chunks are listed as problems)
         raise InputError(f"{p}: damaged or truncated HDF5 file ({type(exc).__name__}: {exc})") from None
-    probs += _across_splits(truth_in, scans)
+    probs += _across_splits(truth_in, scans, version)
     for msg in probs:
         logger.debug("%s: %s", p, msg)
     logger.info("%s: %d problem(s)", p, len(probs))

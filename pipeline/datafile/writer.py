@@ -3,8 +3,9 @@
 ::
 
     attrs = FileAttributes(manifest_name="m", manifest_sha256=sha, config={...}, ...)
-    with DataFileWriter(path, attrs, fields=rows, truth=True) as w:
-        w.append("train", meta, image=image, cr=cr, ignore=ignore, truth=truth)
+    with DataFileWriter(path, attrs, fields=rows, truth=True, noiseless=True) as w:
+        w.append("train", meta, image=image, cr=cr, ignore=ignore, truth=truth,
+                 noiseless=noiseless)
         w.append_compressed("val", meta, compressed)   # chunks compressed elsewhere
 
 The file is written under a temporary name beside ``path`` and gets its name only
@@ -137,6 +138,9 @@ class DataFileWriter:
         The ``/fields`` rows in :data:`FIELDS_DTYPE` order.
     truth : bool
         Whether the splits carry ``truth`` (simulated visits only).
+    noiseless : bool
+        Whether the splits carry ``noiseless``, the pixels without noise and cosmic
+        rays (simulated visits only; schema version 2).
     bunit : str
         Unit of the image pixels (the ``BUNIT`` attribute of every ``image``).
     compression : {'gzip', 'lzf'}
@@ -147,12 +151,13 @@ class DataFileWriter:
     """
 
     def __init__(self, path: str | os.PathLike, attrs: FileAttributes, *, fields: Sequence[tuple],
-                 truth: bool, bunit: str = "ELECTRONS", compression: str = "gzip",
-                 overwrite: bool = True) -> None:
+                 truth: bool, noiseless: bool = False, bunit: str = "ELECTRONS",
+                 compression: str = "gzip", overwrite: bool = True) -> None:
         if compression not in ("gzip", "lzf"):
             raise InputError(f"compression={compression!r}: expected 'gzip' or 'lzf'")
         self.path, self.attrs, self.truth, self.bunit = Path(path), attrs, bool(truth), bunit
         self.compression, self.overwrite = compression, overwrite
+        self.noiseless = bool(noiseless)
         self._rows = np.array(list(fields), dtype=FIELDS_DTYPE)
         self._stack = contextlib.ExitStack()
         self._h5 = None
@@ -202,12 +207,16 @@ class DataFileWriter:
     def _create_group(self, split: str) -> dict:
         s = int(self.attrs.stamp_size)
         g = self._h5.create_group(split)
-        names = ("image", "cr", "ignore") + (("truth",) if self.truth else ())
         dsets = {name: g.create_dataset(name, (0, s, s), PIXEL_DTYPES[name], maxshape=(None, s, s),
-                                        chunks=(1, s, s), **self._filters()) for name in names}
+                                        chunks=(1, s, s), **self._filters()) for name in self.names()}
         dsets["meta"] = g.create_dataset("meta", (0,), META_DTYPE, maxshape=(None,), chunks=(1024,))
         dsets["image"].attrs["BUNIT"] = self.bunit
         return dsets
+
+    def names(self) -> tuple[str, ...]:
+        """The pixel datasets of every split of this file."""
+        return (("image", "cr", "ignore") + (("truth",) if self.truth else ())
+                + (("noiseless",) if self.noiseless else ()))
 
     # ------------------------------------------------------------------ appending
 
@@ -223,13 +232,15 @@ class DataFileWriter:
         return dsets, n, k
 
     def append(self, split: str, meta: np.ndarray, *, image: np.ndarray, cr: np.ndarray,
-               ignore: np.ndarray, truth: np.ndarray | None = None) -> None:
+               ignore: np.ndarray, truth: np.ndarray | None = None,
+               noiseless: np.ndarray | None = None) -> None:
         """Append stamps (``[k,S,S]`` arrays) and their ``meta`` rows to ``split``."""
         arrays = {"image": image, "cr": cr, "ignore": ignore}
-        if self.truth:
-            if truth is None:
-                raise InputError(f"{self.path}: this file carries truth: append() needs truth=")
-            arrays["truth"] = truth
+        for name, a in (("truth", truth), ("noiseless", noiseless)):
+            if name in self.names():
+                if a is None:
+                    raise InputError(f"{self.path}: this file carries {name}: append() needs {name}=")
+                arrays[name] = a
         s = int(self.attrs.stamp_size)
         for name, a in arrays.items():
             if a.shape != (len(meta), s, s):
@@ -243,9 +254,8 @@ class DataFileWriter:
         """Append stamps given as :func:`compress_stamps` chunks (gzip files only)."""
         if self.compression != "gzip":
             raise InputError("append_compressed() needs compression='gzip'")
-        names = ("image", "cr", "ignore") + (("truth",) if self.truth else ())
         dsets, n, k = self._grow(split, meta)
-        for name in names:
+        for name in self.names():
             blob, lengths = chunks[name]
             ends = np.cumsum(lengths)
             for i in range(k):
@@ -262,7 +272,7 @@ def write_arrays(path: str | os.PathLike, splits: Mapping[str, Mapping[str, np.n
     path : path-like
         The file.
     splits : mapping
-        Split -> ``{"image", "cr", "ignore", "meta"[, "truth"]}`` arrays (``[N,S,S]`` and
+        Split -> ``{"image", "cr", "ignore", "meta"[, "truth"[, "noiseless"]]}`` arrays (``[N,S,S]`` and
         a :data:`META_DTYPE` table).  Missing splits are written empty.  Every stamp's
         field is its (split, field type); empty ``visit`` names become ``<split>-<type>``.
     manifest_name : str
@@ -279,16 +289,19 @@ def write_arrays(path: str | os.PathLike, splits: Mapping[str, Mapping[str, np.n
     given = [a for a in splits.values() if len(a["meta"])]
     size = int(given[0]["image"].shape[-1]) if given else STAMP_SIZE
     truth = bool(given) and all("truth" in a for a in given)
+    noiseless = truth and all("noiseless" in a for a in given)
     fields, metas = _arrays_fields(splits)
     attrs = FileAttributes(manifest_name=manifest_name,
                            manifest_sha256=hashlib.sha256(manifest_name.encode()).hexdigest(),
                            instruments=list(instruments), stamp_size=size)
-    with DataFileWriter(path, attrs, fields=fields, truth=truth, bunit=bunit, overwrite=overwrite) as w:
+    with DataFileWriter(path, attrs, fields=fields, truth=truth, noiseless=noiseless, bunit=bunit,
+                        overwrite=overwrite) as w:
         for split in SPLITS:
             if split in splits:
                 a = splits[split]
                 w.append(split, metas[split], image=a["image"], cr=a["cr"], ignore=a["ignore"],
-                         truth=a.get("truth") if truth else None)
+                         truth=a.get("truth") if truth else None,
+                         noiseless=a.get("noiseless") if noiseless else None)
     return Path(path)
 
 

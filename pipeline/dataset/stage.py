@@ -1,4 +1,4 @@
-"""The dataset stage: a manifest of visits -> one HDF5 training set (schema v1).
+"""The dataset stage: a manifest of visits -> one HDF5 training set (schema v2).
 
 First, in this process, archive visits whose exposures are not on disk are resolved
 on MAST and fetched with verified sizes (:func:`crforge.pipeline.archive.prepare.prepare_visits`); a
@@ -9,7 +9,8 @@ writing only its own visit's files)::
 
     <work>/raw/<visit>/          simulate (or the exposures fetched from the archive)
     <work>/labels/<visit>/       AstroDrizzle labels (crforge.pipeline.label)
-    <work>/stamps/<visit>.npz    256x256 stamps + metadata + footprint (crforge.pipeline.stamps)
+    <work>/stamps/<visit>.npz    256x256 stamps + metadata + footprint (crforge.pipeline.stamps);
+                                 simulated visits also their truth and noiseless pixels
 
 then, in this process: group visits into fields by sky overlap, split the fields
 (crforge.pipeline.splits), and stream the stamps, one visit at a time, into
@@ -80,9 +81,13 @@ class DatasetError(RuntimeError):
 # --------------------------------------------------------------------------------------
 
 
+#: What a visit's stamp file holds; a file of another format is made again (2: ``noiseless``).
+_STAMPS_FORMAT = 2
+
+
 def _visit_key(spec: VisitSpec, label_cfg: LabelConfig, stamp_cfg: StampConfig) -> str:
     """Hash of everything that decides a visit's stamps (reuse only when equal)."""
-    doc = {"name": spec.name, "source": spec.source,
+    doc = {"format": _STAMPS_FORMAT, "name": spec.name, "source": spec.source,
            "simulate": asdict(spec.simulate) if spec.simulate else None,
            "archive": spec.archive, "label": spec.label_config(label_cfg).result_dict(),  # with the row's own
            "stamps": asdict(stamp_cfg)}
@@ -185,7 +190,8 @@ def _cut_exposure(spec: VisitSpec, report: VisitLabels, exp, labels: Path, truth
             h = lab["SCI", ev].header
             bunit = bunit or h.get("BUNIT", "ELECTRONS")
             tcode = snr_class(truth[ev].cr_snr_image()) if truth is not None else None
-            st = cut_stamps(lab["SCI", ev].data, lab["CR", ev].data, lab["IGNORE", ev].data, tcode, stamp_cfg)
+            st = cut_stamps(lab["SCI", ev].data, lab["CR", ev].data, lab["IGNORE", ev].data, tcode, stamp_cfg,
+                            noiseless=_noiseless(truth, ev, bunit, exptime))
             for k in parts:
                 if k in st:
                     parts[k].append(st[k])
@@ -193,6 +199,21 @@ def _cut_exposure(spec: VisitSpec, report: VisitLabels, exp, labels: Path, truth
                          exptime, float(h["SKY"]), float(h["GAIN"]), float(h["RDNOISE"]), float(frac))
                         for x0, y0, frac in zip(st["x0"], st["y0"], st["cr_fraction"]))
     return bunit
+
+
+def _noiseless(truth, ev: int, bunit: str, exptime: float) -> np.ndarray | None:
+    """The chip without noise and cosmic rays, in the image's unit (simulated visits).
+
+    The simulator's calibrated pixel is source + sky + dark - dark (the mean dark is
+    subtracted as in calibrated data), so its expectation is source + sky.
+    """
+    if truth is None:
+        return None
+    chip = truth[ev]
+    img = chip.source + np.float32(chip.sky_e)
+    if "/S" in str(bunit).upper().replace(" ", ""):
+        img = img / np.float32(exptime)
+    return img.astype(np.float32)
 
 
 def _save_stamps(path: Path, parts: dict[str, list], meta: list[tuple]) -> None:
@@ -224,13 +245,14 @@ def process_visit(spec: VisitSpec, work: str | os.PathLike, label_cfg: LabelConf
     raw, labels = work / "raw" / spec.name, work / "labels" / spec.name
     changed = _exposures_on_disk(spec, raw)
     report = _labels(spec, raw, labels, label_cfg, changed)
-    parts: dict[str, list] = {k: [] for k in ("image", "cr", "ignore", "truth")}
+    parts: dict[str, list] = {k: [] for k in ("image", "cr", "ignore", "truth", "noiseless")}
     meta: list[tuple] = []
     quads: list = []
     bunit = None
     for exp in report.exposures:
         quads.extend(_footprint(Path(exp.input)))
-        truth = read_truth(raw / f"{exp.rootname}_truth.fits") if spec.source == "simulate" else None
+        truth = (read_truth(raw / f"{exp.rootname}_truth.fits", source=True)
+                 if spec.source == "simulate" else None)
         bunit = _cut_exposure(spec, report, exp, labels, truth, stamp_cfg, parts, meta) or bunit
     _save_stamps(stamp_path, parts, meta)
     centre = np.mean(np.array(quads).reshape(-1, 2), axis=0)
@@ -479,7 +501,7 @@ def build_dataset(manifest: str | os.PathLike | Manifest, work: str | os.PathLik
         section.validate()
     _check_scheduler(cfg.dataset)
     if cfg.stamps.size != 256:
-        logger.warning("stamps.size=%d: schema v1 fixes 256; fine for tests only", cfg.stamps.size)
+        logger.warning("stamps.size=%d: the schema fixes 256; fine for tests only", cfg.stamps.size)
     man = manifest if isinstance(manifest, Manifest) else load_manifest(manifest)
     _refuse_shared_exposures(man.visits, {v.name: _listed_exposures(v) for v in man.visits})
     work = Path(work)
@@ -602,7 +624,7 @@ def _append_visit(w: DataFileWriter, split: str, npz: Path, field_id: int) -> No
         if len(meta) == 0:
             return
         meta["field_id"] = field_id
-        names = ("image", "cr", "ignore") + (("truth",) if w.truth else ())
+        names = w.names()
         if w.compression == "gzip":
             w.append_compressed(split, meta, {k: (z[f"{k}_z"], z[f"{k}_zlen"]) for k in names})
         else:
@@ -621,7 +643,7 @@ def _write_hdf5(output: Path, man: Manifest, cfg: _Sections, done: list[VisitSta
         by_field.setdefault(field_of[d.visit], []).append(d)
     bunit = next((d.bunit for d in done if d.bunit), "ELECTRONS")
     with DataFileWriter(output, _file_attributes(man, cfg, done, failed),
-                        fields=_field_rows(by_field, split_of), truth=with_truth, bunit=bunit,
+                        fields=_field_rows(by_field, split_of), truth=with_truth, noiseless=with_truth, bunit=bunit,
                         compression=cfg.dataset.compression, overwrite=overwrite) as w:
         for split in SPLITS:
             for fid in sorted(f for f in by_field if split_of[f] == split):

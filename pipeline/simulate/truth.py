@@ -33,6 +33,9 @@ class TruthChip:
     cr_sigma: np.ndarray
     stars: np.ndarray = field(repr=False)
     source: np.ndarray | None = field(default=None, repr=False)
+    #: The exposure's sky in e- per pixel (``SKY_E``): ``source + sky_e`` is the
+    #: calibrated pixel without noise and cosmic rays.
+    sky_e: float = 0.0
 
     def cr_mask(self) -> np.ndarray:
         """Boolean image of pixels with any cosmic-ray charge."""
@@ -170,11 +173,12 @@ def read_truth(path: str | os.PathLike, *, source: bool = False) -> dict[int, Tr
     """
     out = {}
     with fits.open(path) as hdul:
+        sky_e = float(hdul[0].header.get("SKY_E", 0.0))
         for hdu in hdul:
             if hdu.name != "CR":
                 continue
             try:
-                out[hdu.header["EXTVER"]] = _truth_chip(hdul, hdu, source)
+                out[hdu.header["EXTVER"]] = _truth_chip(hdul, hdu, source, sky_e)
             except KeyError as exc:
                 raise InputError(f"{path}: CR extension {hdu.header.get('EXTVER')!r}: "
                                  f"{exc.args[0]}; not a crforge truth file") from None
@@ -183,7 +187,7 @@ def read_truth(path: str | os.PathLike, *, source: bool = False) -> dict[int, Tr
     return out
 
 
-def _truth_chip(hdul: fits.HDUList, hdu: fits.BinTableHDU, source: bool) -> TruthChip:
+def _truth_chip(hdul: fits.HDUList, hdu: fits.BinTableHDU, source: bool, sky_e: float) -> TruthChip:
     """One chip of an open truth file (``KeyError`` for a missing keyword or extension)."""
     ev = hdu.header["EXTVER"]
     shape = (hdu.header["CHIPNY"], hdu.header["CHIPNX"])
@@ -192,4 +196,4 @@ def _truth_chip(hdul: fits.HDUList, hdu: fits.BinTableHDU, source: bool) -> Trut
     src = np.asarray(hdul["SOURCE", ev].data, dtype=np.float32) if source else None
     return TruthChip(ev, shape, np.asarray(d["Y"], np.int64), np.asarray(d["X"], np.int64),
                      np.asarray(d["CHARGE"], np.float32), np.asarray(d["SIGMA"], np.float32),
-                     stars, src)
+                     stars, src, sky_e)

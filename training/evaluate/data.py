@@ -11,7 +11,8 @@ from crforge.errors import InputError
 from crforge.pipeline.datafile.reader import file_instruments, read_attrs, read_stamps, split_info
 from crforge.pipeline.names import SPLITS
 
-__all__ = ["load_stamps", "as_str", "in_electrons", "load_network", "normalised", "inference_copy"]
+__all__ = ["load_stamps", "as_str", "in_electrons", "load_network", "normalised", "normalised_noiseless",
+           "inference_copy"]
 
 def as_str(value) -> str:
     """A string of an HDF5 value (fixed-length byte strings are decoded)."""
@@ -61,7 +62,8 @@ def load_stamps(path: str | os.PathLike, split: str, *, per_field_type: int = 0,
     dict
         ``index`` (rows of the split), ``image`` float32 ``[N,S,S]``, ``cr``, ``valid``
         (not ignored, finite) and, if present, ``truth`` (uint8: 0 none, else 1 + the
-        SNR bin of the injected CR, 0 on ignored pixels); ``meta`` (the rows),
+        SNR bin of the injected CR, 0 on ignored pixels) and ``noiseless`` (float32: the
+        pixels without noise and cosmic rays, simulated data of schema v2); ``meta`` (the rows),
         ``field_type`` (str array), ``bunit``, ``instrument``, ``filters`` (of every
         split), ``attrs`` (manifest name/sha256), ``path``, ``split`` and ``split_size``.
 
@@ -80,7 +82,7 @@ def load_stamps(path: str | os.PathLike, split: str, *, per_field_type: int = 0,
     index = _subset(ftypes, per_field_type, seed)
     if index.size == 0:
         raise InputError(f"{info.path}: split {split!r} holds no stamps")
-    arrays = read_stamps(info, index, ("image", "cr", "ignore", "truth"))
+    arrays = read_stamps(info, index, ("image", "cr", "ignore", "truth", "noiseless"))
     image = arrays["image"].astype(np.float32)
     valid = (arrays["ignore"] == 0) & np.isfinite(image)
     attrs = read_attrs(info.path)
@@ -93,6 +95,8 @@ def load_stamps(path: str | os.PathLike, split: str, *, per_field_type: int = 0,
     if info.has_truth:
         # 0 = no injected CR, else 1 + the pixel's SNR bin (crforge.pipeline.datafile.schema.TRUTH_SNR_BINS)
         out["truth"] = np.where(valid, arrays["truth"], 0).astype(np.uint8)
+    if "noiseless" in arrays:
+        out["noiseless"] = arrays["noiseless"].astype(np.float32)
     return out
 
 
@@ -121,6 +125,20 @@ def load_network(run_dir: Path, kind: str, which: str):
         return None, None, path
     model, ckpt = load_checkpoint(path, kind=kind)
     return model, ckpt, path
+
+
+def normalised_noiseless(data: dict, ckpt) -> np.ndarray | None:
+    """The noiseless pixels in the network's normalised units (None without them).
+
+    Normalised like :func:`normalised` (the same sky and scale), without filling
+    ignored pixels: they are never scored.
+    """
+    if "noiseless" not in data:
+        return None
+    from crforge.training.data import network_input
+
+    sky = np.maximum(np.nan_to_num(data["meta"]["sky"].astype(np.float32)), 0)
+    return np.stack([network_input(im, float(s), ckpt.normalisation) for im, s in zip(data["noiseless"], sky)])
 
 
 def normalised(data: dict, ckpt) -> np.ndarray:

@@ -1,8 +1,13 @@
 """Inpainting figures (the deepCR paper's Table 2): MSE of each fill under evaluation masks.
 
 The evaluation masks are the training's (the union of 1-9 CR masks borrowed from other
-stamps of the split, seeded); the error counts only where the true pixel is known (not
-the stamp's own CRs, not ignored), in normalised units ``(norm_scale)^2``.
+stamps of the split, seeded); the error counts only where the observed pixel is known
+(not the stamp's own CRs, not ignored), in normalised units ``(norm_scale)^2``.
+
+Two yardsticks: the observed pixel values (``mse``), whose MSE no fill can take below
+the pixels' own noise variance (``noise_floor``: the MSE of the noiseless image
+itself against the observed one), and, for simulated data sets (schema v2), the
+noiseless pixels, sky plus source model (``mse_truth``), which has no such floor.
 """
 
 from __future__ import annotations
@@ -78,7 +83,12 @@ def fill(method: str, x: np.ndarray, masks: np.ndarray, *, model=None, batch_siz
 
 
 def _eval_masks(data: dict, seed: int, norm_scale: float, fill_ignored: bool) -> tuple[np.ndarray, np.ndarray]:
-    """The evaluation masks and loss masks of the stamps (as the training's, seeded)."""
+    """The pixels each fill replaces, and those scored (as the training's masks, seeded).
+
+    Every fill replaces the borrowed masks and the stamp's own CR labels (at inference
+    all CRs are masked); the score counts the borrowed masks outside the stamp's own
+    CRs and ignored pixels, where the observed value is known.
+    """
     from crforge.training.data import StampDataset
 
     ds = StampDataset(data["path"], data["split"], kind="inpaint", augment=None, seed=seed,
@@ -87,11 +97,22 @@ def _eval_masks(data: dict, seed: int, norm_scale: float, fill_ignored: bool) ->
         masks, loss = [], []
         for i in data["index"]:
             item = ds[int(i)]
-            masks.append(item["mask"][0].numpy() > 0)
-            loss.append(item["loss_mask"][0].numpy() > 0)
+            own = item["cr"][0].numpy() > 0
+            masks.append((item["mask"][0].numpy() > 0) | own)
+            loss.append((item["loss_mask"][0].numpy() > 0) & ~own)
     finally:
         ds.close()
     return np.stack(masks), np.stack(loss)
+
+
+def _scores(pred: np.ndarray, x: np.ndarray, truth: np.ndarray | None, loss: np.ndarray,
+            groups: dict[str, np.ndarray]) -> dict:
+    """MSE of a fill per group against the observed pixels and, when known, the noiseless ones."""
+    out = {"mse": {name: M.masked_mse(pred[sel], x[sel], loss[sel])[0] for name, sel in groups.items()}}
+    if truth is not None:
+        out["mse_truth"] = {name: M.masked_mse(pred[sel], truth[sel], loss[sel])[0]
+                            for name, sel in groups.items()}
+    return out
 
 
 def evaluate_inpaint(data: dict, x: np.ndarray, groups: dict[str, np.ndarray], model, ckpt,
@@ -116,10 +137,15 @@ def evaluate_inpaint(data: dict, x: np.ndarray, groups: dict[str, np.ndarray], m
     Returns
     -------
     dict
-        The evaluation document's sections ``inpaint`` (per method: ``mse`` and
-        ``pixels`` per group, ``seconds_per_100``) and ``inpaint_units``.
+        The evaluation document's sections ``inpaint`` (per method: ``mse``, with the
+        noiseless pixels ``mse_truth``, and ``pixels`` per group, ``seconds_per_100``),
+        ``inpaint_units`` and, with the noiseless pixels, ``inpaint_noise_floor`` (per
+        group: the MSE of the noiseless pixels against the observed ones).
     """
+    from crforge.training.evaluate.data import normalised_noiseless
+
     norm = ckpt.normalisation
+    truth = normalised_noiseless(data, ckpt)
     masks, loss = _eval_masks(data, cfg.seed, float(norm["scale"]), bool(norm.get("fill_ignored", True)))
     n = len(x)
     figures = {}
@@ -129,7 +155,9 @@ def evaluate_inpaint(data: dict, x: np.ndarray, groups: dict[str, np.ndarray], m
                     progress=progress)
         sec = time.perf_counter() - t0
         logger.info("%s: filled %d stamps in %.1f s", METHOD_LABELS[m], n, sec)
-        figures[m] = {"mse": {name: M.masked_mse(pred[sel], x[sel], loss[sel])[0] for name, sel in groups.items()},
-                      "seconds_per_100": round(100 * sec / n, 3),
+        figures[m] = {**_scores(pred, x, truth, loss, groups), "seconds_per_100": round(100 * sec / n, 3),
                       "pixels": {name: int(loss[sel].sum()) for name, sel in groups.items()}}
-    return {"inpaint": figures, "inpaint_units": f"({norm['scale']:g} {data['bunit'].lower()})^2"}
+    out = {"inpaint": figures, "inpaint_units": f"({norm['scale']:g} {data['bunit'].lower()})^2"}
+    if truth is not None:
+        out["inpaint_noise_floor"] = _scores(truth, x, None, loss, groups)["mse"]
+    return out

@@ -1,0 +1,210 @@
+"""The residual inpaint network: its base fill, its loss, its targets, and the bars of issue 13.
+
+A small seeded simulated set (schema v2, with the noiseless pixels) of three field
+types that differ as the real ones do: flat sky, crowded stars, smooth galaxies.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from crforge.pipeline.datafile.schema import META_DTYPE
+from crforge.pipeline.datafile.writer import write_arrays
+from crforge.training.baselines import median_fill
+from crforge.training.config import ModelConfig, TrainConfig
+from crforge.training.data import StampDataset
+from crforge.training.evaluate.config import EvaluateConfig
+from crforge.training.evaluate.stage import evaluate_run
+from crforge.training.models import build_model
+from crforge.training.torchfill import masked_median_fill
+from crforge.training.train import main, relative_inpaint_loss
+
+S = 64
+SKY = 40.0
+FIELD_TYPES = ("extragalactic", "globular_cluster", "resolved_galaxy")
+
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
+
+
+def _scene(ftype: str, rng: np.random.Generator) -> np.ndarray:
+    """The noiseless stamp (e-): sky, plus stars (crowded field) or a smooth galaxy."""
+    yy, xx = np.mgrid[:S, :S]
+    clean = np.full((S, S), SKY)
+    if ftype == "globular_cluster":
+        for _ in range(10):
+            y, x, f = rng.uniform(3, S - 3), rng.uniform(3, S - 3), rng.uniform(1000, 8000)
+            clean += f / (2 * np.pi * 0.9 ** 2) * np.exp(-((yy - y) ** 2 + (xx - x) ** 2) / (2 * 0.9 ** 2))
+    elif ftype == "resolved_galaxy":
+        y, x, r = rng.uniform(20, S - 20), rng.uniform(20, S - 20), rng.uniform(5, 9)
+        clean += rng.uniform(150, 400) * np.exp(-np.hypot(yy - y, xx - x) / r)
+    return clean
+
+
+def _split(n: int, rng: np.random.Generator) -> dict:
+    """``n`` stamps cycling through the field types, with Poisson-like noise and CR hits."""
+    image, clean = np.empty((n, S, S), np.float32), np.empty((n, S, S), np.float32)
+    cr = np.zeros((n, S, S), np.uint8)
+    for i in range(n):
+        clean[i] = _scene(FIELD_TYPES[i % 3], rng)
+        img = clean[i] + rng.normal(0.0, np.sqrt(clean[i] + 16.0))
+        for _ in range(int(rng.integers(4, 8))):  # CR hits: a pixel, a short track, a 2x2 blob
+            y, x = rng.integers(2, S - 4, 2)
+            k = int(rng.integers(3))
+            sl = (slice(y, y + 1), slice(x, x + 3)) if k == 1 else (slice(y, y + 1 + (k == 2)),
+                                                                    slice(x, x + 1 + (k == 2)))
+            img[sl] += rng.uniform(300, 2000)
+            cr[i][sl] = 1
+        image[i] = img
+    meta = np.zeros(n, META_DTYPE)
+    meta["sky"], meta["exptime"], meta["readnoise"], meta["gain"] = SKY, 500.0, 4.0, 1.0
+    meta["field_type"] = [FIELD_TYPES[i % 3] for i in range(n)]
+    meta["filter"] = "F606W"
+    meta["cr_fraction"] = cr.reshape(n, -1).mean(1)
+    return {"image": image, "cr": cr, "ignore": np.zeros((n, S, S), np.uint8), "truth": 4 * cr,
+            "noiseless": clean, "meta": meta}
+
+
+@pytest.fixture(scope="module")
+def simulated(tmp_path_factory):
+    """The seeded set: 60 train, 12 val, 30 test stamps (a third of each field type)."""
+    root = tmp_path_factory.mktemp("inpaint")
+    rng = np.random.default_rng(13)
+    splits = {split: _split(n, rng) for split, n in (("train", 60), ("val", 12), ("test", 30))}
+    return write_arrays(root / "sim.h5", splits, manifest_name="inpaint-bars")
+
+
+@pytest.fixture(scope="module")
+def trained(simulated, tmp_path_factory):
+    """A residual 2-8 inpaint network trained on the seeded set (CPU, about 30 s)."""
+    run = tmp_path_factory.mktemp("runs") / "bars"
+    torch.set_num_threads(1)
+    cfg = TrainConfig(kind="inpaint", model=ModelConfig(depth=2, width=8), epochs=8, batch_size=6,
+                      stamps_per_epoch=0, val_stamps=0, seed=0, device="cpu", cpu_bf16="off",
+                      channels_last=False)
+    main(cfg, simulated, run / "inpaint")
+    return run
+
+
+# --------------------------------------------------------------------------- parts
+
+
+def test_untrained_network_is_exactly_the_masked_median():
+    rng = np.random.default_rng(1)
+    x = rng.normal(0, 1, (3, 1, 64, 64)).astype(np.float32)
+    m = rng.random((3, 1, 64, 64)) < 0.05
+    m[0, 0, 20:34, 10:40] = True  # beyond the 5x5 window: the larger windows
+    torch.manual_seed(0)
+    net = build_model("inpaint", 2, 4).eval()
+    with torch.no_grad():
+        out = net.inpaint(torch.from_numpy(x), torch.from_numpy(m).float()).numpy()
+        base = masked_median_fill(torch.from_numpy(x), torch.from_numpy(m)).numpy()
+    ref = np.stack([median_fill(a[0], b[0]) for a, b in zip(x, m)])[:, None]
+    assert np.array_equal(base, ref)
+    assert np.array_equal(out, ref)
+    # the first design (no base fill) does not start anywhere near it
+    legacy = build_model("inpaint", 2, 4, fill="none").eval()
+    with torch.no_grad():
+        far = legacy.inpaint(torch.from_numpy(x), torch.from_numpy(m).float()).numpy()
+    assert np.abs(far - ref)[m[:, :1]].mean() > 0.01
+
+
+def test_relative_loss_is_two_for_the_base_and_ignores_unmasked_pixels():
+    """Per stamp plus per batch, each relative to the base fill: 1 + 1 for the base itself."""
+    g = torch.Generator().manual_seed(0)
+    target = torch.randn(4, 1, 16, 16, generator=g)
+    base = target + 0.1 * torch.randn(4, 1, 16, 16, generator=g)
+    lm = (torch.rand(4, 1, 16, 16, generator=g) < 0.2).float()
+    lm[3] = 0  # a stamp without masked pixels does not count
+    assert relative_inpaint_loss(base, base, target, lm).item() == pytest.approx(2.0, rel=2e-2)
+    better = target + 0.5 * (base - target)
+    assert relative_inpaint_loss(better, base, target, lm).item() == pytest.approx(0.5, rel=2e-2)
+    wild = torch.where(lm > 0, better, torch.full_like(better, 1e6))
+    assert relative_inpaint_loss(wild, base, target, lm).item() == pytest.approx(0.5, rel=2e-2)
+    # a flat stamp made worse counts as much as a crowded one: the per-stamp term sees it
+    bright = target.clone()
+    bright[0] *= 100.0
+    b2 = bright + (base - target)
+    worse_flat = b2.clone()
+    worse_flat[1] = bright[1] + 3.0 * (base[1] - target[1])
+    assert relative_inpaint_loss(worse_flat, b2, bright, lm).item() > 2.0 + 8.0 / 3 - 0.1
+
+
+def test_inpaint_items_target_the_noiseless_pixels(simulated, tmp_path):
+    ds = StampDataset(simulated, "train", "inpaint", None, seed=0)
+    item = ds[1]
+    own, lm = item["cr"][0] > 0, item["loss_mask"][0] > 0
+    # the target is the noiseless stamp normalised like the input, known under the own CRs too
+    ref = (ds._reader.read("noiseless", 1) - SKY) / 100.0
+    assert torch.allclose(item["target"][0], torch.from_numpy(ref), atol=1e-6)
+    assert (lm & own).sum() == (own & (item["mask"][0] > 0)).sum()
+
+
+# --------------------------------------------------------------------------- behaviour
+
+
+def test_trained_network_matches_a_constant_sky_inside_a_mask(trained):
+    """Flat sky of 40 e- with noise: under a mask the fill is the sky to well within the noise."""
+    from crforge import deepcr_models
+
+    rng = np.random.default_rng(7)
+    sigma = np.sqrt(SKY + 16.0)
+    img = (SKY + rng.normal(0.0, sigma, (128, 128))).astype(np.float32)
+    mask = np.zeros(img.shape, bool)
+    for _ in range(60):  # CR-like hits and tracks, and one large blob
+        y, x = rng.integers(2, 124, 2)
+        mask[y, x:x + int(rng.integers(1, 4))] = True
+    mask[50:58, 60:72] = True
+    net = deepcr_models.load(trained / "inpaint" / "best.pt")
+    filled = deepcr_models.inpaint(img, mask, net, sky=SKY)
+    err = filled[mask] - SKY
+    assert abs(err.mean()) < 0.15 * sigma  # no offset
+    assert np.sqrt(np.mean(err ** 2)) < 0.5 * sigma  # well within the noise of one pixel
+    assert np.array_equal(filled[~mask], img[~mask])
+
+
+def test_bars_of_issue_13_on_a_small_seeded_set(simulated, trained, tmp_path):
+    """What 8 epochs of a 2-8 network on 60 stamps hold, with margins (figures in the comments).
+
+    Held: against the noiseless and the observed pixels never worse than the best
+    classical fill on flat sky (0.00034 against the median's 0.00037) and on galaxies
+    (0.0007 against 0.00085), far better than its start on stars (0.065 against the
+    median's 0.41), and better photometry than the median. Not held at this scale:
+    biharmonic inpainting fills these smooth, isolated stars better (0.029; the bars of
+    issue 13 on the default data set are checked with `crforge evaluate`,
+    docs/evaluation.md).
+    """
+    cfg = EvaluateConfig(split="test", stamps_per_field_type=0, baselines=("median5", "biharmonic"),
+                         threads=1, batch_size=6, star_min_snr=20.0, real_frames=False)
+    doc = evaluate_run(trained, simulated, cfg, tmp_path / "eval")
+    inp = doc["inpaint"]
+    best = {key: {f: min(inp[m][key][f] for m in ("median5", "biharmonic")) for f in FIELD_TYPES}
+            for key in ("mse", "mse_truth")}
+    net = {key: inp["crforge"][key] for key in ("mse", "mse_truth")}
+    for f in ("extragalactic", "resolved_galaxy"):
+        assert net["mse_truth"][f] <= 1.02 * best["mse_truth"][f], (f, net["mse_truth"][f], best)
+        assert net["mse"][f] <= 1.02 * best["mse"][f], (f, net["mse"][f], best)
+    assert net["mse_truth"]["resolved_galaxy"] <= best["mse_truth"]["resolved_galaxy"] / 1.1
+    gc = "globular_cluster"
+    assert net["mse_truth"][gc] <= inp["median5"]["mse_truth"][gc] / 3
+    ph = doc["photometry"]["methods"]
+    for stat in ("median_abs", "p90_abs"):
+        assert ph["crforge"]["all"][stat] < 0.7 * ph["median5"]["all"][stat]
+
+
+def test_model_card_gives_both_yardsticks_and_the_noise_floor():
+    from crforge.deepcr_models.publish import _card_inpaint
+
+    figs = {"all": 0.5, "extragalactic": 0.004, "globular_cluster": 1.5, "resolved_galaxy": 0.03}
+    ev = {"data": {"split": "test"}, "inpaint_units": "(100 electrons)^2",
+          "inpaint": {m: {"mse": figs, "mse_truth": {k: v / 2 for k, v in figs.items()}, "seconds_per_100": 1.0}
+                      for m in ("crforge", "median5")},
+          "inpaint_noise_floor": {"all": 0.0123, "extragalactic": 0.0065}}
+    text = "\n".join(_card_inpaint(ev))
+    assert "Against the noiseless pixels" in text and "| noise floor | 0.0123 | 0.0065 |" in text
+    assert "| **crforge (this model)** | 0.25 | 0.002 | 0.75 | 0.015 |" in text
+    del ev["inpaint_noise_floor"]
+    for figs_ in ev["inpaint"].values():
+        del figs_["mse_truth"]
+    assert "noiseless" not in "\n".join(_card_inpaint(ev))  # a version-1 data set: observed only
