@@ -95,7 +95,7 @@ def serial_build(tmp_path_factory):
     return man, tmp / "work" / "small.h5", report
 
 
-def test_file_is_valid_schema_v1_and_split_by_field(serial_build):
+def test_file_is_valid_schema_v2_and_split_by_field(serial_build):
     man, h5, report = serial_build
     assert validate(h5, progress=False) == []
     with h5py.File(h5) as h:
