@@ -307,8 +307,11 @@ def _complete(run: Path) -> None:
     """Every file with a final name in ``run`` is whole: checkpoints load, metrics parse."""
     from crforge.training import checkpoint
 
+    # (pathlib's glob also matches hidden names: a killed run's half-written temporary
+    # files, which are not final names and which the next run removes)
     for pt in run.glob("*.pt"):
-        checkpoint.read(pt, expect="train")
+        if not pt.name.startswith("."):
+            checkpoint.read(pt, expect="train")
     for line in (run / "metrics.jsonl").read_text().splitlines():
         json.loads(line)
 
