@@ -129,10 +129,24 @@ def init_process_group(world: World, *, device: str = "auto") -> str | None:
     return backend
 
 
-def shutdown() -> None:
-    """Leave the process group, if any."""
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
+def shutdown(*, ok: bool = True) -> None:
+    """Leave the process group, if any.
+
+    The DDP wrappers of the run are freed first (they sit in reference cycles, and a
+    gloo reducer destroyed later, while the interpreter shuts down, aborts the process:
+    "terminate called without an active exception"). After a successful run (``ok``) the
+    processes first meet at a barrier, so that none tears its connections down while
+    another still uses them; after a failure they do not wait for each other (the
+    others may be inside a collective that will never complete; torchrun stops them).
+    """
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    import gc
+
+    gc.collect()
+    if ok:
+        dist.barrier()
+    dist.destroy_process_group()
 
 
 def local_batch_size(global_batch: int, world: World) -> int:

@@ -42,10 +42,13 @@ def run(args: argparse.Namespace, cfg: RunConfig) -> int:
 
     world = ddp.world_from_env()
     ddp.init_process_group(world, device=cfg.train.device)
+    ok = False
     try:
-        return _run(args, cfg, world)
+        rc = _run(args, cfg, world)
+        ok = True
+        return rc
     finally:
-        ddp.shutdown()
+        ddp.shutdown(ok=ok)
 
 
 def _run(args: argparse.Namespace, cfg: RunConfig, world) -> int:
