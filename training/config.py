@@ -262,7 +262,9 @@ class TrainConfig:
         if getattr(device, "type", device) != "cuda":
             return 0
         per_node = max(int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1), 1)
-        return max(1, min(8, len(os.sched_getaffinity(0)) // per_node - 1))
+        # the cores this process may use (sched_getaffinity is Linux-only)
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        return max(1, min(8, cores // per_node - 1))
 
     def freeze_epoch(self) -> int:
         """The effective ``bn_freeze_epoch`` (0 = never), resolving -1 (auto) by ``kind``."""
