@@ -171,3 +171,19 @@ y = bn(x)
 np.savez(sys.argv[1] + f"/rank{r}.npz", y=y.detach().numpy(), gx=x.grad.numpy(), gw=bn.weight.grad.numpy())
 dist.destroy_process_group()
 """
+
+
+def test_automatic_dataloader_workers(monkeypatch):
+    """num_workers=-1: none on the CPU; on a GPU up to 8, the node's cores shared among its processes."""
+    from crforge.training.config import TrainConfig
+
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    assert TrainConfig().workers(cpu) == 0
+    assert TrainConfig(num_workers=3).workers(gpu) == 3
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(32)), raising=False)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")
+    assert TrainConfig().workers(gpu) == 8
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")  # 4 cores each: 3 workers and the training process
+    assert TrainConfig().workers(gpu) == 3
+    with pytest.raises(ValueError, match=r"train.num_workers=-2: expected >= 0, or -1 \(auto\)"):
+        TrainConfig(num_workers=-2).validate()
