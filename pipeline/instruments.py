@@ -402,6 +402,15 @@ class Instrument:
         return out
 
 
+#: The DQ bits the calibration pipelines of ACS, WFC3 and STIS share (their handbooks):
+#: bad detector pixels, saturation (full well, A-to-D), no data, and the cosmic-ray bits
+#: of AstroDrizzle and the pipeline's own rejection. One definition for every record that
+#: follows them and for :data:`HST_DQ`.
+_PIPELINE_BAD = 1 | 2 | 4 | 8 | 16 | 32 | 128 | 512 | 1024
+_PIPELINE_SATURATED = 256 | 2048
+_PIPELINE_NODATA = 1 | 2
+_PIPELINE_CR = 4096 | 8192
+
 _ACS_DQ = {
     1: "lost data (decompression/transmission)",
     2: "fill data",
@@ -449,10 +458,10 @@ ACS_WFC = Instrument(
     dark_rate=0.01,
     cr_rate=1.2,
     dq_bits=MappingProxyType(_ACS_DQ),
-    bad_bits=1 | 2 | 4 | 8 | 16 | 32 | 128 | 512 | 1024,
-    saturation_bits=256 | 2048,
-    nodata_bits=1 | 2,
-    cr_bits=4096 | 8192,
+    bad_bits=_PIPELINE_BAD,
+    saturation_bits=_PIPELINE_SATURATED,
+    nodata_bits=_PIPELINE_NODATA,
+    cr_bits=_PIPELINE_CR,
     # the simulator's core FWHM that gives the TinyTim PSFs' sharpness (see the docstring)
     fwhm_pix={"F435W": 1.77, "F475W": 1.64, "F555W": 1.67, "F606W": 1.69, "F625W": 1.53,
               "F775W": 1.64, "F814W": 1.70, "F850LP": 1.86},
@@ -484,10 +493,10 @@ WFC3_UVIS = Instrument(
     dark_rate=0.0015,
     cr_rate=1.2,
     dq_bits=MappingProxyType(_UVIS_DQ),
-    bad_bits=1 | 2 | 4 | 8 | 16 | 32 | 128 | 512 | 1024,
-    saturation_bits=256 | 2048,
-    nodata_bits=1 | 2,
-    cr_bits=4096 | 8192,
+    bad_bits=_PIPELINE_BAD,
+    saturation_bits=_PIPELINE_SATURATED,
+    nodata_bits=_PIPELINE_NODATA,
+    cr_bits=_PIPELINE_CR,
     fwhm_pix={"F275W": 2.1, "F336W": 1.9, "F438W": 1.8, "F475W": 1.8, "F555W": 1.8,
               "F606W": 1.8, "F814W": 2.0},
     sky_rate={"F275W": 0.003, "F336W": 0.005, "F438W": 0.02, "F475W": 0.05, "F555W": 0.06,
@@ -515,10 +524,10 @@ ACS_HRC = Instrument(
     dark_rate=0.006,
     cr_rate=1.2,
     dq_bits=MappingProxyType(_ACS_DQ),
-    bad_bits=1 | 2 | 4 | 8 | 16 | 32 | 128 | 512 | 1024,
-    saturation_bits=256 | 2048,
-    nodata_bits=1 | 2,
-    cr_bits=4096 | 8192,
+    bad_bits=_PIPELINE_BAD,
+    saturation_bits=_PIPELINE_SATURATED,
+    nodata_bits=_PIPELINE_NODATA,
+    cr_bits=_PIPELINE_CR,
     fwhm_pix={"F250W": 1.9, "F330W": 1.9, "F435W": 1.9, "F475W": 1.9, "F555W": 2.0, "F606W": 2.0,
               "F625W": 2.1, "F775W": 2.4, "F814W": 2.5, "F850LP": 2.8},
     sky_rate={"F250W": 0.0005, "F330W": 0.001, "F435W": 0.006, "F475W": 0.012, "F555W": 0.012,
@@ -566,10 +575,10 @@ STIS_CCD = Instrument(
     dark_rate=0.009,
     cr_rate=1.2,
     dq_bits=MappingProxyType(_STIS_DQ),
-    bad_bits=1 | 2 | 4 | 8 | 16 | 32 | 128 | 512 | 1024,
+    bad_bits=_PIPELINE_BAD,
     saturation_bits=256,
-    nodata_bits=1 | 2,
-    cr_bits=4096 | 8192,
+    nodata_bits=_PIPELINE_NODATA,
+    cr_bits=_PIPELINE_CR,
     fwhm_pix={"CLEAR": 2.0, "F28X50LP": 2.2},
     sky_rate={"CLEAR": 0.05, "F28X50LP": 0.03},
     zeropoint={"CLEAR": 26.4, "F28X50LP": 25.0},
@@ -754,8 +763,8 @@ class DQConvention:
 #: The DQ bits the HST calibration pipelines share (calacs for WFC, HRC and SBC, calwf3,
 #: calstis): bad 1-32, 128, 512, 1024; saturated 256 (full well) and 2048 (A-to-D);
 #: no data 1, 2; cosmic rays 4096, 8192 (labels, never defects).
-HST_DQ = DQConvention("HST", bad_bits=1 | 2 | 4 | 8 | 16 | 32 | 128 | 512 | 1024,
-                      saturation_bits=256 | 2048, nodata_bits=1 | 2, cr_bits=4096 | 8192)
+HST_DQ = DQConvention("HST", bad_bits=_PIPELINE_BAD, saturation_bits=_PIPELINE_SATURATED,
+                      nodata_bits=_PIPELINE_NODATA, cr_bits=_PIPELINE_CR)
 
 
 def dq_convention(header: Mapping) -> Instrument | DQConvention:
