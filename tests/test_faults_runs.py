@@ -316,12 +316,17 @@ def _complete(run: Path) -> None:
         json.loads(line)
 
 
+def _endless_training(data: Path, runs: Path, name: str, epochs: int) -> tuple[list, Path, subprocess.Popen]:
+    """A mask training that would run for ever, once it has ``epochs`` epochs: its arguments, run dir, process."""
+    args = ["train", "--data", data, "--runs", runs, "--name", name, "--kind", "mask", *TINY_TRAIN]
+    run = runs / name / "mask"
+    proc = start(*args, "--set=train.epochs=100000")
+    wait_until(lambda: _epochs(run) >= epochs or proc.poll() is not None, f"{epochs} epoch(s) of {name}")
+    return args, run, proc
+
+
 def test_two_trainings_into_one_run_directory_then_sigint(data_sets, tmp_path):
-    a_h5, _ = data_sets
-    args = ["train", "--data", a_h5, "--runs", tmp_path / "runs", "--name", "r", "--kind", "mask", *TINY_TRAIN]
-    run = tmp_path / "runs" / "r" / "mask"
-    a = start(*args, "--set=train.epochs=100000")
-    wait_until(lambda: _epochs(run) >= 1 or a.poll() is not None, "run A's first epoch")
+    args, run, a = _endless_training(data_sets[0], tmp_path / "runs", "r", 1)
     b = crforge(*args, "--set=train.epochs=100000")
     assert b.returncode == 2
     assert f"{run} is in use by crforge train (mask) (pid {a.pid} on host" in b.stderr
@@ -339,11 +344,7 @@ def test_two_trainings_into_one_run_directory_then_sigint(data_sets, tmp_path):
 
 
 def test_a_killed_training_resumes(data_sets, tmp_path):
-    a_h5, _ = data_sets
-    args = ["train", "--data", a_h5, "--runs", tmp_path / "runs", "--name", "k", "--kind", "mask", *TINY_TRAIN]
-    run = tmp_path / "runs" / "k" / "mask"
-    a = start(*args, "--set=train.epochs=100000")
-    wait_until(lambda: _epochs(run) >= 2 or a.poll() is not None, "two epochs")
+    args, run, a = _endless_training(data_sets[0], tmp_path / "runs", "k", 2)
     os.killpg(a.pid, signal.SIGKILL)
     a.wait()
     assert a.returncode == -signal.SIGKILL
