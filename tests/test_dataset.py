@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from crforge.pipeline.datafile.validate import validate
+from crforge.pipeline.datafile.writer import decompress_stamps
 from crforge.pipeline.dataset.config import DatasetConfig, StampConfig
 from crforge.pipeline.dataset.stage import build_dataset
 from crforge.pipeline.manifest import load_manifest
@@ -124,8 +125,10 @@ def test_file_is_valid_schema_v2_and_split_by_field(serial_build):
         with np.load(h5.parent / "stamps" / f"{visit}.npz") as z:
             j = int(np.nonzero((z["meta"]["exposure"] == m["exposure"]) & (z["meta"]["chip"] == m["chip"])
                                & (z["meta"]["x0"] == m["x0"]) & (z["meta"]["y0"] == m["y0"]))[0][0])
+            assert "image" not in z.files  # only the chunks are kept (a third of the bytes)
             for name in ("image", "cr", "ignore", "truth"):
-                assert np.array_equal(h["train"][name][0], z[name][j]), name
+                got = decompress_stamps(z[f"{name}_z"], z[f"{name}_zlen"], dtype=h["train"][name].dtype, size=256)
+                assert np.array_equal(h["train"][name][0], got[j]), name
     s = summarise(h5, progress=False)
     assert s["total"]["stamps"] == sum(report.stamps.values()) > 0
     assert s["truth"]["recall_above_5sigma"] >= 0.95
@@ -133,8 +136,11 @@ def test_file_is_valid_schema_v2_and_split_by_field(serial_build):
 
 def test_dask_and_serial_give_identical_files(serial_build, tmp_path):
     man, h5, _ = serial_build
-    build_dataset(man, tmp_path / "work", **_cfg(scheduler="local", workers=2))
+    # and without the intermediate files (large data sets): the same file, their disk freed
+    build_dataset(man, tmp_path / "work", **_cfg(scheduler="local", workers=2, keep_intermediate=False))
     _same(_content(h5), _content(tmp_path / "work" / "small.h5"))
+    assert not [p for d in ("raw", "labels") for p in (tmp_path / "work" / d).rglob("*") if p.is_file()]
+    assert (h5.parent / "labels").is_dir() and (h5.parent / "raw").is_dir()  # kept by default
 
 
 def test_an_existing_scheduler_by_address(serial_build, tmp_path):

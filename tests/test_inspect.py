@@ -418,3 +418,24 @@ def test_write_arrays_gives_valid_files(tmp_path):
         s = summarise(path)
         assert s["splits"]["test"]["stamps"] == 0 and s["total"]["stamps"] == 8
         assert s["has_truth"] is with_truth and s["total"]["fields"] == 4
+
+
+def test_compressed_chunks_round_trip_and_read_back_through_hdf5(tmp_path):
+    """The chunks the dataset workers keep decompress to the stamps, and HDF5 reads them as such."""
+    from crforge.pipeline.datafile.writer import compress_stamps, decompress_stamps
+
+    rng = np.random.default_rng(3)
+    stamps = {"image": rng.normal(100, 5, (3, S, S)).astype(np.float32),
+              "cr": (rng.random((3, S, S)) < 0.05).astype(np.uint8)}
+    for name, a in stamps.items():
+        blob, lengths = compress_stamps(a)
+        assert lengths.sum() == blob.size and (lengths > 0).all()
+        assert np.array_equal(decompress_stamps(blob, lengths, dtype=a.dtype, size=S), a), name
+    with h5py.File(tmp_path / "c.h5", "w") as h:
+        ds = h.create_dataset("image", shape=(3, S, S), dtype="f4", chunks=(1, S, S), shuffle=True,
+                              compression="gzip")
+        blob, lengths = compress_stamps(stamps["image"])
+        offsets = np.concatenate([[0], np.cumsum(lengths)])
+        for i in range(3):
+            ds.id.write_direct_chunk((i, 0, 0), blob[offsets[i]:offsets[i + 1]].tobytes())
+        assert np.array_equal(ds[:], stamps["image"])

@@ -44,7 +44,7 @@ from crforge.pipeline.datafile.schema import (
     STAMP_SIZE,
 )
 
-__all__ = ["FileAttributes", "DataFileWriter", "compress_stamps", "write_arrays", "GZIP_LEVEL"]
+__all__ = ["FileAttributes", "DataFileWriter", "compress_stamps", "decompress_stamps", "write_arrays", "GZIP_LEVEL"]
 
 #: Deflate level of the stamp chunks: level 1 is several times faster than the default
 #: 4 for a few per cent more bytes.
@@ -123,6 +123,19 @@ def compress_stamps(stamps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     blobs = [_gzip_chunk(a) for a in stamps]
     return (np.frombuffer(b"".join(blobs), np.uint8),
             np.array([len(b) for b in blobs], np.int64))
+
+
+def decompress_stamps(blob: np.ndarray, lengths: np.ndarray, *, dtype, size: int) -> np.ndarray:
+    """The ``[N,size,size]`` stamps back from :func:`compress_stamps`' chunks (its inverse)."""
+    dtype = np.dtype(dtype)
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    out = np.empty((len(lengths), size, size), dtype)
+    for i in range(len(lengths)):
+        raw = np.frombuffer(zlib.decompress(blob[offsets[i]:offsets[i + 1]].tobytes()), np.uint8)
+        if dtype.itemsize > 1:  # undo the shuffle
+            raw = np.ascontiguousarray(raw.reshape(dtype.itemsize, -1).T)
+        out[i] = raw.view(dtype).reshape(size, size)
+    return out
 
 
 class DataFileWriter:

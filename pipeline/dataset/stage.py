@@ -9,8 +9,12 @@ writing only its own visit's files)::
 
     <work>/raw/<visit>/          simulate (or the exposures fetched from the archive)
     <work>/labels/<visit>/       AstroDrizzle labels (crforge.pipeline.label)
-    <work>/stamps/<visit>.npz    256x256 stamps + metadata + footprint (crforge.pipeline.stamps);
-                                 simulated visits also their truth and noiseless pixels
+    <work>/stamps/<visit>.npz    256x256 stamps, compressed as the HDF5 stores them, + metadata
+                                 (crforge.pipeline.stamps); simulated visits also their truth
+                                 and noiseless pixels
+
+(with ``dataset.keep_intermediate = false`` a visit's ``labels/`` and, when simulated,
+its ``raw/`` are removed once its stamps are saved: large data sets need the disk)
 
 then, in this process: group visits into fields by sky overlap, split the fields
 (crforge.pipeline.splits), and stream the stamps, one visit at a time, into
@@ -38,6 +42,7 @@ import json
 import logging
 import os
 import platform
+import shutil
 import time
 import traceback
 from dataclasses import asdict, dataclass, field, replace
@@ -51,8 +56,8 @@ from crforge import atomic
 from crforge.errors import InputError
 from crforge.lock import hold
 from crforge.pipeline.archive.config import ArchiveConfig
-from crforge.pipeline.datafile.schema import META_DTYPE, SPLITS
-from crforge.pipeline.datafile.writer import DataFileWriter, FileAttributes, compress_stamps
+from crforge.pipeline.datafile.schema import META_DTYPE, PIXEL_DTYPES, SPLITS
+from crforge.pipeline.datafile.writer import DataFileWriter, FileAttributes, compress_stamps, decompress_stamps
 from crforge.pipeline.dataset.config import DatasetConfig, StampConfig
 from crforge.pipeline.instruments import get_instrument
 from crforge.pipeline.label.config import LabelConfig
@@ -81,8 +86,9 @@ class DatasetError(RuntimeError):
 # --------------------------------------------------------------------------------------
 
 
-#: What a visit's stamp file holds; a file of another format is made again (2: ``noiseless``).
-_STAMPS_FORMAT = 2
+#: What a visit's stamp file holds; a file of another format is made again (2: ``noiseless``;
+#: 3: only the compressed chunks, a third of format 2's bytes).
+_STAMPS_FORMAT = 3
 
 
 def _visit_key(spec: VisitSpec, label_cfg: LabelConfig, stamp_cfg: StampConfig) -> str:
@@ -217,11 +223,13 @@ def _noiseless(truth, ev: int, bunit: str, exptime: float) -> np.ndarray | None:
 
 
 def _save_stamps(path: Path, parts: dict[str, list], meta: list[tuple]) -> None:
-    arrays = {k: np.concatenate(v) for k, v in parts.items() if v}
     # the HDF5 chunks (one stamp each, shuffle + deflate) are compressed here, on the
-    # worker, so the single process that writes the file only copies bytes
-    for k in list(arrays):
-        arrays[f"{k}_z"], arrays[f"{k}_zlen"] = compress_stamps(arrays[k])
+    # worker, so the single process that writes the file only copies bytes; only the
+    # chunks are kept (the raw pixels would double the work directory's size)
+    arrays = {}
+    for k, v in parts.items():
+        if v:
+            arrays[f"{k}_z"], arrays[f"{k}_zlen"] = compress_stamps(np.concatenate(v))
     arrays["meta"] = np.array(meta, dtype=META_DTYPE)
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic.remove_stale(path.parent)  # what killed runs left
@@ -230,11 +238,13 @@ def _save_stamps(path: Path, parts: dict[str, list], meta: list[tuple]) -> None:
 
 
 def process_visit(spec: VisitSpec, work: str | os.PathLike, label_cfg: LabelConfig,
-                  stamp_cfg: StampConfig) -> VisitStamps:
+                  stamp_cfg: StampConfig, *, keep_intermediate: bool = True) -> VisitStamps:
     """Simulate (or find), label and stamp one visit (a dask task: it touches only its files).
 
     Writes ``work/stamps/<visit>.npz`` and then ``<visit>.json`` (which marks the
     stamps complete); a complete result made with the same settings is reused.
+    Without ``keep_intermediate`` the visit's labels and simulated exposures are then
+    removed (archive downloads are kept: they cost a download to make again).
     """
     work, t0 = Path(work), time.perf_counter()
     key = _visit_key(spec, label_cfg, stamp_cfg)
@@ -262,7 +272,16 @@ def process_visit(spec: VisitSpec, work: str | os.PathLike, label_cfg: LabelConf
                        seconds=round(time.perf_counter() - t0, 2),
                        exposures=tuple(e.rootname for e in report.exposures))
     atomic.write_json(info_path, done.to_json(), indent=None)  # after the stamps: it marks them complete
+    if not keep_intermediate:
+        _remove_intermediate(spec, raw, labels)
     return done
+
+
+def _remove_intermediate(spec: VisitSpec, raw: Path, labels: Path) -> None:
+    """Free a stamped visit's disk: its labels, and its exposures when they were simulated."""
+    shutil.rmtree(labels, ignore_errors=True)
+    if spec.source == "simulate":
+        shutil.rmtree(raw, ignore_errors=True)
 
 
 # --------------------------------------------------------------------------------------
@@ -315,7 +334,8 @@ class _Progress:
 def _run_serial(visits: list[VisitSpec], work: Path, cfg: _Sections, progress: _Progress) -> None:
     for spec in visits:
         try:
-            progress.done(spec.name, process_visit(spec, work, cfg.label, cfg.stamps))
+            progress.done(spec.name, process_visit(spec, work, cfg.label, cfg.stamps,
+                                                   keep_intermediate=cfg.dataset.keep_intermediate))
         except Exception as exc:  # one failing visit never takes the data set down
             progress.failed(spec.name, exc)
 
@@ -373,7 +393,7 @@ def _run_dask(visits: list[VisitSpec], work: Path, cfg: _Sections, progress: _Pr
         # longest first, so the last task to finish is a short one (tasks start
         # roughly in submission order)
         futures = {client.submit(process_visit, spec, str(work), label, cfg.stamps,
-                                 key=f"crforge-visit-{spec.name}", pure=False, priority=-i): spec.name
+                                 keep_intermediate=cfg.dataset.keep_intermediate, key=f"crforge-visit-{spec.name}", pure=False, priority=-i): spec.name
                    for i, spec in enumerate(sorted(visits, key=_cost, reverse=True))}
         for fut in as_completed(futures):
             try:
@@ -565,7 +585,7 @@ def _config_doc(cfg: _Sections) -> dict:
     # how the work was scheduled does not change the data: leave it out, so the serial
     # and dask paths (and any worker count) write identical files
     doc = {k: cfgmod.to_dict(getattr(cfg, k)) for k in ("dataset", "label", "stamps")}
-    for k in ("scheduler", "workers"):
+    for k in ("scheduler", "workers", "keep_intermediate"):
         doc["dataset"].pop(k, None)
     return json.loads(json.dumps(doc, sort_keys=True))
 
@@ -628,7 +648,8 @@ def _append_visit(w: DataFileWriter, split: str, npz: Path, field_id: int) -> No
         if w.compression == "gzip":
             w.append_compressed(split, meta, {k: (z[f"{k}_z"], z[f"{k}_zlen"]) for k in names})
         else:
-            w.append(split, meta, **{k: z[k] for k in names})
+            w.append(split, meta, **{k: decompress_stamps(z[f"{k}_z"], z[f"{k}_zlen"], dtype=PIXEL_DTYPES[k],
+                                                          size=int(w.attrs.stamp_size)) for k in names})
 
 
 def _write_hdf5(output: Path, man: Manifest, cfg: _Sections, done: list[VisitStamps], failed: list[dict],
