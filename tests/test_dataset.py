@@ -139,7 +139,7 @@ def test_dask_and_serial_give_identical_files(serial_build, tmp_path):
     # and without the intermediate files (large data sets): the same file, their disk freed
     build_dataset(man, tmp_path / "work", **_cfg(scheduler="local", workers=2, keep_intermediate=False))
     _same(_content(h5), _content(tmp_path / "work" / "small.h5"))
-    assert not [p for d in ("raw", "labels") for p in (tmp_path / "work" / d).rglob("*") if p.is_file()]
+    assert not [p for d in ("raw", "labels", "stamps") for p in (tmp_path / "work" / d).rglob("*") if p.is_file()]
     assert (h5.parent / "labels").is_dir() and (h5.parent / "raw").is_dir()  # kept by default
 
 

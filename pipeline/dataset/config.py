@@ -30,10 +30,11 @@ class DatasetConfig:
     max_failed_fraction : float
         Refuse to write the data set when more visits than this fraction failed.
     keep_intermediate : bool
-        Keep each visit's label files and simulated exposures once its stamps are cut
-        (for inspection, and so that a changed stamp setting does not relabel). False
-        removes them, which a large data set needs: they take about six times the
-        disk of the stamps. Archive downloads are kept either way.
+        Keep each visit's label files, simulated exposures and stamp file (for
+        inspection, and so that a rerun or a changed stamp setting does not relabel).
+        False removes the first two once the visit's stamps are cut (they take about
+        six times the disk of the stamps) and the stamp file once it is copied into
+        the HDF5, which a large data set needs. Archive downloads are kept either way.
     """
 
     seed: int = 0

@@ -14,7 +14,8 @@ writing only its own visit's files)::
                                  and noiseless pixels
 
 (with ``dataset.keep_intermediate = false`` a visit's ``labels/`` and, when simulated,
-its ``raw/`` are removed once its stamps are saved: large data sets need the disk)
+its ``raw/`` are removed once its stamps are saved, and its stamps once they are
+copied into the HDF5: large data sets need the disk)
 
 then, in this process: group visits into fields by sky overlap, split the fields
 (crforge.pipeline.splits), and stream the stamps, one visit at a time, into
@@ -57,7 +58,12 @@ from crforge.errors import InputError
 from crforge.lock import hold
 from crforge.pipeline.archive.config import ArchiveConfig
 from crforge.pipeline.datafile.schema import META_DTYPE, PIXEL_DTYPES, SPLITS
-from crforge.pipeline.datafile.writer import DataFileWriter, FileAttributes, compress_stamps, decompress_stamps
+from crforge.pipeline.datafile.writer import (
+    DataFileWriter,
+    FileAttributes,
+    compress_stamps,
+    decompress_stamps,
+)
 from crforge.pipeline.dataset.config import DatasetConfig, StampConfig
 from crforge.pipeline.instruments import get_instrument
 from crforge.pipeline.label.config import LabelConfig
@@ -652,6 +658,16 @@ def _append_visit(w: DataFileWriter, split: str, npz: Path, field_id: int) -> No
                                                           size=int(w.attrs.stamp_size)) for k in names})
 
 
+def _drop_stamps(stamps: Path, visit: str) -> None:
+    """Remove a visit's stamps once copied (the file and its copy would need twice the disk).
+
+    The record goes first: a visit without it is made again by a rerun, so a write
+    that fails after this costs the rerun that visit's labelling, never a wrong file.
+    """
+    (stamps / f"{visit}.json").unlink(missing_ok=True)
+    (stamps / f"{visit}.npz").unlink(missing_ok=True)
+
+
 def _write_hdf5(output: Path, man: Manifest, cfg: _Sections, done: list[VisitStamps], failed: list[dict],
                 field_of: dict[str, int], split_of: dict[int, str], work: Path, *,
                 overwrite: bool) -> dict[str, int]:
@@ -670,4 +686,6 @@ def _write_hdf5(output: Path, man: Manifest, cfg: _Sections, done: list[VisitSta
             for fid in sorted(f for f in by_field if split_of[f] == split):
                 for d in sorted(by_field[fid], key=lambda d: d.visit):
                     _append_visit(w, split, work / "stamps" / f"{d.visit}.npz", fid)
+                    if not cfg.dataset.keep_intermediate:
+                        _drop_stamps(work / "stamps", d.visit)
     return {split: w.counts.get(split, 0) for split in SPLITS}
