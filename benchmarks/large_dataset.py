@@ -10,7 +10,8 @@ and ``<out>.png`` (memory and stamps against time) and prints:
 
 - wall time, stamps, seconds per 1,000 stamps over the whole run and per tenth of it;
 - the peak resident memory of every process, and of each kind of process over the
-  first and the last quarter of the stamps (flat memory: the two are alike);
+  first and the last quarter of the stamps (flat memory: the two are alike) and
+  while the HDF5 is written;
 - the HDF5 writing time (the report's total minus the visits' time) and its stamps/s;
 - the peak disk use of the work directory.
 
@@ -83,11 +84,13 @@ def _sample(proc, t0: float, work: Path, seen: dict, peaks: dict, disk_every: in
 
 
 def _phase_peaks(rows: list[dict], total: int) -> dict:
-    """Peak memory per kind of process over the first and the last quarter of the stamps."""
+    """Peak memory per kind of process over the first and the last quarter of the stamps
+    (while visits run), and while the HDF5 is written (after the last visit)."""
     out = {}
-    for name, lo, hi in (("first_quarter", 0, total / 4), ("last_quarter", 3 * total / 4, total + 1)):
-        sel = [r for r in rows if lo <= r["stamps"] < hi and r["n_children"] > 0]
+    for name, lo, hi in (("first_quarter", 0, total / 4), ("last_quarter", 3 * total / 4, total)):
+        sel = [r for r in rows if lo <= r["stamps"] < hi]
         out[name] = {k: max((r[k] for r in sel), default=None) for k in ("builder_mb", "worker_max_mb")}
+    out["writing"] = {"builder_mb": max((r["builder_mb"] for r in rows if r["stamps"] >= total), default=None)}
     return out
 
 
