@@ -13,8 +13,13 @@ In one run on one data set:
 The loader is not the limit while (1) with the workers you give it exceeds (2). On a
 GPU, where (2) is some hundred times larger, (1) says how many workers a GPU needs.
 
+With ``--cold`` (for a data set larger than the memory) each case reads other stamps
+(another epoch's random order, none read before), after asking the kernel to drop its
+page cache where that is allowed (root): the rate from disk, as in the first epochs
+of a long training.
+
     python benchmarks/loader_throughput.py --data work/synthetic-acs-wfc.h5
-    python benchmarks/loader_throughput.py --data big.h5 --stamps 2048 --workers 0 1 2 4
+    python benchmarks/loader_throughput.py --data big.h5 --stamps 2048 --workers 0 1 2 4 --cold
 """
 
 from __future__ import annotations
@@ -25,8 +30,21 @@ import time
 from pathlib import Path
 
 
-def loader_rate(data: Path, workers: int, stamps: int) -> dict:
-    """Stamps/s of the training loader with ``workers`` workers over ``stamps`` stamps."""
+def _drop_page_cache() -> bool:
+    """Ask the kernel to drop clean cached pages (root only); whether it did."""
+    import os
+
+    os.sync()
+    try:
+        Path("/proc/sys/vm/drop_caches").write_text("1\n")
+        return True
+    except OSError:
+        return False
+
+
+def loader_rate(data: Path, workers: int, stamps: int, epoch: int = 0) -> dict:
+    """Stamps/s of the training loader with ``workers`` workers over ``stamps`` stamps
+    (the first ``stamps`` of epoch ``epoch``'s random order)."""
     import torch
     from torch.utils.data import DataLoader
 
@@ -36,7 +54,9 @@ def loader_rate(data: Path, workers: int, stamps: int) -> dict:
     cfg = TrainConfig()
     ds = StampDataset(data, "train", "mask", cfg.augment, seed=0, norm_scale=cfg.norm_scale,
                       keep_sky=cfg.keep_sky)
-    loader = DataLoader(ds, batch_size=16, num_workers=workers, sampler=EpochSampler(len(ds), 0, True, stamps))
+    sampler = EpochSampler(len(ds), 0, True, stamps)
+    sampler.set_epoch(epoch)
+    loader = DataLoader(ds, batch_size=16, num_workers=workers, sampler=sampler)
     # one thread, as in a worker: with 0 workers the batches are collated here, and idle
     # OpenMP threads spinning on a busy machine would be timed instead of the loader
     torch.set_num_threads(1)
@@ -83,9 +103,18 @@ def main(argv=None) -> int:
     p.add_argument("--data", type=Path, required=True, help="HDF5 training set")
     p.add_argument("--stamps", type=int, default=512, help="stamps per loader measurement (default 512)")
     p.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--cold", action="store_true", help="other stamps per case, page cache dropped first")
     args = p.parse_args(argv)
-    loader_rate(args.data, 0, args.stamps)  # warm the page cache: every case reads the same stamps
-    rows = [loader_rate(args.data, w, args.stamps) for w in args.workers]
+    if args.cold:
+        rows = []
+        for i, w in enumerate(args.workers):
+            dropped = _drop_page_cache()
+            r = loader_rate(args.data, w, args.stamps, epoch=1 + i)
+            rows.append({**r, "what": r["what"] + (", cold (page cache dropped)" if dropped else
+                                                   ", stamps not read before")})
+    else:
+        loader_rate(args.data, 0, args.stamps)  # warm the page cache: every case reads the same stamps
+        rows = [loader_rate(args.data, w, args.stamps) for w in args.workers]
     rows.append(model_rate(False))
     if cpu_bf16_enabled("auto"):
         rows.append(model_rate(True))

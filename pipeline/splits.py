@@ -71,6 +71,38 @@ def quads_overlap(a: np.ndarray, b: np.ndarray) -> bool:
     return _sat_overlap(pa, pb)
 
 
+def _unit(radec: np.ndarray) -> np.ndarray:
+    ra, dec = np.radians(radec[:, 0]), np.radians(radec[:, 1])
+    return np.c_[np.cos(dec) * np.cos(ra), np.cos(dec) * np.sin(ra), np.sin(dec)]
+
+
+def _candidate_pairs(names: list[str], footprints: Mapping[str, Sequence[np.ndarray]]) -> np.ndarray:
+    """Index pairs ``i < j`` of visits whose bounding caps touch: only they can overlap.
+
+    Each visit's cap is centred on the mean of its corners' unit vectors, with the
+    angular radius of its farthest corner (chips are convex and small, so the cap holds
+    them whole). A k-d tree on the centres finds the close pairs, so grouping costs
+    about N log N rather than comparing every pair of visits (minutes at 500 visits,
+    days at the archive's 100,000).
+    """
+    from scipy.spatial import cKDTree
+
+    centres, radii = np.empty((len(names), 3)), np.empty(len(names))
+    for i, n in enumerate(names):
+        v = _unit(np.concatenate([np.asarray(q, float).reshape(-1, 2) for q in footprints[n]]))
+        c = v.mean(axis=0)
+        centres[i] = c / np.linalg.norm(c)
+        radii[i] = np.arccos(np.clip(v @ centres[i], -1, 1)).max() + 1e-6  # margin: rounding
+    reach = min(math.pi, 2 * radii.max())
+    pairs = cKDTree(centres).query_pairs(2 * math.sin(reach / 2), output_type="ndarray")
+    if len(pairs) == 0:
+        return pairs.reshape(0, 2)
+    i, j = np.sort(pairs, axis=1).T
+    sep = np.arccos(np.clip(np.einsum("ij,ij->i", centres[i], centres[j]), -1, 1))
+    keep = sep <= radii[i] + radii[j]
+    return np.array(sorted(zip(i[keep].tolist(), j[keep].tolist())), dtype=int).reshape(-1, 2)
+
+
 def group_fields(footprints: Mapping[str, Sequence[np.ndarray]]) -> dict[str, int]:
     """Field id of every visit: connected components of footprint overlap.
 
@@ -93,12 +125,12 @@ def group_fields(footprints: Mapping[str, Sequence[np.ndarray]]) -> dict[str, in
             n = parent[n]
         return n
 
-    for i, a in enumerate(names):
-        for b in names[i + 1:]:
-            if find(a) == find(b):
-                continue
-            if any(quads_overlap(qa, qb) for qa in footprints[a] for qb in footprints[b]):
-                parent[find(b)] = find(a)
+    for i, j in _candidate_pairs(names, footprints) if names else ():
+        a, b = names[i], names[j]
+        if find(a) == find(b):
+            continue
+        if any(quads_overlap(qa, qb) for qa in footprints[a] for qb in footprints[b]):
+            parent[find(b)] = find(a)
     roots: dict[str, int] = {}
     out = {}
     for n in names:

@@ -278,6 +278,45 @@ def test_quads_overlap_on_the_sky():
     assert groups["a"] == groups["b"] == groups["d"] != groups["c"]
 
 
+def _all_pairs_groups(footprints):
+    """Connected components by comparing every pair of visits (the definition)."""
+    names = sorted(footprints)
+    comp = {n: {n} for n in names}
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            if comp[a] is not comp[b] and any(quads_overlap(qa, qb) for qa in footprints[a]
+                                              for qb in footprints[b]):
+                merged = comp[a] | comp[b]
+                for n in merged:
+                    comp[n] = merged
+    return {frozenset(c) for c in comp.values()}
+
+
+def test_grouping_by_sky_index_equals_comparing_every_pair():
+    """Fields found through the k-d tree are those of the all-pairs comparison: chips of
+    several sizes, in clusters and chains, across RA = 0/360 and near the pole."""
+    rng = np.random.default_rng(4)
+    centres = [(0.0, 0.0), (359.99, 10.0), (120.0, 89.9), (200.0, -45.0)]
+    footprints = {}
+    for k in range(160):
+        ra0, dec0 = centres[k % 4]
+        side = rng.choice([0.003, 0.01, 0.05])
+        ra, dec = ra0 + rng.normal(0, 0.05), dec0 + rng.normal(0, 0.05) * (0.1 if dec0 > 89 else 1)
+        quads = []
+        for chip in range(rng.integers(1, 4)):
+            sq = np.array([[0, 0], [side, 0], [side, side], [0, side]], float) + [chip * side * 1.05, 0]
+            quads.append(np.c_[(ra + sq[:, 0] / np.cos(np.radians(dec))) % 360, dec + sq[:, 1]])
+        footprints[f"v{k:03d}"] = quads
+    got = group_fields(footprints)
+    fields = {}
+    for name, fid in got.items():
+        fields.setdefault(fid, set()).add(name)
+    want = _all_pairs_groups(footprints)
+    assert {frozenset(f) for f in fields.values()} == want
+    assert 10 < len(want) < 150  # both merged fields and lone visits are exercised
+    assert group_fields({}) == {}
+
+
 def test_split_assignment_by_seed_keeps_every_type_in_every_split():
     types = ("extragalactic", "globular_cluster", "resolved_galaxy")
     visits = {f"v{i}": i for i in range(18)}
