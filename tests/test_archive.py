@@ -218,7 +218,7 @@ def test_find_a_wfpc2_visit_with_its_dq_files(mast):
     assert kw["instrument_name"] == ["WFPC2/WFC", "WFPC2/PC"]
 
 
-def test_a_wfpc2_exposure_without_its_dq_file_is_left_out():
+def test_a_wfpc2_exposure_without_its_dq_file_is_left_out(tmp_path):
     obs = [{"obsid": str(i), "obs_id": f"U2AB0H0{i}R", "proposal_id": "8090", "filters": "F555W",
             "instrument_name": cam, "target_name": "T"} for i, cam in ((1, "WFPC2/WFC"), (2, "WFPC2/PC"),
                                                                       (3, "WFPC2/WFC"))]
@@ -235,6 +235,16 @@ def test_a_wfpc2_exposure_without_its_dq_file_is_left_out():
     assert v.size == 100 + 50 + 100 + 60
     assert [e.sizes_cell for e in v.exposures] == ["100+50", "100+60"]
     assert group_visits(obs, prods, min_exposures=3) == []
+    # a manifest row listing the exposure is told what it lacks
+    from crforge.pipeline.archive.query import _resolve_row
+    from crforge.pipeline.archive.visits import collect_members
+
+    m = tmp_path / "m.csv"
+    m.write_text("instrument,filter,proposal_id,obset_id,field_type,exposures\n"
+                 "WFPC2,F555W,8090,0h,extragalactic,u2ab0h01r u2ab0h02r\n")
+    (spec,) = load_manifest(m).visits
+    why = _resolve_row(spec, collect_members(obs, prods), ArchiveConfig())
+    assert why == "proposal 8090 obset 0h F555W (WFPC2): no C0M product with its C1M for u2ab0h02r"
 
 
 def test_wfpc2_query_fetch_label_end_to_end(mast, tmp_path, capsys):

@@ -252,7 +252,8 @@ def collect_members(observations: Iterable[Mapping], products: Iterable[Mapping]
 def _with_companions(members: Mapping[str, Mapping[str, Exposure]], inst: Instrument
                      ) -> dict[str, dict[str, Exposure]]:
     """Each member's products with their companion files attached (companions are no
-    products of their own); a product missing a companion on MAST is left out."""
+    products of their own); a product missing a companion on MAST is left out (the
+    member stays, so that a row listing it is told which product it lacks)."""
     out: dict[str, dict[str, Exposure]] = {}
     for root, files in members.items():
         kinds = {}
@@ -267,8 +268,7 @@ def _with_companions(members: Mapping[str, Mapping[str, Exposure]], inst: Instru
                 continue
             kinds[kind] = replace(files[kind], companions=tuple((files[c].filename, files[c].size)
                                                                 for c in need))
-        if kinds:
-            out[root] = kinds
+        out[root] = kinds
     return out
 
 
