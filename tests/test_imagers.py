@@ -110,12 +110,14 @@ def test_label_quality_meets_the_acs_wfc_bars(labelled, inst, n):
 
 
 def test_the_refinement_settings_follow_the_table():
-    """STIS/CCD scales the [label] refinement values by its table factors; the others use them."""
+    """ACS/HRC and STIS/CCD scale the [label] refinement values by their table factors;
+    the others use them."""
     cfg = LabelConfig()
-    for inst in ("ACS/WFC", "WFC3/UVIS", "ACS/HRC", "WFPC2"):
+    for inst in ("ACS/WFC", "WFC3/UVIS", "WFPC2"):
         assert refine_settings(cfg, INSTRUMENTS[inst]) == ((4.0, 2.25), 0.4)
-    (seed, grow), deriv = refine_settings(cfg, INSTRUMENTS["STIS/CCD"])
-    assert seed == 4.0 and grow == pytest.approx(2.6, abs=0.002) and deriv == pytest.approx(0.2)
+    for inst in ("ACS/HRC", "STIS/CCD"):
+        (seed, grow), deriv = refine_settings(cfg, INSTRUMENTS[inst])
+        assert seed == 4.0 and grow == pytest.approx(2.6, abs=0.002) and deriv == pytest.approx(0.2)
     # a user's values are scaled too, the grow threshold never above the seed threshold
     (seed, grow), deriv = refine_settings(replace(cfg, refine_snr=(2.5, 2.5), refine_deriv_scale=1.0),
                                           INSTRUMENTS["STIS/CCD"])

@@ -176,7 +176,7 @@ def refine_settings(cfg: LabelConfig, inst: Instrument) -> tuple[tuple[float, fl
     """The refinement's (seed, grow) thresholds and gradient weight on one imager.
 
     ``cfg.refine_snr`` and ``cfg.refine_deriv_scale`` scaled by the imager's
-    ``refine_grow_factor`` and ``refine_deriv_factor`` (1 but for STIS/CCD:
+    ``refine_grow_factor`` and ``refine_deriv_factor`` (1 but for ACS/HRC and STIS/CCD:
     docs/instruments.md); the grow threshold never exceeds the seed threshold.
     """
     seed, grow = cfg.refine_snr
