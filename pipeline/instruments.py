@@ -68,9 +68,9 @@ from crforge.errors import InputError
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Chip", "Instrument", "INSTRUMENTS", "get_instrument", "instrument_for_header", "DQConvention",
-           "HST_DQ", "dq_convention", "normalise_unit", "to_electrons", "ACS_WFC", "WFC3_UVIS", "ACS_HRC",
-           "STIS_CCD", "WFPC2"]
+__all__ = ["Chip", "Instrument", "INSTRUMENTS", "get_instrument", "instrument_for_header", "instrument_for_mast",
+           "DQConvention", "HST_DQ", "dq_convention", "normalise_unit", "to_electrons", "ACS_WFC", "WFC3_UVIS",
+           "ACS_HRC", "STIS_CCD", "WFPC2"]
 
 
 @dataclass(frozen=True)
@@ -194,7 +194,10 @@ class Instrument:
         the instrument's one chip (a STIS CR-split or repeated FLT).
     products : tuple of str
         File suffixes of a visit's calibrated exposures, in order of preference
-        (``flc`` before ``flt``; WFPC2 ``c0m``).
+        (``flc`` before ``flt``; WFPC2 ``c0m``). ``crforge query`` and ``crforge
+        fetch`` take these product types from MAST (``archive.products`` orders those
+        of them it names), each with the files ``dq_files`` pairs it with
+        (:meth:`companions`: WFPC2's ``c1m``).
     exposure_keywords : tuple of str
         Keywords AstroDrizzle reads from the header that holds the exposure time
         (``exptime_ext``) besides it: STIS's ``stisExt2PrimKw`` copies ``DATE-OBS``,
@@ -225,6 +228,13 @@ class Instrument:
         its exposure count (``label.refine_max_exposures`` is for the others). WFPC2:
         drizzlepac 3.11's ``driz_cr`` takes WFPC2's read noise in DN for electrons and
         flags about 7% of the sky pixels of every chip as cosmic rays.
+    refine_deriv_factor, refine_grow_factor : float
+        Multiply the refinement's gradient weight (``LabelConfig.refine_deriv_scale``)
+        and grow threshold (``refine_snr[1]``) on this imager: the [label] values were
+        set on ACS/WFC, whose sharp PSF leaves the largest interpolation errors on
+        stars. 1 but for ACS/HRC and STIS/CCD, whose PSFs of about 2 pixels leave
+        smaller interpolation errors (measured: docs/instruments.md, "Label defaults
+        per imager").
     drizzle_stem : str
         How AstroDrizzle names an exposure's products (``<stem>_sci<n>_crmask.fits``):
         ``"rootname"`` (the file name up to its last ``_``: ACS, WFC3, STIS) or
@@ -236,8 +246,10 @@ class Instrument:
     rootname_letter : str
         First letter of the imager's rootnames (``j`` ACS, ``i`` WFC3, ``o`` STIS, ``u``
         WFPC2).
-    mast_instrument : str
-        MAST's ``instrument_name`` of the imager (``crforge query``).
+    mast_instruments : tuple of str
+        MAST's ``instrument_name`` values of the imager (``crforge query``); empty:
+        ``name``. WFPC2's observations are listed as ``WFPC2/WFC`` or ``WFPC2/PC``
+        after the chip the target was placed on, both holding all four chips.
     clean_dq_bit : int
         DQ bit ``crforge clean`` sets on the cosmic rays it finds: one the
         instrument's calibration pipeline and AstroDrizzle never set, so that it
@@ -291,10 +303,12 @@ class Instrument:
     gain_modes: Mapping[float, Mapping[str, tuple[float, float]]] = field(default_factory=dict)
     chip_keyword: str = "CCDCHIP"
     always_refine: bool = False
+    refine_deriv_factor: float = 1.0
+    refine_grow_factor: float = 1.0
     drizzle_stem: str = "rootname"
     header_amps: str = ""
     rootname_letter: str = "j"
-    mast_instrument: str = ""
+    mast_instruments: tuple[str, ...] = ()
 
     def chip(self, extver: int) -> Chip:
         """Return the chip with ``EXTVER`` ``extver``.
@@ -389,9 +403,25 @@ class Instrument:
         return gains, rns
 
     @property
-    def mast_name(self) -> str:
-        """MAST's ``instrument_name`` of this imager."""
-        return self.mast_instrument or self.name
+    def mast_names(self) -> tuple[str, ...]:
+        """MAST's ``instrument_name`` values of this imager."""
+        return self.mast_instruments or (self.name,)
+
+    def companions(self, product: str) -> tuple[str, ...]:
+        """Suffixes of the files an exposure's ``product`` file needs beside it (its DQ file).
+
+        >>> WFPC2.companions("c0m"), ACS_WFC.companions("flc")
+        (('c1m',), ())
+        """
+        kind = str(product).lower()
+        return (self.dq_files[kind],) if kind in self.dq_files else ()
+
+    @property
+    def archive_kinds(self) -> tuple[str, ...]:
+        """File types ``crforge query``/``fetch`` take from MAST: the products, then their
+        companions (WFPC2: ``c0m``, ``c0f``, ``c1m``, ``c1f``)."""
+        return tuple(dict.fromkeys(tuple(self.products)
+                                   + tuple(c for k in self.products for c in self.companions(k))))
 
     def bits_of(self, *meanings: str) -> int:
         """OR of the DQ bits whose meaning contains any of ``meanings``."""
@@ -540,6 +570,10 @@ ACS_HRC = Instrument(
     clean_dq_bit=16384,
     header_amps="ABCD",
     rootname_letter="j",
+    # as STIS/CCD (a PSF of 2 pixels as well): 2-exposure globular clusters 0.9496-0.9595
+    # -> 0.956-0.965 recall above 5 sigma, 68-97 -> 51-69 false labels per million
+    refine_deriv_factor=0.5,
+    refine_grow_factor=1.155,
 )
 
 _STIS_DQ = {
@@ -595,6 +629,10 @@ STIS_CCD = Instrument(
     packing="imsets",
     products=("flt",),
     rootname_letter="o",
+    # gradient weight 0.4 -> 0.2, grow threshold 2.25 -> 2.6 sigma: 2-exposure globular
+    # clusters reach 95% recall above 5 sigma (0.942-0.949 before) with fewer false labels
+    refine_deriv_factor=0.5,
+    refine_grow_factor=1.155,
 )
 
 _WFPC2_DQ = {
@@ -670,6 +708,7 @@ WFPC2 = Instrument(
     drizzle_stem="filename",
     products=("c0m", "c0f"),
     rootname_letter="u",
+    mast_instruments=("WFPC2/WFC", "WFPC2/PC"),
 )
 
 #: All known imagers by name.
@@ -694,6 +733,15 @@ def get_instrument(name: str) -> Instrument:
     if key in INSTRUMENTS:
         return INSTRUMENTS[key]
     raise InputError(f"instrument={name!r}: known imagers are {sorted(INSTRUMENTS)}")
+
+
+def instrument_for_mast(name: object) -> Instrument | None:
+    """The imager MAST's ``instrument_name`` names (``"WFPC2/PC"`` -> WFPC2), or ``None``."""
+    key = str(name or "").strip().upper()
+    for inst in INSTRUMENTS.values():
+        if key in (n.upper() for n in inst.mast_names):
+            return inst
+    return None
 
 
 def instrument_for_header(header: Mapping) -> Instrument:

@@ -19,7 +19,9 @@ TOML (simulated and real visits)::
 CSV (real visits): columns ``instrument, filter, proposal_id, obset_id, field_type``
 and optionally ``split``, ``exposures`` (space-separated rootnames), ``sizes``
 (space-separated byte counts of the exposures' products as MAST lists them, parallel
-to ``exposures``), ``product`` (``flc`` or ``flt``), ``target``, ``label``
+to ``exposures``; an imager whose product needs another file beside it gives both,
+joined by ``+``: WFPC2's ``c0m+c1m``), ``product`` (one of the imager's
+``Instrument.products``: ``flc`` or ``flt``, WFPC2 ``c0m``), ``target``, ``label``
 (``key=value;key=value`` LabelConfig overrides). ``crforge.pipeline.archive`` fills
 ``exposures``, ``sizes`` and ``product`` from MAST (``crforge query``), so that a
 fetch needs no query.
@@ -44,7 +46,7 @@ from typing import Any
 
 from crforge import config as cfgmod
 from crforge.errors import InputError
-from crforge.pipeline.instruments import get_instrument
+from crforge.pipeline.instruments import Instrument, get_instrument
 from crforge.pipeline.label.config import LabelConfig
 from crforge.pipeline.names import FIELD_TYPES, SPLITS
 from crforge.pipeline.simulate.config import SimulateConfig, base36
@@ -81,9 +83,11 @@ class VisitSpec:
         For simulated visits.
     archive : dict
         For real visits: instrument, filter, proposal_id, obset_id (two characters),
-        exposures (rootnames), sizes (bytes per exposure as MAST lists them, or empty
-        when not known), product (``flc``/``flt``, or empty: decided when the visit
-        is resolved against MAST), target.
+        exposures (rootnames), sizes (bytes of each exposure's product as MAST lists
+        them, or empty when not known), companion_sizes (per exposure, the bytes of
+        the files its product needs beside it, ``Instrument.companions``: WFPC2's
+        ``c1m``; empty tuples otherwise), product (one of ``Instrument.products``, or
+        empty: decided when the visit is resolved against MAST), target.
     row : int
         Row number in the manifest (for messages).
     """
@@ -151,6 +155,30 @@ def _sim_visit(where: str, i: int, row: dict, base_seed: int) -> VisitSpec:
                      label=dict(row.get("label", {})), simulate=cfg, row=i)
 
 
+def _archive_sizes(where: str, cell: Any, exps: list[str], inst: Instrument,
+                   product: str) -> list[tuple[int, ...]]:
+    """The ``sizes`` of an archive row: per exposure, the product's bytes then its
+    companions' (``7862400+3931200`` for WFPC2's c0m and c1m); empty when not given."""
+    entries = cell or []
+    if isinstance(entries, str):
+        entries = entries.split()
+    try:
+        sizes = [tuple(int(p) for p in str(e).split("+")) for e in entries]
+    except (TypeError, ValueError):
+        raise InputError(f"{where}: sizes={cell!r}: expected byte counts (integers)") from None
+    if sizes and len(sizes) != len(exps):
+        raise InputError(f"{where}: sizes has {len(sizes)} entries for {len(exps)} exposures; "
+                         "give one size per exposure (or none)")
+    if any(b <= 0 for s in sizes for b in s):
+        raise InputError(f"{where}: sizes={cell!r}: every size must be > 0 bytes")
+    files = (product,) + inst.companions(product)
+    for root, s in zip(exps, sizes):
+        if len(s) != len(files):
+            raise InputError(f"{where}: sizes entry {'+'.join(map(str, s))!r} of exposure {root}: "
+                             f"{inst.name} {product} exposures list {len(files)} size(s) ({'+'.join(files)})")
+    return sizes
+
+
 def _archive_visit(where: str, i: int, row: dict) -> VisitSpec:
     ft, split = _check_common(where, row)
     unknown = set(row) - _ARCHIVE_KEYS - _COMMON_KEYS
@@ -160,7 +188,7 @@ def _archive_visit(where: str, i: int, row: dict) -> VisitSpec:
     for key in ("instrument", "filter", "proposal_id", "obset_id"):
         if row.get(key) in (None, ""):
             raise InputError(f"{where}: {key} is required for an archive visit")
-    get_instrument(str(row["instrument"]))
+    inst = get_instrument(str(row["instrument"]))
     try:
         pid = int(row["proposal_id"])
     except (TypeError, ValueError):
@@ -173,26 +201,17 @@ def _archive_visit(where: str, i: int, row: dict) -> VisitSpec:
     if isinstance(exps, str):
         exps = exps.split()
     exps = [str(e).strip().lower() for e in exps]
-    sizes = row.get("sizes") or []
-    if isinstance(sizes, str):
-        sizes = sizes.split()
-    try:
-        sizes = [int(s) for s in sizes]
-    except (TypeError, ValueError):
-        raise InputError(f"{where}: sizes={row.get('sizes')!r}: expected byte counts (integers)") from None
-    if sizes and len(sizes) != len(exps):
-        raise InputError(f"{where}: sizes has {len(sizes)} entries for {len(exps)} exposures; "
-                         "give one size per exposure (or none)")
-    if any(s <= 0 for s in sizes):
-        raise InputError(f"{where}: sizes={sizes!r}: every size must be > 0 bytes")
     if len(set(exps)) != len(exps):
         raise InputError(f"{where}: exposures lists a rootname twice: {exps!r}")
     product = str(row.get("product", "") or "").strip().lower()
-    if product and product not in ARCHIVE_PRODUCTS:
-        raise InputError(f"{where}: product={row.get('product')!r}, expected one of {ARCHIVE_PRODUCTS} or empty")
+    if product and product not in inst.products:
+        raise InputError(f"{where}: product={row.get('product')!r}, expected one of {inst.products} "
+                         f"({inst.name}) or empty")
+    sizes = _archive_sizes(where, row.get("sizes"), exps, inst, product or inst.products[0])
     arch = {"instrument": str(row["instrument"]), "filter": str(row["filter"]).upper(),
-            "proposal_id": pid, "obset_id": obset, "exposures": exps, "sizes": sizes,
-            "product": product, "target": str(row.get("target", ""))}
+            "proposal_id": pid, "obset_id": obset, "exposures": exps, "sizes": [s[0] for s in sizes],
+            "companion_sizes": [s[1:] for s in sizes], "product": product,
+            "target": str(row.get("target", ""))}
     name = row.get("name") or f"{pid}_{obset}_{arch['filter'].lower()}"
     return VisitSpec(name=name, source="archive", field_type=ft, split=split,
                      label=dict(row.get("label", {})), archive=arch, row=i)

@@ -36,6 +36,11 @@ the members' FLC, FLT and RAW files, the association's ASN and DRC files, and th
 HST pipeline's own HAP copies (``hst_<pid>_<obset>_..._flc.fits``, in a separate HAP
 observation), which crforge must not take for the exposures. Only the member FLC (or
 FLT) files have content; asking for anything else is a 404 like a missing product.
+A WFPC2 visit (``product="c0m"``) appears as WFPC2's exposures do on MAST: one
+observation per exposure (``obs_id`` its rootname in capitals, no association),
+``instrument_name`` ``WFPC2/WFC`` or ``WFPC2/PC`` after the aperture's camera
+(alternating here), each with its ``c0m`` (science) and ``c1m`` (DQ) served and the
+``d0m``, ``c3m`` and the later reprocessing's ``flt`` listed only.
 
 Faults, per file (:meth:`FakeMast.set_fault`): ``truncate`` (Content-Length of the
 whole range, then the connection closes after half of it), ``short`` (no
@@ -296,7 +301,8 @@ class FakeMast:
             ``target_classification`` of the rows.
         product : str
             ``flc``: the members' FLC files are served (FLT and RAW only listed);
-            ``flt``: an instrument without FLC: FLT served, no FLC listed.
+            ``flt``: an instrument without FLC: FLT served, no FLC listed; ``c0m``:
+            WFPC2, each exposure's c0m and c1m served (see the module docstring).
         t_min, ra, dec : float
             Start (MJD) and position of the observation.
 
@@ -306,11 +312,12 @@ class FakeMast:
             The served file names (``<rootname>_<product>.fits``).
         """
         # a simulated STIS visit is one CR-split *_flt.fits (its rootname the association's)
-        files = sorted(Path(visit_dir).glob("*_flc.fits")) or sorted(Path(visit_dir).glob("*_flt.fits"))
+        files = (sorted(Path(visit_dir).glob("*_flc.fits")) or sorted(Path(visit_dir).glob("*_flt.fits"))
+                 or sorted(Path(visit_dir).glob("*_c0m.fits")))
         if not files:
-            raise ValueError(f"{visit_dir}: no *_flc.fits or *_flt.fits files")
-        if product not in ("flc", "flt"):
-            raise ValueError(f"product={product!r}: expected 'flc' or 'flt'")
+            raise ValueError(f"{visit_dir}: no *_flc.fits, *_flt.fits or *_c0m.fits files")
+        if product not in ("flc", "flt", "c0m"):
+            raise ValueError(f"product={product!r}: expected 'flc', 'flt' or 'c0m'")
         roots = [f.name.split("_")[0] for f in files]
         asn = roots[0][:6] + "010"
         obset = roots[0][4:6]
@@ -321,6 +328,8 @@ class FakeMast:
         common = _observation_row(proposal_id=proposal_id, filter=filter, instrument=instrument,
                                   target=target, classification=classification, t_min=t_min,
                                   ra=ra, dec=dec, exptime=exptime)
+        if product == "c0m":
+            return self._add_wfpc2(common, files)
         calib = {"WFC3": "CALWF3", "STIS": "CALSTIS"}.get(instrument.split("/")[0], "CALACS")
         obsid = self._add_observation(common, calib, "HST", asn)
         hap = f"hst_{proposal_id}_{obset}_{instrument.replace('/', '_').lower()}_{filter.lower()}_"
@@ -334,6 +343,25 @@ class FakeMast:
                               product.upper(), "SCIENCE", len(data), None, project="HAP")
         self._add_product(common, obsid, asn, f"{asn}_asn.fits", "ASN", "AUXILIARY", 11520)
         self._add_product(common, obsid, asn, f"{asn}_drc.fits", "DRC", "SCIENCE", 3 * len(data))
+        return served
+
+    def _add_wfpc2(self, common: dict, files: list[Path]) -> list[str]:
+        """WFPC2 exposures: an observation each, c0m and c1m served (see the module docstring)."""
+        served = []
+        for i, f in enumerate(files):
+            root = f.name.split("_")[0]
+            camera = "WFPC2/PC" if i % 2 else "WFPC2/WFC"
+            cells = {**common, "instrument_name": camera}
+            obsid = self._add_observation(cells, "CALWP2", "HST", root.upper())
+            c0m, c1m = f.read_bytes(), f.with_name(f"{root}_c1m.fits").read_bytes()
+            self._add_product(cells, obsid, root, f"{root}_c0m.fits", "C0M", "SCIENCE", len(c0m), c0m, "CALWP2")
+            self._add_product(cells, obsid, root, f"{root}_c1m.fits", "C1M", "AUXILIARY", len(c1m), c1m, "CALWP2")
+            self._add_product(cells, obsid, root, f"{root}_d0m.fits", "D0M", "SCIENCE", len(c0m) // 2,
+                              project="CALWP2")
+            self._add_product(cells, obsid, root, f"{root}_c3m.fits", "C3M", "AUXILIARY", 28800, project="CALWP2")
+            self._add_product(cells, obsid, root, f"{root}_flt.fits", "FLT", "SCIENCE", 3 * len(c0m),
+                              project="CALWP2")
+            served.append(f"{root}_c0m.fits")
         return served
 
     def _add_observation(self, common: dict, provenance: str, project: str, obs_id: str) -> str:

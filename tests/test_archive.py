@@ -68,6 +68,12 @@ VISITS = {
                                    n_exposures=2, chip_shape=(64, 64), seed=7),
                           mast=dict(instrument="STIS/CCD", target="ANY", classification="FIELD",
                                     product="flt", t_min=50853.0)),
+    # WFPC2: per exposure a c0m (four chips, DN) and its c1m (DQ), one observation each,
+    # listed as WFPC2/WFC and WFPC2/PC; chips big enough to label
+    "8090_0h_f555w": dict(sim=dict(instrument="WFPC2", proposal_id=8090, obset_id="0h", filter="F555W",
+                                   n_exposures=2, chip_shape=(128, 128), seed=8, dither="line"),
+                          mast=dict(instrument="WFPC2/WFC", target="NGC-6752",
+                                    classification="STAR;GLOBULAR CLUSTER", product="c0m", t_min=50600.0)),
     # one exposure: not a visit crforge can label
     "9405_4b_f606w": dict(sim=dict(proposal_id=9405, obset_id="4b", filter="F606W", n_exposures=1,
                                    chip_shape=(64, 128), seed=5),
@@ -194,7 +200,122 @@ def test_find_visits_of_the_other_imagers(mast):
     assert [(v.name, v.filter, v.instrument) for v in stis] == [("7908_19_clear", "CLEAR", "STIS/CCD")]
     assert [e.filename for e in stis[0].exposures] == mast.served["7908_19_clear"] == ["o63o19010_flt.fits"]
     # an ACS/WFC query does not find them
-    assert find_visits(Criteria(proposal_ids=(9019, 7908)), cfg) == []
+    assert find_visits(Criteria(proposal_ids=(9019, 7908, 8090)), cfg) == []
+
+
+def test_find_a_wfpc2_visit_with_its_dq_files(mast):
+    """WFPC2: MAST's WFPC2/WFC and WFPC2/PC observations of one obset are one visit of
+    c0m exposures, each with its c1m; the d0m, c3m and reprocessed flt are not taken."""
+    (v,) = find_visits(Criteria(instrument="WFPC2", filters=("F555W",)), _cfg())
+    assert (v.name, v.instrument, v.product, v.target) == ("8090_0h_f555w", "WFPC2", "c0m", "NGC-6752")
+    assert [e.filename for e in v.exposures] == mast.served["8090_0h_f555w"]
+    for e in v.exposures:
+        c1m = f"{e.rootname}_c1m.fits"
+        assert e.companions == ((c1m, len(mast.content(c1m))),)
+        assert e.size == len(mast.content(e.filename))
+    # MAST was asked for both cameras and for the c0m/c1m types only
+    kw = mast_criteria(Criteria(instrument="wfpc2", proposal_ids=(8090,)))
+    assert kw["instrument_name"] == ["WFPC2/WFC", "WFPC2/PC"]
+
+
+def test_a_wfpc2_exposure_without_its_dq_file_is_left_out(tmp_path):
+    obs = [{"obsid": str(i), "obs_id": f"U2AB0H0{i}R", "proposal_id": "8090", "filters": "F555W",
+            "instrument_name": cam, "target_name": "T"} for i, cam in ((1, "WFPC2/WFC"), (2, "WFPC2/PC"),
+                                                                      (3, "WFPC2/WFC"))]
+
+    def p(parent, name, size=100):
+        return {"parent_obsid": parent, "productFilename": name, "size": size,
+                "productSubGroupDescription": name[-8:-5].upper()}
+
+    prods = [p("1", "u2ab0h01r_c0m.fits"), p("1", "u2ab0h01r_c1m.fits", 50),
+             p("2", "u2ab0h02r_c0m.fits"), p("2", "u2ab0h02r_flt.fits"),        # no c1m listed
+             p("3", "u2ab0h03r_c0m.fits"), p("3", "u2ab0h03r_c1m.fits", 60)]
+    (v,) = group_visits(obs, prods)
+    assert v.product == "c0m" and [e.rootname for e in v.exposures] == ["u2ab0h01r", "u2ab0h03r"]
+    assert v.size == 100 + 50 + 100 + 60
+    assert [e.sizes_cell for e in v.exposures] == ["100+50", "100+60"]
+    assert group_visits(obs, prods, min_exposures=3) == []
+    # a manifest row listing the exposure is told what it lacks
+    from crforge.pipeline.archive.query import _resolve_row
+    from crforge.pipeline.archive.visits import collect_members
+
+    m = tmp_path / "m.csv"
+    m.write_text("instrument,filter,proposal_id,obset_id,field_type,exposures\n"
+                 "WFPC2,F555W,8090,0h,extragalactic,u2ab0h01r u2ab0h02r\n")
+    (spec,) = load_manifest(m).visits
+    why = _resolve_row(spec, collect_members(obs, prods), ArchiveConfig())
+    assert why == "proposal 8090 obset 0h F555W (WFPC2): no C0M product with its C1M for u2ab0h02r"
+
+
+def test_wfpc2_query_fetch_label_end_to_end(mast, tmp_path, capsys):
+    """crforge query finds the WFPC2 visit, fetch downloads each c0m with its c1m
+    (sizes verified), label labels the fetched visit."""
+    from astropy.io import fits
+
+    out = tmp_path / "wfpc2.csv"
+    rc = cli.main(["query", "--out", str(out), "--instrument", "WFPC2", "--proposal", "8090",
+                   "--field-type", "globular_cluster"])
+    assert rc == 0, capsys.readouterr().err
+    assert f"{out}: 1 visits, 2 exposures" in capsys.readouterr().out
+    (spec,) = load_manifest(out).visits
+    a = spec.archive
+    roots = [f[:9] for f in mast.served["8090_0h_f555w"]]
+    assert (a["instrument"], a["product"], a["exposures"]) == ("WFPC2", "c0m", roots)
+    assert a["sizes"] == [len(mast.content(f"{r}_c0m.fits")) for r in roots]
+    assert a["companion_sizes"] == [(len(mast.content(f"{r}_c1m.fits")),) for r in roots]
+    assert "products: c0m then c0f" in out.read_text()
+    mast.reset()
+    work = tmp_path / "w"
+    rc = cli.main(["fetch", "--manifest", str(out), "--work", str(work)])
+    assert rc == 0, capsys.readouterr().err
+    assert "8090_0h_f555w: 2/2 exposures verified (4 files: 4 fetched, 0 already present)" in \
+        capsys.readouterr().out
+    raw = work / "raw" / "8090_0h_f555w"
+    for r in roots:
+        for kind in ("c0m", "c1m"):
+            assert (raw / f"{r}_{kind}.fits").read_bytes() == mast.content(f"{r}_{kind}.fits")
+    assert {r.what for r in mast.log} == {f"{r}_{k}.fits" for r in roots for k in ("c0m", "c1m")}
+    before = {p.name: p.read_bytes() for p in raw.iterdir()}
+    rc = cli.main(["label", str(raw), "--out", str(work / "labels")])
+    assert rc == 0, capsys.readouterr().err
+    report = json.loads((work / "labels" / raw.name / "labels.json").read_text())
+    assert report["n_exposures"] == 2 and report["instrument"] == "WFPC2"
+    with fits.open(work / "labels" / raw.name / f"{roots[0]}_label.fits") as h:
+        assert len([x for x in h if x.name == "CR"]) == 4  # PC1 and WF2-4
+    assert {p.name: p.read_bytes() for p in raw.iterdir()} == before
+
+
+def test_a_missing_wfpc2_dq_file_fails_the_visit_naming_it(mast, tmp_path, capsys):
+    m = tmp_path / "m.csv"
+    m.write_text("instrument,filter,proposal_id,obset_id,field_type\n"
+                 "WFPC2,F555W,8090,0h,globular_cluster\n")
+    c0m = mast.served["8090_0h_f555w"][1]
+    c1m = c0m.replace("_c0m", "_c1m")
+    mast.set_fault(c1m, "missing")
+    work = tmp_path / "w"
+    rc = cli.main(["fetch", "--manifest", str(m), "--work", str(work)])
+    err = capsys.readouterr().err
+    assert rc == 1
+    assert f"crforge fetch: visit 8090_0h_f555w: {c1m}: HTTP 404: listed by MAST but not served" in err
+    assert ("visit 8090_0h_f555w not ready: 1 of 2 exposure(s) verified, at least 2 needed; "
+            f"{c1m}: HTTP 404") in err
+    raw = work / "raw" / "8090_0h_f555w"
+    assert (raw / c0m).exists() and not (raw / c1m).exists()  # the c0m waits for the rerun
+    mast.reset()
+    rc = cli.main(["fetch", "--manifest", str(m), "--work", str(work)])
+    assert rc == 0, capsys.readouterr().err
+    assert "2/2 exposures verified (4 files: 1 fetched, 3 already present)" in capsys.readouterr().out
+    assert {r.what for r in mast.log} == {c1m}
+    # a row listing a c0m without its c1m size is refused before anything is fetched
+    root = c0m[:9]
+    m.write_text("instrument,filter,proposal_id,obset_id,field_type,exposures,sizes,product\n"
+                 f"WFPC2,F555W,8090,0h,globular_cluster,{root},{len(mast.content(c0m))},c0m\n")
+    mast.reset()
+    rc = cli.main(["fetch", "--manifest", str(m), "--work", str(tmp_path / "w2")])
+    assert rc == 2
+    assert (f"m.csv: row 2: sizes entry '{len(mast.content(c0m))}' of exposure {root}: WFPC2 c0m "
+            "exposures list 2 size(s) (c0m+c1m)") in capsys.readouterr().err
+    assert mast.log == [] and not (tmp_path / "w2").exists()
 
 
 def test_a_stis_cr_split_row_is_fetched_and_validates_as_two_exposures(mast, tmp_path):
@@ -575,6 +696,12 @@ def test_dataset_from_the_fake_mast_end_to_end(mast, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("row,match", [
+    ("WFPC2,F555W,8090,0h,globular_cluster,u1 u2,10+5 20,c0m,",
+     r"m.csv: row 2: sizes entry '20' of exposure u2: WFPC2 c0m exposures list 2 size\(s\) \(c0m\+c1m\)"),
+    ("WFPC2,F555W,8090,0h,globular_cluster,u1,10,flt,",
+     r"m.csv: row 2: product='flt', expected one of \('c0m', 'c0f'\) \(WFPC2\) or empty"),
+    ("ACS/WFC,F606W,10775,ab,globular_cluster,j1,10+5,,",
+     r"sizes entry '10\+5' of exposure j1: ACS/WFC flc exposures list 1 size\(s\) \(flc\)"),
     ("ACS/WFC,F606W,10775,ab,globular_cluster,j1 j2,10,,", "sizes has 1 entries for 2 exposures"),
     ("ACS/WFC,F606W,10775,ab,globular_cluster,j1,ten,,", "sizes='ten'"),
     ("ACS/WFC,F606W,10775,ab,globular_cluster,j1,0,,", "every size must be > 0"),

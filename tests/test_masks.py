@@ -17,6 +17,7 @@ from crforge.pipeline.masks import (
     grow,
     ignore_mask,
     label_scores,
+    minimum_excess,
     refine_cr_mask,
 )
 
@@ -636,3 +637,17 @@ def test_label_scores_infinite_snr_in_top_bin():
     truth[0, 0] = np.inf
     s = label_scores(np.ones((2, 2), bool), truth)
     assert sum(s["cr_pixels"]) + s["clean_pixels"] == 4
+
+
+def test_minimum_excess_matches_the_minimum_of_normals():
+    """The minimum of n exposures sits E[min of 2] - E[min of n] sigma further below them."""
+    assert minimum_excess(1) == minimum_excess(2) == 0.0
+    # E[max] of 2, 3, 4 unit normals: 1/sqrt(pi), 3/(2 sqrt(pi)), 1.02938
+    assert minimum_excess(3) == pytest.approx(0.5 / np.sqrt(np.pi), abs=1e-4)
+    assert minimum_excess(4) == pytest.approx(1.02938 - 1 / np.sqrt(np.pi), abs=1e-4)
+    draws = np.random.default_rng(3).normal(size=(200_000, 4))
+    mc = draws[:, :2].min(axis=1).mean() - draws.min(axis=1).mean()
+    assert minimum_excess(4) == pytest.approx(mc, abs=0.01)
+    for bad in (0, 2.5, True, "4"):
+        with pytest.raises(InputError, match="n_exposures"):
+            minimum_excess(bad)

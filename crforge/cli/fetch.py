@@ -7,7 +7,8 @@ by ``crforge query``) need no query; the others are resolved on MAST first.
 
 Exit status: 0 when every visit is ready to label, 1 when a visit is not (each file
 that failed is named on stderr with its reason; a rerun resumes), 2 for a bad
-manifest or configuration.
+manifest or configuration. An exposure is ready when every file it needs is verified:
+its product and the files the instrument table pairs with it (WFPC2's ``c1m``).
 """
 
 from __future__ import annotations
@@ -60,8 +61,10 @@ def run(args: argparse.Namespace, cfg: RunConfig) -> int:
         fetched = sum(f.status == "verified" for f in res.files)
         present = sum(f.status == "present" for f in res.files)
         if res.files:
-            line = (f"{name}: {len(res.verified)}/{len(res.files)} exposures verified "
-                    f"({fetched} fetched, {present} already present), {got / 1e6:.1f} MB transferred")
+            # an exposure of several files (WFPC2: c0m and c1m) counts once
+            files = f"{len(res.files)} files: " if len(res.files) != len(res.exposures) else ""
+            line = (f"{name}: {len(res.ready)}/{len(res.exposures)} exposures verified "
+                    f"({files}{fetched} fetched, {present} already present), {got / 1e6:.1f} MB transferred")
         else:
             line = (f"{name}: on disk (not verified: the manifest lists no sizes)" if not res.reason
                     else f"{name}: not ready")

@@ -29,7 +29,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--refresh", action="store_true",
                         help="with --manifest: resolve rows that already list exposures and sizes too")
     g = parser.add_argument_group("criteria (without --manifest)")
-    g.add_argument("--instrument", default="ACS/WFC", help="MAST instrument_name (default ACS/WFC)")
+    g.add_argument("--instrument", default="ACS/WFC",
+                   help="an imager of the instrument table: ACS/WFC (default), WFC3/UVIS, ACS/HRC, STIS/CCD, "
+                        "WFPC2 (asked for by its MAST instrument_name values)")
     g.add_argument("--filter", dest="filters", action="append", default=[],
                    help="filter (repeatable: any of them)")
     g.add_argument("--exptime", nargs=2, type=float, metavar=("MIN", "MAX"),
@@ -73,7 +75,7 @@ def _resolve(args: argparse.Namespace, archive: ArchiveConfig) -> int:
     path, failures = resolve_manifest(args.manifest, Path(args.out), archive, refresh=args.refresh)
     man = load_manifest(path)
     n_exp = sum(len(v.archive["exposures"]) for v in man.visits)
-    size = sum(sum(v.archive["sizes"]) for v in man.visits)
+    size = sum(sum(v.archive["sizes"]) + sum(map(sum, v.archive["companion_sizes"])) for v in man.visits)
     for name, reason in failures.items():
         sys.stderr.write(f"crforge query: visit {name} not resolved: {reason}\n")
     sys.stdout.write(f"{path}: {len(man.visits) - len(failures)} of {len(man.visits)} visits "
@@ -84,6 +86,7 @@ def _resolve(args: argparse.Namespace, archive: ArchiveConfig) -> int:
 def _search(args: argparse.Namespace, archive: ArchiveConfig) -> int:
     from crforge.pipeline.archive.manifests import manifest_row, write_manifest
     from crforge.pipeline.archive.query import ArchiveError, Criteria, find_visits, mast_criteria
+    from crforge.pipeline.archive.visits import product_prefs
 
     crit = Criteria(instrument=args.instrument, filters=tuple(args.filters),
                     exptime=tuple(args.exptime) if args.exptime else None,
@@ -100,10 +103,10 @@ def _search(args: argparse.Namespace, archive: ArchiveConfig) -> int:
         return 1
     rows = [manifest_row(v, args.field_type, args.split or "") for v in visits]
     crit_text = json.dumps(mast_criteria(crit), sort_keys=True)
+    prefs = " then ".join(product_prefs(crit.instrument, archive.products))
     write_manifest(args.out, rows, comments=[f"crforge query {datetime.now(timezone.utc):%Y-%m-%d}, "
                                              f"{archive.mast_server()}", f"criteria: {crit_text}",
-                                             f"min_exposures: {archive.min_exposures}, products: "
-                                             f"{' then '.join(archive.products)}"])
+                                             f"min_exposures: {archive.min_exposures}, products: {prefs}"])
     size = sum(v.size for v in visits)
     sys.stdout.write(f"{args.out}: {len(visits)} visits, {sum(len(v.exposures) for v in visits)} "
                      f"exposures, {size / 1e9:.2f} GB\n")

@@ -36,7 +36,7 @@ from typing import Any, NamedTuple
 
 from crforge.errors import InputError
 from crforge.pipeline.archive.config import ArchiveConfig, checked_config
-from crforge.pipeline.archive.visits import Exposure, Visit, download_url
+from crforge.pipeline.archive.visits import Visit, download_url
 
 logger = logging.getLogger(__name__)
 
@@ -64,6 +64,9 @@ class FileResult:
     path : str
         The final file (``verified``/``present``) or the ``.part`` kept for a
         resume (``failed``; empty when there is nothing to resume).
+    rootname : str
+        The exposure the file belongs to (its product or a companion, e.g. WFPC2's
+        ``c1m``); empty: the file is an exposure of its own.
     """
 
     filename: str
@@ -73,6 +76,7 @@ class FileResult:
     attempts: int = 0
     reason: str = ""
     path: str = ""
+    rootname: str = ""
 
     @property
     def ok(self) -> bool:
@@ -97,6 +101,17 @@ class VisitResult:
     def failed(self) -> list[FileResult]:
         """The files that could not be fetched."""
         return [f for f in self.files if not f.ok]
+
+    @property
+    def exposures(self) -> list[str]:
+        """The exposures (rootnames, in file order) the files belong to."""
+        return list(dict.fromkeys(f.rootname or f.filename for f in self.files))
+
+    @property
+    def ready(self) -> list[str]:
+        """The exposures every file of which is verified (WFPC2: the c0m and its c1m)."""
+        bad = {f.rootname or f.filename for f in self.failed}
+        return [e for e in self.exposures if e not in bad]
 
 
 # --------------------------------------------------------------------------------------
@@ -397,10 +412,12 @@ def fetch_file(url: str, dest: str | os.PathLike, size: int, cfg: ArchiveConfig 
 
 
 class _Job(NamedTuple):
-    """One file of a visit to fetch into ``dest``."""
+    """One file (an exposure's product or companion) of a visit to fetch into ``dest``."""
 
     visit: str
-    exposure: Exposure
+    rootname: str
+    filename: str
+    size: int
     dest: Path
 
 
@@ -430,8 +447,7 @@ class _Pool:
         return self.local.session
 
     def fetch(self, job: _Job) -> tuple[_Job, FileResult]:
-        e = job.exposure
-        return job, fetch_file(download_url(self.server, e.filename), job.dest, e.size, self.cfg,
+        return job, fetch_file(download_url(self.server, job.filename), job.dest, job.size, self.cfg,
                                session=self.session(), progress=self.update, cancel=self.cancel)
 
     def run(self, todo: Sequence[_Job]) -> dict[tuple[str, str], FileResult]:
@@ -466,8 +482,8 @@ def _download_all(todo: Sequence[_Job], cfg: ArchiveConfig, server: str, progres
     """Fetch the jobs with a progress bar in bytes (resumed bytes count as done)."""
     from tqdm.auto import tqdm
 
-    total = sum(j.exposure.size for j in todo)
-    initial = sum(min(j.exposure.size, _part_size(j.dest)) for j in todo)
+    total = sum(j.size for j in todo)
+    initial = sum(min(j.size, _part_size(j.dest)) for j in todo)
     bar = tqdm(total=total, initial=initial, unit="B", unit_scale=True, unit_divisor=1024,
                desc="fetch", disable=None if progress is None else not progress, leave=False)
     return _Pool(cfg, server, bar).run(todo)
@@ -475,15 +491,16 @@ def _download_all(todo: Sequence[_Job], cfg: ArchiveConfig, server: str, progres
 
 def _jobs(visits: Sequence[Visit], names: Sequence[str] | None, raw_root: Path
           ) -> tuple[list[str], list[_Job]]:
-    """The visits' directory names (default :attr:`Visit.name`) and their files, each
-    in ``raw_root/<name>/``."""
+    """The visits' directory names (default :attr:`Visit.name`) and their files (every
+    exposure's product and companions), each in ``raw_root/<name>/``."""
     for v in visits:
         if not isinstance(v, Visit):
             raise TypeError(f"visits: expected Visit objects, got {type(v).__name__}")
     names = [v.name for v in visits] if names is None else list(names)
     if len(names) != len(visits) or len(set(names)) != len(names):
         raise InputError(f"names={names!r}: expected one distinct directory name per visit")
-    return names, [_Job(n, e, raw_root / n / e.filename) for n, v in zip(names, visits) for e in v.exposures]
+    return names, [_Job(n, e.rootname, f, size, raw_root / n / f)
+                   for n, v in zip(names, visits) for e in v.exposures for f, size in e.files]
 
 
 def fetch_visits(visits: Sequence[Visit], raw_root: str | os.PathLike, cfg: ArchiveConfig | None = None,
@@ -513,13 +530,14 @@ def fetch_visits(visits: Sequence[Visit], raw_root: str | os.PathLike, cfg: Arch
     cfg = checked_config(cfg)
     names, jobs = _jobs(visits, names, Path(raw_root))
     server = cfg.mast_server()
-    todo = [j for j in jobs if not (j.dest.exists() and j.dest.stat().st_size == j.exposure.size)]
-    pending = {(j.visit, j.exposure.filename) for j in todo}
-    out = {(j.visit, j.exposure.filename): FileResult(j.exposure.filename, j.exposure.size, "present",
-                                                      path=str(j.dest))
-           for j in jobs if (j.visit, j.exposure.filename) not in pending}
+    todo = [j for j in jobs if not (j.dest.exists() and j.dest.stat().st_size == j.size)]
+    pending = {(j.visit, j.filename) for j in todo}
+    out = {(j.visit, j.filename): FileResult(j.filename, j.size, "present", path=str(j.dest))
+           for j in jobs if (j.visit, j.filename) not in pending}
     out.update(_download_all(todo, cfg, server, progress))
     results = {n: VisitResult(n) for n in names}
     for j in jobs:
-        results[j.visit].files.append(out[(j.visit, j.exposure.filename)])
+        res = out[(j.visit, j.filename)]
+        res.rootname = j.rootname
+        results[j.visit].files.append(res)
     return [results[n] for n in names]

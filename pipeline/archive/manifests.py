@@ -25,11 +25,17 @@ from crforge.pipeline.names import FIELD_TYPES
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["MANIFEST_COLUMNS", "manifest_row", "write_manifest", "resolve_manifest"]
+__all__ = ["MANIFEST_COLUMNS", "manifest_row", "sizes_cell", "write_manifest", "resolve_manifest"]
 
 #: Columns of a manifest written by ``crforge query``, in order.
 MANIFEST_COLUMNS = ("instrument", "filter", "proposal_id", "obset_id", "field_type", "split",
                     "exposures", "sizes", "product", "target", "label")
+
+
+def sizes_cell(archive: Mapping) -> str:
+    """The ``sizes`` cell of a manifest row's archive fields (``VisitSpec.archive``)."""
+    comp = archive.get("companion_sizes") or [()] * len(archive["sizes"])
+    return " ".join("+".join(str(b) for b in (s, *c)) for s, c in zip(archive["sizes"], comp))
 
 
 def _label_cell(label: Mapping) -> str:
@@ -46,7 +52,7 @@ def manifest_row(visit: Visit, field_type: str, split: str = "", label: str = ""
             "proposal_id": str(visit.proposal_id), "obset_id": visit.obset_id,
             "field_type": field_type, "split": split or "",
             "exposures": " ".join(e.rootname for e in visit.exposures),
-            "sizes": " ".join(str(e.size) for e in visit.exposures),
+            "sizes": " ".join(e.sizes_cell for e in visit.exposures),
             "product": visit.product, "target": visit.target if target is None else target,
             "label": label}
 
@@ -113,7 +119,7 @@ def _toml_rows(man: Manifest) -> tuple[list[str], list[str], list[dict]]:
                      "proposal_id": str(a["proposal_id"]), "obset_id": a["obset_id"],
                      "field_type": v.field_type, "split": v.split or "",
                      "exposures": " ".join(a["exposures"]),
-                     "sizes": " ".join(str(s) for s in a["sizes"]), "product": a["product"],
+                     "sizes": sizes_cell(a), "product": a["product"],
                      "target": a["target"], "label": _label_cell(v.label)})
         if v.name != f"{a['proposal_id']}_{a['obset_id']}_{a['filter'].lower()}":
             rows[-1]["name"] = v.name  # a visit named by its row keeps its name
@@ -126,7 +132,7 @@ def _resolved_row(row: Mapping[str, str], v: Visit | str | None) -> dict:
     row = dict(row)
     if isinstance(v, Visit):
         row.update(exposures=" ".join(e.rootname for e in v.exposures),
-                   sizes=" ".join(str(e.size) for e in v.exposures), product=v.product)
+                   sizes=" ".join(e.sizes_cell for e in v.exposures), product=v.product)
         if not row.get("target"):
             row["target"] = v.target
         # rows name the obset with two characters, as MAST's rootnames do

@@ -23,8 +23,8 @@ from crforge.pipeline.archive.config import ArchiveConfig, checked_config
 from crforge.pipeline.archive.download import FileResult, VisitResult, fetch_visits
 from crforge.pipeline.archive.query import resolve_specs
 from crforge.pipeline.archive.visits import Exposure, Visit, min_files
+from crforge.pipeline.instruments import get_instrument
 from crforge.pipeline.manifest import VisitSpec
-from crforge.pipeline.names import ARCHIVE_PRODUCTS
 
 logger = logging.getLogger(__name__)
 
@@ -56,25 +56,28 @@ def _planned(spec: VisitSpec, raw: Path) -> Visit | None:
     """The exposures to fetch of a manifest row, when known without a query."""
     a = spec.archive
     if a["exposures"] and a["sizes"]:
-        kind = a["product"] or "flc"  # sizes without a product: written for FLC files
-        return Visit(a["instrument"], a["filter"], a["proposal_id"], a["obset_id"], kind,
-                     [Exposure(r, f"{r}_{kind}.fits", s) for r, s in zip(a["exposures"], a["sizes"])],
-                     a["target"])
+        inst = get_instrument(a["instrument"])
+        kind = a["product"] or inst.products[0]  # sizes without a product: the imager's first
+        comp = inst.companions(kind)
+        exposures = [Exposure(r, f"{r}_{kind}.fits", s, tuple((f"{r}_{c}.fits", b) for c, b in zip(comp, cs)))
+                     for r, s, cs in zip(a["exposures"], a["sizes"], a["companion_sizes"])]
+        return Visit(a["instrument"], a["filter"], a["proposal_id"], a["obset_id"], kind, exposures, a["target"])
     return _recorded(spec, raw)
 
 
 def _on_disk(spec: VisitSpec, raw: Path) -> bool:
     """Exposures already there for a row that says nothing to verify them with."""
     a = spec.archive
+    kinds = get_instrument(a["instrument"]).products
     if a["exposures"]:
-        return all(any((raw / f"{r}_{k}.fits").exists() for k in ARCHIVE_PRODUCTS) for r in a["exposures"])
-    return raw.is_dir() and (any(raw.glob("*_flc.fits")) or any(raw.glob("*_flt.fits")))
+        return all(any((raw / f"{r}_{k}.fits").exists() for k in kinds) for r in a["exposures"])
+    return raw.is_dir() and any(any(raw.glob(f"*_{k}.fits")) for k in kinds)
 
 
 def _complete(v: Visit, raw: Path) -> bool:
-    """Every exposure of ``v`` in ``raw`` with its listed size."""
-    return all((raw / e.filename).exists() and (raw / e.filename).stat().st_size == e.size
-               for e in v.exposures)
+    """Every file of every exposure of ``v`` in ``raw`` with its listed size."""
+    return all((raw / name).exists() and (raw / name).stat().st_size == size
+               for e in v.exposures for name, size in e.files)
 
 
 def _write_resolution(raw: Path, v: Visit, server: str) -> None:
@@ -123,10 +126,11 @@ def _resolve(specs: Sequence[VisitSpec], cfg: ArchiveConfig, raw_root: Path
 def _not_ready(name: str, res: VisitResult, cfg: ArchiveConfig, instrument: str = "") -> str:
     """Why a fetched visit cannot be labelled (empty when it can).
 
-    A STIS CR-split file holds several exposures (:func:`min_files`); the labelling
-    stage counts them.
+    An exposure counts when all its files are verified (WFPC2: c0m and c1m). A STIS
+    CR-split file holds several exposures (:func:`min_files`); the labelling stage
+    counts them.
     """
-    n_ok, n = len(res.verified), len(res.files)
+    n_ok, n = len(res.ready), len(res.exposures)
     why = "; ".join(f"{f.filename}: {f.reason}" for f in res.failed)
     if n_ok < min_files(instrument, cfg.min_exposures):
         return (f"{n_ok} of {n} exposure(s) verified, at least {cfg.min_exposures} needed"
@@ -147,9 +151,9 @@ def _fetch_plans(plans: dict[str, Visit], raw_root: Path, cfg: ArchiveConfig, pr
                                                 progress=progress, names=need)} if need else {})
     out = {}
     for name, v in plans.items():
-        res = fetched.get(name) or VisitResult(name, [FileResult(e.filename, e.size, "present",
-                                                                 path=str(raw_root / name / e.filename))
-                                                      for e in v.exposures])
+        res = fetched.get(name) or VisitResult(name, [
+            FileResult(f, size, "present", path=str(raw_root / name / f), rootname=e.rootname)
+            for e in v.exposures for f, size in e.files])
         res.reason = _not_ready(name, res, cfg, v.instrument)
         out[name] = res
     return out

@@ -27,9 +27,10 @@ from crforge.pipeline.archive.visits import (
     group_visits,
     is_rootname,
     min_files,
+    product_prefs,
 )
+from crforge.pipeline.instruments import get_instrument
 from crforge.pipeline.manifest import VisitSpec
-from crforge.pipeline.names import ARCHIVE_PRODUCTS
 
 logger = logging.getLogger(__name__)
 
@@ -50,8 +51,9 @@ class Criteria:
     Parameters
     ----------
     instrument : str
-        MAST ``instrument_name`` (``ACS/WFC``, ``WFC3/UVIS``, ``ACS/HRC``, ``STIS/CCD``): one of
-        crforge's imagers.
+        One of crforge's imagers (``ACS/WFC``, ``WFC3/UVIS``, ``ACS/HRC``, ``STIS/CCD``,
+        ``WFPC2``); MAST is asked for its ``instrument_name`` values
+        (``Instrument.mast_names``: ``WFPC2/WFC`` and ``WFPC2/PC`` for WFPC2).
     filters : tuple of str
         Filters (any of them); empty: every filter.
     exptime : tuple of float, optional
@@ -95,6 +97,17 @@ class Criteria:
                              "target_classification (a query of a whole instrument is too large)")
 
 
+def _mast_names(instrument: str) -> str | list[str]:
+    """MAST's ``instrument_name`` criterion for one of crforge's imagers (one value, or a list)."""
+    names = list(get_instrument(instrument).mast_names)
+    return names[0] if len(names) == 1 else names
+
+
+def _kinds(instrument: str) -> list[str]:
+    """MAST's ``productSubGroupDescription`` of the files fetched for an imager's exposures."""
+    return [k.upper() for k in get_instrument(instrument).archive_kinds]
+
+
 def _mjd(value: Any, name: str) -> float:
     """An ISO date/time or an MJD number as MJD."""
     try:
@@ -126,7 +139,7 @@ def mast_criteria(criteria: Criteria) -> dict:
     if not isinstance(criteria, Criteria):
         raise TypeError(f"criteria must be a Criteria, got {type(criteria).__name__}")
     criteria.validate()
-    out: dict[str, Any] = {"obs_collection": "HST", "instrument_name": criteria.instrument,
+    out: dict[str, Any] = {"obs_collection": "HST", "instrument_name": _mast_names(criteria.instrument),
                            "dataproduct_type": "image", "intentType": "science"}
     if criteria.filters:
         out["filters"] = [f.upper() for f in criteria.filters]
@@ -198,14 +211,13 @@ def _query(obs, cfg: ArchiveConfig, **criteria) -> list[dict]:
     return [o for o in _rows(table) if is_rootname(o.get("obs_id"))]
 
 
-def _products(obs, observations: list[dict]) -> list[dict]:
-    """The FLC/FLT products of observations (``Mast.Caom.Products``, then astroquery's
-    own ``filter_products``)."""
+def _products(obs, observations: list[dict], kinds: Sequence[str]) -> list[dict]:
+    """The product files of ``kinds`` (:func:`_kinds`) of observations
+    (``Mast.Caom.Products``, then astroquery's own ``filter_products``)."""
     from astroquery.exceptions import NoResultsWarning
 
     out: list[dict] = []
-    # both types: a row may ask for a product the preference leaves out
-    kinds = [p.upper() for p in ARCHIVE_PRODUCTS]
+    kinds = list(kinds)  # every type: a row may ask for a product the preference leaves out
     for i in range(0, len(observations), _PRODUCTS_BATCH):
         batch = observations[i:i + _PRODUCTS_BATCH]
         with warnings.catch_warnings():
@@ -253,11 +265,12 @@ def find_visits(criteria: Criteria, cfg: ArchiveConfig | None = None) -> list[Vi
     try:
         rows = _query(obs, cfg, **kw)
         logger.info("MAST: %d observation(s) match %s", len(rows), kw)
-        prods = _products(obs, rows)
+        prods = _products(obs, rows, _kinds(criteria.instrument))
     except Exception as exc:  # requests and astroquery errors: MAST did not answer usably
         raise _mast_error(exc, cfg) from exc
     visits = group_visits(rows, prods, products_pref=cfg.products, min_exposures=cfg.min_exposures)
-    return [v for v in visits if v.instrument.upper() == criteria.instrument.upper()]
+    name = get_instrument(criteria.instrument).name
+    return [v for v in visits if v.instrument == name]
 
 
 # --------------------------------------------------------------------------------------
@@ -312,10 +325,10 @@ def _proposal_members(obs, cfg: ArchiveConfig, instrument: str, proposal_id: int
     (:func:`~crforge.pipeline.archive.visits.collect_members`)."""
     obsets = {s.archive["obset_id"] for s in rows}
     filters = sorted({s.archive["filter"] for s in rows})
-    found = _query(obs, cfg, obs_collection="HST", instrument_name=instrument,
+    found = _query(obs, cfg, obs_collection="HST", instrument_name=_mast_names(instrument),
                    proposal_id=str(proposal_id), filters=filters)
     found = [o for o in found if str(o["obs_id"]).strip().lower()[4:6] in obsets]
-    return collect_members(found, _products(obs, found))
+    return collect_members(found, _products(obs, found, _kinds(instrument)))
 
 
 def _resolve_row(spec: VisitSpec, groups: dict[VisitKey, dict], cfg: ArchiveConfig) -> Visit | str:
@@ -325,18 +338,19 @@ def _resolve_row(spec: VisitSpec, groups: dict[VisitKey, dict], cfg: ArchiveConf
     where = f"proposal {pid} obset {a['obset_id']} {a['filter']} ({inst})"
     g = groups.get((pid, a["obset_id"], a["filter"]))
     if g is None:
-        return (f"{where}: no FLC/FLT exposures on MAST (the obset is the 'ss' of "
-                "the rootnames ipppssoot; check it against MAST)")
+        return (f"{where}: no {'/'.join(get_instrument(inst).products).upper()} exposures on MAST "
+                "(the obset is the 'ss' of the rootnames ipppssoot; check it against MAST)")
     members = dict(g["members"])
     if a["exposures"]:
         missing = [r for r in a["exposures"] if r not in members]
         if missing:
             return f"{where}: exposure(s) {' '.join(missing)} not found on MAST"
         members = {r: members[r] for r in a["exposures"]}
-    prefs = [a["product"]] if a["product"] else list(cfg.products)
+    prefs = [a["product"]] if a["product"] else product_prefs(inst, cfg.products)
     kind, chosen, left = choose_product(members, prefs)
     if a["exposures"] and left:
-        return f"{where}: no {kind.upper()} product for {' '.join(left)}"
+        beside = "".join(f" with its {c.upper()}" for c in get_instrument(inst).companions(kind))
+        return f"{where}: no {kind.upper()} product{beside} for {' '.join(left)}"
     if len(chosen) < min_files(inst, cfg.min_exposures):
         return (f"{where}: {len(chosen)} {kind.upper()} exposure(s) on MAST, "
                 f"at least {cfg.min_exposures} needed")

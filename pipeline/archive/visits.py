@@ -6,7 +6,11 @@ Observations count only when they come from the ``HST`` collection with an
 exposures to use. Exposures are grouped into visits by (proposal, obset, filter), the
 obset being the ``ss`` of the rootname; a visit is made of one product type, FLC
 (CTE-corrected) when every member has one, else FLT (``[archive] products``): a
-median of CTE-corrected and uncorrected frames would label the CTE trails.
+median of CTE-corrected and uncorrected frames would label the CTE trails. Which
+product types an imager has, and which files an exposure needs beside its product
+(WFPC2: the ``c1m`` DQ file of each ``c0m``), is its instrument table entry's
+(``Instrument.products``, ``Instrument.companions``); MAST's ``instrument_name``
+is mapped to the entry by ``Instrument.mast_names`` (``WFPC2/WFC``, ``WFPC2/PC``).
 
 Standard library only: :mod:`crforge.pipeline.archive.query` fills these from
 astroquery, :mod:`crforge.pipeline.archive.download` fetches them.
@@ -18,18 +22,19 @@ import logging
 import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import quote
 
 from crforge.errors import InputError
 from crforge.pipeline.archive.config import ArchiveConfig
+from crforge.pipeline.instruments import Instrument, get_instrument, instrument_for_mast
 from crforge.pipeline.names import ARCHIVE_PRODUCTS
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Exposure", "Visit", "normalise_filter", "min_files", "collect_members", "choose_product",
-           "group_visits", "download_url", "is_rootname", "DOWNLOAD_PATH", "PRODUCT_URI"]
+__all__ = ["Exposure", "Visit", "normalise_filter", "min_files", "collect_members", "product_prefs",
+           "choose_product", "group_visits", "download_url", "is_rootname", "DOWNLOAD_PATH", "PRODUCT_URI"]
 
 #: Where MAST serves a product (astroquery's ``MAST_DOWNLOAD_URL``), below the server.
 DOWNLOAD_PATH = "/api/v0.1/Download/file"
@@ -37,7 +42,7 @@ DOWNLOAD_PATH = "/api/v0.1/Download/file"
 PRODUCT_URI = "mast:HST/product/{}"
 
 _ROOTNAME = re.compile(r"^[a-z][a-z0-9]{8}$")
-_PRODUCT_FILE = re.compile(r"^([a-z][a-z0-9]{8})_(flc|flt)\.fits$")
+_PRODUCT_FILE = re.compile(r"^([a-z][a-z0-9]{8})_([a-z0-9]{3})\.fits$")
 
 #: (proposal, obset, filter): the key of a visit.
 VisitKey = tuple[int, str, str]
@@ -45,16 +50,32 @@ VisitKey = tuple[int, str, str]
 
 @dataclass(frozen=True)
 class Exposure:
-    """One exposure's product: ``<rootname>_<product>.fits`` of ``size`` bytes."""
+    """One exposure's product: ``<rootname>_<product>.fits`` of ``size`` bytes.
+
+    ``companions``: (file name, bytes) of the files fetched with it, which hold what
+    the product lacks (WFPC2: the ``c1m`` DQ file of a ``c0m``).
+    """
 
     rootname: str
     filename: str
     size: int
+    companions: tuple[tuple[str, int], ...] = ()
 
     @property
     def uri(self) -> str:
         """MAST's data URI of the product."""
         return PRODUCT_URI.format(self.filename)
+
+    @property
+    def files(self) -> tuple[tuple[str, int], ...]:
+        """(file name, bytes) of the product and its companions: what a fetch downloads."""
+        return ((self.filename, self.size),) + tuple(self.companions)
+
+    @property
+    def sizes_cell(self) -> str:
+        """The exposure's entry of a manifest's ``sizes``: the product's bytes, then each
+        companion's after a ``+`` (``7862400+3931200``)."""
+        return "+".join(str(size) for _, size in self.files)
 
 
 @dataclass
@@ -91,8 +112,8 @@ class Visit:
 
     @property
     def size(self) -> int:
-        """Bytes of all exposures."""
-        return sum(e.size for e in self.exposures)
+        """Bytes of all exposures' files (companions included)."""
+        return sum(size for e in self.exposures for _, size in e.files)
 
     def to_json(self) -> dict:
         """Plain data (for ``archive.json``)."""
@@ -100,7 +121,8 @@ class Visit:
                 "proposal_id": self.proposal_id, "obset_id": self.obset_id,
                 "product": self.product, "target": self.target,
                 "classification": self.classification,
-                "exposures": [{"rootname": e.rootname, "filename": e.filename, "size": e.size}
+                "exposures": [{"rootname": e.rootname, "filename": e.filename, "size": e.size,
+                               "companions": [list(c) for c in e.companions]}
                               for e in self.exposures]}
 
     @classmethod
@@ -110,7 +132,8 @@ class Visit:
                    proposal_id=int(doc["proposal_id"]), obset_id=doc["obset_id"],
                    product=doc["product"], target=doc.get("target", ""),
                    classification=doc.get("classification", ""),
-                   exposures=[Exposure(e["rootname"], e["filename"], int(e["size"]))
+                   exposures=[Exposure(e["rootname"], e["filename"], int(e["size"]),
+                                       tuple((str(n), int(b)) for n, b in e.get("companions", ())))
                               for e in doc["exposures"]])
 
 
@@ -157,12 +180,12 @@ def _text(o: Mapping, key: str) -> str:
     return "" if _is_missing(o.get(key)) else str(o[key])
 
 
-def _member(p: Mapping, o: Mapping) -> tuple[VisitKey, Exposure, str] | None:
-    """(visit key, exposure, product type) of one product row of observation ``o``,
-    or ``None`` when it is not a member's FLC/FLT file that can be verified."""
+def _member(p: Mapping, o: Mapping, inst: Instrument) -> tuple[VisitKey, Exposure, str] | None:
+    """(visit key, exposure, file type) of one product row of observation ``o``, or
+    ``None`` when it is not a member's product (or companion) file that can be verified."""
     fname = str(p.get("productFilename") or "").strip().lower()
     m = _PRODUCT_FILE.match(fname)
-    if not m:
+    if not m or m.group(2) not in inst.archive_kinds:
         return None  # ASN, DRC, RAW, HAP copies hst_..._flc.fits
     root, kind = m.groups()
     if str(p.get("productSubGroupDescription") or kind).strip().lower() != kind:
@@ -197,8 +220,12 @@ def collect_members(observations: Iterable[Mapping], products: Iterable[Mapping]
     -------
     dict
         Key -> ``{"instrument", "target", "classification", "members": {root:
-        {kind: Exposure}}}``. Only observations whose ``obs_id`` is an HST rootname,
-        and only products named ``<rootname>_flc.fits``/``_flt.fits``, count.
+        {kind: Exposure}}}``. Only observations of an imager of the instrument table
+        (by MAST's ``instrument_name``; ``"instrument"`` is the table's name) whose
+        ``obs_id`` is an HST rootname count, and only its product files
+        (``<rootname>_<product>.fits``, ``Instrument.products``), each with its
+        companions (WFPC2's ``c1m``) attached; a product whose companion MAST does not
+        list is left out.
     """
     # HAP (hst_...) and other non-exposure observations are not parents of members
     obs_by_id = {str(o.get("obsid")).strip(): o for o in observations if is_rootname(o.get("obs_id"))}
@@ -208,16 +235,53 @@ def collect_members(observations: Iterable[Mapping], products: Iterable[Mapping]
         if _is_missing(parent):
             parent = p.get("obsID")
         o = obs_by_id.get(str(parent).strip())
-        member = None if o is None else _member(p, o)
+        inst = None if o is None else instrument_for_mast(o.get("instrument_name"))
+        member = None if inst is None else _member(p, o, inst)
         if member is None:
             continue
         key, exposure, kind = member
-        g = groups.setdefault(key, {"instrument": str(o.get("instrument_name") or ""),
-                                    "target": _text(o, "target_name"),
+        g = groups.setdefault(key, {"instrument": inst.name, "target": _text(o, "target_name"),
                                     "classification": _text(o, "target_classification"),
                                     "members": {}})
         g["members"].setdefault(exposure.rootname, {})[kind] = exposure
+    for g in groups.values():
+        g["members"] = _with_companions(g["members"], get_instrument(g["instrument"]))
     return groups
+
+
+def _with_companions(members: Mapping[str, Mapping[str, Exposure]], inst: Instrument
+                     ) -> dict[str, dict[str, Exposure]]:
+    """Each member's products with their companion files attached (companions are no
+    products of their own); a product missing a companion on MAST is left out (the
+    member stays, so that a row listing it is told which product it lacks)."""
+    out: dict[str, dict[str, Exposure]] = {}
+    for root, files in members.items():
+        kinds = {}
+        for kind in inst.products:
+            if kind not in files:
+                continue
+            need = inst.companions(kind)
+            missing = [c for c in need if c not in files]
+            if missing:
+                logger.warning("%s: MAST lists no %s file beside it; left out", files[kind].filename,
+                               "/".join(c.upper() for c in missing))
+                continue
+            kinds[kind] = replace(files[kind], companions=tuple((files[c].filename, files[c].size)
+                                                                for c in need))
+        out[root] = kinds
+    return out
+
+
+def product_prefs(instrument: str, prefs: Sequence[str]) -> list[str]:
+    """The product types to choose from for a visit of ``instrument``, preferred first.
+
+    ``prefs`` (``[archive] products``) orders the types of the imager's table entry it
+    names (FLC, FLT); an imager none of whose types it names has its own
+    (``Instrument.products``: WFPC2's ``c0m``, ``c0f``).
+    """
+    inst = get_instrument(instrument)
+    wanted = [p for p in prefs if p in inst.products]
+    return wanted or list(inst.products)
 
 
 def choose_product(members: Mapping[str, Mapping[str, Exposure]], prefs: Sequence[str]
@@ -280,7 +344,7 @@ def group_visits(observations: Iterable[Mapping], products: Iterable[Mapping], *
         raise InputError(f"min_exposures={min_exposures!r}: expected an integer >= 1")
     visits = []
     for (pid, obset, filt), g in sorted(collect_members(observations, products).items()):
-        kind, chosen, left = choose_product(g["members"], prefs)
+        kind, chosen, left = choose_product(g["members"], product_prefs(g["instrument"], prefs))
         name = f"{pid}_{obset}_{filt.lower()}"
         if left:
             logger.warning("visit %s: %s have no %s product; left out", name, " ".join(left), kind.upper())

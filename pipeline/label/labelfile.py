@@ -24,6 +24,7 @@ from scipy import ndimage
 from crforge.atomic import atomic_path
 from crforge.pipeline import masks
 from crforge.pipeline.fitsfile import open_exposure
+from crforge.pipeline.instruments import Instrument
 from crforge.pipeline.label.astrodrizzle import DrizzleError, drizzlepac_version, scratch_file
 from crforge.pipeline.label.config import LabelConfig
 from crforge.pipeline.label.result import LABEL_SUFFIX, ChipLabels, ExposureLabels
@@ -150,9 +151,16 @@ def _chip_cr(infos: list[ExposureInfo], i: int, ev: int, sci: np.ndarray, scratc
     blot = fits.getdata(scratch_file(scratch, info, ev, "blt"))
     blot_e = np.float32(to_e)
     if refine:
+        ref = blot.astype(np.float32) * blot_e
+        # a minimum of more than two exposures sits further below each of them than the
+        # 2-exposure minimum the thresholds were set on: restore that offset
+        excess = masks.minimum_excess(len(infos))
+        if excess:
+            ref = ref + np.float32(excess) * np.sqrt(np.abs(ref) + np.float32(info.readnoise[ev]) ** 2)
+        snr, deriv_scale = refine_settings(cfg, info.instrument)
         return masks.refine_cr_mask(
-            sci * to_e, blot.astype(np.float32) * blot_e, info.readnoise[ev],
-            snr=tuple(cfg.refine_snr), deriv_scale=cfg.refine_deriv_scale,
+            sci * to_e, ref, info.readnoise[ev],
+            snr=snr, deriv_scale=deriv_scale,
             other_residual=_other_residual(infos, i, ev, sci.shape, other),
             other_scale=cfg.refine_other_scale)
     blot = blot.astype(np.float32) * blot_e
@@ -162,6 +170,17 @@ def _chip_cr(infos: list[ExposureInfo], i: int, ev: int, sci: np.ndarray, scratc
     return masks.refine_cr_mask(
         sci * to_e, blot, info.readnoise[ev], reference_var=var_ref,
         snr=(np.inf, cfg.grow_snr), deriv_scale=cfg.grow_deriv_scale, initial=cr)
+
+
+def refine_settings(cfg: LabelConfig, inst: Instrument) -> tuple[tuple[float, float], float]:
+    """The refinement's (seed, grow) thresholds and gradient weight on one imager.
+
+    ``cfg.refine_snr`` and ``cfg.refine_deriv_scale`` scaled by the imager's
+    ``refine_grow_factor`` and ``refine_deriv_factor`` (1 but for ACS/HRC and STIS/CCD:
+    docs/instruments.md); the grow threshold never exceeds the seed threshold.
+    """
+    seed, grow = cfg.refine_snr
+    return (seed, min(seed, grow * inst.refine_grow_factor)), cfg.refine_deriv_scale * inst.refine_deriv_factor
 
 
 def _no_coverage(infos: list[ExposureInfo], i: int, ev: int, shape: tuple[int, int],
