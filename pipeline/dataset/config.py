@@ -32,8 +32,8 @@ class DatasetConfig:
     keep_intermediate : bool
         Keep each visit's label files, simulated exposures and stamp file (for
         inspection, and so that a rerun or a changed stamp setting does not relabel).
-        False removes the first two once the visit's stamps are cut (they take about
-        six times the disk of the stamps) and the stamp file once it is copied into
+        False removes the first two once the visit's stamps are cut (they take four
+        to six times the disk of the stamps) and the stamp file once it is copied into
         the HDF5, which a large data set needs. Archive downloads are kept either way.
     """
 
