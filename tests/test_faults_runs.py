@@ -205,6 +205,18 @@ def test_labels_with_changed_settings_are_refused_not_reused(two_datasets):
     assert r.returncode == 0, r.stderr
     assert "made with the same settings from the same exposures; kept" in r.stderr
     assert digests(labels) == before
+    # labels of an earlier labeller (no version recorded) are not taken for this one's
+    report = labels / "labels.json"
+    text = report.read_text()
+    doc = json.loads(text)
+    del doc["config"]["labeller"]
+    report.write_text(json.dumps(doc))
+    try:
+        r = crforge("label", work / "raw" / "j4e000", "--out", work / "labels")
+        assert r.returncode == 2
+        assert f"{labels} holds labels made with other settings (labeller None -> 2)" in r.stderr
+    finally:
+        report.write_text(text)
 
 
 def test_simulate_into_a_visit_with_other_settings_is_refused(tmp_path):

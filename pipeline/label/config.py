@@ -10,6 +10,14 @@ from crforge.errors import InputError
 __all__ = ["LabelConfig"]
 
 
+#: Version of the labelling code, recorded with the settings in every ``labels.json``:
+#: bump it when a change of code (not of settings) changes the labels, so that labels
+#: made before are made anew by ``crforge dataset`` and refused by ``crforge label``,
+#: never reused. 2: the per-imager refinement factors and the raised minimum
+#: reference of more than two exposures (labels without the key are version 1).
+LABELLER_VERSION = 2
+
+
 @dataclass
 class LabelConfig:
     """Settings of the labelling stage (AstroDrizzle and mask building).
@@ -134,6 +142,7 @@ class LabelConfig:
         if not self.align:  # unused then: labels made before alignment existed stay reusable
             for k in [k for k in d if k.startswith("align")]:
                 d.pop(k)
+        d["labeller"] = LABELLER_VERSION
         return d
 
     def validate(self) -> None:
