@@ -142,18 +142,18 @@ def main(argv=None) -> int:
            "--set", f"dataset.keep_intermediate={'true' if args.keep_intermediate else 'false'}"]
     args.work.mkdir(parents=True)
     t0 = time.perf_counter()
-    log = open(args.work / "large-dataset.log", "w")
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     rows, seen, peaks, i = [], {}, {}, 0
-    try:
-        while proc.poll() is None:
-            rows.append(_sample(proc, t0, args.work, seen, peaks, max(1, int(30 / args.interval)), i,
-                                int(rows[-1]["disk_gb"] * 1e9) if rows else 0))
-            i += 1
-            time.sleep(args.interval)
-    except KeyboardInterrupt:
-        os.killpg(proc.pid, signal.SIGTERM)
-        raise
+    with open(args.work / "large-dataset.log", "w") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            while proc.poll() is None:
+                rows.append(_sample(proc, t0, args.work, seen, peaks, max(1, int(30 / args.interval)), i,
+                                    int(rows[-1]["disk_gb"] * 1e9) if rows else 0))
+                i += 1
+                time.sleep(args.interval)
+        except KeyboardInterrupt:
+            os.killpg(proc.pid, signal.SIGTERM)
+            raise
     wall = time.perf_counter() - t0
     if proc.returncode != 0:
         sys.stderr.write(f"crforge dataset exited {proc.returncode}; see {args.work / 'large-dataset.log'}\n")
