@@ -48,7 +48,7 @@ from crforge import config as cfgmod
 from crforge.errors import InputError
 from crforge.pipeline.instruments import Instrument, get_instrument
 from crforge.pipeline.label.config import LabelConfig
-from crforge.pipeline.names import FIELD_TYPES, SPLITS
+from crforge.pipeline.names import ARCHIVE_PRODUCTS, FIELD_TYPES, SPLITS
 from crforge.pipeline.simulate.config import SimulateConfig, base36
 
 logger = logging.getLogger(__name__)
@@ -58,8 +58,6 @@ __all__ = ["Manifest", "VisitSpec", "load_manifest", "SPLITS", "ARCHIVE_PRODUCTS
 _SIM_KEYS = {f.name for f in fields(SimulateConfig)}
 _ARCHIVE_KEYS = {"instrument", "filter", "proposal_id", "obset_id", "exposures", "sizes", "product",
                  "target"}
-#: Calibrated products an archive visit may be made of, in order of preference.
-ARCHIVE_PRODUCTS = ("flc", "flt")
 _COMMON_KEYS = {"source", "field_type", "split", "label", "name"}
 
 
