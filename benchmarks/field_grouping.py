@@ -42,27 +42,6 @@ def footprints(n: int, seed: int = 0) -> dict[str, list[np.ndarray]]:
     return out
 
 
-def all_pairs(fp: dict[str, list[np.ndarray]]) -> dict[str, int]:
-    """The former grouping: union-find over every pair of visits (the peer)."""
-    from crforge.pipeline.splits import quads_overlap
-
-    names = sorted(fp)
-    parent = {n: n for n in names}
-
-    def find(n):
-        while parent[n] != n:
-            parent[n] = parent[parent[n]]
-            n = parent[n]
-        return n
-
-    for i, a in enumerate(names):
-        for b in names[i + 1:]:
-            if find(a) != find(b) and any(quads_overlap(x, y) for x in fp[a] for y in fp[b]):
-                parent[find(b)] = find(a)
-    roots: dict[str, int] = {}
-    return {n: roots.setdefault(find(n), len(roots)) for n in names}
-
-
 def main(argv=None) -> int:
     from crforge.pipeline.splits import group_fields
 
@@ -78,7 +57,7 @@ def main(argv=None) -> int:
         t_tree = time.perf_counter() - t0
         if n <= args.all_pairs_max:
             t0 = time.perf_counter()
-            ref = all_pairs(fp)
+            ref = group_fields(fp, search="all-pairs")
             t_all, same = f"{time.perf_counter() - t0:.2f}", str(got == ref)
         else:
             t_all, same = "not run", "-"

@@ -49,31 +49,26 @@ def _sat_overlap(p: np.ndarray, q: np.ndarray) -> bool:
     return True
 
 
+def _unit(radec: np.ndarray) -> np.ndarray:
+    """Unit vectors of ``[N, 2]`` (RA, Dec) degrees."""
+    ra, dec = np.radians(radec[:, 0]), np.radians(radec[:, 1])
+    return np.c_[np.cos(dec) * np.cos(ra), np.cos(dec) * np.sin(ra), np.sin(dec)]
+
+
 def quads_overlap(a: np.ndarray, b: np.ndarray) -> bool:
     """Whether two convex sky quadrilaterals (``[4, 2]`` RA/Dec degrees) overlap."""
     a, b = np.asarray(a, float), np.asarray(b, float)
     if a.shape != (4, 2) or b.shape != (4, 2):
         raise InputError(f"quadrilaterals must be [4, 2] arrays, got {a.shape} and {b.shape}")
-    both = np.vstack([a, b])
-    # mean position on the sphere (RA wraps at 360)
-    v = np.c_[np.cos(np.radians(both[:, 1])) * np.cos(np.radians(both[:, 0])),
-              np.cos(np.radians(both[:, 1])) * np.sin(np.radians(both[:, 0])),
-              np.sin(np.radians(both[:, 1]))].mean(axis=0)
+    corners = _unit(np.vstack([a, b]))
+    v = corners.mean(axis=0)  # mean position on the sphere (RA wraps at 360)
     ra0 = math.degrees(math.atan2(v[1], v[0])) % 360
     dec0 = math.degrees(math.atan2(v[2], math.hypot(v[0], v[1])))
-    if np.any(np.degrees(np.arccos(np.clip(
-            np.c_[np.cos(np.radians(both[:, 1])) * np.cos(np.radians(both[:, 0])),
-                  np.cos(np.radians(both[:, 1])) * np.sin(np.radians(both[:, 0])),
-                  np.sin(np.radians(both[:, 1]))] @ (v / np.linalg.norm(v)), -1, 1))) > 30):
+    if np.any(np.degrees(np.arccos(np.clip(corners @ (v / np.linalg.norm(v)), -1, 1))) > 30):
         return False  # far apart: cannot overlap (chips are arcminutes)
     pa = _tangent(a[:, 0], a[:, 1], ra0, dec0)
     pb = _tangent(b[:, 0], b[:, 1], ra0, dec0)
     return _sat_overlap(pa, pb)
-
-
-def _unit(radec: np.ndarray) -> np.ndarray:
-    ra, dec = np.radians(radec[:, 0]), np.radians(radec[:, 1])
-    return np.c_[np.cos(dec) * np.cos(ra), np.cos(dec) * np.sin(ra), np.sin(dec)]
 
 
 def _candidate_pairs(names: list[str], footprints: Mapping[str, Sequence[np.ndarray]]) -> np.ndarray:
@@ -103,19 +98,25 @@ def _candidate_pairs(names: list[str], footprints: Mapping[str, Sequence[np.ndar
     return np.array(sorted(zip(i[keep].tolist(), j[keep].tolist())), dtype=int).reshape(-1, 2)
 
 
-def group_fields(footprints: Mapping[str, Sequence[np.ndarray]]) -> dict[str, int]:
+def group_fields(footprints: Mapping[str, Sequence[np.ndarray]], *, search: str = "tree") -> dict[str, int]:
     """Field id of every visit: connected components of footprint overlap.
 
     Parameters
     ----------
     footprints : mapping
         Visit name -> list of chip quadrilaterals (``[4, 2]`` RA/Dec degrees).
+    search : {'tree', 'all-pairs'}
+        Which pairs of visits to compare: those whose bounding caps a k-d tree finds
+        close (the default), or every pair (N^2: the definition, for tests and
+        benchmarks). Both give the same fields.
 
     Returns
     -------
     dict
         Visit name -> field id (0, 1, ... in order of the sorted visit names).
     """
+    if search not in ("tree", "all-pairs"):
+        raise InputError(f"search={search!r}: expected 'tree' or 'all-pairs'")
     names = sorted(footprints)
     parent = {n: n for n in names}
 
@@ -125,7 +126,11 @@ def group_fields(footprints: Mapping[str, Sequence[np.ndarray]]) -> dict[str, in
             n = parent[n]
         return n
 
-    for i, j in _candidate_pairs(names, footprints) if names else ():
+    if search == "all-pairs":
+        pairs = [(i, j) for i in range(len(names)) for j in range(i + 1, len(names))]
+    else:
+        pairs = _candidate_pairs(names, footprints) if names else ()
+    for i, j in pairs:
         a, b = names[i], names[j]
         if find(a) == find(b):
             continue
