@@ -401,17 +401,18 @@ def test_unknown_config_key_is_refused(tmp_path, h5file, capsys):
 
 def test_cli_trains_both_models(h5file, tmp_path, capsys):
     rc = cli.main(["train", "--data", str(h5file), "--runs", str(tmp_path / "runs"), "--name", "t",
-                   "--set", "train.epochs=1", "--set", "train.model.width=4", "--set", "train.batch_size=4",
-                   "--set", "train.device='cpu'", "--set", "train.init_mask=''"])
+                   "--set", "train.epochs=1", "--set", "train.inpaint_epochs=2", "--set", "train.model.width=4",
+                   "--set", "train.batch_size=4", "--set", "train.device='cpu'", "--set", "train.init_mask=''"])
     assert rc == 0, capsys.readouterr().err
     out = capsys.readouterr().out
     assert "mask model:" in out and "TPR at 0.5% FPR" in out and "extragalactic" in out
     assert "inpaint model:" in out and "MSE by field type" in out
-    for kind in ("mask", "inpaint"):
+    for kind, epochs in (("mask", 1), ("inpaint", 2)):  # train.epochs, train.inpaint_epochs
         run = tmp_path / "runs" / "t" / kind
         assert {"best.pt", "last.pt", "metrics.jsonl", "train.log", "config.toml"} <= {
             p.name for p in run.iterdir()}
         assert load_checkpoint(run / "best.pt")[1].kind == kind
+        assert len((run / "metrics.jsonl").read_text().splitlines()) == epochs
     assert cli.main(["train", "--data", str(tmp_path / "missing.h5")]) == 2
 
 

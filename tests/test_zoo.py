@@ -339,7 +339,7 @@ def _random_inpaint_weights(path: Path, depth: int) -> Path:
         net.unet.outc.weight.normal_(0.0, 0.3)  # the correction starts at zero: make it show
     checkpoint.write_weights(path, checkpoint.Checkpoint(
         kind="inpaint", model_config={"depth": depth, "width": 4, "batch_norm": True, "bn_momentum": 0.1,
-                                      "fill": "median5"},
+                                      "fill": "median5", "head": "asinh"},
         state_dict=net.state_dict(), normalisation={"scale": 100.0, "bunit": "ELECTRONS", "fill_ignored": True}))
     return path
 

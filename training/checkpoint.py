@@ -225,9 +225,11 @@ def build_model(checkpoint: Checkpoint, *, device: str | torch.device = "cpu") -
         The state dict does not fit the architecture the file records.
     """
     mc = checkpoint.model_config
-    # a model_config without "fill" is of the first inpaint design (no base fill)
+    # a model_config without "fill" is of the first inpaint design (no base fill), one
+    # without "head" of the first residual design (the linear head)
     net = models.build_model(checkpoint.kind, int(mc["depth"]), int(mc["width"]), bool(mc["batch_norm"]),
-                             float(mc["bn_momentum"]), fill=str(mc.get("fill", "none")))
+                             float(mc["bn_momentum"]), fill=str(mc.get("fill", "none")),
+                             head=str(mc.get("head", "linear")))
     try:
         net.load_state_dict(checkpoint.state_dict)
     except RuntimeError as exc:

@@ -10,7 +10,7 @@ from typing import Literal
 
 from crforge.errors import InputError
 
-__all__ = ["TrainConfig", "ModelConfig", "AugmentConfig", "KINDS", "INPAINT_FILLS"]
+__all__ = ["TrainConfig", "ModelConfig", "AugmentConfig", "KINDS", "INPAINT_FILLS", "INPAINT_HEADS", "EVAL_N_MASKS"]
 
 
 #: The two kinds of model.
@@ -18,6 +18,14 @@ KINDS = ("mask", "inpaint")
 
 #: Base fills the inpaint network corrects (``none``: crforge's first, non-residual design).
 INPAINT_FILLS = ("median5", "none")
+
+#: How the residual inpaint network applies its correction (``linear``: the first
+#: residual design, bounded by where the two base fills disagree).
+INPAINT_HEADS = ("asinh", "linear")
+
+#: ``(low, high)``: the CR masks borrowed for one inpainting mask where nothing is
+#: augmented (validation, ``crforge evaluate``): deepCR's 1 to 9.
+EVAL_N_MASKS = (1, 9)
 
 
 
@@ -42,6 +50,13 @@ class ModelConfig:
         Inpaint network only: the classical fill it starts from and corrects (the 5x5
         masked median), or ``none`` for crforge's first design (masked pixels zeroed,
         the prediction made from scratch), which lost to the classical fills.
+    head : {'asinh', 'linear'}
+        Residual inpaint network only: how its correction is applied. ``asinh``: added
+        in asinh-compressed units (linear within the sky noise, a factor on bright
+        pixels), so that a star's core hidden under a mask can be restored from its
+        wings; ``linear``: added in units of where the two base fills disagree (the
+        first residual design: on real stars and galaxies 90% of its remaining error
+        was in pixels whose truth lay beyond that bound, docs/training.md).
     """
 
     depth: int = 2
@@ -49,6 +64,7 @@ class ModelConfig:
     batch_norm: bool = True
     bn_momentum: float = 0.1
     fill: str = "median5"
+    head: str = "asinh"
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming a bad parameter."""
@@ -60,6 +76,8 @@ class ModelConfig:
             raise InputError(f"model.bn_momentum={self.bn_momentum!r}: expected (0, 1]")
         if self.fill not in INPAINT_FILLS:
             raise InputError(f"model.fill={self.fill!r}: expected one of {INPAINT_FILLS}")
+        if self.head not in INPAINT_HEADS:
+            raise InputError(f"model.head={self.head!r}: expected one of {INPAINT_HEADS}")
 
 
 @dataclass
@@ -79,15 +97,24 @@ class AugmentConfig:
     rot90 : bool
         Random rotation by a multiple of 90 degrees (with ``flip``: all 8 symmetries).
     n_masks : tuple of int
-        ``(low, high)``: an inpainting mask is the union of this many (inclusive,
-        uniform) CR masks of other stamps (deepCR: 1 to 9).
+        ``(low, high)``: a training inpainting mask is the union of this many
+        (inclusive, uniform) CR masks of other stamps. deepCR trained and evaluated on
+        1 to 9 (:data:`EVAL_N_MASKS`, which validation and ``crforge evaluate`` keep);
+        4 to 20 puts about 2.5 times as many masked pixels, and so as much signal, in
+        every training step at about the same cost (docs/training.md).
+    star_masks : float
+        The probability that a borrowed CR mask is shifted so that one of its CR
+        pixels lands on one of the stamp's brightest peaks (a star's core) rather than
+        where it fell: a CR on a star's core is what classical fills do worst and what
+        the network must learn most, and random placement gives it rarely.
     """
 
     sky_range: tuple[float, float] = (-0.9, 3.0)
     sky_noise: bool = True
     flip: bool = True
     rot90: bool = True
-    n_masks: tuple[int, int] = (1, 9)
+    n_masks: tuple[int, int] = (4, 20)
+    star_masks: float = 0.25
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming a bad parameter."""
@@ -100,6 +127,8 @@ class AugmentConfig:
         a, b = self.n_masks
         if not 1 <= a <= b:
             raise InputError(f"augment.n_masks={self.n_masks!r}: expected 1 <= low <= high")
+        if not 0 <= self.star_masks <= 1:
+            raise InputError(f"augment.star_masks={self.star_masks!r}: expected [0, 1]")
 
 
 @dataclass
@@ -115,7 +144,13 @@ class TrainConfig:
     augment : AugmentConfig
         Augmentation of the training stamps (``[train.augment]``).
     epochs : int
-        Epochs to train.
+        Epochs to train: the mask network's under ``crforge train`` (the inpaint
+        network's are ``inpaint_epochs``, see :meth:`for_kind`).
+    inpaint_epochs : int
+        Epochs of the inpaint network under ``crforge train``. An inpaint step costs
+        about half a mask step on a CPU and the network keeps improving for longer
+        (against the noiseless sky, 6 epochs reach 1.7x biharmonic's MSE in
+        resolved-galaxy fields and 12 epochs 2.3x), so it gets twice the mask's.
     batch_size : int
         Stamps per optimisation step.
     stamps_per_epoch : int
@@ -161,7 +196,9 @@ class TrainConfig:
         Learning-rate factor of the residual inpaint network (``model.fill`` not
         ``none``): at ``lr`` itself its first steps, on crowded stamps whose errors are
         10^4 times those of flat sky, threw its fills far off (measured: validation MSE
-        7x the masked median's after one epoch).
+        7x the masked median's after one epoch). With the asinh head (``model.head``)
+        and stars under a quarter of the training masks (``augment.star_masks``), 0.4
+        did better than 0.2 (docs/training.md).
     target : {'labels', 'truth'}
         What the mask network learns a CR to be: the data set's AstroDrizzle labels, or,
         for simulated data sets only, the injected cosmic rays (``truth``) of at least
@@ -211,6 +248,7 @@ class TrainConfig:
     # sized for `make train` on 2 CPU cores (<= 20 min for both models at about 3
     # stamps/s): 6 x 256 stamps = 96 steps of 16; raise both on a GPU
     epochs: int = 6
+    inpaint_epochs: int = 12
     batch_size: int = 16
     stamps_per_epoch: int = 256
     lr: float = 0.005
@@ -226,7 +264,7 @@ class TrainConfig:
     fill_ignored: bool = True
     keep_sky: bool = True
     inpaint_loss: Literal["relative", "mse"] = "relative"
-    inpaint_lr_factor: float = 0.2
+    inpaint_lr_factor: float = 0.4
     target: Literal["labels", "truth"] = "labels"
     truth_min_bin: int = 2
     val_fpr: float = 0.005
@@ -240,6 +278,14 @@ class TrainConfig:
     channels_last: bool = True
     init_mask: str = "deepcr:ACS-WFC"
     init_inpaint: str = ""
+
+    def for_kind(self, kind: Literal["mask", "inpaint"]) -> "TrainConfig":
+        """The settings of the run of one network: ``kind`` set, ``epochs`` its own."""
+        from dataclasses import replace
+
+        if kind not in KINDS:
+            raise InputError(f"kind={kind!r}: expected one of {KINDS}")
+        return replace(self, kind=kind, epochs=self.inpaint_epochs if kind == "inpaint" else self.epochs)
 
     def sky_kept(self) -> bool:
         """Whether this run's network sees the image with its sky (``keep_sky``, mask only)."""
@@ -276,7 +322,7 @@ class TrainConfig:
         """Raise ``ValueError`` naming a bad parameter."""
         self.model.validate()
         self.augment.validate()
-        for name in ("epochs", "batch_size", "step_epochs"):
+        for name in ("epochs", "inpaint_epochs", "batch_size", "step_epochs"):
             if getattr(self, name) < 1:
                 raise InputError(f"train.{name}={getattr(self, name)!r}: expected >= 1")
         if self.bn_freeze_epoch < -1:

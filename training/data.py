@@ -36,8 +36,9 @@ Geometry
     applied to the image and every mask together.
 
 Inpainting masks (deepCR eq. 2)
-    The mask of a stamp is the union of 1 to 9 (``augment.n_masks``) CR masks
-    borrowed from other stamps of the same split that have CRs (each borrowed mask
+    The mask of a stamp is the union of 4 to 20 (``augment.n_masks``; 1 to 9 without
+    augmentation, as deepCR, in validation and evaluation) CR masks borrowed from
+    other stamps of the same split that have CRs (each borrowed mask
     independently flipped/rotated when geometric augmentation is on; CR labels on a
     donor's ignored pixels are left out, as everywhere: an ignored pixel has no
     label). The loss is taken only under that mask and outside the stamp's ignored
@@ -45,6 +46,9 @@ Inpainting masks (deepCR eq. 2)
     source model) where the data set has it (simulated, schema v2): known under the
     stamp's own CRs too, and free of the noise no network can predict; otherwise the
     observed pixel, and then the stamp's own CR pixels are left out of ``loss_mask``.
+    With ``augment.star_masks`` a borrowed mask is, with that probability, shifted so
+    that one of its CR pixels lies on one of the stamp's brightest peaks
+    (:func:`bright_peaks`).
 
 Determinism
     Every random choice of item ``i`` comes from ``numpy.random.default_rng([seed,
@@ -66,7 +70,7 @@ from torch.utils.data import Dataset, Sampler
 from crforge.errors import InputError
 from crforge.pipeline.datafile.reader import StampReader, split_info
 from crforge.pipeline.names import SPLITS
-from crforge.training.config import AugmentConfig
+from crforge.training.config import EVAL_N_MASKS, AugmentConfig
 
 logger = logging.getLogger(__name__)
 
@@ -256,20 +260,24 @@ class StampDataset(Dataset):
             arr = arr[:, ::-1]
         return arr
 
-    def _borrowed_mask(self, index: int, rng: np.random.Generator) -> np.ndarray:
+    def _borrowed_mask(self, index: int, rng: np.random.Generator, peaks: np.ndarray) -> np.ndarray:
+        """The union of CR masks of other stamps; ``peaks``: flat indices for ``star_masks``."""
         s = self.stamp_size
         donors = self._donors[self._donors != index]
         if donors.size == 0:
             return np.zeros((s, s), bool)
-        lo, hi = self.augment.n_masks if self.augment is not None else AugmentConfig().n_masks
+        lo, hi = self.augment.n_masks if self.augment is not None else EVAL_N_MASKS
+        star_p = self.augment.star_masks if self.augment is not None else 0.0
         n = int(rng.integers(lo, hi + 1))
         picks = rng.choice(donors, size=min(n, donors.size), replace=False)
         mask = np.zeros((s, s), bool)
         for j in np.sort(picks):  # sorted: h5py reads forward faster
             k, flip = self._geometry(rng)
             # a label under the ignore mask is no label (same rule as the stamp's own)
-            donor = (self._reader.read("cr", j) != 0) & (self._reader.read("ignore", j) == 0)
-            mask |= self._apply(donor, k, flip)
+            donor = self._apply((self._reader.read("cr", j) != 0) & (self._reader.read("ignore", j) == 0), k, flip)
+            if star_p > 0 and peaks.size and rng.random() < star_p:
+                donor = _onto_peak(donor, peaks, rng)
+            mask |= donor
         return mask
 
     def _target(self, index: int, ignore: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -310,8 +318,12 @@ class StampDataset(Dataset):
             arrays["target"] = network_input(clean, ref, self.normalisation)
         if self.kind == "inpaint":
             # drawn after the stamp's own geometry, in its final orientation
-            mask = self._borrowed_mask(index, rng)
             arrays = {k_: self._apply(v, k, flip) for k_, v in arrays.items()}
+            peaks = np.zeros(0, np.int64)
+            if aug is not None and aug.star_masks > 0:
+                peaks = bright_peaks(arrays.get("target", np.where(arrays["cr"], np.nan, arrays["image"])),
+                                     arrays["weight"])
+            mask = self._borrowed_mask(index, rng, peaks)
             arrays["mask"] = mask
             own = np.zeros_like(mask) if self._noiseless else arrays["cr"]
             arrays["loss_mask"] = mask & ~own & arrays["weight"]
@@ -321,6 +333,41 @@ class StampDataset(Dataset):
                 for name, a in arrays.items()}
         item["index"] = index
         return item
+
+
+#: How many of a stamp's brightest peaks ``augment.star_masks`` aims CR masks at.
+STAR_PEAKS = 16
+
+
+def bright_peaks(image: np.ndarray, valid: np.ndarray, n: int = STAR_PEAKS) -> np.ndarray:
+    """Flat indices of the ``n`` brightest local maxima (5x5) of ``image`` among ``valid`` pixels.
+
+    Parameters
+    ----------
+    image : numpy.ndarray
+        A stamp (NaN where nothing is known, e.g. its own CRs).
+    valid : numpy.ndarray
+        Pixels that may be peaks (not ignored).
+    n : int
+        At most this many peaks, the brightest first.
+    """
+    from scipy.ndimage import maximum_filter
+
+    ok = valid & np.isfinite(image)
+    ref = np.where(ok, image, -np.inf)
+    idx = np.flatnonzero((ref == maximum_filter(ref, size=5, mode="nearest")) & ok)
+    order = np.argsort(ref.ravel()[idx])[::-1]
+    return idx[order[:n]]
+
+
+def _onto_peak(donor: np.ndarray, peaks: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """``donor`` shifted (cyclically) so that one of its CR pixels, drawn at random, lies on a peak."""
+    hit = np.flatnonzero(donor)
+    if hit.size == 0:
+        return donor
+    src = divmod(int(hit[rng.integers(hit.size)]), donor.shape[1])
+    dst = divmod(int(peaks[rng.integers(peaks.size)]), donor.shape[1])
+    return np.roll(donor, (dst[0] - src[0], dst[1] - src[1]), axis=(0, 1))
 
 
 class EpochSampler(Sampler[int]):

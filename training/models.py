@@ -18,7 +18,10 @@ of the first level (doubled at every level down), so the paper's models are
   (:func:`crforge.training.torchfill.harmonic_fill`: what follows a star's profile) and
   the mask, and its outputs, the weight of the harmonic smoothing against the median
   and a correction added to that blend, start at exactly zero (its last layer is zero-initialised), so an untrained
-  network is the masked median and training can only move it from there. With
+  network is the masked median and training can only move it from there. The
+  correction (``head='asinh'``, the default) is added in asinh-compressed units, so it
+  can restore a star's core hidden under a mask; ``head='linear'`` (the first residual
+  design) bounds it by where the two fills disagree. With
   ``fill='none'`` (crforge's first inpaint models) the masked pixels are zeroed and
   the UNet's output is the prediction itself.
 """
@@ -33,7 +36,7 @@ import torch
 from torch import nn
 
 from crforge.errors import InputError
-from crforge.training.config import INPAINT_FILLS, KINDS, ModelConfig
+from crforge.training.config import INPAINT_FILLS, INPAINT_HEADS, KINDS, ModelConfig
 
 logger = logging.getLogger(__name__)
 
@@ -161,19 +164,29 @@ class InpaintNet(nn.Module):
     fill : {'median5', 'none'}
         The classical fill the network corrects (``none``: no base, the masked pixels
         zeroed; the design of crforge's first inpaint models).
+    head : {'asinh', 'linear'}
+        How the correction is applied (:class:`crforge.training.config.ModelConfig`).
     """
 
     kind = "inpaint"
     #: Normalised units in which the residual network's inputs are compressed and its
     #: correction is measured: about the sky noise of an ACS/WFC exposure (10 e- / 100 e-).
     INPUT_SOFTENING = 0.1
+    #: The largest correction of ``head='asinh'``, in asinh units: a factor of about
+    #: e^4 = 55 on a bright pixel (a star's core restored from the wings around a
+    #: mask), 2.7 normalised units (270 e-) at the sky.
+    ASINH_RANGE = 4.0
 
     def __init__(self, depth: int = 2, width: int = 32, batch_norm: bool = True,
-                 bn_momentum: float = 0.1, fill: str = ModelConfig.fill) -> None:
+                 bn_momentum: float = 0.1, fill: str = ModelConfig.fill,
+                 head: str = ModelConfig.head) -> None:
         super().__init__()
         if fill not in INPAINT_FILLS:
             raise InputError(f"fill={fill!r}: expected one of {INPAINT_FILLS}")
+        if head not in INPAINT_HEADS:
+            raise InputError(f"head={head!r}: expected one of {INPAINT_HEADS}")
         self.fill = fill
+        self.head = head
         # residual: the median-filled image, its harmonic smoothing and the mask in; out a
         # correction and the weight of the harmonic smoothing against the median
         residual = fill != "none"
@@ -219,12 +232,22 @@ class InpaintNet(nn.Module):
         # on stars), so a bright star cannot swamp its batch-norm statistics
         k = self.INPUT_SOFTENING
         out = self.unet(torch.cat([torch.asinh(base / k), torch.asinh(smooth / k), mask], dim=1))
-        # the weight of the harmonic fill and a correction in units of where the two fills
-        # disagree (plus the sky noise): both start at zero, so the untrained network is
-        # the masked median exactly, and on flat sky no step can move it far
-        # (bounded by tanh: a network early in training cannot throw a star's fill far off)
         diff = smooth - base
-        return base + torch.tanh(out[:, 1:2]) * diff + torch.tanh(out[:, :1]) * (diff.abs() + k)
+        if self.head == "linear":
+            # the weight of the harmonic fill and a correction in units of where the two
+            # fills disagree (plus the sky noise): both start at zero, so the untrained
+            # network is the masked median exactly, and on flat sky no step can move it
+            # far (bounded by tanh: early in training a star's fill cannot be thrown off)
+            return base + torch.tanh(out[:, 1:2]) * diff + torch.tanh(out[:, :1]) * (diff.abs() + k)
+        # the same weight, then a bounded correction in asinh units (float32: a bfloat16
+        # output would round a factor on a bright pixel to about 1%): linear within the
+        # noise on flat sky, a factor on a star, whose hidden core may be many times
+        # brighter than both fills (the linear head's bound held back 90% of its error)
+        out = out.float()
+        blend = base + torch.tanh(out[:, 1:2]) * diff
+        step = self.ASINH_RANGE * torch.tanh(out[:, :1])
+        # k sinh(asinh(blend / k) + step), expanded: exactly the blend at step 0
+        return blend * torch.cosh(step) + torch.hypot(blend, torch.full_like(blend, k)) * torch.sinh(step)
 
     @torch.no_grad()
     def inpaint(self, image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -235,7 +258,7 @@ class InpaintNet(nn.Module):
 
 def build_model(kind: Literal["mask", "inpaint"], depth: int = 2, width: int = 32,
                 batch_norm: bool = True, bn_momentum: float = 0.1, *,
-                fill: str = ModelConfig.fill) -> MaskNet | InpaintNet:
+                fill: str = ModelConfig.fill, head: str = ModelConfig.head) -> MaskNet | InpaintNet:
     """Build a mask or inpaint network.
 
     Parameters
@@ -246,6 +269,8 @@ def build_model(kind: Literal["mask", "inpaint"], depth: int = 2, width: int = 3
         As :class:`UNet` (the paper's models: depth 2 width 4, 2-32, 3-32).
     fill : {'median5', 'none'}
         The inpaint network's base fill (:class:`InpaintNet`); ignored for ``mask``.
+    head : {'asinh', 'linear'}
+        How the residual inpaint network applies its correction; ignored for ``mask``.
 
     Returns
     -------
@@ -256,7 +281,7 @@ def build_model(kind: Literal["mask", "inpaint"], depth: int = 2, width: int = 3
     if kind == "mask":
         return MaskNet(depth, width, batch_norm, bn_momentum)
     if kind == "inpaint":
-        return InpaintNet(depth, width, batch_norm, bn_momentum, fill=fill)
+        return InpaintNet(depth, width, batch_norm, bn_momentum, fill=fill, head=head)
     raise InputError(f"kind={kind!r}: expected one of {KINDS}")
 
 

@@ -87,7 +87,7 @@ __all__ = ["train_one_epoch", "evaluate", "main", "mask_loss", "inpaint_loss", "
 
 # config keys that may differ when resuming: they do not change the numbers
 # (epochs: a run may be extended; the lr schedule is recomputed from the new value)
-_RESUMABLE_CHANGES = {"epochs", "num_workers", "device", "threads", "init_mask", "init_inpaint"}
+_RESUMABLE_CHANGES = {"epochs", "inpaint_epochs", "num_workers", "device", "threads", "init_mask", "init_inpaint"}
 
 
 # --------------------------------------------------------------------------- losses
@@ -641,7 +641,8 @@ def _initial_weights(model: nn.Module, init: str | os.PathLike, cfg: TrainConfig
     src = checkpoint.read(init)
     mc = cfg.model
     if src.kind != cfg.kind or any(src.model_config[k] != getattr(mc, k) for k in ("depth", "width", "batch_norm")) \
-            or (cfg.kind == "inpaint" and src.model_config.get("fill", "none") != mc.fill):
+            or (cfg.kind == "inpaint" and (src.model_config.get("fill", "none") != mc.fill
+                                           or src.model_config.get("head", "linear") != mc.head)):
         raise InputError(f"init={str(init)!r}: a {src.kind} model {src.model_config} "
                          f"cannot start a {cfg.kind} model {asdict(mc)}")
     model.load_state_dict(src.state_dict)
@@ -653,7 +654,8 @@ def _new_model(cfg: TrainConfig, device: torch.device, init: str | os.PathLike |
     np.random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
     mc = cfg.model
-    model = build_model(cfg.kind, mc.depth, mc.width, mc.batch_norm, mc.bn_momentum, fill=mc.fill)
+    model = build_model(cfg.kind, mc.depth, mc.width, mc.batch_norm, mc.bn_momentum, fill=mc.fill,
+                        head=mc.head)
     if init is not None:
         _initial_weights(model, init, cfg)
     model.to(device)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 from pathlib import Path
 
@@ -20,7 +19,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", type=Path, required=True, help="HDF5 training set (schema v1 or v2)")
     parser.add_argument("--runs", type=Path, default=Path("runs"), help="runs directory (default: runs)")
     parser.add_argument("--kind", choices=("mask", "inpaint", "both"), default="both",
-                        help="which network: mask, inpaint, or both one after the other (default)")
+                        help="which network: mask, inpaint, or both one after the other (default); "
+                        "the mask network trains train.epochs epochs, the inpaint network "
+                        "train.inpaint_epochs")
     parser.add_argument("--name", help="run name (default: the data file's stem); the run directory "
                         "is RUNS/<name>, each network in RUNS/<name>/<kind>/")
     parser.add_argument("--resume", action="store_true", help="continue the run(s) from last.pt")
@@ -63,7 +64,7 @@ def _run(args: argparse.Namespace, cfg: RunConfig, world) -> int:
     check_writable_dir(args.runs, what="--runs directory")
     results = []
     for kind in kinds:
-        kcfg = dataclasses.replace(cfg.train, kind=kind)
+        kcfg = cfg.train.for_kind(kind)  # the inpaint network's epochs are train.inpaint_epochs
         res = main(kcfg, args.data, Path(args.runs) / name / kind, resume=args.resume, init=args.init,
                    wait=args.wait)
         results.append(res)
