@@ -55,8 +55,8 @@ class ModelConfig:
         in asinh-compressed units (linear within the sky noise, a factor on bright
         pixels), so that a star's core hidden under a mask can be restored from its
         wings; ``linear``: added in units of where the two base fills disagree (the
-        first residual design: on real stars and galaxies 90% of its remaining error
-        was in pixels whose truth lay beyond that bound, docs/training.md).
+        first residual design: on the simulated test stamps about 90% of its remaining
+        error was in pixels whose truth lay beyond that bound, docs/training.md).
     """
 
     depth: int = 2
@@ -149,8 +149,9 @@ class TrainConfig:
     inpaint_epochs : int
         Epochs of the inpaint network under ``crforge train``. An inpaint step costs
         about half a mask step on a CPU and the network keeps improving for longer
-        (against the noiseless sky, 6 epochs reach 1.7x biharmonic's MSE in
-        resolved-galaxy fields and 12 epochs 2.3x), so it gets twice the mask's.
+        (against the noiseless sky, one run of 6 epochs reached 1.7x below
+        biharmonic's MSE in resolved-galaxy fields, of 12 epochs 2.3x; runs vary by
+        about 0.7x, docs/training.md), so it gets twice the mask's.
     batch_size : int
         Stamps per optimisation step.
     stamps_per_epoch : int
