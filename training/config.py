@@ -5,7 +5,7 @@ Standard library only, so that reading a run configuration never imports torch.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from crforge.errors import InputError
@@ -282,8 +282,6 @@ class TrainConfig:
 
     def for_kind(self, kind: Literal["mask", "inpaint"]) -> "TrainConfig":
         """The settings of the run of one network: ``kind`` set, ``epochs`` its own."""
-        from dataclasses import replace
-
         if kind not in KINDS:
             raise InputError(f"kind={kind!r}: expected one of {KINDS}")
         return replace(self, kind=kind, epochs=self.inpaint_epochs if kind == "inpaint" else self.epochs)
