@@ -11,6 +11,7 @@ import h5py
 import numpy as np
 import pytest
 import torch
+from torch import nn
 from torch.utils.data import DataLoader
 
 from crforge import cli
@@ -19,9 +20,10 @@ from crforge.cli.runconfig import RunConfig
 from crforge.pipeline.datafile.schema import META_DTYPE
 from crforge.pipeline.datafile.writer import write_arrays
 from crforge.training import checkpoint
+from crforge.training.averaging import WeightAverage
 from crforge.training.checkpoint import load_checkpoint
 from crforge.training.config import AugmentConfig, ModelConfig, TrainConfig
-from crforge.training.data import EpochSampler, StampDataset, normalise
+from crforge.training.data import EpochSampler, StampDataset, bright_peaks, normalise, wing_crs
 from crforge.training.metrics import rates_at_threshold, threshold_at_fpr, tpr_at_fpr
 from crforge.training.models import InpaintNet, MaskNet, UNet, build_model
 from crforge.training.train import (
@@ -355,16 +357,64 @@ def test_resumed_run_ends_with_the_same_weights(h5file, tmp_path, kind):
         main(tiny_cfg(kind, lr=0.02), h5file, tmp_path / "part", resume=True)
     resumed = main(cfg, h5file, tmp_path / "part", resume=True)
     assert resumed["epochs_done"] == 2 and resumed["step"] == full["step"] == 6
-    a = checkpoint.read(tmp_path / "full" / "last.pt", expect="train").state_dict
-    b = checkpoint.read(tmp_path / "part" / "last.pt", expect="train").state_dict
+    ca = checkpoint.read(tmp_path / "full" / "last.pt", expect="train")
+    cb = checkpoint.read(tmp_path / "part" / "last.pt", expect="train")
+    a, b = ca.state_dict, cb.state_dict
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a)
+    if kind == "inpaint":  # the model is the weights' running average; the trained ones resume too
+        ta, tb = ca.training.trained, cb.training.trained
+        assert all(torch.equal(ta[k], tb[k]) for k in ta)
+        assert not all(torch.equal(ta[k], a[k]) for k in a if a[k].is_floating_point())
+    else:
+        assert ca.training.trained is None
     lines = [json.loads(x) for x in (tmp_path / "part" / "metrics.jsonl").read_text().splitlines()]
     assert [x["epoch"] for x in lines] == [1, 2]
     assert lines[-1]["val_loss"] == full["history"][-1]["val_loss"]
     run = tmp_path / "full"
     assert (run / "best.pt").exists() and "epoch 2/2" in (run / "train.log").read_text()
     assert cfgmod.load(RunConfig, run / "config.toml").train == cfg
+
+
+def test_weight_average_follows_the_trained_weights():
+    net = nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2))
+    avg = WeightAverage(net, 0.9)
+    w0 = net[0].weight.detach().clone()
+    decays = []
+    for _ in range(200):
+        with torch.no_grad():
+            net[0].weight.add_(1.0)
+            net[1].num_batches_tracked.add_(1)
+        n = avg.updates
+        decays.append(min(0.9, (1 + n) / (10 + n)))
+        avg.update(net)
+    # the average, computed by hand: a_k = d_k a_{k-1} + (1 - d_k) w_k, with w_k = w0 + k
+    expect = w0.clone()
+    for k, d in enumerate(decays, start=1):
+        expect = d * expect + (1 - d) * (w0 + k)
+    assert torch.allclose(avg.model[0].weight, expect, atol=1e-5)
+    # once warmed up (80 updates) it lags weights that move 1 per step by decay / (1 - decay) = 9
+    lag = float((net[0].weight - avg.model[0].weight).detach().mean())
+    assert 8.9 < lag < 9.1 and decays[0] == pytest.approx(0.1) and decays[-1] == 0.9
+    assert int(avg.model[1].num_batches_tracked) == 200  # integer buffers are copied
+    assert not avg.model[0].weight.requires_grad
+    with pytest.raises(ValueError, match="decay"):
+        WeightAverage(net, 1.0)
+
+
+def test_inpaint_best_epoch_is_chosen_on_the_error_relative_to_the_base_fill(h5file, tmp_path):
+    run = main(tiny_cfg("inpaint", epochs=3), h5file, tmp_path / "r")
+    for h in run["history"]:
+        by = h["by_field_type"]
+        ratios = [by[ft]["mse"] / by[ft]["base_mse"] for ft in FIELD_TYPES]
+        assert h["val_score"] == pytest.approx(float(np.exp(np.mean(np.log(ratios)))), rel=1e-9)
+    scores = [h["val_score"] for h in run["history"]]
+    assert run["best_epoch"] == 1 + int(np.argmin(scores))
+    # the untrained network is its base fill: the ratios start near 1
+    net = build_model("inpaint", 2, 4)
+    val = StampDataset(h5file, "val", "inpaint", None, seed=0)
+    ev = evaluate(net.eval(), DataLoader(val, batch_size=4), "cpu", "inpaint", fpr=0.005)
+    assert ev["val_score"] == pytest.approx(1.0, abs=1e-6)
 
 
 def test_load_checkpoint_rebuilds_the_model_alone(h5file, tmp_path):
@@ -502,3 +552,47 @@ def test_mask_target_truth_uses_the_injected_crs(tmp_path, h5file):
     assert weight[5, 5] == 0 and weight[6, 6] == 1  # < 3 sigma charge: no label either way
     with pytest.raises(ValueError, match="no truth"):
         StampDataset(h5file, "train", "mask", None, target="truth")
+
+
+def test_wing_crs_moves_whole_crs_next_to_the_peaks():
+    charge = np.zeros((40, 40), np.float32)
+    charge[5, 5], charge[5, 6] = 900.0, 300.0  # a two-pixel CR, labelled
+    charge[30, 30] = 50.0  # faint injected charge alone: never moved
+    strong = charge >= 300
+    peaks = np.array([20 * 40 + 20])
+    for seed in range(20):
+        added, landed = wing_crs(charge, strong, peaks, np.random.default_rng(seed))
+        assert added.sum() == pytest.approx(1200.0) and landed.sum() == 2
+        (y, x), = np.argwhere(added == 900.0)
+        assert 1 <= max(abs(y - 20), abs(x - 20)) <= 3  # on the wing, never the core
+        assert added[y, x + 1] == 300.0 and landed[y, x] and landed[y, x + 1]
+    added, landed = wing_crs(charge, np.zeros_like(strong), peaks, np.random.default_rng(0))
+    assert added.sum() == 0 and not landed.any()
+
+
+def test_star_crs_adds_labelled_crs_beside_the_brightest_stars(tmp_path, h5file):
+    def edit(split, arrays):
+        arrays["truth"] = arrays["cr"] * 4  # every injected CR > 10 sigma
+
+    path = write_h5(tmp_path / "sim.h5", noiseless=True, edit=edit)
+    aug = AugmentConfig(sky_range=(0.0, 0.0), flip=False, rot90=False, star_crs=1.0)
+    on = StampDataset(path, "train", "mask", aug, seed=2)
+    off = StampDataset(path, "train", "mask", AugmentConfig(sky_range=(0.0, 0.0), flip=False, rot90=False),
+                       seed=2)
+    with h5py.File(path) as f:
+        clean, ignore = f["train/noiseless"][:], f["train/ignore"][:]
+    near = []
+    for i in range(len(on)):
+        a, b = on[i], off[i]
+        new = ((a["cr"][0] > 0) & (b["cr"][0] == 0)).numpy()
+        assert new.sum() >= 2 and not (new & (ignore[i] > 0)).any()
+        assert (a["image"][0] - b["image"][0]).numpy()[new].min() > 1.0  # charge added where labelled
+        py, px = np.unravel_index(bright_peaks(clean[i], ignore[i] == 0), clean[i].shape)
+        ys, xs = np.nonzero(new)
+        dist = np.max(np.abs(np.stack([ys[:, None] - py, xs[:, None] - px])), axis=0).min(axis=1)
+        near.append(np.mean(dist <= 5))  # brightest pixel 1-3 from a peak, tracks up to 3 long
+        # the stamp's own labels are kept
+        assert torch.all(a["cr"] >= b["cr"])
+    assert min(near) == 1.0
+    with pytest.raises(ValueError, match="star_crs"):
+        StampDataset(h5file, "train", "mask", aug)

@@ -5,7 +5,9 @@ Training checkpoint (``crforge-train-checkpoint/1``, ``runs/<run>/<kind>/last.pt
 
     {"format", "kind", "model_config", "model" (the state dict), "optimizer",
      "scheduler", "scaler", "rng", "epoch", "step", "best", "config",
-     "normalisation", "metrics", "stamp_size", "data", "versions"}
+     "normalisation", "metrics", "stamp_size", "data", "versions"[, "trained"]}
+
+(``trained``: the weights being trained, when ``model`` is their running average.)
 
 Zoo weights (``crforge-zoo-weights/1``, ``<name>-<kind>-<sha256[:12]>.pt``, written by
 ``crforge publish``)::
@@ -79,6 +81,10 @@ class TrainingState:
         The training set: ``path``, ``train_stamps``.
     versions : dict
         crforge and torch versions that wrote the file.
+    trained : dict or None
+        The weights the optimizer trains, when the checkpoint's model is their running
+        average (``train.inpaint_ema``, :mod:`crforge.training.averaging`); None when
+        the model is those weights themselves.
     """
 
     optimizer: dict
@@ -92,6 +98,7 @@ class TrainingState:
     metrics: dict = field(default_factory=dict)
     data: dict = field(default_factory=dict)
     versions: dict = field(default_factory=dict)
+    trained: dict | None = None
 
 
 @dataclass
@@ -209,7 +216,7 @@ def _from_dict(obj: dict, path: Path) -> Checkpoint:
             optimizer=obj["optimizer"], scheduler=obj["scheduler"], scaler=obj["scaler"],
             rng=obj["rng"], epoch=int(obj["epoch"]), step=int(obj["step"]), best=dict(obj["best"]),
             config=obj["config"], metrics=dict(obj.get("metrics", {})), data=dict(obj.get("data", {})),
-            versions=dict(obj.get("versions", {})))
+            versions=dict(obj.get("versions", {})), trained=obj.get("trained"))
     stamp = obj.get("stamp_size")
     return Checkpoint(kind=obj["kind"], model_config=mc, state_dict=obj[state_key],
                       normalisation=dict(obj["normalisation"]),
@@ -287,6 +294,8 @@ def write_training(path: str | os.PathLike, checkpoint: Checkpoint) -> Path:
            "scaler": t.scaler, "rng": t.rng, "epoch": t.epoch, "step": t.step, "best": t.best,
            "config": t.config, "normalisation": checkpoint.normalisation, "metrics": t.metrics,
            "stamp_size": checkpoint.stamp_size, "data": t.data, "versions": t.versions}
+    if t.trained is not None:
+        obj["trained"] = t.trained
     return atomic.write_bytes(path, _serialise(obj))
 
 

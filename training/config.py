@@ -107,6 +107,14 @@ class AugmentConfig:
         pixels lands on one of the stamp's brightest peaks (a star's core) rather than
         where it fell: a CR on a star's core is what classical fills do worst and what
         the network must learn most, and random placement gives it rarely.
+    star_crs : float
+        Mask network, simulated data sets only: the probability that a training stamp
+        gets up to 8 (:data:`crforge.training.data.STAR_CRS`) cosmic rays of another
+        stamp, cut out by their injected charge, added 1-3 pixels from its brightest
+        peaks and labelled where they stand 5 sigma above the star's noise. On real
+        frames the hits the networks miss are small CRs on the wings of stars, which
+        the simulated visits give rarely and their AstroDrizzle labels often miss
+        (docs/real-pixels.md).
     """
 
     sky_range: tuple[float, float] = (-0.9, 3.0)
@@ -115,6 +123,7 @@ class AugmentConfig:
     rot90: bool = True
     n_masks: tuple[int, int] = (4, 20)
     star_masks: float = 0.25
+    star_crs: float = 0.0
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming a bad parameter."""
@@ -129,6 +138,8 @@ class AugmentConfig:
             raise InputError(f"augment.n_masks={self.n_masks!r}: expected 1 <= low <= high")
         if not 0 <= self.star_masks <= 1:
             raise InputError(f"augment.star_masks={self.star_masks!r}: expected [0, 1]")
+        if not 0 <= self.star_crs <= 1:
+            raise InputError(f"augment.star_crs={self.star_crs!r}: expected [0, 1]")
 
 
 @dataclass
@@ -148,10 +159,10 @@ class TrainConfig:
         network's are ``inpaint_epochs``, see :meth:`for_kind`).
     inpaint_epochs : int
         Epochs of the inpaint network under ``crforge train``. An inpaint step costs
-        about half a mask step on a CPU and the network keeps improving for longer
-        (against the noiseless sky, one run of 6 epochs reached 1.7x below
-        biharmonic's MSE in resolved-galaxy fields, of 12 epochs 2.3x; runs vary by
-        about 0.7x, docs/training.md), so it gets twice the mask's.
+        about half a mask step on a CPU and the network keeps improving for longer:
+        with the running average of its weights (``inpaint_ema``), two seeds of 18
+        epochs both reached 2x below the best classical fill's MSE in globular-cluster
+        and resolved-galaxy fields, of 12 epochs one did (docs/training.md).
     batch_size : int
         Stamps per optimisation step.
     stamps_per_epoch : int
@@ -200,6 +211,10 @@ class TrainConfig:
         7x the masked median's after one epoch). With the asinh head (``model.head``)
         and stars under a quarter of the training masks (``augment.star_masks``), 0.4
         did better than 0.2 (docs/training.md).
+    inpaint_ema : float
+        Decay per step of the running average of the inpaint network's weights that
+        the run validates, saves and publishes (:mod:`crforge.training.averaging`);
+        0 = none (the weights of the epoch's last step, as the mask network).
     target : {'labels', 'truth'}
         What the mask network learns a CR to be: the data set's AstroDrizzle labels, or,
         for simulated data sets only, the injected cosmic rays (``truth``) of at least
@@ -249,7 +264,7 @@ class TrainConfig:
     # sized for `make train` on 2 CPU cores (<= 20 min for both models at about 3
     # stamps/s): 6 x 256 stamps = 96 steps of 16; raise both on a GPU
     epochs: int = 6
-    inpaint_epochs: int = 12
+    inpaint_epochs: int = 18
     batch_size: int = 16
     stamps_per_epoch: int = 256
     lr: float = 0.005
@@ -266,6 +281,7 @@ class TrainConfig:
     keep_sky: bool = True
     inpaint_loss: Literal["relative", "mse"] = "relative"
     inpaint_lr_factor: float = 0.4
+    inpaint_ema: float = 0.9
     target: Literal["labels", "truth"] = "labels"
     truth_min_bin: int = 2
     val_fpr: float = 0.005
@@ -335,6 +351,8 @@ class TrainConfig:
         for name in ("lr", "norm_scale", "gamma", "bn_freeze_lr_factor", "inpaint_lr_factor"):
             if not getattr(self, name) > 0:
                 raise InputError(f"train.{name}={getattr(self, name)!r}: expected > 0")
+        if not 0 <= self.inpaint_ema < 1:
+            raise InputError(f"train.inpaint_ema={self.inpaint_ema!r}: expected [0, 1)")
         if not 0 < self.min_lr_factor <= 1:
             raise InputError(f"train.min_lr_factor={self.min_lr_factor!r}: expected (0, 1]")
         if not 0 < self.val_fpr < 1:

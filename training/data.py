@@ -220,6 +220,12 @@ class StampDataset(Dataset):
         self.field_types = info.column("field_type", "unknown").astype(str)
         # inpaint targets: the noiseless pixels where the file has them
         self._noiseless = kind == "inpaint" and info.has_noiseless
+        self._star_crs = kind == "mask" and augment is not None and augment.star_crs > 0
+        if self._star_crs and not (info.has_noiseless and info.has_truth):
+            raise InputError(f"{info.path}: /{split} has no noiseless pixels and truth (only simulated data "
+                             "sets do), which augment.star_crs needs; set train.augment.star_crs = 0")
+        self.gain = info.column("gain", 1.0).astype(np.float64)
+        self.readnoise = info.column("readnoise", 0.0).astype(np.float64)
         crf = info.column("cr_fraction", 1.0)
         # inpaint masks are borrowed only from stamps with CRs (an empty one adds nothing)
         self._donors = np.flatnonzero(crf > 0)
@@ -280,6 +286,35 @@ class StampDataset(Dataset):
             mask |= donor
         return mask
 
+    def _electrons(self, index: int) -> float:
+        """Electrons per image unit of a stamp (its exposure time for e-/s data)."""
+        return float(self.exptime[index]) if self._per_second else 1.0
+
+    def _add_star_crs(self, index: int, rng: np.random.Generator, image: np.ndarray, cr: np.ndarray,
+                      faint: np.ndarray, ignore: np.ndarray) -> None:
+        """``augment.star_crs``: another stamp's cosmic rays onto this one's star wings, in place."""
+        donors = self._donors[self._donors != index]
+        clean = self._reader.read("noiseless", index).astype(np.float32)
+        peaks = bright_peaks(clean, ~ignore)
+        if donors.size == 0 or peaks.size == 0:
+            return
+        j = int(rng.choice(donors))
+        k, flip = self._geometry(rng)
+        truth = self._apply(self._reader.read("truth", j), k, flip)
+        charge = self._reader.read("image", j).astype(np.float32) - self._reader.read("noiseless", j)
+        # in this stamp's unit: the donor's charge in electrons, over this stamp's electrons per unit
+        charge = self._apply(charge, k, flip) * np.float32(self._electrons(j) / self._electrons(index))
+        added, strong = wing_crs(np.where(truth > 0, charge, 0), truth >= self.truth_min_bin, peaks, rng)
+        added[ignore] = 0
+        e = self._electrons(index)
+        sigma = np.sqrt(np.maximum(clean, 0) * e + self.readnoise[index] ** 2) / e
+        image += added
+        hit = strong & (added >= STAR_CR_SNR * sigma) & ~ignore
+        cr |= hit
+        # injected charge too faint to tell from the star's noise is no example either way
+        faint |= (added > 0) & ~cr
+        faint &= ~cr
+
     def _target(self, index: int, ignore: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The CR pixels of a stamp, and those too faint to count either way (weight 0)."""
         if self.target == "labels":
@@ -298,6 +333,8 @@ class StampDataset(Dataset):
         # an ignored pixel has no label: a CR flag there must not reach the model in
         # any way (inpaint input mask included), so it is dropped here
         cr, faint = self._target(index, ignore)
+        if self._star_crs and rng.random() < self.augment.star_crs:
+            self._add_star_crs(index, rng, image, cr, faint, ignore)
         sky = float(max(self.sky[index], 0.0))
         level = sky  # the background of the (augmented) stamp
         aug = self.augment
@@ -358,6 +395,60 @@ def bright_peaks(image: np.ndarray, valid: np.ndarray, n: int = STAR_PEAKS) -> n
     idx = np.flatnonzero((ref == maximum_filter(ref, size=5, mode="nearest")) & ok)
     order = np.argsort(ref.ravel()[idx])[::-1]
     return idx[order[:n]]
+
+
+#: At most how many cosmic rays ``augment.star_crs`` adds to a stamp's star wings.
+STAR_CRS = 8
+
+#: A cosmic ray added by ``augment.star_crs`` is a CR where it stands this many sigma
+#: above the star's noise (photon noise of the noiseless pixel and read noise).
+STAR_CR_SNR = 5.0
+
+
+def wing_crs(charge: np.ndarray, strong: np.ndarray, peaks: np.ndarray, rng: np.random.Generator,
+             n: int = STAR_CRS) -> tuple[np.ndarray, np.ndarray]:
+    """Up to ``n`` cosmic rays of ``charge`` moved onto the wings of ``peaks``.
+
+    Parameters
+    ----------
+    charge : numpy.ndarray
+        A stamp's injected CR charge (0 where none); its 8-connected groups are the CRs.
+    strong : numpy.ndarray
+        Pixels of ``charge`` bright enough to be labelled (only CRs holding one are moved).
+    peaks : numpy.ndarray
+        Flat indices of the target stamp's stars (:func:`bright_peaks`).
+    rng : numpy.random.Generator
+        Chooses the CRs, the peaks and the offsets.
+    n : int
+        At most this many CRs.
+
+    Returns
+    -------
+    added, strong : numpy.ndarray
+        The charge to add to the target stamp (float32), and where the moved CRs'
+        ``strong`` pixels landed. Each CR's brightest pixel lands 1 to 3 pixels (in x,
+        y or both) from a peak; pixels that would leave the stamp are dropped.
+    """
+    from scipy.ndimage import label
+
+    shape = charge.shape
+    groups, count = label(charge > 0, structure=np.ones((3, 3), bool))
+    usable = np.unique(groups[strong & (groups > 0)])
+    added, landed = np.zeros(shape, np.float32), np.zeros(shape, bool)
+    if usable.size == 0 or peaks.size == 0:
+        return added, landed
+    for g in rng.choice(usable, size=min(n, usable.size), replace=False):
+        ys, xs = np.nonzero(groups == g)
+        top = int(np.argmax(charge[ys, xs]))
+        py, px = divmod(int(peaks[rng.integers(peaks.size)]), shape[1])
+        dy, dx = 0, 0
+        while dy == 0 and dx == 0:  # on the wing, not the core
+            dy, dx = (int(v) for v in rng.integers(-3, 4, size=2))
+        ty, tx = ys + (py + dy - ys[top]), xs + (px + dx - xs[top])
+        inside = (ty >= 0) & (ty < shape[0]) & (tx >= 0) & (tx < shape[1])
+        added[ty[inside], tx[inside]] += charge[ys[inside], xs[inside]]
+        landed[ty[inside], tx[inside]] |= strong[ys[inside], xs[inside]]
+    return added, landed
 
 
 def _onto_peak(donor: np.ndarray, peaks: np.ndarray, rng: np.random.Generator) -> np.ndarray:

@@ -7,7 +7,8 @@ One run trains one network on the file's ``train`` split and validates it on its
     runs/<run>/train.log        what happened, one line per event
     runs/<run>/metrics.jsonl    one JSON line per epoch (losses, lr, TPR, timing)
     runs/<run>/last.pt          after every epoch: everything needed to resume
-    runs/<run>/best.pt          the epoch with the lowest validation loss
+    runs/<run>/best.pt          the best epoch: the lowest validation loss (mask), or
+                                the lowest MSE relative to the base fill (inpaint)
 
 Losses
     mask: binary cross-entropy on the logits, weighted by ``weight`` (0 on ignored
@@ -22,7 +23,15 @@ Losses
     (plain MSE over the batch, ``'mse'``, is all crowded fields: the network then
     learnt to add noise to flat sky). The inpaint network's input mask is the
     borrowed mask together with the stamp's own CRs, so that it never sees CR charge,
-    as at inference where every CR is masked. Validation reports the plain MSE.
+    as at inference where every CR is masked. Validation reports the plain MSE, and
+    per field type its ratio to the base fill's; the geometric mean of those ratios
+    (``val_score``) chooses the inpaint network's best epoch.
+
+Weight averaging
+    With ``inpaint_ema`` (default 0.9 per step) the inpaint network that is validated,
+    saved as the checkpoints' model and published is the running average of the
+    trained weights over the last steps (:mod:`crforge.training.averaging`); the
+    trained weights travel in ``last.pt`` too, so a resumed run continues both.
 
 Schedule
     Adam; the learning rate is ``lr`` times a per-epoch factor: ``constant``,
@@ -75,6 +84,7 @@ from crforge.lock import hold
 from crforge.pipeline.datafile.validate import require_valid
 from crforge.training import checkpoint
 from crforge.training import distributed as ddp
+from crforge.training.averaging import WeightAverage
 from crforge.training.config import TrainConfig
 from crforge.training.data import EpochSampler, StampDataset, normalisation_info
 from crforge.training.metrics import rates_at_threshold, tpr_at_fpr
@@ -286,7 +296,7 @@ def _train_step(model: nn.Module, batch: dict, optimizer: torch.optim.Optimizer,
 
 def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer,
                     scaler: torch.amp.GradScaler, device: torch.device | str, epoch: int,
-                    cfg: TrainConfig) -> dict:
+                    cfg: TrainConfig, *, average: WeightAverage | None = None) -> dict:
     """Train ``model`` for one epoch.
 
     Parameters
@@ -306,6 +316,8 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim
     cfg : TrainConfig
         ``kind``, ``epochs``, ``amp``, ``cpu_bf16``, ``clip_grad_norm`` and
         ``bn_freeze_epoch`` are used.
+    average : WeightAverage, optional
+        Updated with the network's weights after every step.
 
     Returns
     -------
@@ -333,6 +345,8 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim
     for batch in bar:
         batch = _to(batch, device)
         value = _train_step(model, batch, optimizer, scaler, device, autocast, cfg)
+        if average is not None:
+            average.update(ddp.unwrap(model))
         if not math.isfinite(value):
             raise FloatingPointError(f"{cfg.kind} loss is {value} at epoch {epoch + 1}, step {steps + 1}: "
                                      "lower train.lr or check the data")
@@ -354,8 +368,8 @@ class _Figures:
         self.labels: dict[str, list[np.ndarray]] = {}
         self.sq: dict[str, list[float]] = {}
 
-    def add(self, batch: dict, out: torch.Tensor) -> int:
-        """Collect one batch (network output ``out``); the number of stamps."""
+    def add(self, batch: dict, out: torch.Tensor, base: torch.Tensor | None = None) -> int:
+        """Collect one batch (network output ``out``, inpaint base fill ``base``); the number of stamps."""
         idx = batch["index"].tolist() if isinstance(batch["index"], torch.Tensor) else list(batch["index"])
         for j, i in enumerate(idx):
             ft = str(self.field_types[i]) if self.field_types is not None else "all"
@@ -366,10 +380,13 @@ class _Figures:
                 self.labels.setdefault(ft, []).append((batch["cr"][j, 0][keep] > 0).cpu().numpy())
             else:
                 lm = batch["loss_mask"][j, 0] > 0
-                d = (out[j, 0].float() - batch.get("target", batch["image"])[j, 0])[lm]
-                acc = self.sq.setdefault(ft, [0.0, 0.0])
+                target = batch.get("target", batch["image"])[j, 0]
+                d = (out[j, 0].float() - target)[lm]
+                acc = self.sq.setdefault(ft, [0.0, 0.0, 0.0])
                 acc[0] += float((d * d).sum())
                 acc[1] += float(lm.sum())
+                if base is not None:
+                    acc[2] += float(((base[j, 0].float() - target)[lm] ** 2).sum())
         return len(idx)
 
     def summary(self, fpr: float) -> dict[str, Any]:
@@ -387,8 +404,14 @@ class _Figures:
                      "pixels": int(sum(x.size for x in self.labels[ft]))}
                 for ft in sorted(self.scores)}
         elif self.kind == "inpaint" and self.sq:
-            result["by_field_type"] = {ft: {"mse": a / b if b else float("nan"), "pixels": int(b)}
-                                       for ft, (a, b) in sorted(self.sq.items())}
+            result["by_field_type"] = {ft: {"mse": a / b if b else float("nan"), "pixels": int(b),
+                                            "base_mse": c / b if b else float("nan")}
+                                       for ft, (a, b, c) in sorted(self.sq.items())}
+            # each field type's error relative to the base fill's, geometric mean: the
+            # plain MSE is all globular clusters, whose errors are 10^3 times the others'
+            logs = [math.log(a / c) for a, b, c in self.sq.values() if b and a > 0 and c > 0]
+            if logs:
+                result["val_score"] = math.exp(sum(logs) / len(logs))
         return result
 
 
@@ -418,8 +441,11 @@ def evaluate(model: nn.Module, loader: DataLoader, device: torch.device | str, k
         not a mean of batch means) and ``val_stamps``; for ``mask`` also
         ``tpr_at_fpr`` (over non-ignored pixels), ``tpr_at_0.5``/``fpr_at_0.5``
         (threshold 0.5) and ``by_field_type`` ({type: {"tpr_at_fpr", "pixels"}});
-        for ``inpaint`` ``by_field_type`` ({type: {"mse", "pixels"}}). Inpaint MSE is
-        in normalised units (times ``norm_scale**2`` gives the image unit squared).
+        for ``inpaint`` ``by_field_type`` ({type: {"mse", "base_mse", "pixels"}}:
+        the network's and its base fill's MSE) and ``val_score``, the geometric mean
+        over field types of ``mse / base_mse``, on which a run chooses its best epoch.
+        Inpaint MSE is in normalised units (times ``norm_scale**2`` gives the image
+        unit squared).
     """
     device = torch.device(device)
     figures = _Figures(kind, getattr(loader.dataset, "field_types", None))
@@ -430,7 +456,10 @@ def evaluate(model: nn.Module, loader: DataLoader, device: torch.device | str, k
         s, c, out = batch_loss(model, batch, kind, reduction="sum")
         total += float(s)
         count += float(c)
-        stamps += figures.add(batch, out)
+        base = None
+        if kind == "inpaint":
+            base = ddp.unwrap(model).base(batch["image"], torch.maximum(batch["mask"], batch["cr"]))
+        stamps += figures.add(batch, out, base)
     return {"val_loss": total / count if count else float("nan"), "val_stamps": stamps,
             **figures.summary(fpr)}
 
@@ -469,6 +498,7 @@ class _Run:
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LambdaLR
     scaler: torch.amp.GradScaler
+    average: WeightAverage | None = None
     history: list[dict] = field(default_factory=list)
     start: int = 0
     step: int = 0
@@ -502,6 +532,11 @@ class _Run:
     def net(self) -> nn.Module:
         """The network itself (inside the DDP wrapper of a distributed run)."""
         return ddp.unwrap(self.model)
+
+    @property
+    def served(self) -> nn.Module:
+        """The network the run validates and saves as its model: the average, if any."""
+        return self.average.model if self.average is not None else self.net
 
 
 def _device(cfg: TrainConfig) -> torch.device:
@@ -673,7 +708,9 @@ def _build_run(cfg: TrainConfig, data: Path, out: Path, init: str | os.PathLike 
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda e: lr_factor(e, cfg))
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp and device.type == "cuda")
-    return _Run(cfg, data, out, device, train_loader, val_loader, model, optimizer, scheduler, scaler)
+    average = WeightAverage(ddp.unwrap(model), cfg.inpaint_ema) \
+        if cfg.kind == "inpaint" and cfg.inpaint_ema else None
+    return _Run(cfg, data, out, device, train_loader, val_loader, model, optimizer, scheduler, scaler, average)
 
 
 def _write_metrics(run: _Run) -> None:
@@ -685,7 +722,13 @@ def _write_metrics(run: _Run) -> None:
 def _restore(run: _Run, ckpt: checkpoint.Checkpoint) -> None:
     """Continue ``run`` from ``ckpt`` (its ``last.pt``): weights, optimizer, RNG, history."""
     state = ckpt.training
-    run.net.load_state_dict(ckpt.state_dict)
+    if (state.trained is not None) != (run.average is not None):
+        # (inpaint_ema is part of the configuration a resumed run must keep; this is a damaged file)
+        raise InputError(f"{run.last_path}: its weights {'are' if state.trained is not None else 'are not'} "
+                         f"an average, train.inpaint_ema={run.cfg.inpaint_ema!r} says otherwise")
+    run.net.load_state_dict(ckpt.state_dict if state.trained is None else state.trained)
+    if run.average is not None:
+        run.average.load_state_dict(ckpt.state_dict, updates=state.step)
     run.optimizer.load_state_dict(state.optimizer)
     run.scheduler.load_state_dict(state.scheduler)
     run.scaler.load_state_dict(state.scaler)
@@ -737,9 +780,10 @@ def _save_checkpoints(run: _Run, rec: dict, improved: bool) -> None:
         scaler=run.scaler.state_dict(), rng=checkpoint.rng_state(), epoch=rec["epoch"], step=run.step,
         best=run.best, config=cfgmod.to_dict(run.cfg), metrics=rec,
         data={"path": str(run.data), "sha256": run.data_sha256, "train_stamps": len(run.train_loader.dataset)},
-        versions={"crforge": str(__version__), "torch": str(torch.__version__)})
+        versions={"crforge": str(__version__), "torch": str(torch.__version__)},
+        trained=run.net.state_dict() if run.average is not None else None)
     ckpt = checkpoint.Checkpoint(kind=run.cfg.kind, model_config=asdict(run.cfg.model),
-                                 state_dict=run.net.state_dict(), normalisation=run.norm,
+                                 state_dict=run.served.state_dict(), normalisation=run.norm,
                                  stamp_size=run.train_loader.dataset.stamp_size, training=state)
     checkpoint.write_training(run.last_path, ckpt)
     if improved:
@@ -752,23 +796,29 @@ def _one_epoch(run: _Run, epoch: int) -> None:
     if cfg.freeze_epoch() and epoch == cfg.freeze_epoch():
         run.log("epoch %d: batch norm frozen (running statistics), lr x %g", epoch + 1, cfg.bn_freeze_lr_factor)
     lr = run.optimizer.param_groups[0]["lr"]
-    tr = train_one_epoch(run.model, run.train_loader, run.optimizer, run.scaler, run.device, epoch, cfg)
+    tr = train_one_epoch(run.model, run.train_loader, run.optimizer, run.scaler, run.device, epoch, cfg,
+                         average=run.average)
     run.step += tr["steps"]
     run.scheduler.step()
     # validation on rank 0 alone, on the bare network (a DDP forward would wait for the others)
     main_rank = ddp.current().main
-    val = evaluate(run.net, run.val_loader, run.device, cfg.kind, fpr=cfg.val_fpr) \
+    val = evaluate(run.served, run.val_loader, run.device, cfg.kind, fpr=cfg.val_fpr) \
         if run.val_loader and main_rank else {}
     rec = {"epoch": epoch + 1, "step": run.step, "lr": lr, **tr, **val}
     run.history.append(rec)
     _write_metrics(run)
     vloss = val.get("val_loss", float("nan"))
-    improved = (not val) or (math.isfinite(vloss) and vloss < run.best["val_loss"])
+    # inpaint: on the error relative to the base fill per field type (val_score), not the plain MSE
+    score = val.get("val_score", vloss)
+    improved = (not val) or (math.isfinite(score) and score < run.best.get("score", run.best["val_loss"]))
     if improved:
-        run.best = {"epoch": epoch + 1, "val_loss": vloss if val else float("nan")}
+        run.best = {"epoch": epoch + 1, "val_loss": vloss if val else float("nan"),
+                    "score": score if val else float("nan")}
     _save_checkpoints(run, rec, improved)
     ddp.barrier()  # the others start the next epoch once rank 0 has its checkpoint
     extra = f", TPR@{cfg.val_fpr:.1%}FPR {val['tpr_at_fpr']:.4f}" if "tpr_at_fpr" in val else ""
+    if "val_score" in val:
+        extra = f", MSE / base fill's {val['val_score']:.4f}"
     run.log("epoch %d/%d: train loss %.5g, val loss %.5g%s, %.1f stamps/s%s", epoch + 1, cfg.epochs,
             tr["train_loss"], vloss, extra, tr["stamps_per_s"] or 0.0, " (best)" if improved else "")
 
