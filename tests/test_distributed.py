@@ -107,6 +107,19 @@ def test_a_resumed_two_rank_run_continues_exactly(runs):
         assert b["val_loss"] == pytest.approx(a["val_loss"], rel=1e-6)
 
 
+def test_two_ranks_train_the_inpaint_networks_weight_average_as_one_process(data, tmp_path):
+    # the plain MSE: the default relative loss is a per-rank ratio (docs/training.md)
+    extra = ["--set", "train.inpaint_loss='mse'", "--set", "train.inpaint_epochs=2"]
+    for name, cmd in (("one", ONE), ("two", TORCHRUN)):
+        _train(cmd, data, tmp_path / name, *extra, kind="inpaint")
+    one, two = (checkpoint.read(tmp_path / n / "r" / "inpaint" / "last.pt") for n in ("one", "two"))
+    for a, b in ((one.state_dict, two.state_dict), (one.training.trained, two.training.trained)):
+        for k in a:
+            assert torch.allclose(a[k].float(), b[k].float(), rtol=1e-3, atol=1e-5), k
+    # the served model is the average, not the trained weights
+    assert not torch.allclose(two.state_dict["unet.outc.weight"], two.training.trained["unet.outc.weight"])
+
+
 def test_the_sampler_deals_every_global_batch_out_among_the_ranks():
     whole = list(EpochSampler(23, seed=1, limit=0))
     shards = [list(EpochSampler(23, seed=1, rank=r, world_size=2)) for r in (0, 1)]

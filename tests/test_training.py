@@ -550,6 +550,13 @@ def test_mask_target_truth_uses_the_injected_crs(tmp_path, h5file):
     cr, weight = item["cr"][0], item["weight"][0]
     assert cr[6, 6] == 1 and cr[7, 7] == 1 and cr[5, 5] == 0 and cr.sum() == 2
     assert weight[5, 5] == 0 and weight[6, 6] == 1  # < 3 sigma charge: no label either way
+    # labels-known: the labels are the CRs, the injected charge they leave out counts neither way
+    labels = torch.from_numpy(splits["train"]["cr"][0].astype(np.float32))
+    item = StampDataset(path, "train", "mask", None, target="labels-known")[0]
+    assert torch.equal(item["cr"][0], labels * (1 - torch.from_numpy(splits["train"]["ignore"][0].astype(np.float32))))
+    missed = (torch.from_numpy(truth[0]) > 0) & (labels == 0)
+    assert missed.sum() >= 2 and (item["weight"][0][missed] == 0).all()
+    assert (item["weight"][0][(labels > 0) & (torch.from_numpy(splits["train"]["ignore"][0]) == 0)] == 1).all()
     with pytest.raises(ValueError, match="no truth"):
         StampDataset(h5file, "train", "mask", None, target="truth")
 

@@ -16,6 +16,9 @@ __all__ = ["TrainConfig", "ModelConfig", "AugmentConfig", "KINDS", "INPAINT_FILL
 #: The two kinds of model.
 KINDS = ("mask", "inpaint")
 
+#: What the mask network may learn a CR to be (``train.target``).
+TARGETS = ("labels", "truth", "labels-known")
+
 #: Base fills the inpaint network corrects (``none``: crforge's first, non-residual design).
 INPAINT_FILLS = ("median5", "none")
 
@@ -215,11 +218,14 @@ class TrainConfig:
         Decay per step of the running average of the inpaint network's weights that
         the run validates, saves and publishes (:mod:`crforge.training.averaging`);
         0 = none (the weights of the epoch's last step, as the mask network).
-    target : {'labels', 'truth'}
+    target : {'labels', 'truth', 'labels-known'}
         What the mask network learns a CR to be: the data set's AstroDrizzle labels, or,
         for simulated data sets only, the injected cosmic rays (``truth``) of at least
         ``truth_min_bin`` (2: 3-5 sigma; fainter injected charge then weighs nothing),
-        which the labels miss where they are hard to find (on stars, in crowding).
+        which the labels miss where they are hard to find (on stars, in crowding), or
+        the labels with the injected charge they leave unlabelled weighing nothing
+        (``labels-known``, simulated only): a CR the labels missed is then no lesson
+        either way.
     truth_min_bin : int
         See ``target``: 2 (3-5 sigma), 3 (5-10) or 4 (> 10).
     val_fpr : float
@@ -282,7 +288,7 @@ class TrainConfig:
     inpaint_loss: Literal["relative", "mse"] = "relative"
     inpaint_lr_factor: float = 0.4
     inpaint_ema: float = 0.9
-    target: Literal["labels", "truth"] = "labels"
+    target: Literal["labels", "truth", "labels-known"] = "labels"
     truth_min_bin: int = 2
     val_fpr: float = 0.005
     val_stamps: int = 96
@@ -359,5 +365,7 @@ class TrainConfig:
             raise InputError(f"train.val_fpr={self.val_fpr!r}: expected (0, 1)")
         if self.inpaint_loss not in ("relative", "mse"):
             raise InputError(f"train.inpaint_loss={self.inpaint_loss!r}: expected 'relative' or 'mse'")
+        if self.target not in TARGETS:
+            raise InputError(f"train.target={self.target!r}: expected one of {TARGETS}")
         if self.truth_min_bin not in (1, 2, 3, 4):
             raise InputError(f"train.truth_min_bin={self.truth_min_bin!r}: expected 1, 2, 3 or 4")

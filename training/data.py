@@ -70,7 +70,7 @@ from torch.utils.data import Dataset, Sampler
 from crforge.errors import InputError
 from crforge.pipeline.datafile.reader import StampReader, split_info
 from crforge.pipeline.names import SPLITS
-from crforge.training.config import EVAL_N_MASKS, AugmentConfig
+from crforge.training.config import EVAL_N_MASKS, TARGETS, AugmentConfig
 
 logger = logging.getLogger(__name__)
 
@@ -168,10 +168,12 @@ class StampDataset(Dataset):
     keep_sky : bool
         The input is ``image / norm_scale`` with its sky (:func:`network_input`), not the
         sky-subtracted image.
-    target : {'labels', 'truth'}
+    target : {'labels', 'truth', 'labels-known'}
         What a CR is: the file's AstroDrizzle labels (``cr``), or, for simulated data,
         the injected cosmic rays (``truth``) of at least ``truth_min_bin``; the injected
-        charge below that bin (too faint to tell) then weighs nothing.
+        charge below that bin (too faint to tell) then weighs nothing; or the labels,
+        with the injected charge they leave unlabelled weighing nothing
+        (``labels-known``).
     truth_min_bin : int
         With ``target='truth'``: the faintest truth bin that is a CR (2: 3-5 sigma).
 
@@ -207,9 +209,9 @@ class StampDataset(Dataset):
         self.split, self.kind, self.augment, self.seed = split, kind, augment, int(seed)
         self.norm_scale, self.fill_ignored = float(norm_scale), bool(fill_ignored)
         self.normalisation = normalisation_info(norm_scale, fill_ignored, info.bunit, keep_sky=keep_sky)
-        if target not in ("labels", "truth"):
-            raise InputError(f"target={target!r}: expected 'labels' or 'truth'")
-        if target == "truth" and not info.has_truth:
+        if target not in TARGETS:
+            raise InputError(f"target={target!r}: expected one of {TARGETS}")
+        if target != "labels" and not info.has_truth:
             raise InputError(f"{info.path}: /{split} has no truth (only simulated data sets do); "
                              "train on the labels (train.target='labels')")
         self.target, self.truth_min_bin = target, int(truth_min_bin)
@@ -316,10 +318,13 @@ class StampDataset(Dataset):
         faint &= ~cr
 
     def _target(self, index: int, ignore: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """The CR pixels of a stamp, and those too faint to count either way (weight 0)."""
+        """The CR pixels of a stamp, and those that count neither way (weight 0)."""
+        labels = (self._reader.read("cr", index) != 0) & ~ignore
         if self.target == "labels":
-            return (self._reader.read("cr", index) != 0) & ~ignore, np.zeros_like(ignore)
+            return labels, np.zeros_like(ignore)
         truth = self._reader.read("truth", index)
+        if self.target == "labels-known":
+            return labels, (truth > 0) & ~labels
         return (truth >= self.truth_min_bin) & ~ignore, (truth > 0) & (truth < self.truth_min_bin)
 
     def __getitem__(self, index: int) -> dict:
