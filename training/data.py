@@ -50,6 +50,13 @@ Inpainting masks (deepCR eq. 2)
     that one of its CR pixels lies on one of the stamp's brightest peaks
     (:func:`bright_peaks`).
 
+Cosmic rays on star wings (mask network, simulated data sets)
+    With ``augment.star_crs`` a training stamp gets, with that probability, up to
+    :data:`STAR_CRS` cosmic rays of another stamp (cut out by its injected charge,
+    ``image - noiseless`` where ``truth > 0``) added 1-3 pixels from its brightest
+    peaks (:func:`wing_crs`); their pixels 5 sigma above the star's noise are labelled
+    CRs, their fainter ones weigh nothing.
+
 Determinism
     Every random choice of item ``i`` comes from ``numpy.random.default_rng([seed,
     epoch, i])``, so an item depends only on (seed, epoch, index), whatever the
@@ -226,7 +233,6 @@ class StampDataset(Dataset):
         if self._star_crs and not (info.has_noiseless and info.has_truth):
             raise InputError(f"{info.path}: /{split} has no noiseless pixels and truth (only simulated data "
                              "sets do), which augment.star_crs needs; set train.augment.star_crs = 0")
-        self.gain = info.column("gain", 1.0).astype(np.float64)
         self.readnoise = info.column("readnoise", 0.0).astype(np.float64)
         crf = info.column("cr_fraction", 1.0)
         # inpaint masks are borrowed only from stamps with CRs (an empty one adds nothing)
@@ -314,18 +320,18 @@ class StampDataset(Dataset):
         hit = strong & (added >= STAR_CR_SNR * sigma) & ~ignore
         cr |= hit
         # injected charge too faint to tell from the star's noise is no example either way
-        faint |= (added > 0) & ~cr
+        faint |= added > 0
         faint &= ~cr
 
     def _target(self, index: int, ignore: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The CR pixels of a stamp, and those that count neither way (weight 0)."""
+        if self.target == "truth":
+            truth = self._reader.read("truth", index)
+            return (truth >= self.truth_min_bin) & ~ignore, (truth > 0) & (truth < self.truth_min_bin)
         labels = (self._reader.read("cr", index) != 0) & ~ignore
         if self.target == "labels":
             return labels, np.zeros_like(ignore)
-        truth = self._reader.read("truth", index)
-        if self.target == "labels-known":
-            return labels, (truth > 0) & ~labels
-        return (truth >= self.truth_min_bin) & ~ignore, (truth > 0) & (truth < self.truth_min_bin)
+        return labels, (self._reader.read("truth", index) > 0) & ~labels  # labels-known
 
     def __getitem__(self, index: int) -> dict:
         if not 0 <= index < self._n:
