@@ -116,8 +116,9 @@ class AugmentConfig:
         stamp, cut out by their injected charge, added 1-3 pixels from its brightest
         peaks and labelled where they stand 5 sigma above the star's noise. On real
         frames the hits the networks miss are small CRs on the wings of stars, which
-        the simulated visits give rarely and their AstroDrizzle labels often miss
-        (docs/real-pixels.md).
+        the simulated visits give rarely and their AstroDrizzle labels often miss; at
+        0.5 it did not raise TPR on the real ACS/HRC frame (docs/real-pixels.md, run
+        q3), hence off by default.
     """
 
     sky_range: tuple[float, float] = (-0.9, 3.0)
@@ -225,7 +226,9 @@ class TrainConfig:
         which the labels miss where they are hard to find (on stars, in crowding), or
         the labels with the injected charge they leave unlabelled weighing nothing
         (``labels-known``, simulated only): a CR the labels missed is then no lesson
-        either way.
+        either way. On real frames both alternatives raise TPR against the STIS pair
+        difference and lower it against AstroDrizzle's ACS/HRC flags
+        (docs/real-pixels.md, runs p6 and q4).
     truth_min_bin : int
         See ``target``: 2 (3-5 sigma), 3 (5-10) or 4 (> 10).
     val_fpr : float
