@@ -603,3 +603,14 @@ def test_star_crs_adds_labelled_crs_beside_the_brightest_stars(tmp_path, h5file)
     assert min(near) == 1.0
     with pytest.raises(ValueError, match="star_crs"):
         StampDataset(h5file, "train", "mask", aug)
+
+
+def test_an_inpaint_run_warns_that_train_epochs_is_the_mask_networks(capsys):
+    from crforge.cli.train import _warn_mask_epochs
+
+    _warn_mask_epochs(TrainConfig(epochs=30))
+    err = capsys.readouterr().err
+    assert "train.epochs=30 sets the mask network's epochs" in err and f"train.inpaint_epochs={TrainConfig().inpaint_epochs}" in err
+    for quiet in (TrainConfig(), TrainConfig(epochs=30, inpaint_epochs=30)):
+        _warn_mask_epochs(quiet)
+        assert capsys.readouterr().err == ""

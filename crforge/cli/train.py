@@ -62,6 +62,8 @@ def _run(args: argparse.Namespace, cfg: RunConfig, world) -> int:
         raise FileNotFoundError(2, "No such file or directory", str(args.data))
     name = args.name or Path(args.data).stem
     check_writable_dir(args.runs, what="--runs directory")
+    if world.main and kinds == ["inpaint"]:
+        _warn_mask_epochs(cfg.train)
     results = []
     for kind in kinds:
         kcfg = cfg.train.for_kind(kind)  # the inpaint network's epochs are train.inpaint_epochs
@@ -73,6 +75,17 @@ def _run(args: argparse.Namespace, cfg: RunConfig, world) -> int:
     for res in results if world.main else ():
         sys.stdout.write(f"{res['kind']}: {res['run_dir']} ({res['seconds']:.0f} s)\n")
     return 0
+
+
+def _warn_mask_epochs(train) -> None:
+    """Say so when ``train.epochs`` was changed for an inpaint run, which it does not steer."""
+    from crforge.training.config import TrainConfig
+
+    default = TrainConfig()
+    if train.epochs != default.epochs and train.inpaint_epochs == default.inpaint_epochs:
+        sys.stderr.write(f"crforge train: warning: train.epochs={train.epochs} sets the mask network's "
+                         f"epochs; the inpaint network trains train.inpaint_epochs={train.inpaint_epochs} "
+                         "(set that instead)\n")
 
 
 def _summary_line(res: dict, fpr: float) -> str:
