@@ -206,7 +206,8 @@ def summarise(path: str | os.PathLike, *, block: int = DEFAULT_BLOCK, progress: 
         ``/fields``), ``fields_with_stamps``, ``pixels``, ``cr_pixels``,
         ``ignored_pixels``, ``cr_fraction``, ``ignore_fraction``,
         ``cr_fraction_unignored`` and ``truth``), ``total`` (the same over all splits),
-        ``has_truth`` and ``truth`` (all splits pooled, or None).  A truth entry holds
+        ``has_truth`` and ``truth`` (all splits pooled, or None), ``has_noiseless``
+        (every split holds the noiseless pixels, schema v2).  A truth entry holds
         ``injected``, ``labelled``, ``recall``, ``bins`` (per SNR bin), the recall
         above 5 sigma and the false labels per million (see the module's conventions).
         Ratios with a zero denominator are None.
@@ -223,6 +224,8 @@ def summarise(path: str | os.PathLike, *, block: int = DEFAULT_BLOCK, progress: 
             for split in SPLITS:
                 splits[split], c = _summarise_split(f, split, fields, block, bar)
                 counts.add(c)
+        # schema v2: the inpaint networks' targets (noiseless sky + sources), simulated visits only
+        out["has_noiseless"] = all("noiseless" in f[s] for s in SPLITS if s in f and "cr" in f[s])
     out["splits"] = splits
     out["has_truth"] = all(e["truth"] is not None for e in splits.values())
     out["total"] = _total(splits, counts, out["has_truth"])
@@ -287,6 +290,10 @@ def format_summary(summary: Mapping[str, Any]) -> str:
                 "manifest_sha256", "stamp_size"):
         if key in summary:
             lines.append(f"  {key + ':':17s} {summary[key]}")
+    if "has_noiseless" in summary:
+        lines.append(f"  {'noiseless:':17s} " + ("yes (sky + sources per stamp: the inpaint targets)"
+                                                 if summary["has_noiseless"] else
+                                                 "no (inpaint is scored against the observed pixels)"))
     lines += _split_table(rows) + _field_type_table(rows)
     if summary.get("has_truth"):
         lines += _truth_table(rows)

@@ -219,9 +219,13 @@ def test_schema_v2_noiseless_is_valid_and_read(h5file):
     from crforge.pipeline.datafile.reader import split_info
 
     assert not split_info(h5file, "train").has_noiseless
+    assert summarise(h5file)["has_noiseless"] is False
+    assert ["noiseless:", "no"] in [ln.split()[:2] for ln in format_summary(summarise(h5file)).splitlines()]
     _with_noiseless(h5file)
     assert validate(h5file) == []
     assert split_info(h5file, "train").has_noiseless
+    assert summarise(h5file)["has_noiseless"] is True
+    assert ["noiseless:", "yes"] in [ln.split()[:2] for ln in format_summary(summarise(h5file)).splitlines()]
 
 
 def test_schema_v1_file_is_still_valid_and_read(h5file):
