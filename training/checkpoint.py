@@ -72,7 +72,8 @@ class TrainingState:
     epoch, step : int
         Epochs and optimizer steps done.
     best : dict
-        ``epoch`` and ``val_loss`` of the best epoch so far.
+        ``epoch``, ``val_loss`` and ``score`` (what the best epoch is chosen on:
+        ``val_score`` for inpaint, else ``val_loss``) of the best epoch so far.
     config : dict
         The run's resolved configuration (``[train]`` table).
     metrics : dict

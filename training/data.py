@@ -354,7 +354,7 @@ class StampDataset(Dataset):
             image += np.float32(f * sky)
             level = sky * (1.0 + f)
             if aug.sky_noise and f > 0 and sky > 0:
-                var = f * sky / (self.exptime[index] if self._per_second else 1.0)
+                var = f * sky / self._electrons(index)
                 image += rng.normal(0.0, np.sqrt(var), image.shape).astype(np.float32)
         ref = level if self.normalisation["keep_sky"] else sky
         # the recorded sky is subtracted: the network sees the augmented offsets too

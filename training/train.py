@@ -182,6 +182,12 @@ def relative_inpaint_loss(pred: torch.Tensor, base: torch.Tensor, target: torch.
     return per_stamp + se.sum() / se_base.sum().clamp_min(1e-12)
 
 
+def _inpaint_mask(batch: dict) -> torch.Tensor:
+    """The inpaint network's input mask: the borrowed mask and the stamp's own CRs
+    (hidden from the input too: at inference every CR is masked)."""
+    return torch.maximum(batch["mask"], batch["cr"])
+
+
 def batch_loss(model: nn.Module, batch: dict, kind: str, reduction: Literal["mean", "sum"] = "mean",
                *, relative: bool = False):
     """Run ``model`` on a collated batch (already on the device) and return its loss.
@@ -199,8 +205,7 @@ def batch_loss(model: nn.Module, batch: dict, kind: str, reduction: Literal["mea
         out = model(batch["image"])
         loss = mask_loss(out, batch["cr"], batch["weight"], reduction)
     elif kind == "inpaint":
-        # hide the stamp's own CRs from the input too (at inference all CRs are masked)
-        mask_in = torch.maximum(batch["mask"], batch["cr"])
+        mask_in = _inpaint_mask(batch)
         out = model(batch["image"], mask_in)
         # the noiseless pixels where the data set has them (simulated), else the observed
         target = batch.get("target", batch["image"])
@@ -458,7 +463,7 @@ def evaluate(model: nn.Module, loader: DataLoader, device: torch.device | str, k
         count += float(c)
         base = None
         if kind == "inpaint":
-            base = ddp.unwrap(model).base(batch["image"], torch.maximum(batch["mask"], batch["cr"]))
+            base = ddp.unwrap(model).base(batch["image"], _inpaint_mask(batch))
         stamps += figures.add(batch, out, base)
     return {"val_loss": total / count if count else float("nan"), "val_stamps": stamps,
             **figures.summary(fpr)}
@@ -502,7 +507,7 @@ class _Run:
     history: list[dict] = field(default_factory=list)
     start: int = 0
     step: int = 0
-    best: dict = field(default_factory=lambda: {"epoch": None, "val_loss": float("inf")})
+    best: dict = field(default_factory=lambda: {"epoch": None, "val_loss": float("inf"), "score": float("inf")})
     data_sha256: str = ""
     log: _RunLog = field(init=False)
     norm: dict = field(init=False)
@@ -810,7 +815,7 @@ def _one_epoch(run: _Run, epoch: int) -> None:
     vloss = val.get("val_loss", float("nan"))
     # inpaint: on the error relative to the base fill per field type (val_score), not the plain MSE
     score = val.get("val_score", vloss)
-    improved = (not val) or (math.isfinite(score) and score < run.best.get("score", run.best["val_loss"]))
+    improved = (not val) or (math.isfinite(score) and score < run.best["score"])
     if improved:
         run.best = {"epoch": epoch + 1, "val_loss": vloss if val else float("nan"),
                     "score": score if val else float("nan")}
