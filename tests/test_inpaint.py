@@ -100,7 +100,7 @@ def test_untrained_network_is_exactly_the_masked_median():
     m = rng.random((3, 1, 64, 64)) < 0.05
     m[0, 0, 20:34, 10:40] = True  # beyond the 5x5 window: the larger windows
     ref = np.stack([median_fill(a[0], b[0]) for a, b in zip(x, m)])[:, None]
-    for head in ("asinh", "linear"):
+    for head in ("asinh", "linear", "both"):
         torch.manual_seed(0)
         net = build_model("inpaint", 2, 4, head=head).eval()
         with torch.no_grad():
@@ -124,19 +124,20 @@ def _star_with_a_hidden_core() -> tuple[torch.Tensor, torch.Tensor, float]:
     return torch.from_numpy(star.astype(np.float32))[None, None], torch.from_numpy(mask)[None, None], 40.0
 
 
-@pytest.mark.parametrize("head, reaches", [("asinh", True), ("linear", False)])
+@pytest.mark.parametrize("head, reaches", [("asinh", True), ("linear", False), ("both", True)])
 def test_the_correction_can_reach_a_hidden_star_core(head, reaches):
     """The largest fill each head can give at a masked star's peak, its correction saturated.
 
     Both base fills stay near the wings (about a third of the peak), so the first residual
     design, bounded by where they disagree, could never put the core back (on the default
-    data set 90% of its remaining error was in such pixels); the asinh head can.
+    data set 90% of its remaining error was in such pixels); the asinh head can, and so
+    can the head with both corrections.
     """
     img, mask, peak = _star_with_a_hidden_core()
     net = build_model("inpaint", 2, 4, head=head).eval()
     with torch.no_grad():
         base = net.base(img, mask)[0, 0, 16, 16].item()
-        net.unet.outc.bias.copy_(torch.tensor([20.0, 20.0]))  # both outputs saturated upwards
+        net.unet.outc.bias.fill_(20.0)  # every output saturated upwards
         top = net(img, mask)[0, 0, 16, 16].item()
     assert base < peak / 2
     assert (top > peak) == reaches, (base, top)
@@ -194,6 +195,26 @@ def test_training_masks_are_denser_and_can_be_aimed_at_stars(simulated):
     assert 1.8 < frac["train"] / frac["eval"] < 3.5, frac  # (4+20)/2 against (1+9)/2 masks
     # aimed: about one peak of ten covered per borrowed mask (12 on average), against chance
     assert on_peak["stars"] > 3 * max(on_peak["train"], 0.5), on_peak
+
+
+def test_aimed_masks_land_on_or_beside_the_peak():
+    """``star_mask_offset``: the aimed CR pixel lands within that many pixels of the peak."""
+    from crforge.training.data import _onto_peak
+
+    donor = np.zeros((32, 32), bool)
+    donor[3, 5] = True
+    peaks = np.array([16 * 32 + 20])
+    rng = np.random.default_rng(0)
+    for offset in (0, 2):
+        shifted = [_onto_peak(donor, peaks, rng, offset) for _ in range(500)]
+        where = [divmod(int(np.flatnonzero(m)[0]), 32) for m in shifted]
+        dy, dx = (np.array(where) - (16, 20)).T
+        assert max(np.abs(dy).max(), np.abs(dx).max()) == offset
+        on = float(np.mean((dy == 0) & (dx == 0)))
+        # all 25 positions of the 5x5 box, each about 1/25 of the time
+        assert on == 1.0 if offset == 0 else (len(set(where)) == 25 and 0.01 < on < 0.1), (offset, on)
+    with pytest.raises(ValueError, match="augment.star_mask_offset"):
+        AugmentConfig(star_mask_offset=-1).validate()
 
 
 # --------------------------------------------------------------------------- behaviour

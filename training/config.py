@@ -24,7 +24,7 @@ INPAINT_FILLS = ("median5", "none")
 
 #: How the residual inpaint network applies its correction (``linear``: the first
 #: residual design, bounded by where the two base fills disagree).
-INPAINT_HEADS = ("asinh", "linear")
+INPAINT_HEADS = ("asinh", "linear", "both")
 
 #: ``(low, high)``: the CR masks borrowed for one inpainting mask where nothing is
 #: augmented (validation, ``crforge evaluate``): deepCR's 1 to 9.
@@ -53,13 +53,15 @@ class ModelConfig:
         Inpaint network only: the classical fill it starts from and corrects (the 5x5
         masked median), or ``none`` for crforge's first design (masked pixels zeroed,
         the prediction made from scratch), which lost to the classical fills.
-    head : {'asinh', 'linear'}
+    head : {'asinh', 'linear', 'both'}
         Residual inpaint network only: how its correction is applied. ``asinh``: added
         in asinh-compressed units (linear within the sky noise, a factor on bright
         pixels), so that a star's core hidden under a mask can be restored from its
         wings; ``linear``: added in units of where the two base fills disagree (the
         first residual design: on the simulated test stamps about 90% of its remaining
-        error was in pixels whose truth lay beyond that bound, docs/training.md).
+        error was in pixels whose truth lay beyond that bound, docs/training.md);
+        ``both``: the asinh correction, then a bounded linear one on top, which the
+        network can use where a factor is too coarse (a faint core, docs/training.md).
     """
 
     depth: int = 2
@@ -110,6 +112,11 @@ class AugmentConfig:
         pixels lands on one of the stamp's brightest peaks (a star's core) rather than
         where it fell: a CR on a star's core is what classical fills do worst and what
         the network must learn most, and random placement gives it rarely.
+    star_mask_offset : int
+        Where ``star_masks`` puts that CR pixel: on the peak (0), or on a pixel drawn
+        uniformly within this many pixels of it (in x and y), so that the network
+        also sees masks beside a visible peak, where a CR hits a star or galaxy most
+        often and where a fill above the peak is wrong.
     star_crs : float
         Mask network, simulated data sets only: the probability that a training stamp
         gets up to 8 (:data:`crforge.training.data.STAR_CRS`) cosmic rays of another
@@ -127,6 +134,7 @@ class AugmentConfig:
     rot90: bool = True
     n_masks: tuple[int, int] = (4, 20)
     star_masks: float = 0.25
+    star_mask_offset: int = 0
     star_crs: float = 0.0
 
     def validate(self) -> None:
@@ -142,6 +150,8 @@ class AugmentConfig:
             raise InputError(f"augment.n_masks={self.n_masks!r}: expected 1 <= low <= high")
         if not 0 <= self.star_masks <= 1:
             raise InputError(f"augment.star_masks={self.star_masks!r}: expected [0, 1]")
+        if not 0 <= self.star_mask_offset <= 8:
+            raise InputError(f"augment.star_mask_offset={self.star_mask_offset!r}: expected 0 to 8 pixels")
         if not 0 <= self.star_crs <= 1:
             raise InputError(f"augment.star_crs={self.star_crs!r}: expected [0, 1]")
 

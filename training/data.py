@@ -48,7 +48,8 @@ Inpainting masks (deepCR eq. 2)
     observed pixel, and then the stamp's own CR pixels are left out of ``loss_mask``.
     With ``augment.star_masks`` a borrowed mask is, with that probability, shifted so
     that one of its CR pixels lies on one of the stamp's brightest peaks
-    (:func:`bright_peaks`).
+    (:func:`bright_peaks`), or with ``augment.star_mask_offset`` within that many
+    pixels of it.
 
 Cosmic rays on star wings (mask network, simulated data sets)
     With ``augment.star_crs`` a training stamp gets, with that probability, up to
@@ -290,7 +291,7 @@ class StampDataset(Dataset):
             # a label under the ignore mask is no label (same rule as the stamp's own)
             donor = self._apply((self._reader.read("cr", j) != 0) & (self._reader.read("ignore", j) == 0), k, flip)
             if star_p > 0 and peaks.size and rng.random() < star_p:
-                donor = _onto_peak(donor, peaks, rng)
+                donor = _onto_peak(donor, peaks, rng, self.augment.star_mask_offset)
             mask |= donor
         return mask
 
@@ -462,13 +463,20 @@ def wing_crs(charge: np.ndarray, strong: np.ndarray, peaks: np.ndarray, rng: np.
     return added, landed
 
 
-def _onto_peak(donor: np.ndarray, peaks: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """``donor`` shifted (cyclically) so that one of its CR pixels, drawn at random, lies on a peak."""
+def _onto_peak(donor: np.ndarray, peaks: np.ndarray, rng: np.random.Generator, offset: int = 0) -> np.ndarray:
+    """``donor`` shifted (cyclically) so that one of its CR pixels, drawn at random, lies on a peak.
+
+    With ``offset`` > 0, on a pixel drawn uniformly within ``offset`` pixels of the peak
+    in y and x instead.
+    """
     hit = np.flatnonzero(donor)
     if hit.size == 0:
         return donor
     src = divmod(int(hit[rng.integers(hit.size)]), donor.shape[1])
     dst = divmod(int(peaks[rng.integers(peaks.size)]), donor.shape[1])
+    if offset > 0:  # drawn only then: runs without an offset keep their random stream
+        dy, dx = rng.integers(-offset, offset + 1, size=2)
+        dst = (dst[0] + int(dy), dst[1] + int(dx))
     return np.roll(donor, (dst[0] - src[0], dst[1] - src[1]), axis=(0, 1))
 
 

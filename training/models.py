@@ -21,7 +21,8 @@ of the first level (doubled at every level down), so the paper's models are
   network is the masked median and training can only move it from there. The
   correction (``head='asinh'``, the default) is added in asinh-compressed units, so it
   can restore a star's core hidden under a mask; ``head='linear'`` (the first residual
-  design) bounds it by where the two fills disagree. With
+  design) bounds it by where the two fills disagree; ``head='both'`` adds that bounded
+  correction after the asinh one, for the pixels where a factor is too coarse. With
   ``fill='none'`` (crforge's first inpaint models) the masked pixels are zeroed and
   the UNet's output is the prediction itself.
 """
@@ -164,7 +165,7 @@ class InpaintNet(nn.Module):
     fill : {'median5', 'none'}
         The classical fill the network corrects (``none``: no base, the masked pixels
         zeroed; the design of crforge's first inpaint models).
-    head : {'asinh', 'linear'}
+    head : {'asinh', 'linear', 'both'}
         How the correction is applied (:class:`crforge.training.config.ModelConfig`).
     """
 
@@ -188,9 +189,11 @@ class InpaintNet(nn.Module):
         self.fill = fill
         self.head = head
         # residual: the median-filled image, its harmonic smoothing and the mask in; out a
-        # correction and the weight of the harmonic smoothing against the median
+        # correction and the weight of the harmonic smoothing against the median (and for
+        # head='both' a second correction)
         residual = fill != "none"
-        self.unet = UNet(3 if residual else 2, 2 if residual else 1, depth, width, batch_norm, bn_momentum)
+        outputs = (3 if head == "both" else 2) if residual else 1
+        self.unet = UNet(3 if residual else 2, outputs, depth, width, batch_norm, bn_momentum)
         if fill != "none":
             # the correction starts at zero: the untrained network is the classical fill
             with torch.no_grad():
@@ -247,7 +250,12 @@ class InpaintNet(nn.Module):
         blend = base + torch.tanh(out[:, 1:2]) * diff
         step = self.ASINH_RANGE * torch.tanh(out[:, :1])
         # k sinh(asinh(blend / k) + step), expanded: exactly the blend at step 0
-        return blend * torch.cosh(step) + torch.hypot(blend, torch.full_like(blend, k)) * torch.sinh(step)
+        out_ = blend * torch.cosh(step) + torch.hypot(blend, torch.full_like(blend, k)) * torch.sinh(step)
+        if self.head == "both":
+            # a second, bounded step in the units of the linear head: the asinh step is a
+            # factor, which moves a faint core by as much as its error on a bright one
+            out_ = out_ + torch.tanh(out[:, 2:3]) * (diff.abs() + k)
+        return out_
 
     @torch.no_grad()
     def inpaint(self, image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
