@@ -23,7 +23,8 @@ TARGETS = ("labels", "truth", "labels-known")
 INPAINT_FILLS = ("median5", "none")
 
 #: How the residual inpaint network applies its correction (``linear``: the first
-#: residual design, bounded by where the two base fills disagree).
+#: residual design, bounded by where the two base fills disagree; ``both``: the asinh
+#: step and that bounded one).
 INPAINT_HEADS = ("asinh", "linear", "both")
 
 #: ``(low, high)``: the CR masks borrowed for one inpainting mask where nothing is
@@ -61,7 +62,10 @@ class ModelConfig:
         first residual design: on the simulated test stamps about 90% of its remaining
         error was in pixels whose truth lay beyond that bound, docs/training.md);
         ``both``: the asinh correction, then a bounded linear one on top, which the
-        network can use where a factor is too coarse (a faint core, docs/training.md).
+        network can use where a factor is too coarse (a faint core). Measured on two
+        seeds (docs/training.md): the linear head alone beats biharmonic's photometry
+        of isolated objects and misses 2x in resolved-galaxy fields; ``both`` meets the
+        MSE bars and improves that photometry a little, not enough to beat biharmonic.
     """
 
     depth: int = 2
@@ -114,9 +118,10 @@ class AugmentConfig:
         the network must learn most, and random placement gives it rarely.
     star_mask_offset : int
         Where ``star_masks`` puts that CR pixel: on the peak (0), or on a pixel drawn
-        uniformly within this many pixels of it (in x and y), so that the network
-        also sees masks beside a visible peak, where a CR hits a star or galaxy most
-        often and where a fill above the peak is wrong.
+        uniformly within this many pixels of it (in x and y; at most 8), so that the
+        network also sees masks beside a visible peak, where a CR hits a star or
+        galaxy most often and where a fill above the peak is wrong. At 2 it did not
+        improve the photometry of isolated objects (docs/training.md), hence off.
     star_crs : float
         Mask network, simulated data sets only: the probability that a training stamp
         gets up to 8 (:data:`crforge.training.data.STAR_CRS`) cosmic rays of another
