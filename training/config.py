@@ -65,7 +65,8 @@ class ModelConfig:
         network can use where a factor is too coarse (a faint core). Measured on two
         seeds (docs/training.md): the linear head alone beats biharmonic's photometry
         of isolated objects and misses 2x in resolved-galaxy fields; ``both`` meets the
-        MSE bars and improves that photometry a little, not enough to beat biharmonic.
+        MSE bars and lowers that photometry's median error, not enough to beat
+        biharmonic.
     """
 
     depth: int = 2
