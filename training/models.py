@@ -250,12 +250,13 @@ class InpaintNet(nn.Module):
         blend = base + torch.tanh(out[:, 1:2]) * diff
         step = self.ASINH_RANGE * torch.tanh(out[:, :1])
         # k sinh(asinh(blend / k) + step), expanded: exactly the blend at step 0
-        out_ = blend * torch.cosh(step) + torch.hypot(blend, torch.full_like(blend, k)) * torch.sinh(step)
+        pred = blend * torch.cosh(step) + torch.hypot(blend, torch.full_like(blend, k)) * torch.sinh(step)
         if self.head == "both":
-            # a second, bounded step in the units of the linear head: the asinh step is a
-            # factor, which moves a faint core by as much as its error on a bright one
-            out_ = out_ + torch.tanh(out[:, 2:3]) * (diff.abs() + k)
-        return out_
+            # then the linear head's bounded correction: an error in the asinh step is an
+            # error of a fraction of the pixel, coarse on a faint core, where this one is
+            # fine (in units of where the two fills disagree)
+            pred = pred + torch.tanh(out[:, 2:3]) * (diff.abs() + k)
+        return pred
 
     @torch.no_grad()
     def inpaint(self, image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
