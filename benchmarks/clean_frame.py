@@ -17,7 +17,8 @@ to ``--threads`` threads (torch threads and ``OMP_NUM_THREADS``/``MKL_NUM_THREAD
   and a 2-32 residual inpaint network (masked-median base, ``fill='median5'``: its tiles
   overlap by the fill's reach too); ``inpaint_s`` is the inpainting alone (the same
   call given the mask). ``crforge-inpaint-linear``: the same with the first residual
-  design's correction (``head='linear'``); ``crforge-inpaint-legacy``: with crforge's
+  design's correction (``head='linear'``); ``crforge-inpaint-d3``: a depth-3 residual
+  network (``train.inpaint_depth = 3``); ``crforge-inpaint-legacy``: with crforge's
   first, non-residual inpaint design (``fill='none'``), for the speed before and after.
   Random weights of the architecture (the time does not depend on them); the two
   fills are compared at the end.
@@ -54,7 +55,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 METHODS = ("crforge", "crforge-bf16", "crforge-2-4", "crforge-inpaint", "crforge-inpaint-linear",
-           "crforge-inpaint-legacy", "deepcr",
+           "crforge-inpaint-d3", "crforge-inpaint-legacy", "deepcr",
            "astroscrappy")
 
 
@@ -103,7 +104,7 @@ def _zoo_mask_model(depth: int = 2, width: int = 32, work: Path | None = None):
     return str(path)
 
 
-def _inpaint_weights(work: Path, fill: str, head: str = "asinh") -> str:
+def _inpaint_weights(work: Path, fill: str, head: str = "asinh", depth: int = 2) -> str:
     """A 2-32 inpaint network of the given base fill and head, random weights (seeded), as a weights file."""
     import torch
 
@@ -112,12 +113,12 @@ def _inpaint_weights(work: Path, fill: str, head: str = "asinh") -> str:
     from crforge.training.models import build_model
 
     torch.manual_seed(0)
-    net = build_model("inpaint", 2, 32, fill=fill, head=head)
+    net = build_model("inpaint", depth, 32, fill=fill, head=head)
     with torch.no_grad():  # the residual network starts at its fill: give it a correction
         net.unet.outc.weight.normal_(0.0, 0.01)
-    path = work / f"inpaint-{fill}-{head}.pt"
+    path = work / f"inpaint-{fill}-{head}-{depth}.pt"
     checkpoint.write_weights(path, checkpoint.Checkpoint(
-        kind="inpaint", model_config={"depth": 2, "width": 32, "batch_norm": True, "bn_momentum": 0.1,
+        kind="inpaint", model_config={"depth": depth, "width": 32, "batch_norm": True, "bn_momentum": 0.1,
                                       "fill": fill, "head": head},
         state_dict=net.state_dict(), normalisation=normalisation_info(100.0, True)))
     return str(path)
@@ -133,12 +134,13 @@ def _timed(call, repeat: int) -> tuple[float, object]:
 
 
 def _inpaint_worker(method: str, img: np.ndarray, threads: int, repeat: int, res: dict, out: Path) -> None:
-    """``crforge-inpaint[-linear|-legacy]``: clean with inpainting, and the inpainting alone."""
+    """``crforge-inpaint[-linear|-d3|-legacy]``: clean with inpainting, and the inpainting alone."""
     from crforge import deepcr_models
 
     mask_model = deepcr_models.load(_zoo_mask_model())
     inp = deepcr_models.load(_inpaint_weights(out.parent, "none" if method.endswith("legacy") else "median5",
-                                              "linear" if method.endswith("linear") else "asinh"))
+                                              "linear" if method.endswith("linear") else "asinh",
+                                              3 if method.endswith("d3") else 2))
     res["model"] = f"{mask_model.source} + {inp.source}"
     res["seconds"], (mask, cleaned) = _timed(
         lambda: deepcr_models.clean(img, mask_model, inp, threads=threads), repeat)
@@ -270,11 +272,11 @@ def main(argv=None) -> int:
 
 def _inpaint_summary(results: dict, work: Path) -> None:
     """The inpainting times of the two designs side by side."""
-    for m in ("crforge-inpaint", "crforge-inpaint-linear", "crforge-inpaint-legacy"):
+    for m in ("crforge-inpaint", "crforge-inpaint-linear", "crforge-inpaint-d3", "crforge-inpaint-legacy"):
         if m in results:
             print(f"{m}: clean with inpainting {results[m]['seconds']:.2f} s, inpainting alone "
                   f"{results[m]['inpaint_s']:.2f} s")
-    for ref in ("crforge-inpaint-linear", "crforge-inpaint-legacy"):
+    for ref in ("crforge-inpaint-linear", "crforge-inpaint-d3", "crforge-inpaint-legacy"):
         if "crforge-inpaint" in results and ref in results:
             new, old = results["crforge-inpaint"], results[ref]
             print(f"crforge-inpaint / {ref}: clean {new['seconds'] / old['seconds']:.2f}x, "

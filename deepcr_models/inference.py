@@ -110,7 +110,8 @@ class ZooModel:
             return receptive_radius(self.depth)
         from crforge.training.torchfill import REACH
 
-        return receptive_radius(self.depth) + REACH
+        # a context channel (model.context) averages the filled image over its box
+        return receptive_radius(self.depth) + REACH + int(self.model_config.get("context", 0))
 
     @property
     def scale(self) -> float:

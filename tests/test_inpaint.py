@@ -100,9 +100,9 @@ def test_untrained_network_is_exactly_the_masked_median():
     m = rng.random((3, 1, 64, 64)) < 0.05
     m[0, 0, 20:34, 10:40] = True  # beyond the 5x5 window: the larger windows
     ref = np.stack([median_fill(a[0], b[0]) for a, b in zip(x, m)])[:, None]
-    for head in ("asinh", "linear", "both"):
+    for head, context in (("asinh", 0), ("linear", 0), ("both", 0), ("asinh", 16)):
         torch.manual_seed(0)
-        net = build_model("inpaint", 2, 4, head=head).eval()
+        net = build_model("inpaint", 2, 4, head=head, context=context).eval()
         with torch.no_grad():
             out = net.inpaint(torch.from_numpy(x), torch.from_numpy(m).float()).numpy()
             base = masked_median_fill(torch.from_numpy(x), torch.from_numpy(m)).numpy()
@@ -113,6 +113,28 @@ def test_untrained_network_is_exactly_the_masked_median():
     with torch.no_grad():
         far = legacy.inpaint(torch.from_numpy(x), torch.from_numpy(m).float()).numpy()
     assert np.abs(far - ref)[m[:, :1]].mean() > 0.01
+
+
+def test_context_channel_is_checked_and_is_the_local_mean():
+    from crforge.errors import InputError
+    from crforge.training.models import _box_mean
+
+    for bad in (-1, 129):
+        with pytest.raises(InputError, match="model.context"):
+            ModelConfig(context=bad).validate()
+    with pytest.raises(InputError, match="context"):
+        build_model("inpaint", 2, 4, fill="none", context=8)
+    # a crowded half and an empty half: the box mean tells them apart, and at a pixel it
+    # is the mean of the image pixels within the box, whatever lies beyond it
+    x = torch.zeros(1, 1, 40, 60)
+    x[..., 30:] = 2.0
+    got = _box_mean(x, 5)[0, 0]
+    assert torch.allclose(got[:, :25], torch.zeros(40, 25))
+    assert torch.allclose(got[:, 35:], torch.full((40, 25), 2.0))
+    # on the top edge the box holds 6 rows, all alike: 6 of its 11 columns bright, not
+    # diluted by the rows beyond the edge
+    assert torch.isclose(got[0, 30], torch.tensor(2.0 * 6 / 11))
+    assert torch.isclose(got[20, 27], torch.tensor(2.0 * 3 / 11))
 
 
 def _star_with_a_hidden_core() -> tuple[torch.Tensor, torch.Tensor, float]:

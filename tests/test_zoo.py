@@ -42,6 +42,7 @@ from crforge.training.checkpoint import load_checkpoint
 from crforge.training.config import ModelConfig, TrainConfig
 from crforge.training.data import normalise
 from crforge.training.models import build_model
+from crforge.training.torchfill import REACH
 from crforge.training.train import main
 
 S = 64
@@ -327,10 +328,10 @@ def test_tiled_equals_untiled(depth):
     assert seams > 1e-3 and seams > 100 * np.abs(tiled - whole).max()
 
 
-def _random_inpaint_weights(path: Path, depth: int) -> Path:
+def _random_inpaint_weights(path: Path, depth: int, context: int = 0) -> Path:
     """A residual inpaint network with a non-zero correction and batch-norm statistics."""
     torch.manual_seed(depth)
-    net = build_model("inpaint", depth, 4, fill="median5").eval()
+    net = build_model("inpaint", depth, 4, fill="median5", context=context).eval()
     with torch.no_grad():
         for m in net.modules():
             if isinstance(m, torch.nn.BatchNorm2d):
@@ -339,27 +340,29 @@ def _random_inpaint_weights(path: Path, depth: int) -> Path:
         net.unet.outc.weight.normal_(0.0, 0.3)  # the correction starts at zero: make it show
     checkpoint.write_weights(path, checkpoint.Checkpoint(
         kind="inpaint", model_config={"depth": depth, "width": 4, "batch_norm": True, "bn_momentum": 0.1,
-                                      "fill": "median5", "head": "asinh"},
+                                      "fill": "median5", "head": "asinh", "context": context},
         state_dict=net.state_dict(), normalisation={"scale": 100.0, "bunit": "ELECTRONS", "fill_ignored": True}))
     return path
 
 
-def test_inpaint_tiled_equals_untiled():
-    """Many tiles fill a frame exactly as one (the fill's reach is in the overlap), seams show without."""
+@pytest.mark.parametrize("context, tile", [(0, 128), (24, 176)])
+def test_inpaint_tiled_equals_untiled(context, tile):
+    """Many tiles fill a frame exactly as one (the fill's reach, and the context box of
+    ``model.context``, are in the overlap), seams show without."""
     depth = 2
-    path = _random_inpaint_weights(Path("inp.pt"), depth)
+    path = _random_inpaint_weights(Path("inp.pt"), depth, context)
     rng = np.random.default_rng(depth)
     img, cr = _image((241, 389), rng, n_cr=200)
     cr[100:112, 150:190] = True  # a blob wider than the 5x5 window: the fill's larger windows
     m = deepcr_models.load(path)
-    assert m.reach > receptive_radius(depth)
-    (hp, wp), wins, _ = tile_windows(img.shape, 128, m.reach, depth)
-    assert len(wins) >= 12
+    assert m.reach == receptive_radius(depth) + REACH + context
+    (hp, wp), wins, _ = tile_windows(img.shape, tile, m.reach, depth)
+    assert len(wins) >= 6
     whole = deepcr_models.inpaint(img, cr, path, tile=1024)
-    tiled = deepcr_models.inpaint(img, cr, path, tile=128, batch_size=3)
+    tiled = deepcr_models.inpaint(img, cr, path, tile=tile, batch_size=3)
     assert np.array_equal(whole[~cr], img[~cr])
     assert np.abs(tiled - whole).max() < 1e-3  # electrons: float rounding of values ~300-5000
-    seams = np.abs(deepcr_models.inpaint(img, cr, path, tile=128, overlap=0) - whole)
+    seams = np.abs(deepcr_models.inpaint(img, cr, path, tile=tile, overlap=0) - whole)
     assert seams.max() > 1.0  # without overlap they do show: the test can see them
 
 

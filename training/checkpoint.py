@@ -237,7 +237,7 @@ def build_model(checkpoint: Checkpoint, *, device: str | torch.device = "cpu") -
     # without "head" of the first residual design (the linear head)
     net = models.build_model(checkpoint.kind, int(mc["depth"]), int(mc["width"]), bool(mc["batch_norm"]),
                              float(mc["bn_momentum"]), fill=str(mc.get("fill", "none")),
-                             head=str(mc.get("head", "linear")))
+                             head=str(mc.get("head", "linear")), context=int(mc.get("context", 0)))
     try:
         net.load_state_dict(checkpoint.state_dict)
     except RuntimeError as exc:

@@ -10,7 +10,8 @@ from typing import Literal
 
 from crforge.errors import InputError
 
-__all__ = ["TrainConfig", "ModelConfig", "AugmentConfig", "KINDS", "INPAINT_FILLS", "INPAINT_HEADS", "EVAL_N_MASKS"]
+__all__ = ["TrainConfig", "ModelConfig", "AugmentConfig", "KINDS", "INPAINT_FILLS", "INPAINT_HEADS",
+           "EVAL_N_MASKS", "MAX_CONTEXT"]
 
 
 #: The two kinds of model.
@@ -26,6 +27,9 @@ INPAINT_FILLS = ("median5", "none")
 #: residual design, bounded by where the two base fills disagree; ``both``: the asinh
 #: step and that bounded one).
 INPAINT_HEADS = ("asinh", "linear", "both")
+
+#: The largest ``model.context`` (pixels): it adds to how far a tile must overlap.
+MAX_CONTEXT = 128
 
 #: ``(low, high)``: the CR masks borrowed for one inpainting mask where nothing is
 #: augmented (validation, ``crforge evaluate``): deepCR's 1 to 9.
@@ -67,6 +71,12 @@ class ModelConfig:
         of isolated objects and misses 2x in resolved-galaxy fields; ``both`` meets the
         MSE bars and lowers that photometry's median error, not enough to beat
         biharmonic.
+    context : int
+        Residual inpaint network only: the half-width (pixels) of a box over which the
+        network is also given the mean of its compressed input, a fourth input channel
+        that tells a sparse field from a crowded one; its UNet alone sees 9 pixels
+        around a pixel (depth 2), too little to know whether a bright pixel beside a
+        mask is the wing of a hidden star's core. 0 = no such channel.
     """
 
     depth: int = 2
@@ -75,6 +85,7 @@ class ModelConfig:
     bn_momentum: float = 0.1
     fill: str = "median5"
     head: str = "asinh"
+    context: int = 0
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming a bad parameter."""
@@ -88,6 +99,8 @@ class ModelConfig:
             raise InputError(f"model.fill={self.fill!r}: expected one of {INPAINT_FILLS}")
         if self.head not in INPAINT_HEADS:
             raise InputError(f"model.head={self.head!r}: expected one of {INPAINT_HEADS}")
+        if not 0 <= self.context <= MAX_CONTEXT:
+            raise InputError(f"model.context={self.context!r}: expected 0 to {MAX_CONTEXT} pixels")
 
 
 @dataclass
@@ -281,6 +294,15 @@ class TrainConfig:
         random start. The mask default starts from deepCR's real-data weights: measured
         on real HST frames (docs/real-pixels.md), fine-tuning them on simulated visits
         beats a random start by a wide margin.
+    teacher_mask : str
+        Mask network only: a trained mask model whose probabilities the network also
+        learns (knowledge distillation): ``deepcr:ACS-WFC`` or a crforge checkpoint or
+        zoo weights file with this run's input normalisation, of any architecture; empty
+        for none. For a network that cannot start from deepCR's weights (the 2-4 one),
+        so that it learns what the fine-tuned 2-32 network does on the same stamps.
+    teacher_weight : float
+        With ``teacher_mask``: the target of a pixel is ``(1 - w) * label + w * p``, with
+        ``p`` the teacher's probability.
     """
 
     kind: Literal["mask", "inpaint"] = "mask"
@@ -320,6 +342,8 @@ class TrainConfig:
     channels_last: bool = True
     init_mask: str = "deepcr:ACS-WFC"
     init_inpaint: str = ""
+    teacher_mask: str = ""
+    teacher_weight: float = 0.5
 
     def for_kind(self, kind: Literal["mask", "inpaint"]) -> "TrainConfig":
         """The settings of the run of one network: ``kind`` set, ``epochs`` its own."""
@@ -373,6 +397,8 @@ class TrainConfig:
                      "weight_decay", "clip_grad_norm"):
             if getattr(self, name) < 0:
                 raise InputError(f"train.{name}={getattr(self, name)!r}: expected >= 0")
+        if not 0 <= self.teacher_weight <= 1:
+            raise InputError(f"train.teacher_weight={self.teacher_weight!r}: expected [0, 1]")
         for name in ("lr", "norm_scale", "gamma", "bn_freeze_lr_factor", "inpaint_lr_factor"):
             if not getattr(self, name) > 0:
                 raise InputError(f"train.{name}={getattr(self, name)!r}: expected > 0")

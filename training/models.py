@@ -35,6 +35,7 @@ from typing import Literal
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from crforge.errors import InputError
 from crforge.training.config import INPAINT_FILLS, INPAINT_HEADS, KINDS, ModelConfig
@@ -180,20 +181,24 @@ class InpaintNet(nn.Module):
 
     def __init__(self, depth: int = 2, width: int = 32, batch_norm: bool = True,
                  bn_momentum: float = 0.1, fill: str = ModelConfig.fill,
-                 head: str = ModelConfig.head) -> None:
+                 head: str = ModelConfig.head, context: int = ModelConfig.context) -> None:
         super().__init__()
         if fill not in INPAINT_FILLS:
             raise InputError(f"fill={fill!r}: expected one of {INPAINT_FILLS}")
         if head not in INPAINT_HEADS:
             raise InputError(f"head={head!r}: expected one of {INPAINT_HEADS}")
+        if context and fill == "none":
+            raise InputError(f"context={context!r}: needs a base fill (fill='none')")
         self.fill = fill
         self.head = head
+        self.context = int(context)
         # residual: the median-filled image, its harmonic smoothing and the mask in; out a
         # correction and the weight of the harmonic smoothing against the median (and for
         # head='both' a second correction)
         residual = fill != "none"
         outputs = (3 if head == "both" else 2) if residual else 1
-        self.unet = UNet(3 if residual else 2, outputs, depth, width, batch_norm, bn_momentum)
+        in_ch = (4 if context else 3) if residual else 2
+        self.unet = UNet(in_ch, outputs, depth, width, batch_norm, bn_momentum)
         if fill != "none":
             # the correction starts at zero: the untrained network is the classical fill
             with torch.no_grad():
@@ -234,7 +239,10 @@ class InpaintNet(nn.Module):
         # the UNet sees the fills compressed (asinh: linear within the noise, logarithmic
         # on stars), so a bright star cannot swamp its batch-norm statistics
         k = self.INPUT_SOFTENING
-        out = self.unet(torch.cat([torch.asinh(base / k), torch.asinh(smooth / k), mask], dim=1))
+        inputs = [torch.asinh(base / k), torch.asinh(smooth / k), mask]
+        if self.context:
+            inputs.append(_box_mean(inputs[0], self.context))
+        out = self.unet(torch.cat(inputs, dim=1))
         diff = smooth - base
         if self.head == "linear":
             # the weight of the harmonic fill and a correction in units of where the two
@@ -265,9 +273,21 @@ class InpaintNet(nn.Module):
         return image * (1 - mask) + self.forward(image, mask) * mask
 
 
+def _box_mean(x: torch.Tensor, half: int) -> torch.Tensor:
+    """The mean of ``x`` over a ``2 * half + 1`` box around each pixel, within the image.
+
+    Separable (two 1-D passes), and the edge boxes average only the pixels they hold,
+    so the value at a pixel depends on nothing beyond ``half`` of it.
+    """
+    n = 2 * half + 1
+    x = F.avg_pool2d(x, (1, n), stride=1, padding=(0, half), count_include_pad=False)
+    return F.avg_pool2d(x, (n, 1), stride=1, padding=(half, 0), count_include_pad=False)
+
+
 def build_model(kind: Literal["mask", "inpaint"], depth: int = 2, width: int = 32,
                 batch_norm: bool = True, bn_momentum: float = 0.1, *,
-                fill: str = ModelConfig.fill, head: str = ModelConfig.head) -> MaskNet | InpaintNet:
+                fill: str = ModelConfig.fill, head: str = ModelConfig.head,
+                context: int = ModelConfig.context) -> MaskNet | InpaintNet:
     """Build a mask or inpaint network.
 
     Parameters
@@ -278,8 +298,11 @@ def build_model(kind: Literal["mask", "inpaint"], depth: int = 2, width: int = 3
         As :class:`UNet` (the paper's models: depth 2 width 4, 2-32, 3-32).
     fill : {'median5', 'none'}
         The inpaint network's base fill (:class:`InpaintNet`); ignored for ``mask``.
-    head : {'asinh', 'linear'}
+    head : {'asinh', 'linear', 'both'}
         How the residual inpaint network applies its correction; ignored for ``mask``.
+    context : int
+        The residual inpaint network's context box half-width (0: none); ignored for
+        ``mask``.
 
     Returns
     -------
@@ -290,7 +313,7 @@ def build_model(kind: Literal["mask", "inpaint"], depth: int = 2, width: int = 3
     if kind == "mask":
         return MaskNet(depth, width, batch_norm, bn_momentum)
     if kind == "inpaint":
-        return InpaintNet(depth, width, batch_norm, bn_momentum, fill=fill, head=head)
+        return InpaintNet(depth, width, batch_norm, bn_momentum, fill=fill, head=head, context=context)
     raise InputError(f"kind={kind!r}: expected one of {KINDS}")
 
 

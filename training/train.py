@@ -299,9 +299,17 @@ def _train_step(model: nn.Module, batch: dict, optimizer: torch.optim.Optimizer,
     return float(value)
 
 
+@torch.no_grad()
+def _distilled(batch: dict, teacher: nn.Module, weight: float) -> dict:
+    """The batch with its mask targets blended with the teacher's probabilities."""
+    p = torch.sigmoid(teacher(batch["image"]).float())
+    return {**batch, "cr": (1 - weight) * batch["cr"].float() + weight * p}
+
+
 def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer,
                     scaler: torch.amp.GradScaler, device: torch.device | str, epoch: int,
-                    cfg: TrainConfig, *, average: WeightAverage | None = None) -> dict:
+                    cfg: TrainConfig, *, average: WeightAverage | None = None,
+                    teacher: nn.Module | None = None) -> dict:
     """Train ``model`` for one epoch.
 
     Parameters
@@ -323,6 +331,10 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim
         ``bn_freeze_epoch`` are used.
     average : WeightAverage, optional
         Updated with the network's weights after every step.
+    teacher : nn.Module, optional
+        Mask network only: a frozen mask network; each pixel's target becomes
+        ``(1 - cfg.teacher_weight) * label + cfg.teacher_weight * p`` with ``p`` its
+        probability (knowledge distillation).
 
     Returns
     -------
@@ -349,6 +361,8 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim
                disable=None if world.main else True, leave=False)
     for batch in bar:
         batch = _to(batch, device)
+        if teacher is not None:
+            batch = _distilled(batch, teacher, cfg.teacher_weight)
         value = _train_step(model, batch, optimizer, scaler, device, autocast, cfg)
         if average is not None:
             average.update(ddp.unwrap(model))
@@ -504,6 +518,7 @@ class _Run:
     scheduler: torch.optim.lr_scheduler.LambdaLR
     scaler: torch.amp.GradScaler
     average: WeightAverage | None = None
+    teacher: nn.Module | None = None
     history: list[dict] = field(default_factory=list)
     start: int = 0
     step: int = 0
@@ -682,10 +697,40 @@ def _initial_weights(model: nn.Module, init: str | os.PathLike, cfg: TrainConfig
     mc = cfg.model
     if src.kind != cfg.kind or any(src.model_config[k] != getattr(mc, k) for k in ("depth", "width", "batch_norm")) \
             or (cfg.kind == "inpaint" and (src.model_config.get("fill", "none") != mc.fill
-                                           or src.model_config.get("head", "linear") != mc.head)):
+                                           or src.model_config.get("head", "linear") != mc.head
+                                           or src.model_config.get("context", 0) != mc.context)):
         raise InputError(f"init={str(init)!r}: a {src.kind} model {src.model_config} "
                          f"cannot start a {cfg.kind} model {asdict(mc)}")
     model.load_state_dict(src.state_dict)
+
+
+def _teacher(cfg: TrainConfig, device: torch.device) -> nn.Module | None:
+    """The frozen mask network whose probabilities the run also learns (``teacher_mask``)."""
+    from crforge.training import deepcr
+
+    spec = cfg.teacher_mask if cfg.kind == "mask" else ""
+    if not spec:
+        return None
+    if spec.lower().startswith("deepcr:"):
+        name = spec.split(":", 1)[1]
+        if name not in deepcr.DEEPCR_MODELS:
+            raise InputError(f"train.teacher_mask={spec!r}: deepCR models are "
+                             f"{', '.join('deepcr:' + k for k in deepcr.DEEPCR_MODELS)}")
+        state, batch_norm, width = deepcr.deepcr_init_state(name, scale=cfg.norm_scale)
+        net = build_model("mask", 2, width, batch_norm)
+        net.load_state_dict(state)
+    else:
+        net, ckpt = checkpoint.load_checkpoint(spec, kind="mask")
+        norm = ckpt.normalisation
+        theirs = (float(norm["scale"]), bool(norm.get("keep_sky", False)))
+        if theirs != (cfg.norm_scale, cfg.sky_kept()):
+            raise InputError(f"train.teacher_mask={spec!r}: its input normalisation (scale, keep_sky) is "
+                             f"{theirs}, this run's {(cfg.norm_scale, cfg.sky_kept())} "
+                             "(train.norm_scale, train.keep_sky)")
+    net = net.to(device).eval()
+    for p in net.parameters():
+        p.requires_grad_(False)
+    return net
 
 
 def _new_model(cfg: TrainConfig, device: torch.device, init: str | os.PathLike | None) -> nn.Module:
@@ -695,7 +740,7 @@ def _new_model(cfg: TrainConfig, device: torch.device, init: str | os.PathLike |
     torch.manual_seed(cfg.seed)
     mc = cfg.model
     model = build_model(cfg.kind, mc.depth, mc.width, mc.batch_norm, mc.bn_momentum, fill=mc.fill,
-                        head=mc.head)
+                        head=mc.head, context=mc.context)
     if init is not None:
         _initial_weights(model, init, cfg)
     model.to(device)
@@ -715,7 +760,8 @@ def _build_run(cfg: TrainConfig, data: Path, out: Path, init: str | os.PathLike 
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp and device.type == "cuda")
     average = WeightAverage(ddp.unwrap(model), cfg.inpaint_ema) \
         if cfg.kind == "inpaint" and cfg.inpaint_ema else None
-    return _Run(cfg, data, out, device, train_loader, val_loader, model, optimizer, scheduler, scaler, average)
+    return _Run(cfg, data, out, device, train_loader, val_loader, model, optimizer, scheduler, scaler,
+                average, teacher=_teacher(cfg, device))
 
 
 def _write_metrics(run: _Run) -> None:
@@ -802,7 +848,7 @@ def _one_epoch(run: _Run, epoch: int) -> None:
         run.log("epoch %d: batch norm frozen (running statistics), lr x %g", epoch + 1, cfg.bn_freeze_lr_factor)
     lr = run.optimizer.param_groups[0]["lr"]
     tr = train_one_epoch(run.model, run.train_loader, run.optimizer, run.scaler, run.device, epoch, cfg,
-                         average=run.average)
+                         average=run.average, teacher=run.teacher)
     run.step += tr["steps"]
     run.scheduler.step()
     # validation on rank 0 alone, on the bare network (a DDP forward would wait for the others)
