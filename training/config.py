@@ -76,7 +76,9 @@ class ModelConfig:
         network is also given the mean of its compressed input, a fourth input channel
         that tells a sparse field from a crowded one; its UNet alone sees 9 pixels
         around a pixel (depth 2), too little to know whether a bright pixel beside a
-        mask is the wing of a hidden star's core. 0 = no such channel.
+        mask is the wing of a hidden star's core. 0 = no such channel. At 32, on two
+        seeds (docs/training.md), it brought the extragalactic photometry's median to
+        biharmonic's and lost the 2x bar in resolved-galaxy fields, hence off.
     """
 
     depth: int = 2
