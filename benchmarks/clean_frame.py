@@ -18,7 +18,7 @@ to ``--threads`` threads (torch threads and ``OMP_NUM_THREADS``/``MKL_NUM_THREAD
   overlap by the fill's reach too); ``inpaint_s`` is the inpainting alone (the same
   call given the mask). ``crforge-inpaint-linear``: the same with the first residual
   design's correction (``head='linear'``); ``crforge-inpaint-d3``: a depth-3 residual
-  network (``train.inpaint_depth = 3``); ``crforge-inpaint-legacy``: with crforge's
+  network (``train.model.depth = 3``); ``crforge-inpaint-legacy``: with crforge's
   first, non-residual inpaint design (``fill='none'``), for the speed before and after.
   Random weights of the architecture (the time does not depend on them); the two
   fills are compared at the end.
@@ -105,7 +105,8 @@ def _zoo_mask_model(depth: int = 2, width: int = 32, work: Path | None = None):
 
 
 def _inpaint_weights(work: Path, fill: str, head: str = "asinh", depth: int = 2) -> str:
-    """A 2-32 inpaint network of the given base fill and head, random weights (seeded), as a weights file."""
+    """An inpaint network (width 32) of the given base fill, head and depth, random weights (seeded), as a
+    weights file."""
     import torch
 
     from crforge.training import checkpoint

@@ -168,6 +168,9 @@ class InpaintNet(nn.Module):
         zeroed; the design of crforge's first inpaint models).
     head : {'asinh', 'linear', 'both'}
         How the correction is applied (:class:`crforge.training.config.ModelConfig`).
+    context : int
+        Half-width (pixels) of the box over which the compressed median-filled image is
+        averaged into a fourth input channel; 0 = none (``ModelConfig.context``).
     """
 
     kind = "inpaint"
@@ -188,7 +191,7 @@ class InpaintNet(nn.Module):
         if head not in INPAINT_HEADS:
             raise InputError(f"head={head!r}: expected one of {INPAINT_HEADS}")
         if context and fill == "none":
-            raise InputError(f"context={context!r}: needs a base fill (fill='none')")
+            raise InputError(f"context={context!r}: a context channel needs a base fill, got fill='none'")
         self.fill = fill
         self.head = head
         self.context = int(context)
