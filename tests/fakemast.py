@@ -265,7 +265,7 @@ class FakeMast:
         self.faults: dict[str, Fault] = {}
         self.log: list[Request] = []
         self.unimplemented: list[str] = []
-        self.bytes_sent: Counter = Counter()
+        self._bytes_sent: Counter = Counter()
         self.chunk_bytes = 1 << 20
         self.chunk_delay = 0.0       # seconds between chunks: slow transfers overlap
         self.active = 0              # file bodies being sent now
@@ -432,11 +432,27 @@ class FakeMast:
             self.faults.clear()
             self.log.clear()
             self.unimplemented.clear()
-            self.bytes_sent.clear()
+            self._bytes_sent.clear()
             self._polls.clear()
             self.chunk_bytes = 1 << 20
             self.chunk_delay = 0.0
             self.max_active = self.active
+
+    @property
+    def bytes_sent(self) -> Counter:
+        """File-body bytes sent, per file, once no body is being sent any more.
+
+        A handler counts a chunk after writing it, so a client can hold the whole body
+        before the count does: wait (at most 10 s) until every body's handler is done.
+        """
+        deadline = time.monotonic() + 10.0
+        while time.monotonic() < deadline:
+            with self._lock:
+                if self.active == 0:
+                    return Counter(self._bytes_sent)
+            time.sleep(0.005)
+        with self._lock:
+            return Counter(self._bytes_sent)
 
     def endpoints(self) -> set[str]:
         """The endpoints (as in :data:`ENDPOINTS`) that were requested."""
@@ -713,7 +729,7 @@ class _Handler(BaseHTTPRequestHandler):
                     self.wfile.write(view[sent:sent + n])
                     sent += n
                     with state._lock:
-                        state.bytes_sent[rec.what] += n
+                        state._bytes_sent[rec.what] += n
                         rec.body_bytes += n
                     if state.chunk_delay:
                         time.sleep(state.chunk_delay)
