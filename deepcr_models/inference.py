@@ -105,13 +105,13 @@ class ZooModel:
         The UNet's receptive radius, plus, for a residual inpaint network, the reach
         of the classical fill it corrects (its UNet sees the filled image).
         """
-        fill = self.model_config.get("fill", "none") if self.kind == "inpaint" else "none"
-        if fill == "none":
+        design = checkpoint.inpaint_design(self.model_config)
+        if self.kind != "inpaint" or design["fill"] == "none":
             return receptive_radius(self.depth)
         from crforge.training.torchfill import REACH
 
         # a context channel (model.context) averages the filled image over its box
-        return receptive_radius(self.depth) + REACH + int(self.model_config.get("context", 0))
+        return receptive_radius(self.depth) + REACH + design["context"]
 
     @property
     def scale(self) -> float:

@@ -224,6 +224,17 @@ def _from_dict(obj: dict, path: Path) -> Checkpoint:
                       stamp_size=int(stamp) if stamp is not None else None, training=state, path=path)
 
 
+def inpaint_design(model_config: dict) -> dict:
+    """``fill``, ``head`` and ``context`` of an inpaint model's recorded architecture.
+
+    Files written before a key existed lack it: a model_config without ``fill`` is of
+    the first inpaint design (no base fill), one without ``head`` of the first residual
+    design (the linear head), one without ``context`` has no context channel.
+    """
+    return {"fill": str(model_config.get("fill", "none")), "head": str(model_config.get("head", "linear")),
+            "context": int(model_config.get("context", 0))}
+
+
 def build_model(checkpoint: Checkpoint, *, device: str | torch.device = "cpu") -> nn.Module:
     """The network of ``checkpoint`` with its weights, on ``device``, in eval mode.
 
@@ -233,11 +244,8 @@ def build_model(checkpoint: Checkpoint, *, device: str | torch.device = "cpu") -
         The state dict does not fit the architecture the file records.
     """
     mc = checkpoint.model_config
-    # a model_config without "fill" is of the first inpaint design (no base fill), one
-    # without "head" of the first residual design (the linear head)
     net = models.build_model(checkpoint.kind, int(mc["depth"]), int(mc["width"]), bool(mc["batch_norm"]),
-                             float(mc["bn_momentum"]), fill=str(mc.get("fill", "none")),
-                             head=str(mc.get("head", "linear")), context=int(mc.get("context", 0)))
+                             float(mc["bn_momentum"]), **inpaint_design(mc))
     try:
         net.load_state_dict(checkpoint.state_dict)
     except RuntimeError as exc:

@@ -696,9 +696,8 @@ def _initial_weights(model: nn.Module, init: str | os.PathLike, cfg: TrainConfig
     src = checkpoint.read(init)
     mc = cfg.model
     if src.kind != cfg.kind or any(src.model_config[k] != getattr(mc, k) for k in ("depth", "width", "batch_norm")) \
-            or (cfg.kind == "inpaint" and (src.model_config.get("fill", "none") != mc.fill
-                                           or src.model_config.get("head", "linear") != mc.head
-                                           or src.model_config.get("context", 0) != mc.context)):
+            or (cfg.kind == "inpaint" and checkpoint.inpaint_design(src.model_config)
+                != {"fill": mc.fill, "head": mc.head, "context": mc.context}):
         raise InputError(f"init={str(init)!r}: a {src.kind} model {src.model_config} "
                          f"cannot start a {cfg.kind} model {asdict(mc)}")
     model.load_state_dict(src.state_dict)
@@ -716,9 +715,7 @@ def _teacher(cfg: TrainConfig, device: torch.device) -> nn.Module | None:
         if name not in deepcr.DEEPCR_MODELS:
             raise InputError(f"train.teacher_mask={spec!r}: deepCR models are "
                              f"{', '.join('deepcr:' + k for k in deepcr.DEEPCR_MODELS)}")
-        state, batch_norm, width = deepcr.deepcr_init_state(name, scale=cfg.norm_scale)
-        net = build_model("mask", 2, width, batch_norm)
-        net.load_state_dict(state)
+        net = deepcr.load_mask_model(name, scale=cfg.norm_scale)[0]
     else:
         net, ckpt = checkpoint.load_checkpoint(spec, kind="mask")
         norm = ckpt.normalisation
