@@ -230,7 +230,7 @@ def _clean_chips(path: Path, chips: list[_Chip], inst, dq_bit: int, mm: ZooModel
     from tqdm.auto import tqdm
 
     tile, overlap = options["tile"], options["overlap"]
-    total = sum(count_tiles(c.sci.data.shape, tile, m.reach if overlap is None else overlap, m.depth)
+    total = sum(count_tiles(c.sci.data.shape, tile, m.overlap if overlap is None else overlap, m.depth)
                 for m in (mm, im) if m is not None for c in chips)
     bar = tqdm(total=total, unit="tile", disable=None if progress is None else not progress, desc=path.name)
     try:

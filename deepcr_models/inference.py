@@ -10,9 +10,10 @@ float rounding; the default overlap is exactly the receptive radius (rounded up 
 multiple of ``2**(depth-1)``, so that every window sits on the pooling grid of the
 whole frame), which keeps the extra work small (about 5% for a 2-32 model on
 1024-pixel tiles). A residual inpaint network looks further, through the classical
-fill it corrects (:mod:`crforge.training.torchfill`): its default overlap is
-:attr:`ZooModel.reach`, the receptive radius plus the fill's reach, and inpainting
-skips the tiles whose core holds no masked pixel.
+fills it corrects (:mod:`crforge.training.torchfill`) and its context box: those are
+computed on the whole frame first (cheap: the fills only at the masked pixels), so
+its tiles too overlap by the UNet's receptive radius alone (:attr:`ZooModel.overlap`),
+and inpainting skips the tiles whose core holds no masked pixel.
 
 The input is normalised once per chip, with one sky level per chip (a sigma-clipped
 median, :func:`estimate_sky`), never per tile, so that neighbouring tiles see the
@@ -99,19 +100,15 @@ class ZooModel:
         return int(self.model_config["depth"])
 
     @property
-    def reach(self) -> int:
-        """How far (pixels) the output at a pixel looks: the default tile overlap.
+    def overlap(self) -> int:
+        """The default tile overlap: the UNet's receptive radius.
 
-        The UNet's receptive radius, plus, for a residual inpaint network, the reach
-        of the classical fill it corrects (its UNet sees the filled image).
+        A residual inpaint network looks further, through the classical fills it
+        corrects and its context box, but :func:`inpaint` computes those on the whole
+        frame first (:meth:`InpaintNet.planes <crforge.training.models.InpaintNet.planes>`)
+        and runs only the UNet tile by tile.
         """
-        design = checkpoint.inpaint_design(self.model_config)
-        if self.kind != "inpaint" or design["fill"] == "none":
-            return receptive_radius(self.depth)
-        from crforge.training.torchfill import REACH
-
-        # a context channel (model.context) averages the filled image over its box
-        return receptive_radius(self.depth) + REACH + design["context"]
+        return receptive_radius(self.depth)
 
     @property
     def scale(self) -> float:
@@ -414,8 +411,32 @@ def _mask_out(net, t):
     return torch.sigmoid(net(t))
 
 
+def _inpaint_planes(net, x: np.ndarray, mask: np.ndarray, device: torch.device) -> list[np.ndarray]:
+    """The inpaint UNet's input planes, then the base fill and its smoothing, of the whole frame.
+
+    The fills and the context box look further than the UNet (up to
+    :data:`~crforge.training.torchfill.REACH` pixels and more): computed once here, the
+    tiles need to overlap only by the UNet's receptive radius, and tiled equals untiled.
+    """
+    with torch.inference_mode():
+        t = torch.from_numpy(np.ascontiguousarray(x, np.float32))[None, None].to(device)
+        mk = torch.from_numpy(mask.astype(np.float32))[None, None].to(device)
+        inputs, base, smooth = net.planes(t, mk)
+        return [p.float().cpu().numpy() for p in (*inputs[0], base[0, 0], smooth[0, 0])]
+
+
 def _inpaint_out(net, t):
-    return net(t[:, :1], t[:, 1:])
+    c = t.shape[1] - 2  # the UNet's input channels, then the base fill and its smoothing
+    out = net.unet(t[:, :c])
+    if net.fill == "none":
+        return out
+    # the head only where its output is used (the masked pixels; channel 2 of the
+    # residual network's input): as [N, C, 1, 1] columns, pixel by pixel
+    under = t[:, 2] > 0
+    cols = [a.permute(0, 2, 3, 1)[under][:, :, None, None] for a in (out, t[:, c:c + 1], t[:, c + 1:])]
+    pred = torch.zeros_like(t[:, :1], dtype=torch.float32)
+    pred.permute(0, 2, 3, 1)[under] = net.correct(*cols)[:, :, 0, 0].float()
+    return pred
 
 
 def _as_image(image: Any) -> np.ndarray:
@@ -514,10 +535,6 @@ def inpaint(image: np.ndarray, mask: np.ndarray, model: str | os.PathLike | ZooM
         raise InputError(f"mask: shape {mask.shape} differs from image {image.shape}")
     _check_common(batch_size, precision, threads)
     m = load(model, kind="inpaint", zoo=zoo, device=device or _default_device(model))
-    if overlap is None:
-        overlap = m.reach
-    elif overlap < m.reach:
-        logger.warning("overlap=%d is below the inpaint network's reach %d: tile seams may show", overlap, m.reach)
     ign = _with_nonfinite(image, _check_ignore(ignore, image.shape))
     factor = unit_factor(bunit or m.bunit, m.bunit, exptime)
     sky_in = estimate_sky(image, ign) if sky is None else float(sky)
@@ -525,8 +542,10 @@ def inpaint(image: np.ndarray, mask: np.ndarray, model: str | os.PathLike | ZooM
     cb, close = _progress(progress, count_tiles(image.shape, tile, overlap, m.depth), "inpaint")
     try:
         with _threads(threads):
-            pred = _run_tiled(m.fast(), [x, mask.astype(np.float32)], m.depth, tile, overlap, batch_size,
-                              m.device, precision, cb, _inpaint_out, needed=mask)
+            net = m.fast()
+            planes = _inpaint_planes(net, x, mask, m.device)
+            pred = _run_tiled(net, planes, m.depth, tile, overlap, batch_size, m.device, precision, cb,
+                              _inpaint_out, needed=mask)
     finally:
         close()
     # back to the input's unit: x = (image * f - sky * f) / scale (or image * f / scale, sky kept)

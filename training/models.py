@@ -217,7 +217,7 @@ class InpaintNet(nn.Module):
         return masked_median_fill(image, mask)
 
     def forward(self, image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Predicted pixels ``[B, 1, H, W]``.
+        """Predicted pixels ``[B, 1, H, W]``: :meth:`correct` of the UNet run on :meth:`planes`.
 
         Parameters
         ----------
@@ -229,23 +229,45 @@ class InpaintNet(nn.Module):
             the network sees them, so that whatever they held (a CR) cannot leak
             into the prediction.
         """
+        inputs, base, smooth = self.planes(image, mask)
+        return self.correct(self.unet(inputs), base, smooth)
+
+    def planes(self, image: torch.Tensor, mask: torch.Tensor
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The UNet's input ``[B, C, H, W]``, the base fill and its harmonic smoothing.
+
+        Everything here that looks beyond the UNet's receptive field (the fills, the
+        context box) is in these planes, so a full frame can be prepared whole and only
+        the UNet and :meth:`correct` run tile by tile (:mod:`crforge.deepcr_models.inference`).
+        For ``fill='none'`` the smoothing is the base (the masked pixels zeroed).
+        """
         if image.shape != mask.shape:
             raise InputError(f"mask: shape {tuple(mask.shape)} differs from image "
                              f"{tuple(image.shape)}")
         mask = mask.to(image.dtype)
         base = self.base(image, mask)
         if self.fill == "none":
-            return self.unet(torch.cat([base, mask], dim=1))
+            return torch.cat([base, mask], dim=1), base, base
         from crforge.training.torchfill import harmonic_fill
 
         smooth = harmonic_fill(base, mask)
         # the UNet sees the fills compressed (asinh: linear within the noise, logarithmic
         # on stars), so a bright star cannot swamp its batch-norm statistics
         k = self.INPUT_SOFTENING
-        inputs = [torch.asinh(base / k), torch.asinh(smooth / k), mask]
+        a_base = torch.asinh(base / k)
+        a_smooth = a_base.clone()
+        under = mask > 0  # the smoothing differs from the base only there: asinh there alone
+        a_smooth[under] = torch.asinh(smooth[under] / k)
+        inputs = [a_base, a_smooth, mask]
         if self.context:
             inputs.append(_box_mean(inputs[0], self.context))
-        out = self.unet(torch.cat(inputs, dim=1))
+        return torch.cat(inputs, dim=1), base, smooth
+
+    def correct(self, out: torch.Tensor, base: torch.Tensor, smooth: torch.Tensor) -> torch.Tensor:
+        """The prediction from the UNet's output and the two fills (pixel by pixel)."""
+        if self.fill == "none":
+            return out
+        k = self.INPUT_SOFTENING
         diff = smooth - base
         if self.head == "linear":
             # the weight of the harmonic fill and a correction in units of where the two
