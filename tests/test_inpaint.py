@@ -19,7 +19,7 @@ from crforge.training.evaluate.config import EvaluateConfig
 from crforge.training.evaluate.stage import evaluate_run
 from crforge.training.models import build_model
 from crforge.training.torchfill import masked_median_fill
-from crforge.training.train import main, relative_inpaint_loss
+from crforge.training.train import flux_inpaint_loss, main, relative_inpaint_loss
 
 S = 64
 SKY = 40.0
@@ -186,6 +186,39 @@ def test_relative_loss_is_two_for_the_base_and_ignores_unmasked_pixels():
     assert relative_inpaint_loss(worse_flat, b2, bright, lm).item() > 2.0 + 8.0 / 3 - 0.1
 
 
+def test_flux_loss_weighs_each_object_by_its_fractional_flux_error():
+    """1 for the base, 0 for the truth, linear in between; a faint object counts as a bright one."""
+    t = torch.zeros(2, 1, 48, 48)
+    yy, xx = torch.meshgrid(torch.arange(48.0), torch.arange(48.0), indexing="ij")
+    t[0, 0] = 50.0 * torch.exp(-((yy - 12) ** 2 + (xx - 12) ** 2) / 2.0)  # a bright star
+    t[0, 0] += 2.0 * torch.exp(-((yy - 36) ** 2 + (xx - 30) ** 2) / 8.0)  # a faint, broad galaxy
+    t[1, 0, 20, 20] = 0.5  # below min_peak: not an object, and no mask near it anyway
+    m = torch.zeros_like(t)
+    m[0, 0, 12, 12:14] = 1  # the star's core
+    m[0, 0, 36, 30] = 1  # the galaxy's core
+    m[0, 0, 5, 40] = 1  # flat sky: no object's aperture
+    base = t * (1 - m)
+    assert flux_inpaint_loss(base, base, t, m).item() == pytest.approx(1.0)
+    assert flux_inpaint_loss(t, base, t, m).item() == 0.0
+    half = t - 0.5 * (t - base)
+    assert flux_inpaint_loss(half, base, t, m).item() == pytest.approx(0.5, rel=1e-5)
+    # the star's core filled exactly, the galaxy's left empty: what is left is the galaxy's
+    # fractional flux error (0.18 of the base's total here), where in squared pixel errors
+    # the galaxy is under 1% of the base's
+    star_only = torch.where((yy < 24)[None, None], t, base)
+    share = flux_inpaint_loss(star_only, base, t, m).item()
+    assert 0.1 < share < 0.5
+    sq = ((star_only - t) ** 2 * m).sum() / ((base - t) ** 2 * m).sum()
+    assert sq.item() < 0.01
+    # only the masked pixels carry a gradient; the sky pixel's mask is no object's
+    p = base.clone().requires_grad_()
+    flux_inpaint_loss(p, base, t, m).backward()
+    assert set(map(tuple, torch.nonzero(p.grad[0, 0]).tolist())) == {(12, 12), (12, 13), (36, 30)}
+    assert flux_inpaint_loss(base, base, t, torch.zeros_like(m)).item() == 0.0
+    with pytest.raises(ValueError, match="train.inpaint_flux_weight"):
+        TrainConfig(inpaint_flux_weight=-1.0).validate()
+
+
 def test_inpaint_items_target_the_noiseless_pixels(simulated, tmp_path):
     ds = StampDataset(simulated, "train", "inpaint", None, seed=0)
     item = ds[1]
@@ -289,6 +322,45 @@ def test_bars_of_issue_13_on_a_small_seeded_set(simulated, trained, tmp_path):
     ph = doc["photometry"]["methods"]
     for stat in ("median_abs", "p90_abs"):
         assert ph["crforge"]["all"][stat] < 0.7 * ph["median5"]["all"][stat]
+
+
+def test_shipped_model_holds_the_bars_on_stamps_of_the_simulator(tmp_path):
+    """The shipped ``synthetic-acs-wfc`` inpaint model on 72 seeded stamps of crforge's own
+    simulator (scenes it was not trained on, :mod:`simstamps`), with margins.
+
+    Measured (seed 2026): against the noiseless pixels the best classical fill's MSE over
+    the network's is 3.51 / 14.2 / 3.80 (extragalactic / globular cluster / resolved
+    galaxy; bars 1, 2, 2), against the observed ones 1.28 / 14.1 / 2.29 (bar 1); the
+    flux error of the hit stars (median / 90th percentile) 0.27 / 3.18% over all 600,
+    0.66 / 5.33% in globular clusters and 0.12 / 0.47% in resolved galaxies, against
+    biharmonic's 0.42 / 7.84, 1.53 / 12.89 and 0.17 / 0.81%. Not held (issue 13): the
+    24 extragalactic stars, 0.93 / 3.39% against biharmonic's 0.61 / 5.36%.
+    """
+    from simstamps import simulated_stamps
+
+    from crforge.deepcr_models import registry
+    from crforge.training.checkpoint import load_checkpoint
+    from crforge.training.evaluate.data import load_stamps, normalised
+    from crforge.training.evaluate.inpainting import evaluate_inpaint
+    from crforge.training.evaluate.photometry import photometric_fidelity
+    from crforge.training.evaluate.stage import _groups
+
+    rec = next(r for r in registry.read_registry(registry.shipped_zoo())
+               if r.name == "synthetic-acs-wfc" and r.kind == "inpaint")
+    model, ckpt = load_checkpoint(registry.shipped_zoo() / rec.weights)
+    data = load_stamps(simulated_stamps(tmp_path / "sim.h5", 24, 2026), "test", per_field_type=0, seed=0)
+    x = normalised(data, ckpt)
+    cfg = EvaluateConfig(stamps_per_field_type=0, threads=1, stars_per_stamp=12)
+    inp = evaluate_inpaint(data, x, _groups(data["field_type"]), model, ckpt, cfg)["inpaint"]
+    for key, bars in (("mse_truth", (1.5, 2.5, 2.5)), ("mse", (1.1, 1.1, 1.1))):
+        for f, bar in zip(FIELD_TYPES, bars):
+            best = min(inp[m][key][f] for m in ("median5", "biharmonic"))
+            assert best / inp["crforge"][key][f] >= bar, (key, f, best, inp["crforge"][key][f])
+    ph = photometric_fidelity(data, x, model, ckpt, cfg, ["crforge", "biharmonic"])["methods"]
+    for f in ("all", "globular_cluster", "resolved_galaxy"):
+        for stat in ("median_abs", "p90_abs"):
+            assert ph["crforge"][f][stat] <= 0.8 * ph["biharmonic"][f][stat], (f, stat, ph)
+    assert ph["crforge"]["all"]["n"] >= 500
 
 
 def test_model_card_gives_both_yardsticks_and_the_noise_floor():

@@ -246,6 +246,12 @@ class TrainConfig:
         7x the masked median's after one epoch). With the asinh head (``model.head``)
         and stars under a quarter of the training masks (``augment.star_masks``), 0.4
         did better than 0.2 (docs/training.md).
+    inpaint_flux_weight : float
+        Weight of a second term of the relative inpaint loss: the absolute fractional
+        aperture-flux error of every object a mask touches, relative to the base fill's
+        (:func:`crforge.training.train.flux_inpaint_loss`; 0 = none). The squared pixel
+        error lets bright star cores decide what the network does to every masked peak;
+        this term weighs each object by the photometry error it would get.
     inpaint_ema : float
         Decay per step of the running average of the inpaint network's weights that
         the run validates, saves and publishes (:mod:`crforge.training.averaging`);
@@ -330,6 +336,7 @@ class TrainConfig:
     keep_sky: bool = True
     inpaint_loss: Literal["relative", "mse"] = "relative"
     inpaint_lr_factor: float = 0.4
+    inpaint_flux_weight: float = 0.0
     inpaint_ema: float = 0.9
     target: Literal["labels", "truth", "labels-known"] = "labels"
     truth_min_bin: int = 2
@@ -410,6 +417,9 @@ class TrainConfig:
             raise InputError(f"train.min_lr_factor={self.min_lr_factor!r}: expected (0, 1]")
         if not 0 < self.val_fpr < 1:
             raise InputError(f"train.val_fpr={self.val_fpr!r}: expected (0, 1)")
+        if not (isinstance(self.inpaint_flux_weight, (int, float)) and 0 <= self.inpaint_flux_weight <= 100):
+            raise InputError(f"train.inpaint_flux_weight={self.inpaint_flux_weight!r}: "
+                             "expected a number in [0, 100]")
         if self.inpaint_loss not in ("relative", "mse"):
             raise InputError(f"train.inpaint_loss={self.inpaint_loss!r}: expected 'relative' or 'mse'")
         if self.target not in TARGETS:

@@ -182,6 +182,33 @@ def relative_inpaint_loss(pred: torch.Tensor, base: torch.Tensor, target: torch.
     return per_stamp + se.sum() / se_base.sum().clamp_min(1e-12)
 
 
+def flux_inpaint_loss(pred: torch.Tensor, base: torch.Tensor, target: torch.Tensor, loss_mask: torch.Tensor,
+                      radius: int = 3, min_peak: float = 1.0) -> torch.Tensor:
+    """Squared fractional aperture-flux error of the objects a mask touches, relative to ``base``'s.
+
+    At every peak of ``target`` (a 3x3 local maximum above ``min_peak``) whose aperture
+    (a disc of ``radius`` pixels) holds masked pixels: the error of the aperture's sum
+    over the target's, squared and summed over the batch, divided by the same for the
+    base fill; 0 without such a peak. Each object weighs by its fractional error, as in
+    the photometry of :mod:`crforge.training.evaluate.photometry`, where the squared
+    error of the pixels lets bright star cores outweigh fainter, smoother galaxies.
+    """
+    inside = (loss_mask > 0).float()
+    r = int(radius)
+    yy, xx = torch.meshgrid(torch.arange(-r, r + 1), torch.arange(-r, r + 1), indexing="ij")
+    disc = ((yy ** 2 + xx ** 2) <= radius ** 2).float().to(pred.device)[None, None]
+    t = target.float()
+    flux = F.conv2d(t, disc, padding=r)
+    peak = (t == F.max_pool2d(t, 3, stride=1, padding=1)) & (t > min_peak)
+    site = peak & (F.conv2d(inside, disc, padding=r) > 0)
+    if not bool(site.any()):
+        return pred.sum() * 0.0
+    denom = flux.clamp_min(min_peak)[site]
+    fe = F.conv2d((pred.float() - t) * inside, disc, padding=r)[site] / denom
+    fe_base = F.conv2d((base.float() - t) * inside, disc, padding=r)[site] / denom
+    return fe.abs().sum() / fe_base.abs().sum().clamp_min(1e-12)
+
+
 def _inpaint_mask(batch: dict) -> torch.Tensor:
     """The inpaint network's input mask: the borrowed mask and the stamp's own CRs
     (hidden from the input too: at inference every CR is masked)."""
@@ -189,7 +216,7 @@ def _inpaint_mask(batch: dict) -> torch.Tensor:
 
 
 def batch_loss(model: nn.Module, batch: dict, kind: str, reduction: Literal["mean", "sum"] = "mean",
-               *, relative: bool = False):
+               *, relative: bool = False, flux_weight: float = 0.0):
     """Run ``model`` on a collated batch (already on the device) and return its loss.
 
     ``relative`` (inpaint, ``reduction='mean'``): :func:`relative_inpaint_loss` against
@@ -212,6 +239,8 @@ def batch_loss(model: nn.Module, batch: dict, kind: str, reduction: Literal["mea
         if relative and reduction == "mean":
             base = ddp.unwrap(model).base(batch["image"], mask_in)
             loss = relative_inpaint_loss(out, base, target, batch["loss_mask"])
+            if flux_weight:
+                loss = loss + flux_weight * flux_inpaint_loss(out, base, target, batch["loss_mask"])
         else:
             loss = inpaint_loss(out, target, batch["loss_mask"], reduction)
     else:
@@ -281,7 +310,7 @@ def _train_step(model: nn.Module, batch: dict, optimizer: torch.optim.Optimizer,
     optimizer.zero_grad(set_to_none=True)
     with torch.autocast(device.type, dtype=autocast[1], enabled=autocast[0]):
         if cfg.kind == "inpaint" and cfg.inpaint_loss == "relative":
-            loss = batch_loss(model, batch, cfg.kind, relative=True)
+            loss = batch_loss(model, batch, cfg.kind, relative=True, flux_weight=cfg.inpaint_flux_weight)
             # not a sum over pixels: with several processes, the mean of the ranks' losses
             value = ddp.all_sum(loss.detach()) / ddp.current().size
         else:
