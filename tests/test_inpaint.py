@@ -217,6 +217,19 @@ def test_flux_loss_weighs_each_object_by_its_fractional_flux_error():
     assert flux_inpaint_loss(base, base, t, torch.zeros_like(m)).item() == 0.0
     with pytest.raises(ValueError, match="train.inpaint_flux_weight"):
         TrainConfig(inpaint_flux_weight=-1.0).validate()
+    # the trainer's loss is the relative one plus the weighted term
+    from crforge.training.train import batch_loss
+
+    torch.manual_seed(0)
+    net = build_model("inpaint", 2, 4, fill="median5", head="both")
+    net.unet.outc.weight.data.normal_(0.0, 0.3)
+    batch = {"image": half, "target": t, "mask": m, "cr": torch.zeros_like(m), "loss_mask": m}
+    out = net(half, m)
+    rel = relative_inpaint_loss(out, net.base(half, m), t, m)
+    flux = flux_inpaint_loss(out, net.base(half, m), t, m)
+    assert flux.item() > 0.01
+    assert batch_loss(net, batch, "inpaint", relative=True, flux_weight=2.0).item() == pytest.approx(
+        (rel + 2.0 * flux).item(), rel=1e-5)
 
 
 def test_inpaint_items_target_the_noiseless_pixels(simulated, tmp_path):
