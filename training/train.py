@@ -184,14 +184,15 @@ def relative_inpaint_loss(pred: torch.Tensor, base: torch.Tensor, target: torch.
 
 def flux_inpaint_loss(pred: torch.Tensor, base: torch.Tensor, target: torch.Tensor, loss_mask: torch.Tensor,
                       radius: int = 3, min_peak: float = 1.0) -> torch.Tensor:
-    """Squared fractional aperture-flux error of the objects a mask touches, relative to ``base``'s.
+    """Fractional aperture-flux error of the objects a mask touches, relative to ``base``'s.
 
-    At every peak of ``target`` (a 3x3 local maximum above ``min_peak``) whose aperture
-    (a disc of ``radius`` pixels) holds masked pixels: the error of the aperture's sum
-    over the target's, squared and summed over the batch, divided by the same for the
-    base fill; 0 without such a peak. Each object weighs by its fractional error, as in
-    the photometry of :mod:`crforge.training.evaluate.photometry`, where the squared
-    error of the pixels lets bright star cores outweigh fainter, smoother galaxies.
+    At every peak of ``target`` (a 3x3 local maximum above ``min_peak``, normalised
+    units) whose aperture (a disc of ``radius`` pixels, the aperture of
+    :mod:`crforge.training.evaluate.photometry`) holds masked pixels: the absolute error
+    of the aperture's sum over the target's, summed over the batch and divided by the
+    same for the base fill; 0 without such a peak. Each object weighs by its fractional
+    error, as in the photometry, where the squared error of the pixels lets bright star
+    cores outweigh fainter, smoother galaxies.
     """
     inside = (loss_mask > 0).float()
     r = int(radius)
