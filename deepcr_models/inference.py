@@ -430,9 +430,9 @@ def _inpaint_out(net, t):
     out = net.unet(t[:, :c])
     if net.fill == "none":
         return out
-    # the head only where its output is used (the masked pixels; channel 2 of the
-    # residual network's input): as [N, C, 1, 1] columns, pixel by pixel
-    under = t[:, 2] > 0
+    # the head only where its output is used (the masked pixels): as [N, C, 1, 1]
+    # columns, pixel by pixel
+    under = t[:, net.MASK_CHANNEL] > 0
     cols = [a.permute(0, 2, 3, 1)[under][:, :, None, None] for a in (out, t[:, c:c + 1], t[:, c + 1:])]
     pred = torch.zeros_like(t[:, :1], dtype=torch.float32)
     pred.permute(0, 2, 3, 1)[under] = net.correct(*cols)[:, :, 0, 0].float()

@@ -181,6 +181,8 @@ class InpaintNet(nn.Module):
     #: e^4 = 55 on a bright pixel (a star's core restored from the wings around a
     #: mask), 2.7 normalised units (270 e-) at the sky.
     ASINH_RANGE = 4.0
+    #: The mask's channel in the residual network's input (:meth:`planes`).
+    MASK_CHANNEL = 2
 
     def __init__(self, depth: int = 2, width: int = 32, batch_norm: bool = True,
                  bn_momentum: float = 0.1, fill: str = ModelConfig.fill,
@@ -258,7 +260,7 @@ class InpaintNet(nn.Module):
         a_smooth = a_base.clone()
         under = mask > 0  # the smoothing differs from the base only there: asinh there alone
         a_smooth[under] = torch.asinh(smooth[under] / k)
-        inputs = [a_base, a_smooth, mask]
+        inputs = [a_base, a_smooth, mask]  # the mask at MASK_CHANNEL
         if self.context:
             inputs.append(_box_mean(inputs[0], self.context))
         return torch.cat(inputs, dim=1), base, smooth
