@@ -6,6 +6,12 @@
     runs/<run>/inpaint/best.pt    the inpaint network (optional)
     runs/<run>/evaluation.json    ``crforge evaluate``'s figures (required)
 
+A ``best.pt`` may also be a zoo weights file: a published model given new figures (or
+a new inference setting, such as the inpaint network's ``step_floor``) and published
+again. Its record keeps the training provenance (run, epoch, step, init, versions) of
+the zoo record whose weights are the same tensors, and names that file; without one it
+has none.
+
 and writes into a user zoo (``--zoo DIR``, else ``$CRFORGE_ZOO``, else the per-user
 data directory; see :mod:`crforge.deepcr_models.registry`), never into the zoo shipped
 inside the package
@@ -213,7 +219,10 @@ def _card_provenance(records: list[reg.ModelRecord], ev: dict, inst: str) -> lis
              "## Provenance", ""]
     for r in records:
         src = r.source
-        lines.append(f"- {r.kind}: `{src.get('checkpoint')}` (epoch {src.get('epoch')}, step {src.get('step')})")
+        state = f"epoch {src.get('epoch')}, step {src.get('step')}"
+        if src.get("republished_from"):
+            state += f"; published again from `{src['republished_from']}`"
+        lines.append(f"- {r.kind}: `{src.get('checkpoint')}` ({state})")
     sw = first.software
     lines += [f"- Evaluation: `{first.source.get('evaluation')}` ({ev.get('created_utc', '?')})",
               f"- Published {first.created_utc} with crforge {sw.get('crforge')}, torch {sw.get('torch')}, "
@@ -292,7 +301,7 @@ class _Publication:
 
 def _read_evaluated(pub: _Publication, kind: str, path: Path) -> checkpoint.Checkpoint:
     """The run's checkpoint of ``kind``, checked against the architecture evaluated."""
-    ckpt = checkpoint.read(path, expect="train", kind=kind)
+    ckpt = checkpoint.read(path, kind=kind)
     evm = pub.ev["models"].get(kind, {})
     for key in ("depth", "width"):
         if key in evm and int(evm[key]) != int(ckpt.model_config[key]):
@@ -323,18 +332,52 @@ def _check_same_weights(pub: _Publication, kind: str, path: Path, ckpt: checkpoi
                        "check that its figures are of %s", pub.ev_path, kind, path)
 
 
-def _software(ev: dict, ckpt: checkpoint.Checkpoint) -> dict:
+def _software(ev: dict, ckpt: checkpoint.Checkpoint, earlier: reg.ModelRecord | None) -> dict:
     from crforge import __version__
 
+    trained = dict(ckpt.training.versions) if ckpt.training else \
+        dict(earlier.software.get("trained_with", {})) if earlier else {}
     return {"crforge": str(__version__), "torch": torch.__version__, "numpy": np.__version__,
             "python": platform.python_version(), "evaluated_with": ev.get("crforge_version"),
-            "trained_with": dict(ckpt.training.versions)}
+            "trained_with": trained}
+
+
+def _earlier_record(kind: str, ckpt: checkpoint.Checkpoint, zoos: list[Path]) -> reg.ModelRecord | None:
+    """For zoo weights: the record in ``zoos`` of a ``kind`` model with the same tensors."""
+    if ckpt.training is not None:
+        return None
+    mine = ckpt.state_dict
+    for zdir in zoos:
+        for r in reg.read_registry(zdir):
+            if r.kind != kind or not (zdir / r.weights).is_file():
+                continue
+            theirs = checkpoint.read(zdir / r.weights).state_dict
+            if theirs.keys() == mine.keys() and all(torch.equal(theirs[k], mine[k]) for k in mine):
+                return r
+    return None
+
+
+def _source(pub: _Publication, path: Path, ckpt: checkpoint.Checkpoint,
+            earlier: reg.ModelRecord | None) -> dict:
+    """Where the record's model and figures come from (a republished model: its training's)."""
+    kind = ckpt.kind
+    if ckpt.training is not None:
+        trained = {"run": str(pub.run_dir), "checkpoint": str(path), "epoch": ckpt.epoch, "step": ckpt.step,
+                   "init": ckpt.training.config.get(f"init_{kind}") or None}
+    elif earlier is not None:
+        trained = {k: earlier.source.get(k) for k in ("run", "checkpoint", "epoch", "step", "init")}
+        trained["republished_from"] = earlier.weights
+    else:
+        trained = {"run": str(pub.run_dir), "checkpoint": str(path), "epoch": None, "step": None,
+                   "init": None}
+    return {**trained, "evaluation": str(pub.ev_path), "evaluation_created_utc": pub.ev.get("created_utc")}
 
 
 def _record(pub: _Publication, path: Path, ckpt: checkpoint.Checkpoint, evaluation: dict,
             threshold: tuple, weights: tuple[str, str]) -> reg.ModelRecord:
     """The registry record of one model (``weights``: its file name and sha256)."""
     kind, mc, data = ckpt.kind, ckpt.model_config, dict(pub.ev["data"])
+    earlier = _earlier_record(kind, ckpt, [pub.zdir, reg.shipped_zoo()])
     sim = "simulated" if data.get("simulated") else "real"
     desc = pub.description or (f"deepCR-{kind} {mc['depth']}-{mc['width']} for {data['instrument']} "
                                f"({', '.join(data['filters'])}), trained on {sim} data "
@@ -343,12 +386,11 @@ def _record(pub: _Publication, path: Path, ckpt: checkpoint.Checkpoint, evaluati
         name=pub.name, kind=kind, instrument=str(data["instrument"]), filters=tuple(data["filters"]),
         depth=int(mc["depth"]), width=int(mc["width"]), batch_norm=bool(mc["batch_norm"]),
         normalisation=dict(ckpt.normalisation), threshold=threshold[0], threshold_fpr=threshold[1],
-        threshold_split=threshold[2], data=data, evaluation=evaluation, software=_software(pub.ev, ckpt),
+        threshold_split=threshold[2], data=data, evaluation=evaluation,
+        software=_software(pub.ev, ckpt, earlier),
         created_utc=pub.created_utc, weights=weights[0], sha256=weights[1], card=f"{pub.name}.md",
         description=desc,
-        source={"run": str(pub.run_dir), "checkpoint": str(path), "epoch": ckpt.epoch, "step": ckpt.step,
-                "init": (ckpt.training.config.get(f"init_{kind}") or None) if ckpt.training else None,
-                "evaluation": str(pub.ev_path), "evaluation_created_utc": pub.ev.get("created_utc")})
+        source=_source(pub, path, ckpt, earlier))
 
 
 def _stage(pub: _Publication) -> list[reg.ModelRecord]:

@@ -6,6 +6,8 @@ types that differ as the real ones do: flat sky, crowded stars, smooth galaxies.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -165,6 +167,39 @@ def test_the_correction_can_reach_a_hidden_star_core(head, reaches):
     assert (top > peak) == reaches, (base, top)
 
 
+def test_step_floor_drops_small_asinh_steps_when_evaluated_only():
+    """Steps under ``step_floor`` leave the blend as it is in eval mode; larger ones, and
+    every step while training, are applied; a file without the key applies every step."""
+    from crforge.training import checkpoint
+
+    img, mask, _ = _star_with_a_hidden_core()
+    torch.manual_seed(0)
+    floored = build_model("inpaint", 2, 4, head="both", step_floor=0.15)
+    plain = build_model("inpaint", 2, 4, head="both", step_floor=0.0)
+    plain.load_state_dict(floored.state_dict())
+    with torch.no_grad():
+        for net in (floored, plain):
+            net.unet.outc.bias[0] = math.atanh(0.1 / 4)  # a step of 0.1 everywhere
+    floored.eval(), plain.eval()
+    with torch.no_grad():
+        no_step = plain.base(img, mask)  # the untrained blend is the median, the linear term 0
+        small = floored(img, mask)[0, 0, 15:18, 15:18]
+        assert torch.allclose(small, no_step[0, 0, 15:18, 15:18])
+        lifted = plain(img, mask)[0, 0, 15:18, 15:18]
+        # a step of 0.1 in asinh units lifts a bright pixel by about 10%
+        assert torch.all(lifted / small > 1.09)
+        floored.train(), plain.train()
+        assert torch.equal(floored(img, mask), plain(img, mask))
+        floored.eval(), plain.eval()
+        for net in (floored, plain):
+            net.unet.outc.bias[0] = math.atanh(0.5 / 4)  # 0.5: above the floor, applied
+        assert torch.equal(floored(img, mask), plain(img, mask))
+    assert checkpoint.inpaint_design({"fill": "median5", "head": "both"})["step_floor"] == 0.0
+    assert checkpoint.inpaint_design({"fill": "median5", "step_floor": 0.15})["step_floor"] == 0.15
+    with pytest.raises(ValueError, match="model.step_floor"):
+        ModelConfig(step_floor=-0.1).validate()
+
+
 def test_relative_loss_is_two_for_the_base_and_ignores_unmasked_pixels():
     """Per stamp plus per batch, each relative to the base fill: 1 + 1 for the base itself."""
     g = torch.Generator().manual_seed(0)
@@ -311,14 +346,14 @@ def test_trained_network_matches_a_constant_sky_inside_a_mask(trained):
 def test_bars_of_issue_13_on_a_small_seeded_set(simulated, trained, tmp_path):
     """What 8 epochs of a 2-8 network on 60 stamps hold, with margins (figures in the comments).
 
-    Held: against the noiseless and the observed pixels never worse than the best
-    classical fill on flat sky (0.00036 against the median's 0.00037) and on galaxies
-    (0.00082 against 0.00085), far better than its start on stars (0.051 against the
-    median's 0.41), and better photometry than the median. Not held at this scale:
-    biharmonic inpainting fills these smooth, isolated stars better (0.029), and the
-    first residual design was 1.2x better than the median on these galaxies (0.0007;
-    it was 0.065 on the stars). The bars of issue 13 on the default data set are
-    measured with `crforge evaluate` (docs/evaluation.md).
+    Held (the defaults, ``step_floor`` 0.2 included): against the noiseless and the
+    observed pixels never worse than the best classical fill on flat sky (0.00036
+    against the median's 0.00037) and on galaxies (0.00071 against 0.00085), far better
+    than its start on stars (0.053 against the median's 0.41), and better photometry
+    than the median. Not held at this scale: biharmonic inpainting fills these smooth,
+    isolated stars better (0.029), and the first residual design was 1.2x better than
+    the median on these galaxies (0.0007; it was 0.065 on the stars). The bars of issue
+    13 on the default data set are measured with `crforge evaluate` (docs/evaluation.md).
     """
     cfg = EvaluateConfig(split="test", stamps_per_field_type=0, baselines=("median5", "biharmonic"),
                          threads=1, batch_size=6, star_min_snr=20.0, real_frames=False)
@@ -341,13 +376,15 @@ def test_shipped_model_holds_the_bars_on_stamps_of_the_simulator(tmp_path):
     """The shipped ``synthetic-acs-wfc`` inpaint model on 72 seeded stamps of crforge's own
     simulator (scenes it was not trained on, :mod:`simstamps`), with margins.
 
-    Measured (seed 2026): against the noiseless pixels the best classical fill's MSE over
-    the network's is 3.51 / 14.2 / 3.80 (extragalactic / globular cluster / resolved
-    galaxy; bars 1, 2, 2), against the observed ones 1.28 / 14.1 / 2.29 (bar 1); the
-    flux error of the hit stars (median / 90th percentile) 0.27 / 3.18% over all 600,
-    0.66 / 5.33% in globular clusters and 0.12 / 0.47% in resolved galaxies, against
-    biharmonic's 0.42 / 7.84, 1.53 / 12.89 and 0.17 / 0.81%. Not held (issue 13): the
-    24 extragalactic stars, 0.93 / 3.39% against biharmonic's 0.61 / 5.36%.
+    Measured (seed 2026; the shipped model runs with its ``step_floor`` of 0.2): against
+    the noiseless pixels the best classical fill's MSE over the network's is 2.91 / 11.5 /
+    3.60 (extragalactic / globular cluster / resolved galaxy; bars 1, 2, 2), against the
+    observed ones 1.26 / 11.4 / 2.24 (bar 1); the flux error of the hit stars (median /
+    90th percentile) 0.27 / 2.74% over all 600, 0.58 / 3.31% on the 24 extragalactic
+    ones, 0.67 / 6.60% in globular clusters and 0.12 / 0.53% in resolved galaxies,
+    against biharmonic's 0.42 / 7.84, 0.61 / 5.36, 1.53 / 12.89 and 0.17 / 0.81%. The
+    extragalactic median is held without the 0.8 margin (0.95 of biharmonic's on 24
+    stars; without the floor it was 0.93%, above it).
     """
     import shutil
 
@@ -374,7 +411,8 @@ def test_shipped_model_holds_the_bars_on_stamps_of_the_simulator(tmp_path):
     for f in ("all", "globular_cluster", "resolved_galaxy"):
         for stat in ("median_abs", "p90_abs"):
             assert ph["crforge"][f][stat] <= 0.8 * ph["biharmonic"][f][stat], (f, stat, ph)
-    assert ph["crforge"]["all"]["n"] >= 500
+    eg, eg_bh = ph["crforge"]["extragalactic"], ph["biharmonic"]["extragalactic"]
+    assert eg["median_abs"] < eg_bh["median_abs"] and eg["p90_abs"] <= 0.8 * eg_bh["p90_abs"], (eg, eg_bh)
     assert ph["crforge"]["all"]["n"] >= 500
 
 

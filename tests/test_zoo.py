@@ -184,6 +184,41 @@ def test_publish_writes_weights_records_and_card(trained, zoo, capsys):
     assert sorted(p.name for p in z2.glob("*.pt")) == sorted(p.name for p in zoo.glob("*.pt"))
 
 
+def test_a_published_model_can_be_published_again_with_a_new_inference_setting(trained, zoo, tmp_path):
+    """Zoo weights files in a run's place: the mask's bytes unchanged, the inpaint
+    network's step floor recorded in its new file, and the card says what they are."""
+    recs = {r.kind: r for r in deepcr_models.list_models(zoo)}
+    run = tmp_path / "runs" / "again"
+    for kind in ("mask", "inpaint"):
+        (run / kind).mkdir(parents=True)
+        ckpt = checkpoint.read(zoo / recs[kind].weights)
+        if kind == "inpaint":
+            ckpt.model_config["step_floor"] = 0.3
+        checkpoint.write_weights(run / kind / "best.pt", ckpt)
+    (run / "evaluation.json").write_text(json.dumps(_evaluation(run)))
+    z2 = tmp_path / "zoo2"
+    new = {r.kind: r for r in publish(run, "tiny", zoo=z2)}
+    assert new["mask"].weights == recs["mask"].weights and new["mask"].sha256 == recs["mask"].sha256
+    assert new["inpaint"].sha256 != recs["inpaint"].sha256
+    zm = deepcr_models.load("tiny", kind="inpaint", zoo=z2)
+    assert zm.net.step_floor == 0.3
+    assert deepcr_models.load("tiny", kind="inpaint", zoo=zoo).net.step_floor == ModelConfig().step_floor
+    # into a zoo that holds the same tensors, the records keep their training's provenance
+    z3 = tmp_path / "zoo3"
+    shutil.copytree(zoo, z3)
+    publish(run, "tiny", zoo=z3, overwrite=True)
+    for kind in ("mask", "inpaint"):
+        r = next(r for r in deepcr_models.list_models(z3) if r.kind == kind)
+        assert r.source["epoch"] == recs[kind].source["epoch"] == 1
+        assert r.source["checkpoint"] == recs[kind].source["checkpoint"]
+        assert r.source["republished_from"] == recs[kind].weights
+        assert r.software["trained_with"] == recs[kind].software["trained_with"] != {}
+    assert f"published again from `{recs['inpaint'].weights}`" in (z3 / "tiny.md").read_text()
+    # in a zoo without them there is no provenance to keep
+    assert new["inpaint"].source["epoch"] is None and new["inpaint"].software["trained_with"] == {}
+    assert "republished_from" not in new["inpaint"].source
+
+
 def test_publish_refuses_a_run_without_evaluation(trained, tmp_path, capsys):
     run = tmp_path / "runs" / "noeval"
     shutil.copytree(trained["run"], run)
@@ -331,7 +366,7 @@ def test_tiled_equals_untiled(depth):
 def _random_inpaint_weights(path: Path, depth: int, context: int = 0) -> Path:
     """A residual inpaint network with a non-zero correction and batch-norm statistics."""
     torch.manual_seed(depth)
-    net = build_model("inpaint", depth, 4, fill="median5", context=context).eval()
+    net = build_model("inpaint", depth, 4, fill="median5", head="asinh", context=context).eval()
     with torch.no_grad():
         for m in net.modules():
             if isinstance(m, torch.nn.BatchNorm2d):

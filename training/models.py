@@ -22,7 +22,8 @@ of the first level (doubled at every level down), so the paper's models are
   correction (``head='asinh'``, the default) is added in asinh-compressed units, so it
   can restore a star's core hidden under a mask; ``head='linear'`` (the first residual
   design) bounds it by where the two fills disagree; ``head='both'`` adds that bounded
-  correction after the asinh one, for the pixels where a factor is too coarse. With
+  correction after the asinh one, for the pixels where a factor is too coarse. When
+  the network is evaluated, asinh steps under ``step_floor`` are not applied. With
   ``fill='none'`` (crforge's first inpaint models) the masked pixels are zeroed and
   the UNet's output is the prediction itself.
 """
@@ -171,6 +172,9 @@ class InpaintNet(nn.Module):
     context : int
         Half-width (pixels) of the box over which the compressed median-filled image is
         averaged into a fourth input channel; 0 = none (``ModelConfig.context``).
+    step_floor : float
+        In eval mode, asinh steps smaller than this are not applied (:meth:`step`,
+        ``ModelConfig.step_floor``).
     """
 
     kind = "inpaint"
@@ -186,7 +190,8 @@ class InpaintNet(nn.Module):
 
     def __init__(self, depth: int = 2, width: int = 32, batch_norm: bool = True,
                  bn_momentum: float = 0.1, fill: str = ModelConfig.fill,
-                 head: str = ModelConfig.head, context: int = ModelConfig.context) -> None:
+                 head: str = ModelConfig.head, context: int = ModelConfig.context,
+                 step_floor: float = ModelConfig.step_floor) -> None:
         super().__init__()
         if fill not in INPAINT_FILLS:
             raise InputError(f"fill={fill!r}: expected one of {INPAINT_FILLS}")
@@ -197,6 +202,7 @@ class InpaintNet(nn.Module):
         self.fill = fill
         self.head = head
         self.context = int(context)
+        self.step_floor = float(step_floor)
         # residual: the median-filled image, its harmonic smoothing and the mask in; out a
         # correction and the weight of the harmonic smoothing against the median (and for
         # head='both' a second correction)
@@ -265,6 +271,23 @@ class InpaintNet(nn.Module):
             inputs.append(_box_mean(inputs[0], self.context))
         return torch.cat(inputs, dim=1), base, smooth
 
+    def step(self, out: torch.Tensor) -> torch.Tensor:
+        """The asinh step (asinh units, float32) of the UNet's output ``out``.
+
+        Zeros where the design has none (``head='linear'``, ``fill='none'``). In eval
+        mode, steps smaller than ``step_floor`` are not applied: the trained network's
+        small steps on bright pixels are a jitter of a few per cent over a galaxy's core
+        that costs isolated objects their photometry (docs/training.md). Not while
+        training: the step starts at zero and could not grow out of a floor.
+        """
+        if self.fill == "none" or self.head == "linear":
+            return torch.zeros_like(out[:, :1], dtype=torch.float32)
+        # float32: a bfloat16 output would round a factor on a bright pixel to about 1%
+        step = self.ASINH_RANGE * torch.tanh(out[:, :1].float())
+        if self.step_floor and not self.training:
+            step = torch.where(step.abs() < self.step_floor, torch.zeros_like(step), step)
+        return step
+
     def correct(self, out: torch.Tensor, base: torch.Tensor, smooth: torch.Tensor) -> torch.Tensor:
         """The prediction from the UNet's output and the two fills (pixel by pixel)."""
         if self.fill == "none":
@@ -277,13 +300,12 @@ class InpaintNet(nn.Module):
             # network is the masked median exactly, and on flat sky no step can move it
             # far (bounded by tanh: early in training a star's fill cannot be thrown off)
             return base + torch.tanh(out[:, 1:2]) * diff + torch.tanh(out[:, :1]) * (diff.abs() + k)
-        # the same weight, then a bounded correction in asinh units (float32: a bfloat16
-        # output would round a factor on a bright pixel to about 1%): linear within the
+        # the same weight, then a bounded correction in asinh units: linear within the
         # noise on flat sky, a factor on a star, whose hidden core may be many times
         # brighter than both fills (the linear head's bound held back 90% of its error)
         out = out.float()
         blend = base + torch.tanh(out[:, 1:2]) * diff
-        step = self.ASINH_RANGE * torch.tanh(out[:, :1])
+        step = self.step(out)
         # k sinh(asinh(blend / k) + step), expanded: exactly the blend at step 0
         pred = blend * torch.cosh(step) + torch.hypot(blend, torch.full_like(blend, k)) * torch.sinh(step)
         if self.head == "both":
@@ -314,7 +336,8 @@ def _box_mean(x: torch.Tensor, half: int) -> torch.Tensor:
 def build_model(kind: Literal["mask", "inpaint"], depth: int = 2, width: int = 32,
                 batch_norm: bool = True, bn_momentum: float = 0.1, *,
                 fill: str = ModelConfig.fill, head: str = ModelConfig.head,
-                context: int = ModelConfig.context) -> MaskNet | InpaintNet:
+                context: int = ModelConfig.context,
+                step_floor: float = ModelConfig.step_floor) -> MaskNet | InpaintNet:
     """Build a mask or inpaint network.
 
     Parameters
@@ -330,6 +353,9 @@ def build_model(kind: Literal["mask", "inpaint"], depth: int = 2, width: int = 3
     context : int
         The residual inpaint network's context box half-width (0: none); ignored for
         ``mask``.
+    step_floor : float
+        The residual inpaint network's smallest asinh step applied in eval mode;
+        ignored for ``mask``.
 
     Returns
     -------
@@ -340,7 +366,8 @@ def build_model(kind: Literal["mask", "inpaint"], depth: int = 2, width: int = 3
     if kind == "mask":
         return MaskNet(depth, width, batch_norm, bn_momentum)
     if kind == "inpaint":
-        return InpaintNet(depth, width, batch_norm, bn_momentum, fill=fill, head=head, context=context)
+        return InpaintNet(depth, width, batch_norm, bn_momentum, fill=fill, head=head, context=context,
+                          step_floor=step_floor)
     raise InputError(f"kind={kind!r}: expected one of {KINDS}")
 
 

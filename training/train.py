@@ -725,9 +725,10 @@ def _initial_weights(model: nn.Module, init: str | os.PathLike, cfg: TrainConfig
         return
     src = checkpoint.read(init)
     mc = cfg.model
+    design = ("fill", "head", "context")  # what the weights fit (not step_floor, an inference setting)
     if src.kind != cfg.kind or any(src.model_config[k] != getattr(mc, k) for k in ("depth", "width", "batch_norm")) \
-            or (cfg.kind == "inpaint" and checkpoint.inpaint_design(src.model_config)
-                != {"fill": mc.fill, "head": mc.head, "context": mc.context}):
+            or (cfg.kind == "inpaint" and any(checkpoint.inpaint_design(src.model_config)[k] != getattr(mc, k)
+                                              for k in design)):
         raise InputError(f"init={str(init)!r}: a {src.kind} model {src.model_config} "
                          f"cannot start a {cfg.kind} model {asdict(mc)}")
     model.load_state_dict(src.state_dict)
@@ -767,7 +768,7 @@ def _new_model(cfg: TrainConfig, device: torch.device, init: str | os.PathLike |
     torch.manual_seed(cfg.seed)
     mc = cfg.model
     model = build_model(cfg.kind, mc.depth, mc.width, mc.batch_norm, mc.bn_momentum, fill=mc.fill,
-                        head=mc.head, context=mc.context)
+                        head=mc.head, context=mc.context, step_floor=mc.step_floor)
     if init is not None:
         _initial_weights(model, init, cfg)
     model.to(device)
