@@ -27,8 +27,6 @@ from pathlib import Path
 
 import numpy as np
 
-FIELDS = ("extragalactic", "globular_cluster", "resolved_galaxy", "all")
-
 
 def _network(spec: str):
     from crforge.deepcr_models import registry as reg
@@ -58,15 +56,6 @@ def _network_fills(net, x: np.ndarray, hits: np.ndarray, keep: np.ndarray, floor
     return fills
 
 
-def _stats(rows: list[tuple[str, float]]) -> dict:
-    out = {}
-    for ft in FIELDS:
-        e = np.abs([v for t, v in rows if ft == "all" or t == ft])
-        if e.size:
-            out[ft] = {"n": int(e.size), "median_abs": float(np.median(e)), "p90_abs": float(np.percentile(e, 90))}
-    return out
-
-
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data", type=Path, required=True, help="the HDF5 data set")
@@ -83,40 +72,49 @@ def main(argv=None) -> int:
     from crforge.training.evaluate.config import EvaluateConfig
     from crforge.training.evaluate.data import inference_copy, load_stamps, normalised
     from crforge.training.evaluate.inpainting import fill
-    from crforge.training.evaluate.photometry import _cr_shapes, _flux_errors, _hits
+    from crforge.training.evaluate.photometry import (
+        _cr_shapes,
+        _error_stats,
+        _flux_errors,
+        _hits,
+    )
 
     torch.set_num_threads(args.threads)
     data = load_stamps(args.data, args.split, per_field_type=0)
     shapes = _cr_shapes(data["cr"])
     nets = {spec: _network(spec) for spec in args.model}
+    scales = {spec: float(ckpt.normalisation["scale"]) for spec, (_, ckpt) in nets.items()}
+    if len(set(scales.values())) > 1:  # the hits and biharmonic's fill are in one normalisation
+        sys.stderr.write(f"--model: the models normalise by different scales {scales}\n")
+        return 2
+    x = normalised(data, next(iter(nets.values()))[1])
+    scale, cfg = next(iter(scales.values())), EvaluateConfig()
     rows: dict[str, list] = {"biharmonic": []}
     for seed in range(args.hits):
-        cfg = dataclasses.replace(EvaluateConfig(), seed=seed, stamps_per_field_type=0)
-        hit_sets = {}
-        for spec, (model, ckpt) in nets.items():
-            x = normalised(data, ckpt)
-            key = float(ckpt.normalisation["scale"])
-            if key not in hit_sets:  # the hits (and biharmonic) depend only on the normalisation
-                sites, hits = _hits(data, x, shapes, key, cfg)
-                keep = np.flatnonzero(hits.reshape(len(x), -1).any(axis=1))
-                bh = np.empty_like(x)
-                bh[keep] = fill("biharmonic", x[keep], hits[keep], batch_size=16, threads=args.threads)
-                hit_sets[key] = (sites, hits, keep)
-                if len(hit_sets) == 1:
-                    rows["biharmonic"] += _flux_errors(x, hits, {"b": bh}, sites, data["field_type"], 3.0)["b"]
-            sites, hits, keep = hit_sets[key]
+        cfg = dataclasses.replace(cfg, seed=seed, stamps_per_field_type=0)
+        sites, hits = _hits(data, x, shapes, scale, cfg)
+        keep = np.flatnonzero(hits.reshape(len(x), -1).any(axis=1))
+        fills = {"biharmonic": np.empty_like(x)}
+        fills["biharmonic"][keep] = fill("biharmonic", x[keep], hits[keep], batch_size=16,
+                                         threads=args.threads)
+        names = {"biharmonic": "biharmonic"}
+        for spec, (model, _) in nets.items():
             net = inference_copy(model)
             floors = args.floor if args.floor is not None else [net.step_floor]
-            fills = _network_fills(net, x, hits, keep, floors)
-            found = _flux_errors(x, hits, fills, sites, data["field_type"], 3.0)
-            for f in floors:
-                rows.setdefault(f"{spec} floor {f:g}", []).extend(found[f])
-    figures = {name: _stats(r) for name, r in rows.items()}
+            for f, filled in _network_fills(net, x, hits, keep, floors).items():
+                names[(spec, f)] = f"{spec} floor {f:g}"
+                fills[(spec, f)] = filled
+        found = _flux_errors(x, hits, fills, sites, data["field_type"], cfg.aperture_radius)
+        for key, name in names.items():
+            rows.setdefault(name, []).extend(found[key])
+    figures = {name: _error_stats(r) for name, r in rows.items()}
     for name, st in figures.items():
-        cells = [f"{ft} {100 * v['median_abs']:.2f} / {100 * v['p90_abs']:.2f}% (n={v['n']})" for ft, v in st.items()]
+        cells = [f"{ft} {100 * v['median_abs']:.2f} / {100 * v['p90_abs']:.2f}% (n={v['n']})"
+                 for ft, v in st.items()]
         sys.stdout.write(f"{name}: " + " | ".join(cells) + "\n")
     if args.json:
-        args.json.write_text(json.dumps({"split": args.split, "hits": args.hits, "figures": figures}, indent=1))
+        doc = {"split": args.split, "hits": args.hits, "figures": figures}
+        args.json.write_text(json.dumps(doc, indent=1))
     return 0
 
 
