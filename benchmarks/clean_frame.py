@@ -18,7 +18,8 @@ to ``--threads`` threads (torch threads and ``OMP_NUM_THREADS``/``MKL_NUM_THREAD
   overlap by the fill's reach too); ``inpaint_s`` is the inpainting alone (the same
   call given the mask). ``crforge-inpaint-linear``: the same with the first residual
   design's correction (``head='linear'``); ``crforge-inpaint-d3``: a depth-3 residual
-  network (``train.model.depth = 3``); ``crforge-inpaint-legacy``: with crforge's
+  network (``train.model.depth = 3``); ``crforge-inpaint-starfit``: with the star-fit
+  channels (``train.model.star_fit = 0.85``); ``crforge-inpaint-legacy``: with crforge's
   first, non-residual inpaint design (``fill='none'``), for the speed before and after.
   Random weights of the architecture (the time does not depend on them); the two
   fills are compared at the end.
@@ -55,7 +56,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 METHODS = ("crforge", "crforge-bf16", "crforge-2-4", "crforge-inpaint", "crforge-inpaint-linear",
-           "crforge-inpaint-d3", "crforge-inpaint-legacy", "deepcr",
+           "crforge-inpaint-d3", "crforge-inpaint-starfit", "crforge-inpaint-legacy", "deepcr",
            "astroscrappy")
 
 
@@ -104,9 +105,10 @@ def _zoo_mask_model(depth: int = 2, width: int = 32, work: Path | None = None):
     return str(path)
 
 
-def _inpaint_weights(work: Path, fill: str, head: str = "asinh", depth: int = 2) -> str:
-    """An inpaint network (width 32) of the given base fill, head and depth, random weights (seeded), as a
-    weights file."""
+def _inpaint_weights(work: Path, fill: str, head: str = "asinh", depth: int = 2,
+                     star_fit: float = 0.0) -> str:
+    """An inpaint network (width 32) of the given base fill, head, depth and star fit, random weights
+    (seeded), as a weights file."""
     import torch
 
     from crforge.training import checkpoint
@@ -114,13 +116,13 @@ def _inpaint_weights(work: Path, fill: str, head: str = "asinh", depth: int = 2)
     from crforge.training.models import build_model
 
     torch.manual_seed(0)
-    net = build_model("inpaint", depth, 32, fill=fill, head=head)
+    net = build_model("inpaint", depth, 32, fill=fill, head=head, star_fit=star_fit)
     with torch.no_grad():  # the residual network starts at its fill: give it a correction
         net.unet.outc.weight.normal_(0.0, 0.01)
-    path = work / f"inpaint-{fill}-{head}-{depth}.pt"
+    path = work / f"inpaint-{fill}-{head}-{depth}{'-sf' if star_fit else ''}.pt"
     checkpoint.write_weights(path, checkpoint.Checkpoint(
         kind="inpaint", model_config={"depth": depth, "width": 32, "batch_norm": True, "bn_momentum": 0.1,
-                                      "fill": fill, "head": head},
+                                      "fill": fill, "head": head, "star_fit": star_fit},
         state_dict=net.state_dict(), normalisation=normalisation_info(100.0, True)))
     return str(path)
 
@@ -141,7 +143,8 @@ def _inpaint_worker(method: str, img: np.ndarray, threads: int, repeat: int, res
     mask_model = deepcr_models.load(_zoo_mask_model())
     inp = deepcr_models.load(_inpaint_weights(out.parent, "none" if method.endswith("legacy") else "median5",
                                               "linear" if method.endswith("linear") else "asinh",
-                                              3 if method.endswith("d3") else 2))
+                                              3 if method.endswith("d3") else 2,
+                                              0.85 if method.endswith("starfit") else 0.0))
     res["model"] = f"{mask_model.source} + {inp.source}"
     res["seconds"], (mask, cleaned) = _timed(
         lambda: deepcr_models.clean(img, mask_model, inp, threads=threads), repeat)
@@ -273,11 +276,13 @@ def main(argv=None) -> int:
 
 def _inpaint_summary(results: dict, work: Path) -> None:
     """The inpainting times of the two designs side by side."""
-    for m in ("crforge-inpaint", "crforge-inpaint-linear", "crforge-inpaint-d3", "crforge-inpaint-legacy"):
+    for m in ("crforge-inpaint", "crforge-inpaint-linear", "crforge-inpaint-d3", "crforge-inpaint-starfit",
+              "crforge-inpaint-legacy"):
         if m in results:
             print(f"{m}: clean with inpainting {results[m]['seconds']:.2f} s, inpainting alone "
                   f"{results[m]['inpaint_s']:.2f} s")
-    for ref in ("crforge-inpaint-linear", "crforge-inpaint-d3", "crforge-inpaint-legacy"):
+    for ref in ("crforge-inpaint-linear", "crforge-inpaint-d3", "crforge-inpaint-starfit",
+                "crforge-inpaint-legacy"):
         if "crforge-inpaint" in results and ref in results:
             new, old = results["crforge-inpaint"], results[ref]
             print(f"crforge-inpaint / {ref}: clean {new['seconds'] / old['seconds']:.2f}x, "

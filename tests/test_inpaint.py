@@ -14,6 +14,7 @@ import torch
 
 from crforge.pipeline.datafile.schema import META_DTYPE
 from crforge.pipeline.datafile.writer import write_arrays
+from crforge.training import checkpoint
 from crforge.training.baselines import median_fill
 from crforge.training.config import AugmentConfig, ModelConfig, TrainConfig
 from crforge.training.data import StampDataset
@@ -137,6 +138,45 @@ def test_context_channel_is_checked_and_is_the_local_mean():
     # diluted by the rows beyond the edge
     assert torch.isclose(got[0, 30], torch.tensor(2.0 * 6 / 11))
     assert torch.isclose(got[20, 27], torch.tensor(2.0 * 3 / 11))
+
+
+def test_star_fit_tells_a_star_from_a_galaxy_core_from_the_visible_pixels():
+    """The point source plus pedestal fitted around each pixel: exact on its own model
+    whatever the mask hides, no pedestal under a star, a broad one under a galaxy's core,
+    and the network's two extra channels are those amplitudes."""
+    from crforge.errors import InputError
+    from crforge.training.models import star_fit
+
+    yy, xx = np.mgrid[:40, :40]
+    r2 = (yy - 20) ** 2 + (xx - 20) ** 2
+    mask = np.zeros((40, 40), np.float32)
+    mask[19:22, 18:21] = 1  # the core hidden, as by a CR
+    as_t = lambda a: torch.from_numpy(np.asarray(a, np.float32))[None, None]  # noqa: E731
+    model = 7.0 * np.exp(-r2 / (2 * 0.85 ** 2)) + 1.5
+    a, b = star_fit(as_t(model), as_t(mask), 0.85)
+    assert abs(a[0, 0, 20, 20] - 7.0) < 1e-3 and abs(b[0, 0, 20, 20] - 1.5) < 1e-3
+    assert torch.equal(a != 0, as_t(mask) > 0)  # fitted at the masked pixels only
+    star = 10.0 * np.exp(-r2 / (2 * 0.95 ** 2))  # a little broader than the fitted PSF
+    galaxy = 10.0 * np.exp(-np.sqrt(r2) / 2.0)  # an exponential core: as peaked, broader wings
+    (sa, sb), (ga, gb) = (star_fit(as_t(im), as_t(mask), 0.85) for im in (star, galaxy))
+    assert sa[0, 0, 20, 20] > 9 and abs(sb[0, 0, 20, 20]) < 0.05 * sa[0, 0, 20, 20]
+    assert gb[0, 0, 20, 20] > 0.15 * ga[0, 0, 20, 20] > 0  # 0.22 (a star: 0.007)
+    # a window almost all masked fits nothing
+    hidden = np.ones((40, 40), np.float32)
+    hidden[0, 0] = 0
+    a, b = star_fit(as_t(star), as_t(hidden), 0.85)
+    assert not a.any() and not b.any()
+    net = build_model("inpaint", 2, 4, star_fit=0.85).eval()
+    inputs, _, _ = net.planes(as_t(galaxy), as_t(mask))
+    assert inputs.shape[1] == 5 and net.unet.inc[0].in_channels == 5
+    assert torch.allclose(inputs[0, 3:], torch.asinh(torch.cat(star_fit(as_t(galaxy), as_t(mask), 0.85))[:, 0]
+                                                     / net.INPUT_SOFTENING))
+    for bad in (-0.5, 4.0, "1"):
+        with pytest.raises(InputError, match="model.star_fit"):
+            ModelConfig(star_fit=bad).validate()
+    with pytest.raises(InputError, match="star_fit"):
+        build_model("inpaint", 2, 4, fill="none", star_fit=0.85)
+    assert checkpoint.inpaint_design({"fill": "median5", "head": "asinh"})["star_fit"] == 0.0
 
 
 def _star_with_a_hidden_core() -> tuple[torch.Tensor, torch.Tensor, float]:

@@ -363,10 +363,11 @@ def test_tiled_equals_untiled(depth):
     assert seams > 1e-3 and seams > 100 * np.abs(tiled - whole).max()
 
 
-def _random_inpaint_weights(path: Path, depth: int, context: int = 0) -> Path:
+def _random_inpaint_weights(path: Path, depth: int, context: int = 0, star_fit: float = 0.0) -> Path:
     """A residual inpaint network with a non-zero correction and batch-norm statistics."""
     torch.manual_seed(depth)
-    net = build_model("inpaint", depth, 4, fill="median5", head="asinh", context=context).eval()
+    net = build_model("inpaint", depth, 4, fill="median5", head="asinh", context=context,
+                      star_fit=star_fit).eval()
     with torch.no_grad():
         for m in net.modules():
             if isinstance(m, torch.nn.BatchNorm2d):
@@ -375,18 +376,20 @@ def _random_inpaint_weights(path: Path, depth: int, context: int = 0) -> Path:
         net.unet.outc.weight.normal_(0.0, 0.3)  # the correction starts at zero: make it show
     checkpoint.write_weights(path, checkpoint.Checkpoint(
         kind="inpaint", model_config={"depth": depth, "width": 4, "batch_norm": True, "bn_momentum": 0.1,
-                                      "fill": "median5", "head": "asinh", "context": context},
+                                      "fill": "median5", "head": "asinh", "context": context,
+                                      "star_fit": star_fit},
         state_dict=net.state_dict(), normalisation={"scale": 100.0, "bunit": "ELECTRONS", "fill_ignored": True}))
     return path
 
 
-@pytest.mark.parametrize("context, tile", [(0, 128), (24, 176)])
-def test_inpaint_tiled_equals_untiled(context, tile):
-    """Many tiles fill a frame exactly as the network run on the whole of it (the fills and
-    the context box of ``model.context`` are computed on the whole frame, so the tiles
-    overlap by the UNet's receptive radius alone); seams show without the overlap."""
+@pytest.mark.parametrize("context, star_fit, tile", [(0, 0.0, 128), (24, 0.0, 176), (0, 0.85, 128)])
+def test_inpaint_tiled_equals_untiled(context, star_fit, tile):
+    """Many tiles fill a frame exactly as the network run on the whole of it (the fills,
+    the context box of ``model.context`` and the star fit of ``model.star_fit`` are
+    computed on the whole frame, so the tiles overlap by the UNet's receptive radius
+    alone); seams show without the overlap."""
     depth = 2
-    path = _random_inpaint_weights(Path("inp.pt"), depth, context)
+    path = _random_inpaint_weights(Path("inp.pt"), depth, context, star_fit)
     rng = np.random.default_rng(depth)
     img, cr = _image((241, 389), rng, n_cr=200)
     cr[100:112, 150:190] = True  # a blob wider than the 5x5 window: the fill's larger windows

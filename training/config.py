@@ -94,6 +94,15 @@ class ModelConfig:
         asinh head alone the small steps are those corrections too (a resolved
         galaxy's diffuse light): 0.2 took the ``make train`` model's resolved-galaxy
         ratio from 2.06x to 1.996x, hence 0 (every step applied) by default.
+    star_fit : float
+        Residual inpaint network only: the sigma (pixels) of a Gaussian point source
+        fitted with a pedestal to the visible pixels around every pixel; the fitted
+        point-source and pedestal amplitudes are two more input channels, which tell a
+        star (no pedestal) from a galaxy's core (:func:`crforge.training.models.star_fit`).
+        0 = no such channels. At 0.85 (ACS/WFC's PSF core), on the default data set
+        (docs/training.md), it took the extragalactic photometry's 90th percentile
+        below biharmonic's and lost the 2x bar in globular-cluster fields (crowded
+        neighbours inside the fitted window), hence off.
     """
 
     depth: int = 2
@@ -104,6 +113,7 @@ class ModelConfig:
     head: str = "asinh"
     context: int = 0
     step_floor: float = 0.0
+    star_fit: float = 0.0
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming a bad parameter."""
@@ -122,6 +132,9 @@ class ModelConfig:
         if not (isinstance(self.step_floor, (int, float)) and 0 <= self.step_floor < 1):
             raise InputError(f"model.step_floor={self.step_floor!r}: expected a number in [0, 1) "
                              "(asinh units)")
+        if not (isinstance(self.star_fit, (int, float)) and 0 <= self.star_fit <= 3):
+            raise InputError(f"model.star_fit={self.star_fit!r}: expected 0 (off) or a PSF sigma "
+                             "up to 3 pixels")
 
 
 @dataclass

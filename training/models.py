@@ -175,6 +175,10 @@ class InpaintNet(nn.Module):
     step_floor : float
         In eval mode, asinh steps smaller than this are not applied (:meth:`step`,
         ``ModelConfig.step_floor``).
+    star_fit : float
+        Sigma (pixels) of the Gaussian point source fitted, with a pedestal, to the
+        visible pixels around every pixel; its two amplitudes are two more input
+        channels (:func:`star_fit`, ``ModelConfig.star_fit``). 0 = none.
     """
 
     kind = "inpaint"
@@ -191,7 +195,8 @@ class InpaintNet(nn.Module):
     def __init__(self, depth: int = 2, width: int = 32, batch_norm: bool = True,
                  bn_momentum: float = 0.1, fill: str = ModelConfig.fill,
                  head: str = ModelConfig.head, context: int = ModelConfig.context,
-                 step_floor: float = ModelConfig.step_floor) -> None:
+                 step_floor: float = ModelConfig.step_floor,
+                 star_fit: float = ModelConfig.star_fit) -> None:
         super().__init__()
         if fill not in INPAINT_FILLS:
             raise InputError(f"fill={fill!r}: expected one of {INPAINT_FILLS}")
@@ -199,16 +204,20 @@ class InpaintNet(nn.Module):
             raise InputError(f"head={head!r}: expected one of {INPAINT_HEADS}")
         if context and fill == "none":
             raise InputError(f"context={context!r}: a context channel needs a base fill, got fill='none'")
+        if star_fit and fill == "none":
+            raise InputError(f"star_fit={star_fit!r}: the star-fit channels need a base fill, "
+                             "got fill='none'")
         self.fill = fill
         self.head = head
         self.context = int(context)
         self.step_floor = float(step_floor)
+        self.star_fit = float(star_fit)
         # residual: the median-filled image, its harmonic smoothing and the mask in; out a
         # correction and the weight of the harmonic smoothing against the median (and for
         # head='both' a second correction)
         residual = fill != "none"
         outputs = (3 if head == "both" else 2) if residual else 1
-        in_ch = (4 if context else 3) if residual else 2
+        in_ch = (3 + bool(context) + 2 * bool(star_fit)) if residual else 2
         self.unet = UNet(in_ch, outputs, depth, width, batch_norm, bn_momentum)
         if fill != "none":
             # the correction starts at zero: the untrained network is the classical fill
@@ -269,6 +278,8 @@ class InpaintNet(nn.Module):
         inputs = [a_base, a_smooth, mask]  # the mask at MASK_CHANNEL
         if self.context:
             inputs.append(_box_mean(inputs[0], self.context))
+        if self.star_fit:
+            inputs += [torch.asinh(a / k).to(a_base.dtype) for a in star_fit(image, mask, self.star_fit)]
         return torch.cat(inputs, dim=1), base, smooth
 
     def step(self, out: torch.Tensor) -> torch.Tensor:
@@ -333,11 +344,63 @@ def _box_mean(x: torch.Tensor, half: int) -> torch.Tensor:
     return F.avg_pool2d(x, (n, 1), stride=1, padding=(half, 0), count_include_pad=False)
 
 
+#: Half-width (pixels) of the window :func:`star_fit` fits.
+STAR_FIT_RADIUS = 3
+
+
+def star_fit(image: torch.Tensor, mask: torch.Tensor, sigma: float,
+             radius: int = STAR_FIT_RADIUS) -> tuple[torch.Tensor, torch.Tensor]:
+    """Point source plus pedestal fitted to the visible pixels around each masked pixel.
+
+    At each masked pixel, the least-squares fit of ``a * exp(-r^2 / (2 sigma^2)) + b``
+    (``r``: the distance to that pixel) to the unmasked pixels of the ``2 * radius + 1``
+    window around it. A star's light is nearly all ``a`` (its pedestal is the sky); a
+    galaxy's core sits on a broad pedestal ``b`` (a fifth of its peak in the median on
+    the simulated extragalactic fields). The
+    UNet alone does not tell the two apart well enough: it restores a star's core
+    under a mask beside a galaxy's visible peak (docs/training.md). Only the masked
+    pixels are fitted (their windows gathered, float32, no gradient): that is where the
+    network decides, and it keeps a full chip's cost small.
+
+    Returns
+    -------
+    a, b : torch.Tensor
+        ``[B, 1, H, W]``, 0 at unmasked pixels and where fewer than ``2 * radius + 2``
+        pixels of the window are visible (pixels beyond the image are not).
+    """
+    n, _, h, w = image.shape
+    with torch.no_grad(), torch.autocast(image.device.type, enabled=False):
+        pad = (radius,) * 4
+        d = F.pad(image.float(), pad)[:, 0]
+        vis = F.pad(1 - mask.float(), pad)[:, 0]
+        under = mask[:, 0] > 0
+        b_i, y_i, x_i = torch.nonzero(under, as_tuple=True)
+        t = torch.arange(-radius, radius + 1, device=image.device)
+        dy, dx = (u.reshape(1, -1) for u in torch.meshgrid(t, t, indexing="ij"))
+        hp, wp = h + 2 * radius, w + 2 * radius
+        flat = (b_i[:, None] * hp + y_i[:, None] + radius + dy) * wp + x_i[:, None] + radius + dx
+        dw, vw = d.reshape(-1)[flat], vis.reshape(-1)[flat]  # [N, window]
+        g = torch.exp(-(dy * dy + dx * dx).float() / (2 * sigma * sigma))
+        s1, sp, spp = vw.sum(1), (vw * g).sum(1), (vw * g * g).sum(1)
+        sd, sdp = (vw * dw).sum(1), (vw * dw * g).sum(1)
+        det = s1 * spp - sp * sp
+        ok = (s1 >= 2 * radius + 2) & (det > 1e-6)
+        det = torch.where(ok, det, torch.ones_like(det))
+        a = torch.where(ok, (s1 * sdp - sp * sd) / det, torch.zeros_like(det))
+        b = torch.where(ok, (sd - a * sp) / s1.clamp_min(1), torch.zeros_like(det))
+        out_a = torch.zeros((n, 1, h, w), dtype=torch.float32, device=image.device)
+        out_b = torch.zeros_like(out_a)
+        out_a[:, 0][under] = a
+        out_b[:, 0][under] = b
+    return out_a, out_b
+
+
 def build_model(kind: Literal["mask", "inpaint"], depth: int = 2, width: int = 32,
                 batch_norm: bool = True, bn_momentum: float = 0.1, *,
                 fill: str = ModelConfig.fill, head: str = ModelConfig.head,
                 context: int = ModelConfig.context,
-                step_floor: float = ModelConfig.step_floor) -> MaskNet | InpaintNet:
+                step_floor: float = ModelConfig.step_floor,
+                star_fit: float = ModelConfig.star_fit) -> MaskNet | InpaintNet:
     """Build a mask or inpaint network.
 
     Parameters
@@ -356,6 +419,9 @@ def build_model(kind: Literal["mask", "inpaint"], depth: int = 2, width: int = 3
     step_floor : float
         The residual inpaint network's smallest asinh step applied in eval mode;
         ignored for ``mask``.
+    star_fit : float
+        The residual inpaint network's star-fit sigma (0: no such channels); ignored
+        for ``mask``.
 
     Returns
     -------
@@ -367,7 +433,7 @@ def build_model(kind: Literal["mask", "inpaint"], depth: int = 2, width: int = 3
         return MaskNet(depth, width, batch_norm, bn_momentum)
     if kind == "inpaint":
         return InpaintNet(depth, width, batch_norm, bn_momentum, fill=fill, head=head, context=context,
-                          step_floor=step_floor)
+                          step_floor=step_floor, star_fit=star_fit)
     raise InputError(f"kind={kind!r}: expected one of {KINDS}")
 
 
