@@ -141,7 +141,7 @@ def test_context_channel_is_checked_and_is_the_local_mean():
 
 
 def test_star_fit_tells_a_star_from_a_galaxy_core_from_the_visible_pixels():
-    """The point source plus pedestal fitted around each pixel: exact on its own model
+    """The point source plus pedestal fitted around each masked pixel: exact on its own model
     whatever the mask hides, no pedestal under a star, a broad one under a galaxy's core,
     and the network's two extra channels are those amplitudes."""
     from crforge.errors import InputError

@@ -96,7 +96,7 @@ class ModelConfig:
         ratio from 2.06x to 1.996x, hence 0 (every step applied) by default.
     star_fit : float
         Residual inpaint network only: the sigma (pixels) of a Gaussian point source
-        fitted with a pedestal to the visible pixels around every pixel; the fitted
+        fitted with a pedestal to the visible pixels around every masked pixel; the fitted
         point-source and pedestal amplitudes are two more input channels, which tell a
         star (no pedestal) from a galaxy's core (:func:`crforge.training.models.star_fit`).
         0 = no such channels. At 0.85 (ACS/WFC's PSF core), on the default data set

@@ -177,7 +177,7 @@ class InpaintNet(nn.Module):
         ``ModelConfig.step_floor``).
     star_fit : float
         Sigma (pixels) of the Gaussian point source fitted, with a pedestal, to the
-        visible pixels around every pixel; its two amplitudes are two more input
+        visible pixels around every masked pixel; its two amplitudes are two more input
         channels (:func:`star_fit`, ``ModelConfig.star_fit``). 0 = none.
     """
 
@@ -356,11 +356,12 @@ def star_fit(image: torch.Tensor, mask: torch.Tensor, sigma: float,
     (``r``: the distance to that pixel) to the unmasked pixels of the ``2 * radius + 1``
     window around it. A star's light is nearly all ``a`` (its pedestal is the sky); a
     galaxy's core sits on a broad pedestal ``b`` (a fifth of its peak in the median on
-    the simulated extragalactic fields). The
-    UNet alone does not tell the two apart well enough: it restores a star's core
-    under a mask beside a galaxy's visible peak (docs/training.md). Only the masked
-    pixels are fitted (their windows gathered, float32, no gradient): that is where the
-    network decides, and it keeps a full chip's cost small.
+    the simulated extragalactic fields). The UNet alone does not tell the two apart well
+    enough: it restores a star's core under a mask beside a galaxy's visible peak
+    (docs/training.md). Only the masked pixels are fitted (their windows gathered,
+    float32, no gradient): that is where the network decides, and it keeps a full
+    chip's cost small. The window is part of a trained model's design: changing
+    ``radius`` changes what its weights see.
 
     Returns
     -------
