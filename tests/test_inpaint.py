@@ -142,8 +142,8 @@ def test_context_channel_is_checked_and_is_the_local_mean():
 
 def test_star_fit_tells_a_star_from_a_galaxy_core_from_the_visible_pixels():
     """The point source plus pedestal fitted around each masked pixel: exact on its own model
-    whatever the mask hides, no pedestal under a star, a broad one under a galaxy's core,
-    and the network's two extra channels are those amplitudes."""
+    whatever the mask hides, no pedestal under a star, a broad one under a galaxy's core;
+    the network's extra channels are those amplitudes, or the pedestal's fraction."""
     from crforge.errors import InputError
     from crforge.training.models import star_fit
 
@@ -171,12 +171,19 @@ def test_star_fit_tells_a_star_from_a_galaxy_core_from_the_visible_pixels():
     assert inputs.shape[1] == 5 and net.unet.inc[0].in_channels == 5
     assert torch.allclose(inputs[0, 3:], torch.asinh(torch.cat(star_fit(as_t(galaxy), as_t(mask), 0.85))[:, 0]
                                                      / net.INPUT_SOFTENING))
+    # the pedestal's fraction alone: one channel, near 0 for the star, a fifth for the galaxy
+    net = build_model("inpaint", 2, 4, star_fit=0.85, star_fit_input="fraction").eval()
+    fractions = [net.planes(as_t(im), as_t(mask))[0][0, 3, 20, 20].item() for im in (star, galaxy)]
+    assert net.unet.inc[0].in_channels == 4 and abs(fractions[0]) < 0.01 and 0.15 < fractions[1] < 0.3
     for bad in (-0.5, 4.0, "1"):
         with pytest.raises(InputError, match="model.star_fit"):
             ModelConfig(star_fit=bad).validate()
+    with pytest.raises(InputError, match="model.star_fit_input"):
+        ModelConfig(star_fit=0.85, star_fit_input="ratio").validate()
     with pytest.raises(InputError, match="star_fit"):
         build_model("inpaint", 2, 4, fill="none", star_fit=0.85)
-    assert checkpoint.inpaint_design({"fill": "median5", "head": "asinh"})["star_fit"] == 0.0
+    design = checkpoint.inpaint_design({"fill": "median5", "head": "asinh"})
+    assert design["star_fit"] == 0.0 and design["star_fit_input"] == "amplitudes"
 
 
 def _star_with_a_hidden_core() -> tuple[torch.Tensor, torch.Tensor, float]:

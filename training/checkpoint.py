@@ -225,19 +225,20 @@ def _from_dict(obj: dict, path: Path) -> Checkpoint:
 
 
 def inpaint_design(model_config: dict) -> dict:
-    """``fill``, ``head``, ``context``, ``step_floor`` and ``star_fit`` of an inpaint model's
-    recorded architecture.
+    """``fill``, ``head``, ``context``, ``step_floor``, ``star_fit`` and ``star_fit_input`` of
+    an inpaint model's recorded architecture.
 
     Files written before a key existed lack it: a model_config without ``fill`` is of
     the first inpaint design (no base fill), one without ``head`` of the first residual
     design (the linear head), one without ``context`` has no context channel, one
     without ``step_floor`` applies every step, one without ``star_fit`` has no star-fit
-    channels.
+    channels, one without ``star_fit_input`` is given the fit's amplitudes.
     """
     return {"fill": str(model_config.get("fill", "none")), "head": str(model_config.get("head", "linear")),
             "context": int(model_config.get("context", 0)),
             "step_floor": float(model_config.get("step_floor", 0.0)),
-            "star_fit": float(model_config.get("star_fit", 0.0))}
+            "star_fit": float(model_config.get("star_fit", 0.0)),
+            "star_fit_input": str(model_config.get("star_fit_input", "amplitudes"))}
 
 
 def build_model(checkpoint: Checkpoint, *, device: str | torch.device = "cpu") -> nn.Module:

@@ -11,7 +11,7 @@ from typing import Literal
 from crforge.errors import InputError
 
 __all__ = ["TrainConfig", "ModelConfig", "AugmentConfig", "KINDS", "INPAINT_FILLS", "INPAINT_HEADS",
-           "EVAL_N_MASKS", "MAX_CONTEXT"]
+           "STAR_FIT_INPUTS", "EVAL_N_MASKS", "MAX_CONTEXT"]
 
 
 #: The two kinds of model.
@@ -27,6 +27,11 @@ INPAINT_FILLS = ("median5", "none")
 #: residual design, bounded by where the two base fills disagree; ``both``: the asinh
 #: step and that bounded one).
 INPAINT_HEADS = ("asinh", "linear", "both")
+
+#: What the star fit gives the inpaint network (``model.star_fit_input``): the fitted
+#: point-source and pedestal amplitudes (two channels), or the pedestal's fraction of
+#: the fitted light alone (one channel, no amplitude to copy into a core).
+STAR_FIT_INPUTS = ("amplitudes", "fraction")
 
 #: The largest ``model.context`` (pixels): it adds to how far a tile must overlap.
 MAX_CONTEXT = 128
@@ -103,6 +108,12 @@ class ModelConfig:
         (docs/training.md), it took the extragalactic photometry's 90th percentile
         below biharmonic's and lost the 2x bar in globular-cluster fields (crowded
         neighbours inside the fitted window), hence off.
+    star_fit_input : {'amplitudes', 'fraction'}
+        With ``star_fit``: what the network is given of the fit (:data:`STAR_FIT_INPUTS`).
+        ``amplitudes``: ``asinh(a / 0.1)`` and ``asinh(b / 0.1)`` (point source,
+        pedestal); ``fraction``: ``b / (|a| + |b| + 0.1)`` alone, which says whether a
+        hidden core is a star's without an amplitude the network could copy into it.
+        Measured side by side in docs/training.md.
     """
 
     depth: int = 2
@@ -114,6 +125,7 @@ class ModelConfig:
     context: int = 0
     step_floor: float = 0.0
     star_fit: float = 0.0
+    star_fit_input: str = "amplitudes"
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming a bad parameter."""
@@ -135,6 +147,9 @@ class ModelConfig:
         if not (isinstance(self.star_fit, (int, float)) and 0 <= self.star_fit <= 3):
             raise InputError(f"model.star_fit={self.star_fit!r}: expected 0 (off) or a PSF sigma "
                              "up to 3 pixels")
+        if self.star_fit_input not in STAR_FIT_INPUTS:
+            raise InputError(f"model.star_fit_input={self.star_fit_input!r}: expected one of "
+                             f"{STAR_FIT_INPUTS}")
 
 
 @dataclass

@@ -39,7 +39,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from crforge.errors import InputError
-from crforge.training.config import INPAINT_FILLS, INPAINT_HEADS, KINDS, ModelConfig
+from crforge.training.config import INPAINT_FILLS, INPAINT_HEADS, KINDS, STAR_FIT_INPUTS, ModelConfig
 
 logger = logging.getLogger(__name__)
 
@@ -177,8 +177,11 @@ class InpaintNet(nn.Module):
         ``ModelConfig.step_floor``).
     star_fit : float
         Sigma (pixels) of the Gaussian point source fitted, with a pedestal, to the
-        visible pixels around every masked pixel; its two amplitudes are two more input
-        channels (:func:`star_fit`, ``ModelConfig.star_fit``). 0 = none.
+        visible pixels around every masked pixel (:func:`star_fit`,
+        ``ModelConfig.star_fit``). 0 = none.
+    star_fit_input : {'amplitudes', 'fraction'}
+        What of that fit the UNet sees: its two amplitudes (two channels) or the
+        pedestal's fraction of the fitted light (one; ``ModelConfig.star_fit_input``).
     """
 
     kind = "inpaint"
@@ -196,7 +199,8 @@ class InpaintNet(nn.Module):
                  bn_momentum: float = 0.1, fill: str = ModelConfig.fill,
                  head: str = ModelConfig.head, context: int = ModelConfig.context,
                  step_floor: float = ModelConfig.step_floor,
-                 star_fit: float = ModelConfig.star_fit) -> None:
+                 star_fit: float = ModelConfig.star_fit,
+                 star_fit_input: str = ModelConfig.star_fit_input) -> None:
         super().__init__()
         if fill not in INPAINT_FILLS:
             raise InputError(f"fill={fill!r}: expected one of {INPAINT_FILLS}")
@@ -207,17 +211,21 @@ class InpaintNet(nn.Module):
         if star_fit and fill == "none":
             raise InputError(f"star_fit={star_fit!r}: the star-fit channels need a base fill, "
                              "got fill='none'")
+        if star_fit_input not in STAR_FIT_INPUTS:
+            raise InputError(f"star_fit_input={star_fit_input!r}: expected one of {STAR_FIT_INPUTS}")
         self.fill = fill
         self.head = head
         self.context = int(context)
         self.step_floor = float(step_floor)
         self.star_fit = float(star_fit)
+        self.star_fit_input = star_fit_input
         # residual: the median-filled image, its harmonic smoothing and the mask in; out a
         # correction and the weight of the harmonic smoothing against the median (and for
         # head='both' a second correction)
         residual = fill != "none"
         outputs = (3 if head == "both" else 2) if residual else 1
-        in_ch = (3 + bool(context) + 2 * bool(star_fit)) if residual else 2
+        fit_ch = (2 if star_fit_input == "amplitudes" else 1) if star_fit else 0
+        in_ch = (3 + bool(context) + fit_ch) if residual else 2
         self.unet = UNet(in_ch, outputs, depth, width, batch_norm, bn_momentum)
         if fill != "none":
             # the correction starts at zero: the untrained network is the classical fill
@@ -279,7 +287,11 @@ class InpaintNet(nn.Module):
         if self.context:
             inputs.append(_box_mean(inputs[0], self.context))
         if self.star_fit:
-            inputs += [torch.asinh(a / k).to(a_base.dtype) for a in star_fit(image, mask, self.star_fit)]
+            a, b = star_fit(image, mask, self.star_fit)
+            if self.star_fit_input == "amplitudes":
+                inputs += [torch.asinh(a / k).to(a_base.dtype), torch.asinh(b / k).to(a_base.dtype)]
+            else:  # softened by k: on empty sky both amplitudes are noise
+                inputs.append((b / (a.abs() + b.abs() + k)).to(a_base.dtype))
         return torch.cat(inputs, dim=1), base, smooth
 
     def step(self, out: torch.Tensor) -> torch.Tensor:
@@ -401,7 +413,8 @@ def build_model(kind: Literal["mask", "inpaint"], depth: int = 2, width: int = 3
                 fill: str = ModelConfig.fill, head: str = ModelConfig.head,
                 context: int = ModelConfig.context,
                 step_floor: float = ModelConfig.step_floor,
-                star_fit: float = ModelConfig.star_fit) -> MaskNet | InpaintNet:
+                star_fit: float = ModelConfig.star_fit,
+                star_fit_input: str = ModelConfig.star_fit_input) -> MaskNet | InpaintNet:
     """Build a mask or inpaint network.
 
     Parameters
@@ -423,6 +436,8 @@ def build_model(kind: Literal["mask", "inpaint"], depth: int = 2, width: int = 3
     star_fit : float
         The residual inpaint network's star-fit sigma (0: no such channels); ignored
         for ``mask``.
+    star_fit_input : {'amplitudes', 'fraction'}
+        What the residual inpaint network sees of the star fit; ignored for ``mask``.
 
     Returns
     -------
@@ -434,7 +449,7 @@ def build_model(kind: Literal["mask", "inpaint"], depth: int = 2, width: int = 3
         return MaskNet(depth, width, batch_norm, bn_momentum)
     if kind == "inpaint":
         return InpaintNet(depth, width, batch_norm, bn_momentum, fill=fill, head=head, context=context,
-                          step_floor=step_floor, star_fit=star_fit)
+                          step_floor=step_floor, star_fit=star_fit, star_fit_input=star_fit_input)
     raise InputError(f"kind={kind!r}: expected one of {KINDS}")
 
 
