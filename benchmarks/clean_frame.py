@@ -19,7 +19,8 @@ to ``--threads`` threads (torch threads and ``OMP_NUM_THREADS``/``MKL_NUM_THREAD
   call given the mask). ``crforge-inpaint-linear``: the same with the first residual
   design's correction (``head='linear'``); ``crforge-inpaint-d3``: a depth-3 residual
   network (``train.model.depth = 3``); ``crforge-inpaint-starfit``: with the star-fit
-  channels (``train.model.star_fit = 0.85``); ``crforge-inpaint-legacy``: with crforge's
+  channels (``train.model.star_fit = 0.85``); ``crforge-inpaint-guard``: with the core
+  guard (``train.model.core_guard = 0.15``); ``crforge-inpaint-legacy``: with crforge's
   first, non-residual inpaint design (``fill='none'``), for the speed before and after.
   Random weights of the architecture (the time does not depend on them); the two
   fills are compared at the end.
@@ -55,8 +56,11 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-METHODS = ("crforge", "crforge-bf16", "crforge-2-4", "crforge-inpaint", "crforge-inpaint-linear",
-           "crforge-inpaint-d3", "crforge-inpaint-starfit", "crforge-inpaint-legacy", "deepcr",
+#: The inpaint methods: how each one's network differs from ``crforge-inpaint``'s.
+INPAINT_VARIANTS = {"crforge-inpaint": {}, "crforge-inpaint-linear": {"head": "linear"},
+                    "crforge-inpaint-d3": {"depth": 3}, "crforge-inpaint-starfit": {"star_fit": 0.85},
+                    "crforge-inpaint-guard": {"core_guard": 0.15}, "crforge-inpaint-legacy": {"fill": "none"}}
+METHODS = ("crforge", "crforge-bf16", "crforge-2-4", *INPAINT_VARIANTS, "deepcr",
            "astroscrappy")
 
 
@@ -105,10 +109,10 @@ def _zoo_mask_model(depth: int = 2, width: int = 32, work: Path | None = None):
     return str(path)
 
 
-def _inpaint_weights(work: Path, fill: str, head: str = "asinh", depth: int = 2,
-                     star_fit: float = 0.0) -> str:
-    """An inpaint network (width 32) of the given base fill, head, depth and star fit, random weights
-    (seeded), as a weights file."""
+def _inpaint_weights(work: Path, fill: str = "median5", head: str = "asinh", depth: int = 2,
+                     star_fit: float = 0.0, core_guard: float = 0.0) -> str:
+    """An inpaint network (width 32) of the given base fill, head, depth, star fit and core guard,
+    random weights (seeded), as a weights file."""
     import torch
 
     from crforge.training import checkpoint
@@ -116,13 +120,14 @@ def _inpaint_weights(work: Path, fill: str, head: str = "asinh", depth: int = 2,
     from crforge.training.models import build_model
 
     torch.manual_seed(0)
-    net = build_model("inpaint", depth, 32, fill=fill, head=head, star_fit=star_fit)
+    net = build_model("inpaint", depth, 32, fill=fill, head=head, star_fit=star_fit, core_guard=core_guard)
     with torch.no_grad():  # the residual network starts at its fill: give it a correction
         net.unet.outc.weight.normal_(0.0, 0.01)
-    path = work / f"inpaint-{fill}-{head}-{depth}{'-sf' if star_fit else ''}.pt"
+    path = work / f"inpaint-{fill}-{head}-{depth}{'-sf' if star_fit else ''}{'-cg' if core_guard else ''}.pt"
     checkpoint.write_weights(path, checkpoint.Checkpoint(
         kind="inpaint", model_config={"depth": depth, "width": 32, "batch_norm": True, "bn_momentum": 0.1,
-                                      "fill": fill, "head": head, "star_fit": star_fit},
+                                      "fill": fill, "head": head, "star_fit": star_fit,
+                                      "core_guard": core_guard},
         state_dict=net.state_dict(), normalisation=normalisation_info(100.0, True)))
     return str(path)
 
@@ -137,14 +142,11 @@ def _timed(call, repeat: int) -> tuple[float, object]:
 
 
 def _inpaint_worker(method: str, img: np.ndarray, threads: int, repeat: int, res: dict, out: Path) -> None:
-    """``crforge-inpaint[-linear|-d3|-legacy]``: clean with inpainting, and the inpainting alone."""
+    """An :data:`INPAINT_VARIANTS` method: clean with inpainting, and the inpainting alone."""
     from crforge import deepcr_models
 
     mask_model = deepcr_models.load(_zoo_mask_model())
-    inp = deepcr_models.load(_inpaint_weights(out.parent, "none" if method.endswith("legacy") else "median5",
-                                              "linear" if method.endswith("linear") else "asinh",
-                                              3 if method.endswith("d3") else 2,
-                                              0.85 if method.endswith("starfit") else 0.0))
+    inp = deepcr_models.load(_inpaint_weights(out.parent, **INPAINT_VARIANTS[method]))
     res["model"] = f"{mask_model.source} + {inp.source}"
     res["seconds"], (mask, cleaned) = _timed(
         lambda: deepcr_models.clean(img, mask_model, inp, threads=threads), repeat)
@@ -276,13 +278,11 @@ def main(argv=None) -> int:
 
 def _inpaint_summary(results: dict, work: Path) -> None:
     """The inpainting times of the two designs side by side."""
-    for m in ("crforge-inpaint", "crforge-inpaint-linear", "crforge-inpaint-d3", "crforge-inpaint-starfit",
-              "crforge-inpaint-legacy"):
+    for m in INPAINT_VARIANTS:
         if m in results:
             print(f"{m}: clean with inpainting {results[m]['seconds']:.2f} s, inpainting alone "
                   f"{results[m]['inpaint_s']:.2f} s")
-    for ref in ("crforge-inpaint-linear", "crforge-inpaint-d3", "crforge-inpaint-starfit",
-                "crforge-inpaint-legacy"):
+    for ref in list(INPAINT_VARIANTS)[1:]:
         if "crforge-inpaint" in results and ref in results:
             new, old = results["crforge-inpaint"], results[ref]
             print(f"crforge-inpaint / {ref}: clean {new['seconds'] / old['seconds']:.2f}x, "

@@ -5,13 +5,16 @@ stamps per field type); the 90th percentile of so few moves by a point between s
 the same training. Here every stamp of the split is used and each star is hit by
 ``--hits`` CR shapes (the hits of ``crforge evaluate`` with ``evaluate.seed`` 0, 1, ...),
 and the flux errors are pooled. ``--floor`` applies each given ``model.step_floor`` to
-the same UNet output (the network runs once per hit seed), so a sweep costs one pass.
+the same UNet output (the network runs once per hit seed), so a sweep costs one pass;
+so does ``--core-guard`` (``model.core_guard``; every floor with every guard).
 
     .venv/bin/python benchmarks/inpaint_photometry.py --data work/synthetic-acs-wfc.h5 \\
         --model synthetic-acs-wfc --split val --floor 0 0.1 0.15 0.2 0.3 0.5
+    .venv/bin/python benchmarks/inpaint_photometry.py --data work/synthetic-acs-wfc.h5 \\
+        --model synthetic-acs-wfc --split val --core-guard 0 0.05 0.1 0.15 0.2 0.25
 
 A ``--model`` is a zoo name (its inpaint model) or a checkpoint or weights file. Without
-``--floor`` each model runs with its own. Biharmonic, the best classical fill of
+``--floor`` (``--core-guard``) each model runs with its own. Biharmonic, the best classical fill of
 isolated objects, is in every run. Prints one line per model and floor: median /
 90th percentile of the absolute fractional aperture-flux error (%) per field type.
 """
@@ -38,21 +41,27 @@ def _network(spec: str):
     return checkpoint.load_checkpoint(spec, kind="inpaint")
 
 
-def _network_fills(net, x: np.ndarray, hits: np.ndarray, keep: np.ndarray, floors: list[float]) -> dict:
-    """The network's fill of the hit stamps at each floor, from one pass of its UNet."""
+def _network_fills(net, x: np.ndarray, hits: np.ndarray, keep: np.ndarray, floors: list[float],
+                   guards: list[float]) -> dict:
+    """The network's fill of the hit stamps at each (floor, guard), from one pass of its UNet."""
+    import itertools
+
     import torch
 
-    fills = {f: np.empty_like(x) for f in floors}
+    settings = list(itertools.product(floors, guards))
+    fills = {fg: np.empty_like(x) for fg in settings}
     with torch.inference_mode():
         for i in range(0, len(keep), 16):
             idx = keep[i:i + 16]
             xb = torch.from_numpy(x[idx])[:, None]
             mb = torch.from_numpy(hits[idx].astype(np.float32))[:, None]
-            inputs, base, smooth = net.planes(xb, mb)
+            inputs, base, smooth, _ = net.planes(xb, mb)
             out = net.unet(inputs)
-            for f in floors:
+            pedestal = net.pedestal(xb, mb) if any(guards) else None
+            for f, g in settings:
                 net.step_floor = f
-                fills[f][idx] = (xb * (1 - mb) + net.correct(out, base, smooth) * mb)[:, 0].numpy()
+                guard = (pedestal > g).float() if g else None
+                fills[f, g][idx] = (xb * (1 - mb) + net.correct(out, base, smooth, guard) * mb)[:, 0].numpy()
     return fills
 
 
@@ -63,6 +72,8 @@ def main(argv=None) -> int:
     p.add_argument("--split", default="test", choices=("train", "val", "test"))
     p.add_argument("--hits", type=int, default=4, help="CR shapes per star (hit seeds 0..N-1)")
     p.add_argument("--floor", type=float, nargs="+", help="step floors to apply (default: each model's)")
+    p.add_argument("--core-guard", type=float, nargs="+",
+                   help="core guards to apply, 0 = none (default: each model's)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--json", type=Path, help="write every figure here")
     args = p.parse_args(argv)
@@ -101,9 +112,10 @@ def main(argv=None) -> int:
         for spec, (model, _) in nets.items():
             net = inference_copy(model)
             floors = args.floor if args.floor is not None else [net.step_floor]
-            for f, filled in _network_fills(net, x, hits, keep, floors).items():
-                names[(spec, f)] = f"{spec} floor {f:g}"
-                fills[(spec, f)] = filled
+            guards = args.core_guard if args.core_guard is not None else [net.core_guard]
+            for (f, g), filled in _network_fills(net, x, hits, keep, floors, guards).items():
+                names[(spec, f, g)] = f"{spec} floor {f:g} core_guard {g:g}"
+                fills[(spec, f, g)] = filled
         found = _flux_errors(x, hits, fills, sites, data["field_type"], cfg.aperture_radius)
         for key, name in names.items():
             rows.setdefault(name, []).extend(found[key])

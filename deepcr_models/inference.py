@@ -421,21 +421,25 @@ def _inpaint_planes(net, x: np.ndarray, mask: np.ndarray, device: torch.device) 
     with torch.inference_mode():
         t = torch.from_numpy(np.ascontiguousarray(x, np.float32))[None, None].to(device)
         mk = torch.from_numpy(mask.astype(np.float32))[None, None].to(device)
-        inputs, base, smooth = net.planes(t, mk)
-        return [p.float().cpu().numpy() for p in (*inputs[0], base[0, 0], smooth[0, 0])]
+        inputs, base, smooth, guard = net.planes(t, mk)
+        extra = () if guard is None else (guard[0, 0],)
+        return [p.float().cpu().numpy() for p in (*inputs[0], base[0, 0], smooth[0, 0], *extra)]
 
 
 def _inpaint_out(net, t):
-    c = t.shape[1] - 2  # the UNet's input channels, then the base fill and its smoothing
+    # the UNet's input channels, then the base fill, its smoothing and the core guard if on
+    c = net.unet.inc[0].in_channels
     out = net.unet(t[:, :c])
     if net.fill == "none":
         return out
     # the head only where its output is used (the masked pixels): as [N, C, 1, 1]
     # columns, pixel by pixel
     under = t[:, net.MASK_CHANNEL] > 0
-    cols = [a.permute(0, 2, 3, 1)[under][:, :, None, None] for a in (out, t[:, c:c + 1], t[:, c + 1:])]
+    column = lambda a: a.permute(0, 2, 3, 1)[under][:, :, None, None]  # noqa: E731
+    guard = column(t[:, c + 2:]) if t.shape[1] > c + 2 else None
     pred = torch.zeros_like(t[:, :1], dtype=torch.float32)
-    pred.permute(0, 2, 3, 1)[under] = net.correct(*cols)[:, :, 0, 0].float()
+    pred.permute(0, 2, 3, 1)[under] = net.correct(column(out), column(t[:, c:c + 1]),
+                                                  column(t[:, c + 1:c + 2]), guard)[:, :, 0, 0].float()
     return pred
 
 

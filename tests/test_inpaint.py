@@ -167,7 +167,7 @@ def test_star_fit_tells_a_star_from_a_galaxy_core_from_the_visible_pixels():
     a, b = star_fit(as_t(star), as_t(hidden), 0.85)
     assert not a.any() and not b.any()
     net = build_model("inpaint", 2, 4, star_fit=0.85).eval()
-    inputs, _, _ = net.planes(as_t(galaxy), as_t(mask))
+    inputs = net.planes(as_t(galaxy), as_t(mask))[0]
     assert inputs.shape[1] == 5 and net.unet.inc[0].in_channels == 5
     assert torch.allclose(inputs[0, 3:], torch.asinh(torch.cat(star_fit(as_t(galaxy), as_t(mask), 0.85))[:, 0]
                                                      / net.INPUT_SOFTENING))
@@ -245,6 +245,49 @@ def test_step_floor_drops_small_asinh_steps_when_evaluated_only():
     assert checkpoint.inpaint_design({"fill": "median5", "step_floor": 0.15})["step_floor"] == 0.15
     with pytest.raises(ValueError, match="model.step_floor"):
         ModelConfig(step_floor=-0.1).validate()
+
+
+def test_core_guard_holds_back_a_galaxy_core_not_a_star_core_when_evaluated_only():
+    """With ``core_guard``, a positive asinh step is not applied where the visible pixels
+    fit a core on a broad pedestal (a galaxy's), and is where they fit a star; negative
+    steps, training, and files without the key are untouched."""
+    from crforge.errors import InputError
+
+    yy, xx = np.mgrid[:40, :40]
+    r = np.sqrt((yy - 20) ** 2 + (xx - 20) ** 2)
+    as_t = lambda a: torch.from_numpy(np.asarray(a, np.float32))[None, None]  # noqa: E731
+    star, galaxy = as_t(40.0 * np.exp(-r ** 2 / (2 * 0.9 ** 2))), as_t(10.0 * np.exp(-r / 2.0))
+    mask = torch.zeros_like(star)
+    mask[..., 19:22, 19:22] = 1
+    torch.manual_seed(0)
+    guarded = build_model("inpaint", 2, 4, head="asinh", core_guard=0.15)
+    plain = build_model("inpaint", 2, 4, head="asinh")
+    plain.load_state_dict(guarded.state_dict())
+    # fitted at each masked pixel, centred there: the galaxy's pedestal fraction is 0.33 to
+    # 0.36 a pixel off its centre (0.05 at it), the star's 0.08 to 0.13 (0.001)
+    held = mask[0, 0] > 0
+    held[20, 20] = False
+    with torch.no_grad():
+        for net in (guarded, plain):
+            net.unet.outc.bias[0] = math.atanh(1.0 / 4)  # a step of 1 (a factor of e) everywhere
+            net.eval()
+        assert torch.equal(guarded.planes(galaxy, mask)[3][0, 0] > 0, held)
+        assert not guarded.planes(star, mask)[3].any()
+        blend = guarded.base(galaxy, mask)[0, 0]
+        assert torch.allclose(guarded(galaxy, mask)[0, 0][held], blend[held])  # held back
+        assert torch.all(plain(galaxy, mask)[0, 0][held] > 2.5 * blend[held])
+        assert torch.equal(guarded(galaxy, mask)[0, 0, 20, 20], plain(galaxy, mask)[0, 0, 20, 20])
+        assert torch.equal(guarded(star, mask), plain(star, mask))  # a star's core is restored
+        for net in (guarded, plain):
+            net.unet.outc.bias[0] = math.atanh(-0.5 / 4)  # a negative step: applied
+        assert torch.equal(guarded(galaxy, mask), plain(galaxy, mask))
+        guarded.train(), plain.train()
+        assert guarded.planes(galaxy, mask)[3] is None
+        assert torch.equal(guarded(galaxy, mask), plain(galaxy, mask))
+    assert checkpoint.inpaint_design({"fill": "median5"})["core_guard"] == 0.0
+    for key, bad in (("core_guard", 1.0), ("core_guard", -0.1), ("core_guard_sigma", 0.0)):
+        with pytest.raises(InputError, match=f"model.{key}"):
+            ModelConfig(**{key: bad}).validate()
 
 
 def test_relative_loss_is_two_for_the_base_and_ignores_unmasked_pixels():

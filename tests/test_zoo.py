@@ -363,11 +363,12 @@ def test_tiled_equals_untiled(depth):
     assert seams > 1e-3 and seams > 100 * np.abs(tiled - whole).max()
 
 
-def _random_inpaint_weights(path: Path, depth: int, context: int = 0, star_fit: float = 0.0) -> Path:
+def _random_inpaint_weights(path: Path, depth: int, context: int = 0, star_fit: float = 0.0,
+                            core_guard: float = 0.0) -> Path:
     """A residual inpaint network with a non-zero correction and batch-norm statistics."""
     torch.manual_seed(depth)
     net = build_model("inpaint", depth, 4, fill="median5", head="asinh", context=context,
-                      star_fit=star_fit).eval()
+                      star_fit=star_fit, core_guard=core_guard).eval()
     with torch.no_grad():
         for m in net.modules():
             if isinstance(m, torch.nn.BatchNorm2d):
@@ -377,19 +378,20 @@ def _random_inpaint_weights(path: Path, depth: int, context: int = 0, star_fit: 
     checkpoint.write_weights(path, checkpoint.Checkpoint(
         kind="inpaint", model_config={"depth": depth, "width": 4, "batch_norm": True, "bn_momentum": 0.1,
                                       "fill": "median5", "head": "asinh", "context": context,
-                                      "star_fit": star_fit},
+                                      "star_fit": star_fit, "core_guard": core_guard},
         state_dict=net.state_dict(), normalisation={"scale": 100.0, "bunit": "ELECTRONS", "fill_ignored": True}))
     return path
 
 
-@pytest.mark.parametrize("context, star_fit, tile", [(0, 0.0, 128), (24, 0.0, 176), (0, 0.85, 128)])
-def test_inpaint_tiled_equals_untiled(context, star_fit, tile):
+@pytest.mark.parametrize("context, star_fit, core_guard, tile",
+                         [(0, 0.0, 0.0, 128), (24, 0.0, 0.0, 176), (0, 0.85, 0.0, 128), (0, 0.0, 0.15, 128)])
+def test_inpaint_tiled_equals_untiled(context, star_fit, core_guard, tile):
     """Many tiles fill a frame exactly as the network run on the whole of it (the fills,
-    the context box of ``model.context`` and the star fit of ``model.star_fit`` are
-    computed on the whole frame, so the tiles overlap by the UNet's receptive radius
-    alone); seams show without the overlap."""
+    the context box of ``model.context``, the star fit of ``model.star_fit`` and the
+    core guard are computed on the whole frame, so the tiles overlap by the UNet's
+    receptive radius alone); seams show without the overlap."""
     depth = 2
-    path = _random_inpaint_weights(Path("inp.pt"), depth, context, star_fit)
+    path = _random_inpaint_weights(Path("inp.pt"), depth, context, star_fit, core_guard)
     rng = np.random.default_rng(depth)
     img, cr = _image((241, 389), rng, n_cr=200)
     cr[100:112, 150:190] = True  # a blob wider than the 5x5 window: the fill's larger windows
@@ -412,6 +414,9 @@ def test_inpaint_tiled_equals_untiled(context, star_fit, tile):
         ref = net.eval().inpaint(x, torch.from_numpy(ccr.astype(np.float32))[None, None])[0, 0].numpy()
     tiled = deepcr_models.inpaint(crop, ccr, path, tile=tile, sky=sky)
     assert np.abs(tiled - (ref * 100.0 + sky)).max() < 1e-3
+    if core_guard:  # the guard holds some pixels back here: the case tests its plane's tiling
+        free = _random_inpaint_weights(Path("free.pt"), depth, context, star_fit)
+        assert np.abs(deepcr_models.inpaint(img, cr, free, tile=1024) - whole).max() > 1.0
 
 
 def test_clean_api_units_inpaint_and_errors(zoo):

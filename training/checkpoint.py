@@ -225,20 +225,23 @@ def _from_dict(obj: dict, path: Path) -> Checkpoint:
 
 
 def inpaint_design(model_config: dict) -> dict:
-    """``fill``, ``head``, ``context``, ``step_floor``, ``star_fit`` and ``star_fit_input`` of
-    an inpaint model's recorded architecture.
+    """``fill``, ``head``, ``context``, ``step_floor``, ``star_fit``, ``star_fit_input``,
+    ``core_guard`` and ``core_guard_sigma`` of an inpaint model's recorded architecture.
 
     Files written before a key existed lack it: a model_config without ``fill`` is of
     the first inpaint design (no base fill), one without ``head`` of the first residual
     design (the linear head), one without ``context`` has no context channel, one
     without ``step_floor`` applies every step, one without ``star_fit`` has no star-fit
-    channels, one without ``star_fit_input`` is given the fit's amplitudes.
+    channels, one without ``star_fit_input`` is given the fit's amplitudes, one without
+    ``core_guard`` has no guard.
     """
     return {"fill": str(model_config.get("fill", "none")), "head": str(model_config.get("head", "linear")),
             "context": int(model_config.get("context", 0)),
             "step_floor": float(model_config.get("step_floor", 0.0)),
             "star_fit": float(model_config.get("star_fit", 0.0)),
-            "star_fit_input": str(model_config.get("star_fit_input", "amplitudes"))}
+            "star_fit_input": str(model_config.get("star_fit_input", "amplitudes")),
+            "core_guard": float(model_config.get("core_guard", 0.0)),
+            "core_guard_sigma": float(model_config.get("core_guard_sigma", 0.85))}
 
 
 def build_model(checkpoint: Checkpoint, *, device: str | torch.device = "cpu") -> nn.Module:

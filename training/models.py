@@ -23,7 +23,8 @@ of the first level (doubled at every level down), so the paper's models are
   can restore a star's core hidden under a mask; ``head='linear'`` (the first residual
   design) bounds it by where the two fills disagree; ``head='both'`` adds that bounded
   correction after the asinh one, for the pixels where a factor is too coarse. When
-  the network is evaluated, asinh steps under ``step_floor`` are not applied. With
+  the network is evaluated, asinh steps under ``step_floor`` are not applied, nor, with
+  ``core_guard``, positive ones where the visible pixels fit a galaxy's core. With
   ``fill='none'`` (crforge's first inpaint models) the masked pixels are zeroed and
   the UNet's output is the prediction itself.
 """
@@ -182,6 +183,11 @@ class InpaintNet(nn.Module):
     star_fit_input : {'amplitudes', 'fraction'}
         What of that fit the UNet sees: its two amplitudes (two channels) or the
         pedestal's fraction of the fitted light (one; ``ModelConfig.star_fit_input``).
+    core_guard, core_guard_sigma : float
+        In eval mode, where a point source of sigma ``core_guard_sigma`` fitted with a
+        pedestal to the visible pixels around a masked pixel puts more than
+        ``core_guard`` of the light in the pedestal, positive asinh steps are not applied
+        (:meth:`step`, ``ModelConfig.core_guard``). 0 = off.
     """
 
     kind = "inpaint"
@@ -200,7 +206,9 @@ class InpaintNet(nn.Module):
                  head: str = ModelConfig.head, context: int = ModelConfig.context,
                  step_floor: float = ModelConfig.step_floor,
                  star_fit: float = ModelConfig.star_fit,
-                 star_fit_input: str = ModelConfig.star_fit_input) -> None:
+                 star_fit_input: str = ModelConfig.star_fit_input,
+                 core_guard: float = ModelConfig.core_guard,
+                 core_guard_sigma: float = ModelConfig.core_guard_sigma) -> None:
         super().__init__()
         if fill not in INPAINT_FILLS:
             raise InputError(f"fill={fill!r}: expected one of {INPAINT_FILLS}")
@@ -219,6 +227,8 @@ class InpaintNet(nn.Module):
         self.step_floor = float(step_floor)
         self.star_fit = float(star_fit)
         self.star_fit_input = star_fit_input
+        self.core_guard = float(core_guard)
+        self.core_guard_sigma = float(core_guard_sigma)
         # residual: the median-filled image, its harmonic smoothing and the mask in; out a
         # correction and the weight of the harmonic smoothing against the median (and for
         # head='both' a second correction)
@@ -254,17 +264,19 @@ class InpaintNet(nn.Module):
             the network sees them, so that whatever they held (a CR) cannot leak
             into the prediction.
         """
-        inputs, base, smooth = self.planes(image, mask)
-        return self.correct(self.unet(inputs), base, smooth)
+        inputs, base, smooth, guard = self.planes(image, mask)
+        return self.correct(self.unet(inputs), base, smooth, guard)
 
     def planes(self, image: torch.Tensor, mask: torch.Tensor
-               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The UNet's input ``[B, C, H, W]``, the base fill and its harmonic smoothing.
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """The UNet's input ``[B, C, H, W]``, the base fill, its harmonic smoothing and the
+        core guard (1 where it holds the asinh step back; ``None`` when off or training).
 
         Everything here that looks beyond the UNet's receptive field (the fills, the
-        context box) is in these planes, so a full frame can be prepared whole and only
-        the UNet and :meth:`correct` run tile by tile (:mod:`crforge.deepcr_models.inference`).
-        For ``fill='none'`` the smoothing is the base (the masked pixels zeroed).
+        context box, the star fits) is in these planes, so a full frame can be prepared
+        whole and only the UNet and :meth:`correct` run tile by tile
+        (:mod:`crforge.deepcr_models.inference`). For ``fill='none'`` the smoothing is
+        the base (the masked pixels zeroed).
         """
         if image.shape != mask.shape:
             raise InputError(f"mask: shape {tuple(mask.shape)} differs from image "
@@ -272,7 +284,7 @@ class InpaintNet(nn.Module):
         mask = mask.to(image.dtype)
         base = self.base(image, mask)
         if self.fill == "none":
-            return torch.cat([base, mask], dim=1), base, base
+            return torch.cat([base, mask], dim=1), base, base, None
         from crforge.training.torchfill import harmonic_fill
 
         smooth = harmonic_fill(base, mask)
@@ -290,18 +302,32 @@ class InpaintNet(nn.Module):
             a, b = star_fit(image, mask, self.star_fit)
             if self.star_fit_input == "amplitudes":
                 inputs += [torch.asinh(a / k).to(a_base.dtype), torch.asinh(b / k).to(a_base.dtype)]
-            else:  # softened by k: on empty sky both amplitudes are noise
-                inputs.append((b / (a.abs() + b.abs() + k)).to(a_base.dtype))
-        return torch.cat(inputs, dim=1), base, smooth
+            else:
+                inputs.append(pedestal_fraction(a, b, k).to(a_base.dtype))
+        guard = None
+        if self.core_guard and self.head != "linear" and not self.training:
+            guard = (self.pedestal(image, mask) > self.core_guard).to(base.dtype)
+        return torch.cat(inputs, dim=1), base, smooth, guard
 
-    def step(self, out: torch.Tensor) -> torch.Tensor:
+    def pedestal(self, image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """The pedestal's fraction of the light the core guard fits at each masked pixel.
+
+        :func:`pedestal_fraction` of :func:`star_fit` with sigma ``core_guard_sigma``;
+        :meth:`planes` holds the asinh step back where it exceeds ``core_guard``.
+        """
+        return pedestal_fraction(*star_fit(image, mask, self.core_guard_sigma), self.INPUT_SOFTENING)
+
+    def step(self, out: torch.Tensor, guard: torch.Tensor | None = None) -> torch.Tensor:
         """The asinh step (asinh units, float32) of the UNet's output ``out``.
 
         Zeros where the design has none (``head='linear'``, ``fill='none'``). In eval
         mode, steps smaller than ``step_floor`` are not applied: the trained network's
         small steps on bright pixels are a jitter of a few per cent over a galaxy's core
         that costs isolated objects their photometry (docs/training.md). Not while
-        training: the step starts at zero and could not grow out of a floor.
+        training: the step starts at zero and could not grow out of a floor. Where
+        ``guard`` (:meth:`planes`) is 1, no positive step is applied: the visible pixels
+        fit a core on a broad pedestal, a galaxy's, whose hidden pixels the network
+        would otherwise brighten as a star's.
         """
         if self.fill == "none" or self.head == "linear":
             return torch.zeros_like(out[:, :1], dtype=torch.float32)
@@ -309,10 +335,13 @@ class InpaintNet(nn.Module):
         step = self.ASINH_RANGE * torch.tanh(out[:, :1].float())
         if self.step_floor and not self.training:
             step = torch.where(step.abs() < self.step_floor, torch.zeros_like(step), step)
+        if guard is not None and not self.training:
+            step = torch.where(guard > 0, step.clamp(max=0), step)
         return step
 
-    def correct(self, out: torch.Tensor, base: torch.Tensor, smooth: torch.Tensor) -> torch.Tensor:
-        """The prediction from the UNet's output and the two fills (pixel by pixel)."""
+    def correct(self, out: torch.Tensor, base: torch.Tensor, smooth: torch.Tensor,
+                guard: torch.Tensor | None = None) -> torch.Tensor:
+        """The prediction from the UNet's output, the two fills and the core guard (pixel by pixel)."""
         if self.fill == "none":
             return out
         k = self.INPUT_SOFTENING
@@ -328,7 +357,7 @@ class InpaintNet(nn.Module):
         # brighter than both fills (the linear head's bound held back 90% of its error)
         out = out.float()
         blend = base + torch.tanh(out[:, 1:2]) * diff
-        step = self.step(out)
+        step = self.step(out, guard)
         # k sinh(asinh(blend / k) + step), expanded: exactly the blend at step 0
         pred = blend * torch.cosh(step) + torch.hypot(blend, torch.full_like(blend, k)) * torch.sinh(step)
         if self.head == "both":
@@ -408,13 +437,24 @@ def star_fit(image: torch.Tensor, mask: torch.Tensor, sigma: float,
     return out_a, out_b
 
 
+def pedestal_fraction(a: torch.Tensor, b: torch.Tensor, softening: float) -> torch.Tensor:
+    """``b / (|a| + |b| + softening)``: the pedestal's share of :func:`star_fit`'s light.
+
+    Near 0 for a star (its pedestal is the sky), a fifth or more for a galaxy's core;
+    ``softening`` (the sky noise) keeps empty sky, where both amplitudes are noise, near 0.
+    """
+    return b / (a.abs() + b.abs() + softening)
+
+
 def build_model(kind: Literal["mask", "inpaint"], depth: int = 2, width: int = 32,
                 batch_norm: bool = True, bn_momentum: float = 0.1, *,
                 fill: str = ModelConfig.fill, head: str = ModelConfig.head,
                 context: int = ModelConfig.context,
                 step_floor: float = ModelConfig.step_floor,
                 star_fit: float = ModelConfig.star_fit,
-                star_fit_input: str = ModelConfig.star_fit_input) -> MaskNet | InpaintNet:
+                star_fit_input: str = ModelConfig.star_fit_input,
+                core_guard: float = ModelConfig.core_guard,
+                core_guard_sigma: float = ModelConfig.core_guard_sigma) -> MaskNet | InpaintNet:
     """Build a mask or inpaint network.
 
     Parameters
@@ -438,6 +478,9 @@ def build_model(kind: Literal["mask", "inpaint"], depth: int = 2, width: int = 3
         for ``mask``.
     star_fit_input : {'amplitudes', 'fraction'}
         What the residual inpaint network sees of the star fit; ignored for ``mask``.
+    core_guard, core_guard_sigma : float
+        The residual inpaint network's core guard (eval mode only; 0: off); ignored for
+        ``mask``.
 
     Returns
     -------
@@ -449,7 +492,8 @@ def build_model(kind: Literal["mask", "inpaint"], depth: int = 2, width: int = 3
         return MaskNet(depth, width, batch_norm, bn_momentum)
     if kind == "inpaint":
         return InpaintNet(depth, width, batch_norm, bn_momentum, fill=fill, head=head, context=context,
-                          step_floor=step_floor, star_fit=star_fit, star_fit_input=star_fit_input)
+                          step_floor=step_floor, star_fit=star_fit, star_fit_input=star_fit_input,
+                          core_guard=core_guard, core_guard_sigma=core_guard_sigma)
     raise InputError(f"kind={kind!r}: expected one of {KINDS}")
 
 

@@ -725,7 +725,7 @@ def _initial_weights(model: nn.Module, init: str | os.PathLike, cfg: TrainConfig
         return
     src = checkpoint.read(init)
     mc = cfg.model
-    # what the weights fit (not step_floor, an inference setting)
+    # what the weights fit (not step_floor or core_guard, inference settings)
     design = ("fill", "head", "context", "star_fit", "star_fit_input")
     if src.kind != cfg.kind or any(src.model_config[k] != getattr(mc, k) for k in ("depth", "width", "batch_norm")) \
             or (cfg.kind == "inpaint" and any(checkpoint.inpaint_design(src.model_config)[k] != getattr(mc, k)
@@ -770,7 +770,8 @@ def _new_model(cfg: TrainConfig, device: torch.device, init: str | os.PathLike |
     mc = cfg.model
     model = build_model(cfg.kind, mc.depth, mc.width, mc.batch_norm, mc.bn_momentum, fill=mc.fill,
                         head=mc.head, context=mc.context, step_floor=mc.step_floor,
-                        star_fit=mc.star_fit, star_fit_input=mc.star_fit_input)
+                        star_fit=mc.star_fit, star_fit_input=mc.star_fit_input,
+                        core_guard=mc.core_guard, core_guard_sigma=mc.core_guard_sigma)
     if init is not None:
         _initial_weights(model, init, cfg)
     model.to(device)
