@@ -249,14 +249,16 @@ def test_step_floor_drops_small_asinh_steps_when_evaluated_only():
 
 def test_core_guard_holds_back_a_galaxy_core_not_a_star_core_when_evaluated_only():
     """With ``core_guard``, a positive asinh step is not applied where the visible pixels
-    fit a core on a broad pedestal (a galaxy's), and is where they fit a star; negative
-    steps, training, and files without the key are untouched."""
+    fit a core on a broad pedestal (a galaxy's), and is where they fit a star, on empty
+    sky or on a galaxy's diffuse light; negative steps, training, and files without the
+    key are untouched."""
     from crforge.errors import InputError
 
     yy, xx = np.mgrid[:40, :40]
     r = np.sqrt((yy - 20) ** 2 + (xx - 20) ** 2)
     as_t = lambda a: torch.from_numpy(np.asarray(a, np.float32))[None, None]  # noqa: E731
     star, galaxy = as_t(40.0 * np.exp(-r ** 2 / (2 * 0.9 ** 2))), as_t(10.0 * np.exp(-r / 2.0))
+    on_light = star + as_t(3.0 + 0.05 * xx)  # the star on a galaxy's diffuse light, a gradient
     mask = torch.zeros_like(star)
     mask[..., 19:22, 19:22] = 1
     torch.manual_seed(0)
@@ -272,12 +274,13 @@ def test_core_guard_holds_back_a_galaxy_core_not_a_star_core_when_evaluated_only
             net.unet.outc.bias[0] = math.atanh(1.0 / 4)  # a step of 1 (a factor of e) everywhere
             net.eval()
         assert torch.equal(guarded.planes(galaxy, mask)[3][0, 0] > 0, held)
-        assert not guarded.planes(star, mask)[3].any()
+        assert not guarded.planes(star, mask)[3].any() and not guarded.planes(on_light, mask)[3].any()
         blend = guarded.base(galaxy, mask)[0, 0]
         assert torch.allclose(guarded(galaxy, mask)[0, 0][held], blend[held])  # held back
         assert torch.all(plain(galaxy, mask)[0, 0][held] > 2.5 * blend[held])
         assert torch.equal(guarded(galaxy, mask)[0, 0, 20, 20], plain(galaxy, mask)[0, 0, 20, 20])
-        assert torch.equal(guarded(star, mask), plain(star, mask))  # a star's core is restored
+        for image in (star, on_light):  # a star's core is restored
+            assert torch.equal(guarded(image, mask), plain(image, mask))
         for net in (guarded, plain):
             net.unet.outc.bias[0] = math.atanh(-0.5 / 4)  # a negative step: applied
         assert torch.equal(guarded(galaxy, mask), plain(galaxy, mask))

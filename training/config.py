@@ -119,12 +119,14 @@ class ModelConfig:
         inference setting like ``step_floor``): where a point source fitted with a
         pedestal to the visible pixels around a masked pixel (as ``star_fit``, sigma
         ``core_guard_sigma``) puts more than this fraction of the light in the pedestal,
-        ``b / (|a| + |b| + 0.1)``, no positive asinh step is applied. Such pixels are
-        beside a galaxy's core, which the network can fill as a hidden star's, up to
-        twice the visible peak; a star's pedestal is 1-2% of its light. 0 = off (the
-        default: with the asinh head alone, on the validation split, it cost the
-        ``make train`` model's extragalactic photometry). The shipped model runs with
-        0.05, chosen on the validation split (docs/training.md).
+        measured above the visible pixels 4 to 10 pixels away
+        (:meth:`crforge.training.models.InpaintNet.pedestal`), no positive asinh step is
+        applied. Such pixels are beside a compact galaxy's core, which the network can
+        fill as a hidden star's, up to twice the visible peak; a star's pedestal is
+        1-2% of its light, on empty sky or on diffuse light. 0 = off (the default: with
+        the asinh head alone the small positive steps are fine corrections it would
+        hold back). The shipped model runs with 0.15, chosen on the validation split
+        (docs/training.md).
     core_guard_sigma : float
         The sigma (pixels) of the point source ``core_guard`` fits: ACS/WFC's core.
     """

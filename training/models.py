@@ -186,8 +186,9 @@ class InpaintNet(nn.Module):
     core_guard, core_guard_sigma : float
         In eval mode, where a point source of sigma ``core_guard_sigma`` fitted with a
         pedestal to the visible pixels around a masked pixel puts more than
-        ``core_guard`` of the light in the pedestal, positive asinh steps are not applied
-        (:meth:`step`, ``ModelConfig.core_guard``). 0 = off.
+        ``core_guard`` of the light in a pedestal above its surroundings
+        (:meth:`pedestal`), positive asinh steps are not applied (:meth:`step`,
+        ``ModelConfig.core_guard``). 0 = off.
     """
 
     kind = "inpaint"
@@ -312,10 +313,15 @@ class InpaintNet(nn.Module):
     def pedestal(self, image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """The pedestal's fraction of the light the core guard fits at each masked pixel.
 
-        :func:`pedestal_fraction` of :func:`star_fit` with sigma ``core_guard_sigma``;
-        :meth:`planes` holds the asinh step back where it exceeds ``core_guard``.
+        :func:`pedestal_fraction` of :func:`star_fit` with sigma ``core_guard_sigma``, the
+        pedestal measured above the mean of the visible pixels in a ring beyond the
+        fitted window (:func:`ring_mean`): a star on a galaxy's diffuse light has no
+        pedestal of its own, a compact galaxy's core does. :meth:`planes` holds the
+        asinh step back where it exceeds ``core_guard``.
         """
-        return pedestal_fraction(*star_fit(image, mask, self.core_guard_sigma), self.INPUT_SOFTENING)
+        a, b = star_fit(image, mask, self.core_guard_sigma)
+        background = ring_mean(image, mask, STAR_FIT_RADIUS, GUARD_RING_RADIUS)
+        return pedestal_fraction(a, (b - background) * (mask > 0), self.INPUT_SOFTENING)
 
     def step(self, out: torch.Tensor, guard: torch.Tensor | None = None) -> torch.Tensor:
         """The asinh step (asinh units, float32) of the UNet's output ``out``.
@@ -387,6 +393,26 @@ def _box_mean(x: torch.Tensor, half: int) -> torch.Tensor:
 
 #: Half-width (pixels) of the window :func:`star_fit` fits.
 STAR_FIT_RADIUS = 3
+#: Outer half-width (pixels) of the ring whose mean the core guard's pedestal is measured above.
+GUARD_RING_RADIUS = 10
+
+
+def _box_sum(x: torch.Tensor, half: int) -> torch.Tensor:
+    """The sum of ``x`` over a ``2 * half + 1`` box around each pixel (zero beyond the image)."""
+    n = 2 * half + 1
+    x = F.avg_pool2d(x, (1, n), stride=1, padding=(0, half), count_include_pad=True) * n
+    return F.avg_pool2d(x, (n, 1), stride=1, padding=(half, 0), count_include_pad=True) * n
+
+
+def ring_mean(image: torch.Tensor, mask: torch.Tensor, inner: int, outer: int) -> torch.Tensor:
+    """The mean of the unmasked pixels of ``image`` beyond ``inner`` and within ``outer``
+    pixels (square boxes) of each pixel; 0 where the ring has none. Float32, no gradient."""
+    with torch.no_grad(), torch.autocast(image.device.type, enabled=False):
+        vis = 1 - mask.float()
+        seen = image.float() * vis
+        total = _box_sum(seen, outer) - _box_sum(seen, inner)
+        count = _box_sum(vis, outer) - _box_sum(vis, inner)
+        return torch.where(count > 0.5, total / count.clamp_min(1), torch.zeros_like(total))
 
 
 def star_fit(image: torch.Tensor, mask: torch.Tensor, sigma: float,
