@@ -397,22 +397,35 @@ STAR_FIT_RADIUS = 3
 GUARD_RING_RADIUS = 10
 
 
-def _box_sum(x: torch.Tensor, half: int) -> torch.Tensor:
-    """The sum of ``x`` over a ``2 * half + 1`` box around each pixel (zero beyond the image)."""
-    n = 2 * half + 1
-    x = F.avg_pool2d(x, (1, n), stride=1, padding=(0, half), count_include_pad=True) * n
-    return F.avg_pool2d(x, (n, 1), stride=1, padding=(half, 0), count_include_pad=True) * n
-
-
-def ring_mean(image: torch.Tensor, mask: torch.Tensor, inner: int, outer: int) -> torch.Tensor:
+def ring_mean(image: torch.Tensor, mask: torch.Tensor, inner: int, outer: int,
+              at: torch.Tensor | None = None) -> torch.Tensor:
     """The mean of the unmasked pixels of ``image`` beyond ``inner`` and within ``outer``
-    pixels (square boxes) of each pixel; 0 where the ring has none. Float32, no gradient."""
-    with torch.no_grad(), torch.autocast(image.device.type, enabled=False):
-        vis = 1 - mask.float()
-        seen = image.float() * vis
-        total = _box_sum(seen, outer) - _box_sum(seen, inner)
-        count = _box_sum(vis, outer) - _box_sum(vis, inner)
-        return torch.where(count > 0.5, total / count.clamp_min(1), torch.zeros_like(total))
+    pixels (square boxes) of each pixel of ``at`` (default: the masked pixels).
+
+    Row prefix sums (float64) and two lookups per row of a box, at those pixels only:
+    the masked pixels of a chip cost a few tens of milliseconds, where box filters over
+    the whole chip took 0.65 s. 0 elsewhere, and where the ring holds no unmasked pixel.
+    Float32 ``[B, 1, H, W]``, no gradient.
+    """
+    _, _, h, w = image.shape
+    with torch.no_grad():
+        vis = 1 - mask[:, 0].double()
+        rows = [F.pad(v.cumsum(2), (1, 0)) for v in (image[:, 0].double() * vis, vis)]  # [B, H, W + 1]
+        b, y, x = (u[:, None] for u in torch.nonzero((mask if at is None else at)[:, 0] > 0, as_tuple=True))
+
+        def box(r: int) -> list[torch.Tensor]:
+            ys = y + torch.arange(-r, r + 1, device=image.device)  # [N, 2r + 1]
+            inside = (ys >= 0) & (ys < h)
+            start = (b * h + ys.clamp(0, h - 1)) * (w + 1)  # flat indices: one gather each
+            x0, x1 = start + (x - r).clamp(0, w), start + (x + r + 1).clamp(0, w)
+            return [((t.reshape(-1)[x1] - t.reshape(-1)[x0]) * inside).sum(1) for t in rows]
+
+        (s_out, n_out), (s_in, n_in) = box(outer), box(inner)
+        total, n = s_out - s_in, n_out - n_in
+        out = torch.zeros_like(image[:, :1], dtype=torch.float32)
+        out[b[:, 0], 0, y[:, 0], x[:, 0]] = torch.where(n > 0.5, total / n.clamp_min(1),
+                                                        torch.zeros_like(total)).float()
+    return out
 
 
 def star_fit(image: torch.Tensor, mask: torch.Tensor, sigma: float,
