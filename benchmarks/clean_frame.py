@@ -20,7 +20,7 @@ to ``--threads`` threads (torch threads and ``OMP_NUM_THREADS``/``MKL_NUM_THREAD
   design's correction (``head='linear'``); ``crforge-inpaint-d3``: a depth-3 residual
   network (``train.model.depth = 3``); ``crforge-inpaint-starfit``: with the star-fit
   channels (``train.model.star_fit = 0.85``); ``crforge-inpaint-guard``: with the core
-  guard (``train.model.core_guard = 0.15``); ``crforge-inpaint-legacy``: with crforge's
+  guard (``train.model.core_guard = 0.03``); ``crforge-inpaint-legacy``: with crforge's
   first, non-residual inpaint design (``fill='none'``), for the speed before and after.
   Random weights of the architecture (the time does not depend on them); the two
   fills are compared at the end.
@@ -59,7 +59,7 @@ sys.path.insert(0, str(ROOT))
 #: The inpaint methods: how each one's network differs from ``crforge-inpaint``'s.
 INPAINT_VARIANTS = {"crforge-inpaint": {}, "crforge-inpaint-linear": {"head": "linear"},
                     "crforge-inpaint-d3": {"depth": 3}, "crforge-inpaint-starfit": {"star_fit": 0.85},
-                    "crforge-inpaint-guard": {"core_guard": 0.15}, "crforge-inpaint-legacy": {"fill": "none"}}
+                    "crforge-inpaint-guard": {"core_guard": 0.03}, "crforge-inpaint-legacy": {"fill": "none"}}
 METHODS = ("crforge", "crforge-bf16", "crforge-2-4", *INPAINT_VARIANTS, "deepcr",
            "astroscrappy")
 

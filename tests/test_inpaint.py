@@ -262,13 +262,14 @@ def test_core_guard_holds_back_a_galaxy_core_not_a_star_core_when_evaluated_only
     mask = torch.zeros_like(star)
     mask[..., 19:22, 19:22] = 1
     torch.manual_seed(0)
-    guarded = build_model("inpaint", 2, 4, head="asinh", core_guard=0.15)
+    guarded = build_model("inpaint", 2, 4, head="asinh", core_guard=0.03)
     plain = build_model("inpaint", 2, 4, head="asinh")
     plain.load_state_dict(guarded.state_dict())
-    # fitted at each masked pixel, centred there: the galaxy's pedestal fraction is 0.33 to
-    # 0.36 a pixel off its centre (0.05 at it), the star's 0.08 to 0.13 (0.001)
+    # the smallest fraction of the fits centred on a masked pixel and its neighbours: the
+    # galaxy's is 0.046 at every pixel of its hidden core (fitted centred on each pixel
+    # alone, 0.05 at its peak), the star's 0.001 (0.08 to 0.13 a pixel off its peak)
     held = mask[0, 0] > 0
-    held[20, 20] = False
+    assert torch.allclose(guarded.pedestal(galaxy, mask)[0, 0][held], torch.tensor(0.046), atol=0.002)
     with torch.no_grad():
         for net in (guarded, plain):
             net.unet.outc.bias[0] = math.atanh(1.0 / 4)  # a step of 1 (a factor of e) everywhere
@@ -278,7 +279,6 @@ def test_core_guard_holds_back_a_galaxy_core_not_a_star_core_when_evaluated_only
         blend = guarded.base(galaxy, mask)[0, 0]
         assert torch.allclose(guarded(galaxy, mask)[0, 0][held], blend[held])  # held back
         assert torch.all(plain(galaxy, mask)[0, 0][held] > 2.5 * blend[held])
-        assert torch.equal(guarded(galaxy, mask)[0, 0, 20, 20], plain(galaxy, mask)[0, 0, 20, 20])
         for image in (star, on_light):  # a star's core is restored
             assert torch.equal(guarded(image, mask), plain(image, mask))
         for net in (guarded, plain):

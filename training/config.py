@@ -118,14 +118,15 @@ class ModelConfig:
         Residual inpaint network, asinh step only, when the network is evaluated (an
         inference setting like ``step_floor``): where a point source fitted with a
         pedestal to the visible pixels around a masked pixel (as ``star_fit``, sigma
-        ``core_guard_sigma``) puts more than this fraction of the light in the pedestal,
+        ``core_guard_sigma``; centred on the pixel and on each of its 8 neighbours, the
+        smallest kept) puts more than this fraction of the light in the pedestal,
         measured above the visible pixels 4 to 10 pixels away
         (:meth:`crforge.training.models.InpaintNet.pedestal`), no positive asinh step is
-        applied. Such pixels are beside a compact galaxy's core, which the network can
-        fill as a hidden star's, up to twice the visible peak; a star's pedestal is
-        1-2% of its light, on empty sky or on diffuse light. 0 = off (the default: with
-        the asinh head alone the small positive steps are fine corrections it would
-        hold back). The shipped model runs with 0.15, chosen on the validation split
+        applied. Such pixels are in a compact galaxy's core, which the network can fill
+        as a hidden star's, up to twice the visible peak; a star's core reads about
+        0.001, on empty sky or on diffuse light. 0 = off (the default: with the asinh
+        head alone the small positive steps are fine corrections it would hold back).
+        The shipped model runs with 0.03, chosen on the validation split
         (docs/training.md).
     core_guard_sigma : float
         The sigma (pixels) of the point source ``core_guard`` fits: ACS/WFC's core.

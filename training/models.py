@@ -316,12 +316,22 @@ class InpaintNet(nn.Module):
         :func:`pedestal_fraction` of :func:`star_fit` with sigma ``core_guard_sigma``, the
         pedestal measured above the mean of the visible pixels in a ring beyond the
         fitted window (:func:`ring_mean`): a star on a galaxy's diffuse light has no
-        pedestal of its own, a compact galaxy's core does. :meth:`planes` holds the
-        asinh step back where it exceeds ``core_guard``.
+        pedestal of its own, a compact galaxy's core does. The smallest of the fractions
+        of the fits centred on the pixel and its 8 neighbours, so that every pixel of a
+        star's core reads the fit centred on its peak. :meth:`planes` holds the asinh
+        step back where it exceeds ``core_guard``.
         """
-        a, b = star_fit(image, mask, self.core_guard_sigma)
-        background = ring_mean(image, mask, STAR_FIT_RADIUS, GUARD_RING_RADIUS)
-        return pedestal_fraction(a, (b - background) * (mask > 0), self.INPUT_SOFTENING)
+        # fitted centred on each masked pixel and its 8 neighbours, the smallest fraction
+        # kept: a star's core pixels then read the fit centred on its peak (0.001; a pixel
+        # off it 0.08 to 0.13), a galaxy's peak pixel the fits beside it too
+        near = F.max_pool2d(mask.float(), 3, stride=1, padding=1) > 0
+        a, b = star_fit(image, mask, self.core_guard_sigma, at=near)
+        background = ring_mean(image, mask, STAR_FIT_RADIUS, GUARD_RING_RADIUS, at=near)
+        fitted = near & ((a != 0) | (b != 0))
+        fraction = torch.where(fitted, pedestal_fraction(a, b - background, self.INPUT_SOFTENING),
+                               torch.full_like(a, math.inf))
+        low = -F.max_pool2d(-fraction, 3, stride=1, padding=1)
+        return torch.where((mask > 0) & torch.isfinite(low), low, torch.zeros_like(low))
 
     def step(self, out: torch.Tensor, guard: torch.Tensor | None = None) -> torch.Tensor:
         """The asinh step (asinh units, float32) of the UNet's output ``out``.
@@ -429,8 +439,10 @@ def ring_mean(image: torch.Tensor, mask: torch.Tensor, inner: int, outer: int,
 
 
 def star_fit(image: torch.Tensor, mask: torch.Tensor, sigma: float,
-             radius: int = STAR_FIT_RADIUS) -> tuple[torch.Tensor, torch.Tensor]:
-    """Point source plus pedestal fitted to the visible pixels around each masked pixel.
+             radius: int = STAR_FIT_RADIUS, at: torch.Tensor | None = None
+             ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Point source plus pedestal fitted to the visible pixels around each masked pixel
+    (or each pixel of ``at``).
 
     At each masked pixel, the least-squares fit of ``a * exp(-r^2 / (2 sigma^2)) + b``
     (``r``: the distance to that pixel) to the unmasked pixels of the ``2 * radius + 1``
@@ -446,7 +458,7 @@ def star_fit(image: torch.Tensor, mask: torch.Tensor, sigma: float,
     Returns
     -------
     a, b : torch.Tensor
-        ``[B, 1, H, W]``, 0 at unmasked pixels and where fewer than ``2 * radius + 2``
+        ``[B, 1, H, W]``, 0 at the pixels not fitted and where fewer than ``2 * radius + 2``
         pixels of the window are visible (pixels beyond the image are not).
     """
     n, _, h, w = image.shape
@@ -454,7 +466,7 @@ def star_fit(image: torch.Tensor, mask: torch.Tensor, sigma: float,
         pad = (radius,) * 4
         d = F.pad(image.float(), pad)[:, 0]
         vis = F.pad(1 - mask.float(), pad)[:, 0]
-        under = mask[:, 0] > 0
+        under = (mask if at is None else at)[:, 0] > 0
         b_i, y_i, x_i = torch.nonzero(under, as_tuple=True)
         t = torch.arange(-radius, radius + 1, device=image.device)
         dy, dx = (u.reshape(1, -1) for u in torch.meshgrid(t, t, indexing="ij"))
