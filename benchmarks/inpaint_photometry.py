@@ -11,7 +11,7 @@ so does ``--core-guard`` (``model.core_guard``; every floor with every guard).
     .venv/bin/python benchmarks/inpaint_photometry.py --data work/synthetic-acs-wfc.h5 \\
         --model synthetic-acs-wfc --split val --floor 0 0.1 0.15 0.2 0.3 0.5
     .venv/bin/python benchmarks/inpaint_photometry.py --data work/synthetic-acs-wfc.h5 \\
-        --model synthetic-acs-wfc --split val --core-guard 0 0.05 0.1 0.15 0.2 0.25
+        --model synthetic-acs-wfc --split val --core-guard 0 0.02 0.03 0.05 0.08 0.1 0.15
 
 A ``--model`` is a zoo name (its inpaint model) or a checkpoint or weights file. Without
 ``--floor`` (``--core-guard``) each model runs with its own. Biharmonic, the best classical fill of
