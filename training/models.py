@@ -185,7 +185,8 @@ class InpaintNet(nn.Module):
         pedestal's fraction of the fitted light (one; ``ModelConfig.star_fit_input``).
     core_guard, core_guard_sigma : float
         In eval mode, where a point source of sigma ``core_guard_sigma`` fitted with a
-        pedestal to the visible pixels around a masked pixel puts more than
+        pedestal to the visible pixels around a masked pixel (and around each of its
+        neighbours, the smallest kept) puts more than
         ``core_guard`` of the light in a pedestal above its surroundings
         (:meth:`pedestal`), positive asinh steps are not applied (:meth:`step`,
         ``ModelConfig.core_guard``). 0 = off.
@@ -321,13 +322,10 @@ class InpaintNet(nn.Module):
         star's core reads the fit centred on its peak. :meth:`planes` holds the asinh
         step back where it exceeds ``core_guard``.
         """
-        # fitted centred on each masked pixel and its 8 neighbours, the smallest fraction
-        # kept: a star's core pixels then read the fit centred on its peak (0.001; a pixel
-        # off it 0.08 to 0.13), a galaxy's peak pixel the fits beside it too
         near = F.max_pool2d(mask.float(), 3, stride=1, padding=1) > 0
         a, b = star_fit(image, mask, self.core_guard_sigma, at=near)
         background = ring_mean(image, mask, STAR_FIT_RADIUS, GUARD_RING_RADIUS, at=near)
-        fitted = near & ((a != 0) | (b != 0))
+        fitted = near & ((a != 0) | (b != 0))  # star_fit gives 0, 0 where it cannot fit
         fraction = torch.where(fitted, pedestal_fraction(a, b - background, self.INPUT_SOFTENING),
                                torch.full_like(a, math.inf))
         low = -F.max_pool2d(-fraction, 3, stride=1, padding=1)
@@ -444,16 +442,16 @@ def star_fit(image: torch.Tensor, mask: torch.Tensor, sigma: float,
     """Point source plus pedestal fitted to the visible pixels around each masked pixel
     (or each pixel of ``at``).
 
-    At each masked pixel, the least-squares fit of ``a * exp(-r^2 / (2 sigma^2)) + b``
+    At each masked pixel (of ``at``), the least-squares fit of ``a * exp(-r^2 / (2 sigma^2)) + b``
     (``r``: the distance to that pixel) to the unmasked pixels of the ``2 * radius + 1``
     window around it. A star's light is nearly all ``a`` (its pedestal is the sky); a
     galaxy's core sits on a broad pedestal ``b`` (a fifth of its peak in the median on
     the simulated extragalactic fields). The UNet alone does not tell the two apart well
     enough: it restores a star's core under a mask beside a galaxy's visible peak
-    (docs/training.md). Only the masked pixels are fitted (their windows gathered,
-    float32, no gradient): that is where the network decides, and it keeps a full
-    chip's cost small. The window is part of a trained model's design: changing
-    ``radius`` changes what its weights see.
+    (docs/training.md). Only the masked pixels (those of ``at``: the core guard's also
+    their neighbours) are fitted, their windows gathered (float32, no gradient): that
+    is where the network decides, and it keeps a full chip's cost small. The window is
+    part of a trained model's design: changing ``radius`` changes what its weights see.
 
     Returns
     -------
@@ -491,8 +489,9 @@ def star_fit(image: torch.Tensor, mask: torch.Tensor, sigma: float,
 def pedestal_fraction(a: torch.Tensor, b: torch.Tensor, softening: float) -> torch.Tensor:
     """``b / (|a| + |b| + softening)``: the pedestal's share of :func:`star_fit`'s light.
 
-    Near 0 for a star (its pedestal is the sky), a fifth or more for a galaxy's core;
-    ``softening`` (the sky noise) keeps empty sky, where both amplitudes are noise, near 0.
+    Near 0 for a star (its pedestal is the sky), larger for a galaxy's core (a fifth on
+    the simulated extragalactic fields, with ``b`` measured from zero); ``softening``
+    (the sky noise) keeps empty sky, where both amplitudes are noise, near 0.
     """
     return b / (a.abs() + b.abs() + softening)
 
