@@ -14,16 +14,19 @@ to ``--threads`` threads (torch threads and ``OMP_NUM_THREADS``/``MKL_NUM_THREAD
 - ``crforge-bf16``: the 2-32 model with ``precision='bfloat16'`` (CPU autocast), with the
   fraction of pixels whose mask differs from float32.
 - ``crforge-inpaint``: ``clean(image, mask_model, inpaint_model)``, the 2-32 mask model
-  and a 2-32 residual inpaint network (masked-median base, ``fill='median5'``: its tiles
-  overlap by the fill's reach too); ``inpaint_s`` is the inpainting alone (the same
-  call given the mask). ``crforge-inpaint-linear``: the same with the first residual
-  design's correction (``head='linear'``); ``crforge-inpaint-d3``: a depth-3 residual
-  network (``train.model.depth = 3``); ``crforge-inpaint-starfit``: with the star-fit
-  channels (``train.model.star_fit = 0.85``); ``crforge-inpaint-guard``: with the core
-  guard (``train.model.core_guard = 0.03``); ``crforge-inpaint-legacy``: with crforge's
-  first, non-residual inpaint design (``fill='none'``), for the speed before and after.
-  Random weights of the architecture (the time does not depend on them); the two
-  fills are compared at the end.
+  and the shipped ``synthetic-acs-wfc`` inpaint model (a residual 2-32 network on the
+  masked-median base, with its step floor and core guard; its trained weights, since
+  the guard fits only where the network takes a positive step); ``inpaint_s`` is the
+  inpainting alone (the same call given the mask). ``crforge-inpaint-noguard``: the
+  same weights without the guard (``core_guard = 0``), for the guard's cost. Random
+  weights of the architecture (the time of these does not depend on them):
+  ``crforge-inpaint-linear``, the first residual design's correction
+  (``head='linear'``); ``crforge-inpaint-d3``, a depth-3 residual network;
+  ``crforge-inpaint-starfit``, with the star-fit channels (``star_fit = 0.85``);
+  ``crforge-inpaint-legacy``, crforge's first, non-residual inpaint design
+  (``fill='none'``), for the speed before and after; ``crforge-inpaint-legacy-dense``,
+  the same run as it was before the network's last block ran only at the masked
+  pixels (``UNet.forward_at``): the whole UNet on every tile. The fills are compared at the end.
 - ``deepcr``: ``deepCR(mask='ACS-WFC').clean(image, threshold=0.5)`` (its defaults:
   1024-pixel patches without overlap, one job).
 - ``astroscrappy``: ``astroscrappy.detect_cosmics(image)`` with its defaults.
@@ -57,9 +60,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 #: The inpaint methods: how each one's network differs from ``crforge-inpaint``'s.
-INPAINT_VARIANTS = {"crforge-inpaint": {}, "crforge-inpaint-linear": {"head": "linear"},
-                    "crforge-inpaint-d3": {"depth": 3}, "crforge-inpaint-starfit": {"star_fit": 0.85},
-                    "crforge-inpaint-guard": {"core_guard": 0.03}, "crforge-inpaint-legacy": {"fill": "none"}}
+#: ``zoo``: the shipped inpaint model's trained weights (the core guard's time depends on
+#: them: it fits only where a positive step is taken), with ``core_guard`` if given;
+#: otherwise random weights of the design (``head`` ``asinh`` unless given, no floor or guard).
+INPAINT_VARIANTS = {"crforge-inpaint": {"zoo": True},
+                    "crforge-inpaint-noguard": {"zoo": True, "core_guard": 0.0},
+                    "crforge-inpaint-linear": {"head": "linear"}, "crforge-inpaint-d3": {"depth": 3},
+                    "crforge-inpaint-starfit": {"star_fit": 0.85}, "crforge-inpaint-legacy": {"fill": "none"},
+                    "crforge-inpaint-legacy-dense": {"fill": "none", "dense": True}}
 METHODS = ("crforge", "crforge-bf16", "crforge-2-4", *INPAINT_VARIANTS, "deepcr",
            "astroscrappy")
 
@@ -132,6 +140,23 @@ def _inpaint_weights(work: Path, fill: str = "median5", head: str = "asinh", dep
     return str(path)
 
 
+def _zoo_inpaint(work: Path, core_guard: float | None = None) -> str:
+    """The shipped ``synthetic-acs-wfc`` inpaint model, as a weights file with ``core_guard`` if given."""
+    from crforge.deepcr_models import registry as reg
+    from crforge.training import checkpoint
+
+    rec, zdir = next((r, z) for r, z in reg.all_records()
+                     if r.name == "synthetic-acs-wfc" and r.kind == "inpaint")
+    if core_guard is None:
+        return str(zdir / rec.weights)
+    ck = checkpoint.read(zdir / rec.weights)
+    path = work / f"inpaint-zoo-guard{core_guard}.pt"
+    checkpoint.write_weights(path, checkpoint.Checkpoint(
+        kind="inpaint", model_config={**ck.model_config, "core_guard": core_guard},
+        state_dict=ck.state_dict, normalisation=ck.normalisation))
+    return str(path)
+
+
 def _timed(call, repeat: int) -> tuple[float, object]:
     times, result = [], None
     for _ in range(repeat):
@@ -146,7 +171,14 @@ def _inpaint_worker(method: str, img: np.ndarray, threads: int, repeat: int, res
     from crforge import deepcr_models
 
     mask_model = deepcr_models.load(_zoo_mask_model())
-    inp = deepcr_models.load(_inpaint_weights(out.parent, **INPAINT_VARIANTS[method]))
+    spec = dict(INPAINT_VARIANTS[method])
+    if spec.pop("dense", False):  # the whole UNet on every tile, as before UNet.forward_at
+        from crforge.training.models import UNet
+
+        UNet.DENSE_FRACTION = -1.0
+    weights = (_zoo_inpaint(out.parent, spec.get("core_guard")) if spec.pop("zoo", False)
+               else _inpaint_weights(out.parent, **spec))
+    inp = deepcr_models.load(weights)
     res["model"] = f"{mask_model.source} + {inp.source}"
     res["seconds"], (mask, cleaned) = _timed(
         lambda: deepcr_models.clean(img, mask_model, inp, threads=threads), repeat)
@@ -277,7 +309,7 @@ def main(argv=None) -> int:
 
 
 def _inpaint_summary(results: dict, work: Path) -> None:
-    """The inpainting times of the two designs side by side."""
+    """The inpainting times of the shipped model and the other designs side by side."""
     for m in INPAINT_VARIANTS:
         if m in results:
             print(f"{m}: clean with inpainting {results[m]['seconds']:.2f} s, inpainting alone "

@@ -55,7 +55,7 @@ def _network_fills(net, x: np.ndarray, hits: np.ndarray, keep: np.ndarray, floor
             idx = keep[i:i + 16]
             xb = torch.from_numpy(x[idx])[:, None]
             mb = torch.from_numpy(hits[idx].astype(np.float32))[:, None]
-            inputs, base, smooth, _ = net.planes(xb, mb)
+            inputs, base, smooth = net.planes(xb, mb)
             out = net.unet(inputs)
             pedestal = net.pedestal(xb, mb) if any(guards) else None
             for f, g in settings:

@@ -342,9 +342,10 @@ def _threads(n: int | None) -> Iterator[None]:
 def _run_tiled(net: nn.Module, planes: list[np.ndarray], depth: int, tile: int, overlap: int | None,
                batch_size: int, device: torch.device, precision: str,
                progress: Callable[[int], None] | None, out_fn: Callable[[torch.Tensor], torch.Tensor],
-               *, needed: np.ndarray | None = None) -> np.ndarray:
+               *, needed: np.ndarray | None = None, channels: int = 1) -> np.ndarray:
     """Run ``net`` over ``planes`` (same-shape 2-D inputs, one channel each) tile by tile.
 
+    ``out_fn(net, batch)`` gives ``[B, channels, H, W]``; the result is ``[channels, H, W]``.
     ``needed``: the pixels whose output is used (inpainting: the masked ones); a tile
     whose core holds none is not run (its output is left 0).
     """
@@ -358,7 +359,7 @@ def _run_tiled(net: nn.Module, planes: list[np.ndarray], depth: int, tile: int, 
     if (hp, wp) != shape:
         # zeros = the sky after normalisation (and "not masked" for a mask plane)
         planes = [np.pad(p, ((0, hp - shape[0]), (0, wp - shape[1]))) for p in planes]
-    out = np.zeros((hp, wp), np.float32)
+    out = np.zeros((channels, hp, wp), np.float32)
     autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bfloat16"
                 else nullcontext())
     with torch.inference_mode(), autocast:
@@ -369,10 +370,10 @@ def _run_tiled(net: nn.Module, planes: list[np.ndarray], depth: int, tile: int, 
             t = torch.from_numpy(x).to(device)
             y = out_fn(net, t).float().cpu().numpy()
             for j, (y0, x0, cy0, cy1, cx0, cx1) in enumerate(chunk):
-                out[cy0:cy1, cx0:cx1] = y[j, 0, cy0 - y0:cy1 - y0, cx0 - x0:cx1 - x0]
+                out[:, cy0:cy1, cx0:cx1] = y[j, :, cy0 - y0:cy1 - y0, cx0 - x0:cx1 - x0]
             if progress is not None:
                 progress(len(chunk))
-    return out[:shape[0], :shape[1]]
+    return out[:, :shape[0], :shape[1]]
 
 
 # --------------------------------------------------------------------------- sky, units
@@ -421,26 +422,45 @@ def _inpaint_planes(net, x: np.ndarray, mask: np.ndarray, device: torch.device) 
     with torch.inference_mode():
         t = torch.from_numpy(np.ascontiguousarray(x, np.float32))[None, None].to(device)
         mk = torch.from_numpy(mask.astype(np.float32))[None, None].to(device)
-        inputs, base, smooth, guard = net.planes(t, mk)
-        extra = () if guard is None else (guard[0, 0],)
-        return [p.float().cpu().numpy() for p in (*inputs[0], base[0, 0], smooth[0, 0], *extra)]
+        inputs, base, smooth = net.planes(t, mk)
+        return [p.float().cpu().numpy() for p in (*inputs[0], base[0, 0], smooth[0, 0])]
 
 
 def _inpaint_out(net, t):
-    # the UNet's input channels, then the base fill, its smoothing and the core guard if on
+    # the UNet's input channels, then the base fill and its smoothing; out the prediction
+    # and, with the core guard, the prediction with it holding every positive step back
     c = net.unet.inc[0].in_channels
-    out = net.unet(t[:, :c])
+    # the network and its head only where their output is used (the masked pixels; the
+    # first design's mask is its last input channel): as [N, C, 1, 1] columns
+    under = t[:, net.MASK_CHANNEL if net.fill != "none" else c - 1] > 0
+    out = net.unet.forward_at(t[:, :c], under)[:, :, None, None]
     if net.fill == "none":
-        return out
-    # the head only where its output is used (the masked pixels): as [N, C, 1, 1]
-    # columns, pixel by pixel
-    under = t[:, net.MASK_CHANNEL] > 0
+        pred = torch.zeros_like(t[:, :1], dtype=torch.float32)
+        pred[:, 0][under] = out[:, 0, 0, 0].float()
+        return pred
     column = lambda a: a.permute(0, 2, 3, 1)[under][:, :, None, None]  # noqa: E731
-    guard = column(t[:, c + 2:]) if t.shape[1] > c + 2 else None
-    pred = torch.zeros_like(t[:, :1], dtype=torch.float32)
-    pred.permute(0, 2, 3, 1)[under] = net.correct(column(out), column(t[:, c:c + 1]),
-                                                  column(t[:, c + 1:c + 2]), guard)[:, :, 0, 0].float()
+    args = out, column(t[:, c:c + 1]), column(t[:, c + 1:c + 2])
+    guards = (None, torch.ones_like(args[1])) if net.guarded else (None,)
+    pred = torch.zeros((t.shape[0], len(guards), *t.shape[2:]), dtype=torch.float32, device=t.device)
+    for i, guard in enumerate(guards):
+        pred[:, i][under] = net.correct(*args, guard)[:, 0, 0, 0].float()
     return pred
+
+
+def _guarded(net, x: np.ndarray, mask: np.ndarray, pred: np.ndarray, device: torch.device) -> np.ndarray:
+    """The prediction with the core guard applied: where the guard holds a positive step
+    back (the two predictions of :func:`_inpaint_out` differ), :meth:`InpaintNet.guard_at
+    <crforge.training.models.InpaintNet.guard_at>` decides on the whole frame (its fits
+    look beyond the tiles' overlap), and only there."""
+    if pred.shape[0] == 1:
+        return pred[0]
+    free, held = pred
+    with torch.inference_mode():
+        t = torch.from_numpy(np.ascontiguousarray(x, np.float32))[None, None].to(device)
+        mk = torch.from_numpy(mask.astype(np.float32))[None, None].to(device)
+        at = torch.from_numpy(mask & (free != held))[None, None].to(device)
+        guard = net.guard_at(t, mk, at)[0, 0].cpu().numpy() > 0
+    return np.where(guard, held, free)
 
 
 def _as_image(image: Any) -> np.ndarray:
@@ -511,7 +531,8 @@ def mask_probability(image: np.ndarray, model: str | os.PathLike | ZooModel, *, 
     cb, close = _progress(progress, count_tiles(image.shape, tile, overlap, m.depth), "mask")
     try:
         with _threads(threads):
-            p = _run_tiled(m.fast(), [x], m.depth, tile, overlap, batch_size, m.device, precision, cb, _mask_out)
+            p = _run_tiled(m.fast(), [x], m.depth, tile, overlap, batch_size, m.device, precision, cb,
+                           _mask_out)[0]
     finally:
         close()
     if ign is not None:
@@ -549,7 +570,9 @@ def inpaint(image: np.ndarray, mask: np.ndarray, model: str | os.PathLike | ZooM
             net = m.fast()
             planes = _inpaint_planes(net, x, mask, m.device)
             pred = _run_tiled(net, planes, m.depth, tile, overlap, batch_size, m.device, precision, cb,
-                              _inpaint_out, needed=mask)
+                              _inpaint_out, needed=mask, channels=2 if net.guarded else 1)
+            del planes
+            pred = _guarded(net, x, mask, pred, m.device)
     finally:
         close()
     # back to the input's unit: x = (image * f - sky * f) / scale (or image * f / scale, sky kept)

@@ -419,6 +419,36 @@ def test_inpaint_tiled_equals_untiled(context, star_fit, core_guard, tile):
         assert np.abs(deepcr_models.inpaint(img, cr, free, tile=1024) - whole).max() > 1.0
 
 
+@pytest.mark.parametrize("depth", [1, 2, 3])
+def test_unet_forward_at_equals_the_whole_network_at_those_pixels(depth):
+    """``UNet.forward_at`` (the last block and the output only at the pixels asked for,
+    which inpainting runs) gives the network's output there, with batch norm as trained
+    or folded, at the image's edges and corners, and when most pixels are asked for."""
+    from crforge.training.models import fuse_batch_norm
+
+    torch.manual_seed(depth)
+    net = build_model("inpaint", depth, 8, fill="median5", head="both").eval()
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.3, 0.3)
+                m.running_var.uniform_(0.5, 2.0)
+                m.weight.uniform_(0.5, 1.5)
+        net.unet.outc.weight.normal_(0.0, 1.0)
+    x = torch.randn(2, 3, 64, 96)
+    at = torch.rand(2, 64, 96) < 0.03
+    at[0, 0, :7] = at[0, :, 0] = at[1, -1, -1] = True  # edges and a corner
+    for unet in (net.unet, fuse_batch_norm(net.unet).to(memory_format=torch.channels_last)):
+        with torch.no_grad():
+            whole = unet(x).permute(0, 2, 3, 1)
+            assert torch.allclose(unet.forward_at(x, at), whole[at], atol=1e-5)
+            most = torch.rand(2, 64, 96) < 0.5  # beyond DENSE_FRACTION: the whole network, gathered
+            assert torch.equal(unet.forward_at(x, most), whole[most])
+            assert unet.forward_at(x, torch.zeros_like(at)).shape == (0, 3)
+    with pytest.raises(RuntimeError, match="eval mode"):
+        net.unet.train().forward_at(x, at)
+
+
 def test_clean_api_units_inpaint_and_errors(zoo):
     rng = np.random.default_rng(5)
     img, cr = _image((200, 260), rng, sky=40.0, n_cr=30)

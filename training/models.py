@@ -19,10 +19,10 @@ of the first level (doubled at every level down), so the paper's models are
   the mask, and its outputs, the weight of the harmonic smoothing against the median
   and a correction added to that blend, start at exactly zero (its last layer is zero-initialised), so an untrained
   network is the masked median and training can only move it from there. The
-  correction (``head='asinh'``, the default) is added in asinh-compressed units, so it
-  can restore a star's core hidden under a mask; ``head='linear'`` (the first residual
-  design) bounds it by where the two fills disagree; ``head='both'`` adds that bounded
-  correction after the asinh one, for the pixels where a factor is too coarse. When
+  correction (``head='asinh'``) is added in asinh-compressed units, so it can restore
+  a star's core hidden under a mask; ``head='linear'`` (the first residual design)
+  bounds it by where the two fills disagree; ``head='both'`` (the default) adds that
+  bounded correction after the asinh one, for the pixels where a factor is too coarse. When
   the network is evaluated, asinh steps under ``step_floor`` are not applied, nor, with
   ``core_guard``, positive ones where the visible pixels fit a galaxy's core. With
   ``fill='none'`` (crforge's first inpaint models) the masked pixels are zeroed and
@@ -120,6 +120,99 @@ class UNet(nn.Module):
         for up, conv in zip(self.ups, self.up_convs):
             y = conv(torch.cat([skips.pop(), up(y)], dim=1))
         return self.outc(y)
+
+    #: :meth:`forward_at` runs the whole network where more than this fraction of the
+    #: pixels is asked for (gathering windows costs more per pixel than a convolution).
+    DENSE_FRACTION = 0.3
+
+    def forward_at(self, x: torch.Tensor, at: torch.Tensor) -> torch.Tensor:
+        """The output at the pixels of ``at`` only: ``[N, out_ch]``, in the order of
+        ``torch.nonzero(at)`` (``at``: ``[B, H, W]`` bool). Eval mode only.
+
+        The last full-resolution block (two 3x3 convolutions on the skip and the
+        upsampled features, then the 1x1 output) is nearly half of the network's work;
+        here it runs at those pixels (the first convolution also at their neighbours),
+        from windows gathered as matrices (:func:`_block_at`). An inpaint network's
+        output is used only under the mask, about 1% of a chip. The same as
+        :meth:`forward` there to float rounding (tests/test_zoo.py).
+        """
+        if self.training:
+            raise RuntimeError("UNet.forward_at: eval mode only (batch norm on single pixels)")
+        n_at = int(at.sum())
+        if self.depth == 1 or n_at > self.DENSE_FRACTION * at.numel():
+            return self.forward(x).permute(0, 2, 3, 1)[at]
+        if x.shape[-1] % 2 ** (self.depth - 1) or x.shape[-2] % 2 ** (self.depth - 1):
+            return self.forward(x)  # forward's error names the shape
+        probe = [m for m in self.inc if isinstance(m, nn.Conv2d)][1].weight
+        if probe.is_contiguous(memory_format=torch.channels_last) and not probe.is_contiguous():
+            x = x.contiguous(memory_format=torch.channels_last)
+        skips = [self.inc(x)]
+        for down in self.downs:
+            skips.append(down(self.pool(skips[-1])))
+        y = skips.pop()
+        for up, conv in list(zip(self.ups, self.up_convs))[:-1]:
+            y = conv(torch.cat([skips.pop(), up(y)], dim=1))
+        h = _block_at(self.up_convs[-1], [skips.pop(), self.ups[-1](y)], at)
+        return F.linear(h, self.outc.weight[:, :, 0, 0], self.outc.bias)
+
+
+def _conv_at(conv: nn.Conv2d, sources: list[tuple[torch.Tensor, torch.Tensor | None]],
+             shape: tuple[int, int], b: torch.Tensor, y: torch.Tensor, x: torch.Tensor,
+             chunk: int = 65536) -> torch.Tensor:
+    """A 3x3 convolution (padding 1) at the pixels ``(b, y, x)`` of ``[B, C, H, W]`` features
+    (``shape`` = ``(H, W)``): ``[N, out]``.
+
+    ``sources``: the input channels, in order, as ``(table, rows)``: pixel ``k`` (flat
+    index over ``B, H, W``) has ``table[rows[k]]``, or ``table[k]`` when ``rows`` is
+    ``None`` (a dense tensor seen channels-last). Each pixel's 3x3 window is gathered
+    (zeros beyond the image, as the padding) and multiplied by the weight as one
+    matrix, ``chunk`` pixels at a time.
+    """
+    h, w = shape
+    t = torch.arange(-1, 2, device=b.device)
+    dy, dx = t.repeat_interleave(3), t.repeat(3)  # the kernel's (row, column) order
+    weight = conv.weight.permute(0, 2, 3, 1).reshape(conv.out_channels, -1)  # [out, 9 * C]
+    outs = []
+    for i in range(0, len(b), chunk):
+        wy, wx = y[i:i + chunk, None] + dy, x[i:i + chunk, None] + dx  # [n, 9]
+        inside = ((wy >= 0) & (wy < h) & (wx >= 0) & (wx < w))[..., None]
+        idx = (b[i:i + chunk, None] * h + wy.clamp(0, h - 1)) * w + wx.clamp(0, w - 1)
+        win = torch.cat([table[idx if rows is None else rows[idx]] for table, rows in sources], dim=2)
+        win = win * inside  # [n, 9, C]
+        outs.append(F.linear(win.reshape(len(win), -1), weight.to(win.dtype), conv.bias))
+    return torch.cat(outs) if outs else weight.new_zeros((0, conv.out_channels))
+
+
+def _block_at(block: nn.Sequential, parts: list[torch.Tensor], at: torch.Tensor) -> torch.Tensor:
+    """A :func:`_double_conv` block (folded or not) on the channels of ``parts`` (dense
+    ``[B, C_i, H, W]``, concatenated in that order) at the pixels of ``at``: ``[N, out]``.
+
+    The first convolution runs at those pixels and their 8 neighbours; the second reads
+    its result through a map from pixel to row (zeros elsewhere, as beyond the image).
+    """
+    stages: list[list[nn.Module]] = []
+    for mod in block:
+        if isinstance(mod, nn.Conv2d):
+            stages.append([mod])
+        else:
+            stages[-1].append(mod)  # batch norm (eval), ReLU, or the identity left by folding
+
+    def post(v: torch.Tensor, mods: list[nn.Module]) -> torch.Tensor:
+        v = v[:, :, None, None]
+        for mod in mods:
+            v = mod(v)
+        return v[:, :, 0, 0]
+
+    bsz, _, h, w = parts[0].shape
+    dense = [(p.permute(0, 2, 3, 1).reshape(-1, p.shape[1]), None) for p in parts]  # views if channels-last
+    near = F.max_pool2d(at[:, None].float(), 3, stride=1, padding=1)[:, 0] > 0
+    b1, y1, x1 = torch.nonzero(near, as_tuple=True)
+    first = post(_conv_at(stages[0][0], dense, (h, w), b1, y1, x1), stages[0][1:])
+    rows = torch.full((bsz * h * w,), len(b1), dtype=torch.long, device=at.device)
+    rows[(b1 * h + y1) * w + x1] = torch.arange(len(b1), device=at.device)
+    table = torch.cat([first, first.new_zeros((1, first.shape[1]))])  # the last row: zeros
+    b, y, x = torch.nonzero(at, as_tuple=True)
+    return post(_conv_at(stages[1][0], [(table, rows)], (h, w), b, y, x), stages[1][1:])
 
 
 class MaskNet(nn.Module):
@@ -266,19 +359,29 @@ class InpaintNet(nn.Module):
             the network sees them, so that whatever they held (a CR) cannot leak
             into the prediction.
         """
-        inputs, base, smooth, guard = self.planes(image, mask)
-        return self.correct(self.unet(inputs), base, smooth, guard)
+        inputs, base, smooth = self.planes(image, mask)
+        out = self.unet(inputs)
+        guard = None
+        if self.guarded:
+            # fitted only where the guard could act: a positive asinh step on a masked pixel
+            guard = self.guard_at(image, mask, (mask > 0) & (self.step(out) > 0))
+        return self.correct(out, base, smooth, guard)
+
+    @property
+    def guarded(self) -> bool:
+        """Whether the core guard acts (``core_guard`` set, an asinh step, eval mode)."""
+        return bool(self.core_guard) and self.fill != "none" and self.head != "linear" and not self.training
 
     def planes(self, image: torch.Tensor, mask: torch.Tensor
-               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """The UNet's input ``[B, C, H, W]``, the base fill, its harmonic smoothing and the
-        core guard (1 where it holds the asinh step back; ``None`` when off or training).
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The UNet's input ``[B, C, H, W]``, the base fill and its harmonic smoothing.
 
         Everything here that looks beyond the UNet's receptive field (the fills, the
         context box, the star fits) is in these planes, so a full frame can be prepared
         whole and only the UNet and :meth:`correct` run tile by tile
-        (:mod:`crforge.deepcr_models.inference`). For ``fill='none'`` the smoothing is
-        the base (the masked pixels zeroed).
+        (:mod:`crforge.deepcr_models.inference`; the core guard, which looks further
+        too, is fitted on the whole frame after them, :meth:`guard_at`). For
+        ``fill='none'`` the smoothing is the base (the masked pixels zeroed).
         """
         if image.shape != mask.shape:
             raise InputError(f"mask: shape {tuple(mask.shape)} differs from image "
@@ -286,7 +389,7 @@ class InpaintNet(nn.Module):
         mask = mask.to(image.dtype)
         base = self.base(image, mask)
         if self.fill == "none":
-            return torch.cat([base, mask], dim=1), base, base, None
+            return torch.cat([base, mask], dim=1), base, base
         from crforge.training.torchfill import harmonic_fill
 
         smooth = harmonic_fill(base, mask)
@@ -306,13 +409,22 @@ class InpaintNet(nn.Module):
                 inputs += [torch.asinh(a / k).to(a_base.dtype), torch.asinh(b / k).to(a_base.dtype)]
             else:
                 inputs.append(pedestal_fraction(a, b, k).to(a_base.dtype))
-        guard = None
-        if self.core_guard and self.head != "linear" and not self.training:
-            guard = (self.pedestal(image, mask) > self.core_guard).to(base.dtype)
-        return torch.cat(inputs, dim=1), base, smooth, guard
+        return torch.cat(inputs, dim=1), base, smooth
 
-    def pedestal(self, image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """The pedestal's fraction of the light the core guard fits at each masked pixel.
+    def guard_at(self, image: torch.Tensor, mask: torch.Tensor, at: torch.Tensor) -> torch.Tensor:
+        """The core guard at the masked pixels of ``at``: 1 where :meth:`pedestal` exceeds
+        ``core_guard`` (the asinh step is held back), 0 elsewhere (float32 ``[B, 1, H, W]``).
+
+        Callers pass the pixels where the guard could act (a positive step), which are a
+        tenth of a chip's masked pixels: the fits cost a few tenths of a second there,
+        where fitting every masked pixel and its neighbours took over a second.
+        """
+        return (self.pedestal(image, mask, at=at) > self.core_guard).float()
+
+    def pedestal(self, image: torch.Tensor, mask: torch.Tensor,
+                 at: torch.Tensor | None = None) -> torch.Tensor:
+        """The pedestal's fraction of the light the core guard fits at each masked pixel
+        (of ``at``, default all; 0 elsewhere).
 
         :func:`pedestal_fraction` of :func:`star_fit` with sigma ``core_guard_sigma``, the
         pedestal measured above the mean of the visible pixels in a ring beyond the
@@ -322,14 +434,23 @@ class InpaintNet(nn.Module):
         star's core reads the fit centred on its peak. :meth:`planes` holds the asinh
         step back where it exceeds ``core_guard``.
         """
-        near = F.max_pool2d(mask.float(), 3, stride=1, padding=1) > 0
-        a, b = star_fit(image, mask, self.core_guard_sigma, at=near)
-        background = ring_mean(image, mask, STAR_FIT_RADIUS, GUARD_RING_RADIUS, at=near)
-        fitted = near & ((a != 0) | (b != 0))  # star_fit gives 0, 0 where it cannot fit
-        fraction = torch.where(fitted, pedestal_fraction(a, b - background, self.INPUT_SOFTENING),
-                               torch.full_like(a, math.inf))
-        low = -F.max_pool2d(-fraction, 3, stride=1, padding=1)
-        return torch.where((mask > 0) & torch.isfinite(low), low, torch.zeros_like(low))
+        where = (mask > 0) if at is None else (mask > 0) & (at > 0)
+        n, _, h, w = image.shape
+        b, y, x = torch.nonzero(where[:, 0], as_tuple=True)
+        # the 9 fit centres of each pixel, fitted once each (neighbours share them)
+        t = torch.arange(-1, 2, device=image.device)
+        cy, cx = (y[:, None] + t.repeat_interleave(3)), (x[:, None] + t.repeat(3))  # [N, 9]
+        inside = (cy >= 0) & (cy < h) & (cx >= 0) & (cx < w)
+        key = ((b[:, None] * h + cy.clamp(0, h - 1)) * w + cx.clamp(0, w - 1))
+        centres, back = torch.unique(key, return_inverse=True)
+        cb, cy_, cx_ = centres // (h * w), centres // w % h, centres % w
+        a, ped, ok = star_fit_at(image, mask, self.core_guard_sigma, STAR_FIT_RADIUS, cb, cy_, cx_)
+        ped = ped - ring_mean(image, mask, STAR_FIT_RADIUS, GUARD_RING_RADIUS, cb, cy_, cx_)
+        fraction = torch.where(ok, pedestal_fraction(a, ped, self.INPUT_SOFTENING), math.inf)[back]
+        low = torch.where(inside, fraction, math.inf).amin(1)
+        out = torch.zeros((n, 1, h, w), dtype=torch.float32, device=image.device)
+        out[b, 0, y, x] = torch.where(torch.isfinite(low), low, 0.0)
+        return out
 
     def step(self, out: torch.Tensor, guard: torch.Tensor | None = None) -> torch.Tensor:
         """The asinh step (asinh units, float32) of the UNet's output ``out``.
@@ -339,7 +460,7 @@ class InpaintNet(nn.Module):
         small steps on bright pixels are a jitter of a few per cent over a galaxy's core
         that costs isolated objects their photometry (docs/training.md). Not while
         training: the step starts at zero and could not grow out of a floor. Where
-        ``guard`` (:meth:`planes`) is 1, no positive step is applied: the visible pixels
+        ``guard`` (:meth:`guard_at`) is 1, no positive step is applied: the visible pixels
         fit a core on a broad pedestal, a galaxy's, whose hidden pixels the network
         would otherwise brighten as a star's.
         """
@@ -406,50 +527,48 @@ GUARD_RING_RADIUS = 10
 
 
 def ring_mean(image: torch.Tensor, mask: torch.Tensor, inner: int, outer: int,
-              at: torch.Tensor | None = None) -> torch.Tensor:
+              b: torch.Tensor, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """The mean of the unmasked pixels of ``image`` beyond ``inner`` and within ``outer``
-    pixels (square boxes) of each pixel of ``at`` (default: the masked pixels).
+    pixels (square boxes) of each pixel ``(b, y, x)`` (index vectors into ``[B, 1, H, W]``).
 
     Row prefix sums (float64) and two lookups per row of a box, at those pixels only:
     the masked pixels of a chip cost a few tens of milliseconds, where box filters over
-    the whole chip took 0.65 s. 0 elsewhere, and where the ring holds no unmasked pixel.
-    Float32 ``[B, 1, H, W]``, no gradient.
+    the whole chip took 0.65 s. 0 where the ring holds no unmasked pixel. Float32
+    ``[N]``, no gradient.
     """
     _, _, h, w = image.shape
     with torch.no_grad():
-        vis = 1 - mask[:, 0].double()
-        rows = [F.pad(v.cumsum(2), (1, 0)) for v in (image[:, 0].double() * vis, vis)]  # [B, H, W + 1]
-        b, y, x = (u[:, None] for u in torch.nonzero((mask if at is None else at)[:, 0] > 0, as_tuple=True))
+        vis = mask[:, 0] == 0
+        # inclusive row prefix sums: float64 for the light (exact enough over a 4096-pixel
+        # row), int32 for the counts; cast inside cumsum, the chip is not copied first
+        rows = [(image[:, 0].float() * vis).cumsum(2, dtype=torch.float64), vis.cumsum(2, dtype=torch.int32)]
+        b, y, x = b[:, None], y[:, None], x[:, None]
 
         def box(r: int) -> list[torch.Tensor]:
             ys = y + torch.arange(-r, r + 1, device=image.device)  # [N, 2r + 1]
             inside = (ys >= 0) & (ys < h)
-            start = (b * h + ys.clamp(0, h - 1)) * (w + 1)  # flat indices: one gather each
-            x0, x1 = start + (x - r).clamp(0, w), start + (x + r + 1).clamp(0, w)
-            return [((t.reshape(-1)[x1] - t.reshape(-1)[x0]) * inside).sum(1) for t in rows]
+            start = (b * h + ys.clamp(0, h - 1)) * w  # flat indices: one gather each
+            x0, x1 = (x - r).clamp(0, w), (x + r + 1).clamp(1, w)  # the row's [x0, x1)
+            before = x0 > 0  # the sum up to x0 - 1; nothing before the row's start
+            return [((t.reshape(-1)[start + x1 - 1] - t.reshape(-1)[start + (x0 - 1).clamp_min(0)] * before)
+                     * inside).sum(1) for t in rows]
 
         (s_out, n_out), (s_in, n_in) = box(outer), box(inner)
         total, n = s_out - s_in, n_out - n_in
-        out = torch.zeros_like(image[:, :1], dtype=torch.float32)
-        out[b[:, 0], 0, y[:, 0], x[:, 0]] = torch.where(n > 0.5, total / n.clamp_min(1),
-                                                        torch.zeros_like(total)).float()
-    return out
+        return torch.where(n > 0.5, total / n.clamp_min(1), torch.zeros_like(total)).float()
 
 
 def star_fit(image: torch.Tensor, mask: torch.Tensor, sigma: float,
-             radius: int = STAR_FIT_RADIUS, at: torch.Tensor | None = None
-             ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Point source plus pedestal fitted to the visible pixels around each masked pixel
-    (or each pixel of ``at``).
+             radius: int = STAR_FIT_RADIUS) -> tuple[torch.Tensor, torch.Tensor]:
+    """Point source plus pedestal fitted to the visible pixels around each masked pixel.
 
-    At each masked pixel (of ``at``), the least-squares fit of ``a * exp(-r^2 / (2 sigma^2)) + b``
+    At each masked pixel, the least-squares fit of ``a * exp(-r^2 / (2 sigma^2)) + b``
     (``r``: the distance to that pixel) to the unmasked pixels of the ``2 * radius + 1``
-    window around it. A star's light is nearly all ``a`` (its pedestal is the sky); a
-    galaxy's core sits on a broad pedestal ``b`` (a fifth of its peak in the median on
-    the simulated extragalactic fields). The UNet alone does not tell the two apart well
-    enough: it restores a star's core under a mask beside a galaxy's visible peak
-    (docs/training.md). Only the masked pixels (those of ``at``: the core guard's also
-    their neighbours) are fitted, their windows gathered (float32, no gradient): that
+    window around it (:func:`star_fit_at`). A star's light is nearly all ``a`` (its
+    pedestal is the sky); a galaxy's core sits on a broad pedestal ``b`` (a fifth of
+    its peak in the median on the simulated extragalactic fields). The UNet alone does
+    not tell the two apart well enough: it restores a star's core under a mask beside a
+    galaxy's visible peak (docs/training.md). Only the masked pixels are fitted: that
     is where the network decides, and it keeps a full chip's cost small. The window is
     part of a trained model's design: changing ``radius`` changes what its weights see.
 
@@ -460,17 +579,36 @@ def star_fit(image: torch.Tensor, mask: torch.Tensor, sigma: float,
         pixels of the window are visible (pixels beyond the image are not).
     """
     n, _, h, w = image.shape
+    b_i, y_i, x_i = torch.nonzero(mask[:, 0] > 0, as_tuple=True)
+    a, b, ok = star_fit_at(image, mask, sigma, radius, b_i, y_i, x_i)
+    out_a = torch.zeros((n, 1, h, w), dtype=torch.float32, device=image.device)
+    out_b = torch.zeros_like(out_a)
+    out_a[b_i, 0, y_i, x_i] = torch.where(ok, a, 0.0)
+    out_b[b_i, 0, y_i, x_i] = torch.where(ok, b, 0.0)
+    return out_a, out_b
+
+
+def star_fit_at(image: torch.Tensor, mask: torch.Tensor, sigma: float, radius: int,
+                b: torch.Tensor, y: torch.Tensor, x: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`star_fit` centred on the pixels ``(b, y, x)`` (index vectors into
+    ``[B, 1, H, W]``, masked or not), their windows gathered (float32, no gradient).
+
+    Returns
+    -------
+    a, b, ok : torch.Tensor
+        ``[N]``: the point source's and the pedestal's amplitudes, and whether the
+        window held enough visible pixels to fit them (``a`` and ``b`` are 0 where not).
+    """
+    _, _, h, w = image.shape
     with torch.no_grad(), torch.autocast(image.device.type, enabled=False):
-        pad = (radius,) * 4
-        d = F.pad(image.float(), pad)[:, 0]
-        vis = F.pad(1 - mask.float(), pad)[:, 0]
-        under = (mask if at is None else at)[:, 0] > 0
-        b_i, y_i, x_i = torch.nonzero(under, as_tuple=True)
         t = torch.arange(-radius, radius + 1, device=image.device)
         dy, dx = (u.reshape(1, -1) for u in torch.meshgrid(t, t, indexing="ij"))
-        hp, wp = h + 2 * radius, w + 2 * radius
-        flat = (b_i[:, None] * hp + y_i[:, None] + radius + dy) * wp + x_i[:, None] + radius + dx
-        dw, vw = d.reshape(-1)[flat], vis.reshape(-1)[flat]  # [N, window]
+        wy, wx = y[:, None] + dy, x[:, None] + dx  # [N, window]
+        inside = (wy >= 0) & (wy < h) & (wx >= 0) & (wx < w)
+        flat = (b[:, None] * h + wy.clamp(0, h - 1)) * w + wx.clamp(0, w - 1)
+        dw = image[:, 0].float().reshape(-1)[flat] * inside
+        vw = (1 - mask[:, 0].float().reshape(-1)[flat]) * inside  # pixels beyond the image unseen
         g = torch.exp(-(dy * dy + dx * dx).float() / (2 * sigma * sigma))
         s1, sp, spp = vw.sum(1), (vw * g).sum(1), (vw * g * g).sum(1)
         sd, sdp = (vw * dw).sum(1), (vw * dw * g).sum(1)
@@ -478,12 +616,8 @@ def star_fit(image: torch.Tensor, mask: torch.Tensor, sigma: float,
         ok = (s1 >= 2 * radius + 2) & (det > 1e-6)
         det = torch.where(ok, det, torch.ones_like(det))
         a = torch.where(ok, (s1 * sdp - sp * sd) / det, torch.zeros_like(det))
-        b = torch.where(ok, (sd - a * sp) / s1.clamp_min(1), torch.zeros_like(det))
-        out_a = torch.zeros((n, 1, h, w), dtype=torch.float32, device=image.device)
-        out_b = torch.zeros_like(out_a)
-        out_a[:, 0][under] = a
-        out_b[:, 0][under] = b
-    return out_a, out_b
+        ped = torch.where(ok, (sd - a * sp) / s1.clamp_min(1), torch.zeros_like(det))
+    return a, ped, ok
 
 
 def pedestal_fraction(a: torch.Tensor, b: torch.Tensor, softening: float) -> torch.Tensor:
