@@ -415,9 +415,9 @@ class InpaintNet(nn.Module):
         """The core guard at the masked pixels of ``at``: 1 where :meth:`pedestal` exceeds
         ``core_guard`` (the asinh step is held back), 0 elsewhere (float32 ``[B, 1, H, W]``).
 
-        Callers pass the pixels where the guard could act (a positive step), which are a
-        tenth of a chip's masked pixels: the fits cost a few tenths of a second there,
-        where fitting every masked pixel and its neighbours took over a second.
+        Callers pass the pixels where the guard could act (a positive step), about a
+        tenth of a chip's masked pixels: the fits take about 0.2 s of a chip there,
+        where fitting every masked pixel and its neighbours took 1.5 s.
         """
         return (self.pedestal(image, mask, at=at) > self.core_guard).float()
 
@@ -431,8 +431,9 @@ class InpaintNet(nn.Module):
         fitted window (:func:`ring_mean`): a star on a galaxy's diffuse light has no
         pedestal of its own, a compact galaxy's core does. The smallest of the fractions
         of the fits centred on the pixel and its 8 neighbours, so that every pixel of a
-        star's core reads the fit centred on its peak. :meth:`planes` holds the asinh
-        step back where it exceeds ``core_guard``.
+        star's core reads the fit centred on its peak. :meth:`guard_at` holds the asinh
+        step back where it exceeds ``core_guard``. Each fit centre is fitted once, from
+        index vectors (:func:`star_fit_at`, :func:`ring_mean`).
         """
         where = (mask > 0) if at is None else (mask > 0) & (at > 0)
         n, _, h, w = image.shape
