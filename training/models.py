@@ -102,6 +102,12 @@ class UNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Map ``[B, in_ch, H, W]`` to ``[B, out_ch, H, W]``."""
+        if self.depth == 1:
+            return self.outc(self.inc(self._checked(x)))
+        skip, up = self._last_inputs(x)
+        return self.outc(self.up_convs[-1](torch.cat([skip, up], dim=1)))
+
+    def _checked(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 4:
             raise InputError(f"x: expected [B, C, H, W], got shape {tuple(x.shape)}")
         step = 2 ** (self.depth - 1)
@@ -113,13 +119,18 @@ class UNet(nn.Module):
         if probe.is_contiguous(memory_format=torch.channels_last) and not probe.is_contiguous():
             # a channels-last model (train.channels_last) is fastest on channels-last input
             x = x.contiguous(memory_format=torch.channels_last)
-        skips = [self.inc(x)]
+        return x
+
+    def _last_inputs(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The two inputs of the last full-resolution block (depth >= 2): the first
+        level's features (the skip) and the upsampled ones from below."""
+        skips = [self.inc(self._checked(x))]
         for down in self.downs:
             skips.append(down(self.pool(skips[-1])))
         y = skips.pop()
-        for up, conv in zip(self.ups, self.up_convs):
+        for up, conv in list(zip(self.ups, self.up_convs))[:-1]:
             y = conv(torch.cat([skips.pop(), up(y)], dim=1))
-        return self.outc(y)
+        return skips.pop(), self.ups[-1](y)
 
     #: :meth:`forward_at` runs the whole network where more than this fraction of the
     #: pixels is asked for (gathering windows costs more per pixel than a convolution).
@@ -138,21 +149,9 @@ class UNet(nn.Module):
         """
         if self.training:
             raise RuntimeError("UNet.forward_at: eval mode only (batch norm on single pixels)")
-        n_at = int(at.sum())
-        if self.depth == 1 or n_at > self.DENSE_FRACTION * at.numel():
+        if self.depth == 1 or int(at.sum()) > self.DENSE_FRACTION * at.numel():
             return self.forward(x).permute(0, 2, 3, 1)[at]
-        if x.shape[-1] % 2 ** (self.depth - 1) or x.shape[-2] % 2 ** (self.depth - 1):
-            return self.forward(x)  # forward's error names the shape
-        probe = [m for m in self.inc if isinstance(m, nn.Conv2d)][1].weight
-        if probe.is_contiguous(memory_format=torch.channels_last) and not probe.is_contiguous():
-            x = x.contiguous(memory_format=torch.channels_last)
-        skips = [self.inc(x)]
-        for down in self.downs:
-            skips.append(down(self.pool(skips[-1])))
-        y = skips.pop()
-        for up, conv in list(zip(self.ups, self.up_convs))[:-1]:
-            y = conv(torch.cat([skips.pop(), up(y)], dim=1))
-        h = _block_at(self.up_convs[-1], [skips.pop(), self.ups[-1](y)], at)
+        h = _block_at(self.up_convs[-1], list(self._last_inputs(x)), at)
         return F.linear(h, self.outc.weight[:, :, 0, 0], self.outc.bias)
 
 
