@@ -118,9 +118,10 @@ def _zoo_mask_model(depth: int = 2, width: int = 32, work: Path | None = None):
 
 
 def _inpaint_weights(work: Path, fill: str = "median5", head: str = "asinh", depth: int = 2,
-                     star_fit: float = 0.0, core_guard: float = 0.0) -> str:
-    """An inpaint network (width 32) of the given base fill, head, depth, star fit and core guard,
-    random weights (seeded), as a weights file."""
+                     star_fit: float = 0.0) -> str:
+    """An inpaint network (width 32) of the given base fill, head, depth and star fit, random
+    weights (seeded), as a weights file (no step floor or core guard: the shipped model's
+    variants, :func:`_zoo_inpaint`, time those)."""
     import torch
 
     from crforge.training import checkpoint
@@ -128,14 +129,14 @@ def _inpaint_weights(work: Path, fill: str = "median5", head: str = "asinh", dep
     from crforge.training.models import build_model
 
     torch.manual_seed(0)
-    net = build_model("inpaint", depth, 32, fill=fill, head=head, star_fit=star_fit, core_guard=core_guard)
+    net = build_model("inpaint", depth, 32, fill=fill, head=head, star_fit=star_fit)
     with torch.no_grad():  # the residual network starts at its fill: give it a correction
         net.unet.outc.weight.normal_(0.0, 0.01)
-    path = work / f"inpaint-{fill}-{head}-{depth}{'-sf' if star_fit else ''}{'-cg' if core_guard else ''}.pt"
+    path = work / f"inpaint-{fill}-{head}-{depth}{'-sf' if star_fit else ''}.pt"
     checkpoint.write_weights(path, checkpoint.Checkpoint(
         kind="inpaint", model_config={"depth": depth, "width": 32, "batch_norm": True, "bn_momentum": 0.1,
                                       "fill": fill, "head": head, "star_fit": star_fit,
-                                      "core_guard": core_guard},
+                                      "step_floor": 0.0, "core_guard": 0.0},
         state_dict=net.state_dict(), normalisation=normalisation_info(100.0, True)))
     return str(path)
 

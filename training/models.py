@@ -582,11 +582,11 @@ def star_fit(image: torch.Tensor, mask: torch.Tensor, sigma: float,
     """
     n, _, h, w = image.shape
     b_i, y_i, x_i = torch.nonzero(mask[:, 0] > 0, as_tuple=True)
-    a, b, ok = star_fit_at(image, mask, sigma, radius, b_i, y_i, x_i)
+    a, b, _ = star_fit_at(image, mask, sigma, radius, b_i, y_i, x_i)
     out_a = torch.zeros((n, 1, h, w), dtype=torch.float32, device=image.device)
     out_b = torch.zeros_like(out_a)
-    out_a[b_i, 0, y_i, x_i] = torch.where(ok, a, 0.0)
-    out_b[b_i, 0, y_i, x_i] = torch.where(ok, b, 0.0)
+    out_a[b_i, 0, y_i, x_i] = a  # 0 where not fitted (star_fit_at)
+    out_b[b_i, 0, y_i, x_i] = b
     return out_a, out_b
 
 
