@@ -35,7 +35,15 @@ from typing import Any
 import numpy as np
 
 from crforge import atomic
-from crforge.deepcr_models.inference import DEFAULT_TILE, ZooModel, clean, count_tiles, load
+from crforge.deepcr_models.inference import (
+    DEFAULT_TILE,
+    ZooModel,
+    chosen_views,
+    clean,
+    count_tiles,
+    load,
+    recommended_threshold,
+)
 from crforge.errors import InputError
 from crforge.paths import check_writable_dir
 
@@ -243,13 +251,15 @@ def _clean_chips(path: Path, chips: list[_Chip], inst, dq_bit: int, mm: ZooModel
         bar.close()
 
 
-def _stamp_primary(primary, mm: ZooModel, im: ZooModel | None, threshold: float, dq_bit: int) -> None:
+def _stamp_primary(primary, mm: ZooModel, im: ZooModel | None, threshold: float, dq_bit: int,
+                   views: int) -> None:
     """Record in the primary header what cleaned the file."""
     def model_name(m: ZooModel) -> str:
         return str(m.record.name if m.record else Path(m.source).name)[:68]
 
     primary["CRMODEL"] = (model_name(mm), "crforge clean mask model")
     primary["CRTHRESH"] = (float(threshold), "crforge clean probability threshold")
+    primary["CRVIEWS"] = (int(views), "crforge clean symmetric views averaged")
     primary["CRDQBIT"] = (int(dq_bit), "DQ bit of crforge clean CR mask")
     if im is not None:
         primary["CRINPMOD"] = (model_name(im), "crforge clean inpaint model")
@@ -270,7 +280,7 @@ def clean_fits(path: str | os.PathLike, mask_model: str | os.PathLike | ZooModel
                dq_bit: int | None = None, threshold: float | None = None, tile: int = DEFAULT_TILE,
                overlap: int | None = None, batch_size: int = 1, threads: int | None = None,
                precision: str = "float32", device: str | None = None, zoo: str | os.PathLike | None = None,
-               allow_mismatch: bool = False, progress: bool | None = None) -> dict:
+               allow_mismatch: bool = False, progress: bool | None = None, views: int | None = None) -> dict:
     """Clean every chip of a calibrated HST file and write the result.
 
     Parameters
@@ -287,7 +297,7 @@ def clean_fits(path: str | os.PathLike, mask_model: str | os.PathLike | ZooModel
         an existing output file.
     dq_bit : int, optional
         The DQ bit of the CR mask; default the instrument's ``clean_dq_bit``.
-    threshold, tile, overlap, batch_size, threads, precision, device, zoo
+    threshold, tile, overlap, batch_size, threads, precision, device, zoo, views
         As :func:`crforge.deepcr_models.clean`.
     allow_mismatch : bool
         Clean a file whose instrument, detector, filter or unit is not what the
@@ -299,7 +309,7 @@ def clean_fits(path: str | os.PathLike, mask_model: str | os.PathLike | ZooModel
     Returns
     -------
     dict
-        ``output``, ``model``, ``threshold``, ``dq_bit``, ``inpainted`` and ``chips``
+        ``output``, ``model``, ``threshold``, ``views``, ``dq_bit``, ``inpainted`` and ``chips``
         (per chip: ``extver``, ``cr_pixels``, ``fraction``, ``bunit``).
 
     Raises
@@ -324,16 +334,18 @@ def clean_fits(path: str | os.PathLike, mask_model: str | os.PathLike | ZooModel
     dq_bit = _check_bit(dq_bit) if dq_bit is not None else None
     mm = load(mask_model, kind="mask", zoo=zoo, device=device or "cpu")
     im = load(inpaint_model, kind="inpaint", zoo=zoo, device=device or "cpu") if inpaint_model is not None else None
-    threshold = threshold if threshold is not None else mm.threshold if mm.threshold is not None else 0.5
+    views = chosen_views(mm, views)
+    threshold = recommended_threshold(mm, threshold, views)
     options = {"threshold": threshold, "tile": tile, "overlap": overlap, "batch_size": batch_size,
-               "threads": threads, "precision": precision}
+               "threads": threads, "precision": precision, "views": views}
     with open_exposure(path, verify=False) as hdul:
         inst, dq_bit = _instrument_and_bit(path, hdul[0].header, dq_bit)
         forced = _check_fitness(path, hdul, [m for m in (mm, im) if m is not None], allow_mismatch, inst)
         chips = _clean_chips(path, _chips(path, hdul, forced, inst), inst, dq_bit, mm, im, options, progress)
-        _stamp_primary(hdul[0].header, mm, im, threshold, dq_bit)
+        _stamp_primary(hdul[0].header, mm, im, threshold, dq_bit, views)
         _write(hdul, out, overwrite or in_place)
     logger.info("%s -> %s: %s CR pixels (DQ bit %d)", path, out,
                 ", ".join(f"SCI,{c['extver']} {c['cr_pixels']}" for c in chips), dq_bit)
-    return {"output": str(out), "model": mm.source, "threshold": float(threshold), "dq_bit": dq_bit,
+    return {"output": str(out), "model": mm.source, "threshold": float(threshold), "views": views,
+            "dq_bit": dq_bit,
             "inpainted": im is not None, "chips": chips}

@@ -42,7 +42,7 @@ from crforge.deepcr_models import registry as reg
 from crforge.errors import InputError
 from crforge.training import checkpoint
 from crforge.training.data import estimate_sky
-from crforge.training.models import fuse_batch_norm
+from crforge.training.models import check_views, fuse_batch_norm
 
 logger = logging.getLogger(__name__)
 
@@ -94,6 +94,11 @@ class ZooModel:
     def threshold(self) -> float | None:
         """The recommended threshold of the record (None without one)."""
         return self.record.threshold if self.record is not None else None
+
+    @property
+    def views(self) -> int:
+        """Symmetric views the record's threshold was chosen for (1 without a record)."""
+        return int(self.record.views) if self.record is not None else 1
 
     @property
     def depth(self) -> int:
@@ -408,8 +413,15 @@ def unit_factor(bunit: str, model_bunit: str, exptime: float | None) -> float:
 # --------------------------------------------------------------------------- inference
 
 
-def _mask_out(net, t):
-    return torch.sigmoid(net(t))
+def _mask_out(views: int) -> Callable:
+    def out(net, t):
+        return net.predict(t, views=views)
+    return out
+
+
+def chosen_views(m: ZooModel, views: int | None) -> int:
+    """``views`` (checked), else the record's."""
+    return m.views if views is None else check_views(views)
 
 
 def _inpaint_planes(net, x: np.ndarray, mask: np.ndarray, device: torch.device) -> list[np.ndarray]:
@@ -513,7 +525,7 @@ def mask_probability(image: np.ndarray, model: str | os.PathLike | ZooModel, *, 
                      exptime: float | None = None, tile: int = DEFAULT_TILE, overlap: int | None = None,
                      batch_size: int = 1, threads: int | None = None, precision: str = "float32",
                      device: str | torch.device | None = None, progress: Any = None,
-                     zoo: str | os.PathLike | None = None) -> np.ndarray:
+                     zoo: str | os.PathLike | None = None, views: int | None = None) -> np.ndarray:
     """CR probability of every pixel of a full frame (see :func:`clean` for the parameters).
 
     Returns
@@ -524,6 +536,7 @@ def mask_probability(image: np.ndarray, model: str | os.PathLike | ZooModel, *, 
     image = _as_image(image)
     _check_common(batch_size, precision, threads)
     m = load(model, kind="mask", zoo=zoo, device=device or _default_device(model))
+    views = chosen_views(m, views)
     ign = _with_nonfinite(image, _check_ignore(ignore, image.shape))
     factor = unit_factor(bunit or m.bunit, m.bunit, exptime)
     sky_in = estimate_sky(image, ign) if sky is None else float(sky)
@@ -532,7 +545,7 @@ def mask_probability(image: np.ndarray, model: str | os.PathLike | ZooModel, *, 
     try:
         with _threads(threads):
             p = _run_tiled(m.fast(), [x], m.depth, tile, overlap, batch_size, m.device, precision, cb,
-                           _mask_out)[0]
+                           _mask_out(views))[0]
     finally:
         close()
     if ign is not None:
@@ -596,10 +609,14 @@ def _default_device(model) -> torch.device:
     return torch.device("cpu")
 
 
-def _threshold(m: ZooModel, threshold: float | None) -> float:
-    """``threshold``, else the record's recommended one, else 0.5; checked."""
+def recommended_threshold(m: ZooModel, threshold: float | None, views: int = 1) -> float:
+    """``threshold``, else the record's recommended one for ``views``, else 0.5; checked."""
     if threshold is None:
-        threshold = m.threshold
+        threshold = m.record.threshold_for(views) if m.record is not None else None
+        if threshold is None and m.threshold is not None:
+            threshold = m.threshold
+            logger.warning("%s: its recommended threshold %.4g was chosen for the mean of %d symmetric "
+                           "views, not %d: give a threshold of your own", m.source, threshold, m.views, views)
         if threshold is None:
             threshold = 0.5
             logger.info("%s has no recommended threshold: using 0.5", m.source)
@@ -615,7 +632,7 @@ def clean(image: Any, mask_model: str | os.PathLike | ZooModel,
           header: Mapping | None = None, allow_mismatch: bool = False,
           batch_size: int = 1, threads: int | None = None, precision: str = "float32",
           device: str | torch.device | None = None, progress: Any = None,
-          zoo: str | os.PathLike | None = None) -> Any:
+          zoo: str | os.PathLike | None = None, views: int | None = None) -> Any:
     """Find (and optionally inpaint) the cosmic rays of a full frame.
 
     Parameters
@@ -659,6 +676,9 @@ def clean(image: Any, mask_model: str | os.PathLike | ZooModel,
         True: a tqdm bar over the tiles; a callable gets the tiles done per batch.
     zoo : path-like, optional
         Zoo directory for names (as :func:`load`).
+    views : int, optional
+        Mean CR probability of 1, 2, 4 or 8 symmetric views (a network pass each;
+        ``MaskNet.predict``); default the record's, which its threshold was chosen for.
 
     Returns
     -------
@@ -675,24 +695,26 @@ def clean(image: Any, mask_model: str | os.PathLike | ZooModel,
         A bad argument or unit; data the model was not trained for (``FitnessError``).
     """
     options = {"threshold": threshold, "tile": tile, "overlap": overlap, "sky": sky, "batch_size": batch_size,
-               "threads": threads, "precision": precision, "device": device, "progress": progress, "zoo": zoo}
+               "threads": threads, "precision": precision, "device": device, "progress": progress, "zoo": zoo,
+               "views": views}
     if _is_nddata(image):
-        if header is not None or bunit is not None:
-            raise InputError("an NDData image brings its own unit and meta: give neither bunit nor header")
         return _clean_nddata(image, mask_model, inpaint_model, ignore=ignore, exptime=exptime,
-                             allow_mismatch=allow_mismatch, options=options)
+                             allow_mismatch=allow_mismatch, options=options, header=header, bunit=bunit)
     image = _as_image(image)
     m = load(mask_model, kind="mask", zoo=zoo, device=device or _default_device(mask_model))
     if header is not None:
-        desc = fitness.describe_header(header, where="header")
-        found = fitness.check_fitness(m, desc, allow_mismatch=allow_mismatch)
-        bunit, exptime = _header_unit(header, bunit, exptime, forced=bool(found))
+        bunit, exptime = _header_unit(header, bunit, exptime, m=m, allow_mismatch=allow_mismatch)
     return _clean_array(image, m, inpaint_model, ignore=ignore, bunit=bunit, exptime=exptime, **options)
 
 
-def _header_unit(header: Mapping, bunit: str | None, exptime: float | None, *, forced: bool
-                 ) -> tuple[str | None, float | None]:
-    """``bunit`` and ``exptime``, else the header's (a unit in counts, let through by force: the model's)."""
+def _header_unit(header: Mapping, bunit: str | None, exptime: float | None, *, m: ZooModel,
+                 allow_mismatch: bool) -> tuple[str | None, float | None]:
+    """The header checked against ``m``'s record; ``bunit`` and ``exptime``, else the header's.
+
+    A unit in counts, let through by ``allow_mismatch``, is read as the model's.
+    """
+    desc = fitness.describe_header(header, where="header")
+    forced = bool(fitness.check_fitness(m, desc, allow_mismatch=allow_mismatch))
     if bunit is None and header.get("BUNIT") is not None:
         bunit = fitness.normalise_bunit(header["BUNIT"])
         if bunit is None and not forced:
@@ -706,9 +728,10 @@ def _clean_array(image: np.ndarray, m: ZooModel, inpaint_model: str | os.PathLik
                  threshold: float | None, sky: float | None, ignore: np.ndarray | None, bunit: str | None,
                  exptime: float | None, tile: int, overlap: int | None, batch_size: int, threads: int | None,
                  precision: str, device: str | torch.device | None, progress: Any,
-                 zoo: str | os.PathLike | None) -> tuple[np.ndarray, np.ndarray | None]:
+                 zoo: str | os.PathLike | None, views: int | None) -> tuple[np.ndarray, np.ndarray | None]:
     """:func:`clean` of a checked array with a loaded mask model (parameters as :func:`clean`)."""
-    threshold = _threshold(m, threshold)
+    views = chosen_views(m, views)
+    threshold = recommended_threshold(m, threshold, views)
     ign = _with_nonfinite(image, _check_ignore(ignore, image.shape))
     if sky is None:
         unit_factor(bunit or m.bunit, m.bunit, exptime)  # a bad unit fails before any work
@@ -716,9 +739,9 @@ def _clean_array(image: np.ndarray, m: ZooModel, inpaint_model: str | os.PathLik
     common = {"sky": sky, "ignore": ign, "bunit": bunit, "exptime": exptime, "tile": tile, "overlap": overlap,
               "batch_size": batch_size, "threads": threads, "precision": precision, "progress": progress,
               "zoo": zoo}
-    mask = mask_probability(image, m, device=m.device, **common) > threshold
-    logger.info("%s: %d CR pixels (%.3g%%) at threshold %.4g, sky %.4g", m.source, int(mask.sum()),
-                100 * mask.mean(), threshold, sky)
+    mask = mask_probability(image, m, device=m.device, views=views, **common) > threshold
+    logger.info("%s: %d CR pixels (%.3g%%) at threshold %.4g (%d views), sky %.4g", m.source,
+                int(mask.sum()), 100 * mask.mean(), threshold, views, sky)
     if inpaint_model is None:
         return mask, None
     im = load(inpaint_model, kind="inpaint", zoo=zoo, device=device or _default_device(inpaint_model))
@@ -744,8 +767,10 @@ def _is_nddata(obj: Any) -> bool:
 
 
 def _clean_nddata(nd: Any, mask_model, inpaint_model, *, ignore, exptime, allow_mismatch: bool,
-                  options: dict) -> Any:
+                  options: dict, header: Mapping | None = None, bunit: str | None = None) -> Any:
     """:func:`clean` of an ``NDData``/``CCDData``: its unit, mask, uncertainty and meta respected."""
+    if header is not None or bunit is not None:
+        raise InputError("an NDData image brings its own unit and meta: give neither bunit nor header")
     meta = dict(nd.meta or {})
     image = _as_image(np.asarray(nd.data))
     m = load(mask_model, kind="mask", zoo=options["zoo"],
@@ -761,8 +786,11 @@ def _clean_nddata(nd: Any, mask_model, inpaint_model, *, ignore, exptime, allow_
     for extra in (nd.mask, _bad_uncertainty(nd, image.shape)):
         if extra is not None and np.ndim(extra) == 2:
             ign = _check_ignore(extra, image.shape) if ign is None else ign | _check_ignore(extra, image.shape)
+    # resolved once here, so that a warning about it is given once
+    views = chosen_views(m, options["views"])
+    options = {**options, "threshold": recommended_threshold(m, options["threshold"], views)}
     mask, cleaned = _clean_array(image, m, inpaint_model, ignore=ign, bunit=bunit, exptime=exptime, **options)
-    return _nddata_result(nd, meta, mask, cleaned, m, _threshold(m, options["threshold"]))
+    return _nddata_result(nd, meta, mask, cleaned, m, options["threshold"], views)
 
 
 def _bad_uncertainty(nd: Any, shape: tuple[int, int]) -> np.ndarray | None:
@@ -775,14 +803,14 @@ def _bad_uncertainty(nd: Any, shape: tuple[int, int]) -> np.ndarray | None:
 
 
 def _nddata_result(nd: Any, meta: dict, mask: np.ndarray, cleaned: np.ndarray | None, m: ZooModel,
-                   threshold: float) -> Any:
+                   threshold: float, views: int) -> Any:
     """A new NDData of ``nd``'s class: CR mask OR-ed into its mask, inpainted data, meta noted."""
     import copy
 
     old = np.zeros(mask.shape, bool) if nd.mask is None or np.ndim(nd.mask) != 2 else np.asarray(nd.mask, bool)
     data = np.array(nd.data, copy=True) if cleaned is None else cleaned
     meta.update({"CRMODEL": str(m.record.name if m.record else m.source)[:68], "CRTHRESH": float(threshold),
-                 "CRNPIX": int(mask.sum())})
+                 "CRVIEWS": int(views), "CRNPIX": int(mask.sum())})
     if cleaned is not None:
         meta["CRINPNT"] = True
     return type(nd)(data, unit=nd.unit, mask=old | mask, uncertainty=copy.deepcopy(nd.uncertainty),

@@ -144,7 +144,9 @@ def export_deepcr(model, output: str | os.PathLike, *, sky: float = 0.0, zoo=Non
             "threshold": m.threshold if m.threshold is not None else 0.5, "sky": float(sky),
             "scale": m.scale, "usage": f"deepCR(mask={str(output)!r}, hidden={width})"
                                       ".clean(image_in_electrons, threshold=THRESHOLD)",
-            "note": "sky folded into the first convolution's bias; exact except at the image border"}
+            "note": "sky folded into the first convolution's bias; exact except at the image border"
+                    + (f"; the threshold was chosen for crforge's mean of {m.views} symmetric views of an "
+                       "image, deepCR computes one" if m.views > 1 else "")}
     atomic.write_text(Path(str(output) + ".json"), json.dumps(info, indent=2) + "\n")
     logger.info("exported %s to %s", m.source, output)
     return info

@@ -46,6 +46,7 @@ from crforge.deepcr_models import registry as reg
 from crforge.errors import InputError
 from crforge.lock import hold
 from crforge.training import checkpoint
+from crforge.training.config import VIEWS
 from crforge.training.evaluate.document import read_evaluation
 
 logger = logging.getLogger(__name__)
@@ -63,7 +64,7 @@ def _figures(ev: dict, kind: str, path: Path) -> dict:
     return figs
 
 
-def _threshold(ev: dict, path: Path) -> tuple[float, float, str]:
+def _threshold(ev: dict, path: Path) -> tuple[float, float, str, int, dict]:
     th = ev.get("threshold")
     if not isinstance(th, dict) or "value" not in th:
         raise InputError(f"{path}: no threshold.value: the mask model's recommended threshold is "
@@ -71,7 +72,20 @@ def _threshold(ev: dict, path: Path) -> tuple[float, float, str]:
     value = float(th["value"])
     if not 0 < value < 1:
         raise InputError(f"{path}: threshold.value={value!r}: expected a probability in (0, 1)")
-    return value, float(th.get("fpr", float("nan"))), str(th.get("split", "val"))
+    views = th.get("views", 1)  # evaluations before symmetric views scored one view
+    if isinstance(views, bool) or views not in VIEWS:
+        raise InputError(f"{path}: threshold.views={views!r}: expected one of {VIEWS}")
+    by_views = {str(k): float(v) for k, v in dict(th.get("by_views") or {}).items()}
+    return value, float(th.get("fpr", float("nan"))), str(th.get("split", "val")), int(views), by_views
+
+
+def _one_view(rec: reg.ModelRecord) -> str:
+    """What the card says of the faster single view."""
+    one = rec.threshold_for(1)
+    if one is None:
+        return "."
+    return (f"; `views=1` (`crforge clean --views 1`) runs one pass instead of {rec.views}, with its own "
+            f"threshold {one:.6g} chosen the same way.")
 
 
 def _utc_now() -> str:
@@ -136,7 +150,10 @@ def _card_use(name: str, records: list[reg.ModelRecord], inst: str) -> list[str]
     if mask_rec is not None:
         lines.append(f"- Recommended threshold: {mask_rec.threshold:.6g} (CR probability), chosen at a "
                      f"false-positive rate of {_num(mask_rec.threshold_fpr)} on the "
-                     f"`{mask_rec.threshold_split}` split.")
+                     f"`{mask_rec.threshold_split}` split"
+                     + (f", for the mean of {mask_rec.views} symmetric views of the image (the default of "
+                        "`clean`, one pass of the network each)" + _one_view(mask_rec) if mask_rec.views > 1
+                        else "."))
         if mask_rec.depth == 2:
             lines.append(f"- deepCR: `crforge export {name} --to deepcr --output {name}.pth` writes a file "
                          f"that `deepCR(mask='{name}.pth', hidden={mask_rec.width})` loads (see the README "
@@ -390,7 +407,7 @@ def _record(pub: _Publication, path: Path, ckpt: checkpoint.Checkpoint, evaluati
         software=_software(pub.ev, ckpt, earlier),
         created_utc=pub.created_utc, weights=weights[0], sha256=weights[1], card=f"{pub.name}.md",
         description=desc,
-        source=_source(pub, path, ckpt, earlier))
+        source=_source(pub, path, ckpt, earlier), views=threshold[3], view_thresholds=threshold[4])
 
 
 def _stage(pub: _Publication) -> list[reg.ModelRecord]:
@@ -405,7 +422,7 @@ def _stage(pub: _Publication) -> list[reg.ModelRecord]:
                       **({"noise_floor": ev["inpaint_noise_floor"]}
                          if kind == "inpaint" and "inpaint_noise_floor" in ev else {})}
         ckpt = _read_evaluated(pub, kind, path)
-        threshold = _threshold(ev, pub.ev_path) if kind == "mask" else (None, None, None)
+        threshold = _threshold(ev, pub.ev_path) if kind == "mask" else (None, None, None, 1, {})
         fname, digest = _save_weights(ckpt, pub.name, pub.zdir)
         pub.written.append(pub.zdir / fname)
         records.append(_record(pub, path, ckpt, evaluation, threshold, (fname, digest)))

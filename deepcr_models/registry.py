@@ -42,6 +42,7 @@ from typing import Any, Literal, Mapping
 
 from crforge import atomic
 from crforge.errors import InputError
+from crforge.training.config import VIEWS
 
 logger = logging.getLogger(__name__)
 
@@ -110,6 +111,14 @@ class ModelRecord:
         One line on what the model is.
     source : dict
         Where it came from: run directory, checkpoint, epoch.
+    views : int
+        Mask models: how many symmetric views of an image the probabilities are
+        averaged over by default (1, 2, 4 or 8; :meth:`crforge.training.models.MaskNet.predict`),
+        the number ``threshold`` was chosen for. 1 for records written before it existed.
+    view_thresholds : dict
+        Mask models: the recommended threshold for each number of views it was chosen
+        for (``{"1": ..., "8": ...}``, chosen the same way), so that ``clean(views=1)``
+        has its own; empty for records written before it existed.
     """
 
     name: str
@@ -132,6 +141,8 @@ class ModelRecord:
     card: str
     description: str = ""
     source: Mapping[str, Any] = field(default_factory=dict)
+    views: int = 1
+    view_thresholds: Mapping[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not NAME_PATTERN.match(self.name):
@@ -143,7 +154,19 @@ class ModelRecord:
             raise InputError(f"sha256={self.sha256!r}: expected 64 hex digits")
         if self.threshold is not None and not 0 < self.threshold < 1:
             raise InputError(f"threshold={self.threshold!r}: expected a probability in (0, 1)")
+        if isinstance(self.views, bool) or self.views not in VIEWS:
+            raise InputError(f"views={self.views!r}: expected one of {VIEWS}")
+        for k, v in dict(self.view_thresholds).items():
+            if k not in {str(n) for n in VIEWS} or not 0 < v < 1:
+                raise InputError(f"view_thresholds[{k!r}]={v!r}: expected a number of views in {VIEWS} "
+                                 "and a probability in (0, 1)")
         object.__setattr__(self, "filters", tuple(self.filters))
+
+    def threshold_for(self, views: int) -> float | None:
+        """The recommended threshold for ``views`` symmetric views (None: not chosen for it)."""
+        if str(views) in self.view_thresholds:
+            return float(self.view_thresholds[str(views)])
+        return self.threshold if views == self.views else None
 
     @property
     def key(self) -> str:

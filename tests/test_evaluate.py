@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from crforge import cli
+from crforge.errors import InputError
 from crforge.pipeline.datafile.schema import META_DTYPE
 from crforge.pipeline.datafile.writer import write_arrays
 from crforge.training import metrics as M
@@ -289,6 +290,7 @@ def test_evaluate_run_writes_json_report_and_plot(tiny_run, tmp_path):
                          tmp_path / "loose")
     assert 0.5 < loose["vs_truth"]["labels"]["all"]["tpr"] < 0.95
     assert 0 < saved["threshold"]["value"] < 1 and saved["threshold"]["split"] == "val"
+    assert saved["threshold"]["views"] == EvaluateConfig().views == 8
     for m in ("crforge", "median5", "biharmonic"):
         assert saved["inpaint"][m]["mse"]["all"] > 0
     ph = saved["photometry"]
@@ -297,6 +299,7 @@ def test_evaluate_run_writes_json_report_and_plot(tiny_run, tmp_path):
     assert ph["methods"]["biharmonic"]["all"]["median_abs"] < ph["methods"]["none"]["all"]["median_abs"]
     report = (tmp_path / "report.md").read_text()
     assert "Table 1" in report and "Table 2" in report and "LACosmic" in report
+    assert "the mean of 8 symmetric views of each image, deepCR's of one" in report
     assert (tmp_path / "roc.png").stat().st_size > 10_000
     assert doc["mask"]["crforge"]["tpr"]["all"] == saved["mask"]["crforge"]["tpr"]["all"]
 
@@ -380,6 +383,13 @@ def test_mask_scores_use_the_folded_network_and_match_the_plain_one(tiny_run):
     with torch.no_grad():
         plain = model.predict(torch.from_numpy(x)[:, None])[:, 0].numpy()
     np.testing.assert_allclose(mask_scores(model, x, batch_size=2), plain, atol=1e-5)
+    with torch.no_grad():
+        eight = model.predict(torch.from_numpy(x)[:, None], views=8)[:, 0].numpy()
+    np.testing.assert_allclose(mask_scores(model, x, batch_size=2, views=8), eight, atol=1e-5)
+    assert np.abs(eight - plain).max() > 1e-4
+    for bad in (3, 0, True):
+        with pytest.raises(InputError, match=f"evaluate.views={bad!r}"):
+            EvaluateConfig(views=bad).validate()
 
 
 def test_the_evaluation_file_is_a_valid_training_set(tmp_path):

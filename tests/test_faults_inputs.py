@@ -162,6 +162,13 @@ def test_clean_refuses_a_real_frame_of_another_imager(frames, tmp_path, capsys, 
              tmp_path, capsys, f"{frame}.fits", *words)
 
 
+def test_clean_refuses_a_number_of_views_it_cannot_take(inputs, tmp_path, capsys):
+    out = tmp_path / "o.fits"
+    rc = cli.main(["clean", str(inputs["flc"]), "--model", QUICK, "--views", "3", "--output", str(out)])
+    assert rc == 2
+    assert "--views: invalid choice: 3" in capsys.readouterr().err and not out.exists()
+
+
 def _edited(src: Path, dst: Path, **changes) -> Path:
     """A copy of a simulated FLC file with primary keywords and SCI,1 data or keywords changed."""
     with fits.open(src) as h:
@@ -211,6 +218,7 @@ def test_force_on_the_real_acs_hrc_frame_keeps_the_dq_ignore_mask_and_the_record
         dq = a["DQ", 1].data
         flagged = (b["DQ", 1].data & 16384) != 0
         assert b[0].header["CRTHRESH"] == pytest.approx(rec.threshold)
+        assert b[0].header["CRVIEWS"] == rec.views
     ignored = ignore_mask(dq, HST_DQ, saturation_grow=2) != 0
     saturated = (dq & (256 | 2048)) != 0
     assert saturated.sum() > 1000 and ignored.sum() > saturated.sum()  # the test can see the bug

@@ -48,6 +48,7 @@ from crforge.training.train import main
 S = 64
 FIELD_TYPES = ("extragalactic", "globular_cluster", "resolved_galaxy")
 THRESHOLD = 0.3
+ONE_VIEW_THRESHOLD = 0.35  # the fixture evaluation's threshold for one view (THRESHOLD: for 2)
 
 
 @pytest.fixture(autouse=True)
@@ -106,7 +107,8 @@ def _evaluation(run: Path) -> dict:
                  "manifest_sha256": "cd" * 32, "instrument": "ACS/WFC",
                  "filters": ["F435W", "F606W", "F814W"], "split": "test", "n_stamps": 12, "simulated": True},
         "fprs": [0.0005, 0.005],
-        "threshold": {"value": THRESHOLD, "fpr": 0.005, "split": "val"},
+        "threshold": {"value": THRESHOLD, "fpr": 0.005, "split": "val", "views": 2,
+                      "by_views": {"1": ONE_VIEW_THRESHOLD, "2": THRESHOLD}},
         "models": {"mask": {"checkpoint": str(run / "mask/best.pt"), "depth": 2, "width": 8},
                    "inpaint": {"checkpoint": str(run / "inpaint/best.pt"), "depth": 2, "width": 8}},
         "mask": {"crforge": {"tpr": tpr, "tpr_dilated": tpr, "seconds_per_100": 1.25},
@@ -154,6 +156,9 @@ def test_publish_writes_weights_records_and_card(trained, zoo, capsys):
     assert (mask.instrument, mask.filters, mask.depth, mask.width, mask.batch_norm) == (
         "ACS/WFC", ("F435W", "F606W", "F814W"), 2, 8, True)
     assert (mask.threshold, mask.threshold_fpr, mask.threshold_split) == (THRESHOLD, 0.005, "val")
+    assert (mask.views, next(r for r in recs if r.kind == "inpaint").views) == (2, 1)
+    assert (mask.threshold_for(2), mask.threshold_for(1), mask.threshold_for(8)) == (
+        THRESHOLD, ONE_VIEW_THRESHOLD, None)
     assert mask.data["manifest_sha256"] == "cd" * 32 and mask.simulated
     assert mask.evaluation["crforge"]["tpr"]["extragalactic"]["0.005"] == pytest.approx(0.96)
     assert mask.evaluation["baselines"]["astroscrappy"]["seconds_per_100"] == 9.0
@@ -173,6 +178,9 @@ def test_publish_writes_weights_records_and_card(trained, zoo, capsys):
     assert "**Trained on simulated ACS/WFC data**" in card and mask.sha256 in card
     assert "| **crforge (this model)** | 91.0 (91.0) | 92.0 (92.0) |" in card
     assert "crforge clean FILE_flc.fits --model tiny --inpaint" in card
+    assert "for the mean of 2 symmetric views of the image" in card
+    assert "`views=1` (`crforge clean --views 1`) runs one pass instead of 2, with its own threshold 0.35" \
+        in card
     # a taken name is refused; --overwrite replaces it and leaves no stale weights
     assert cli.main(["publish", str(trained["run"]), "--name", "tiny", "--zoo", str(zoo)]) == 2
     assert "already in the zoo" in capsys.readouterr().err
@@ -358,6 +366,11 @@ def test_tiled_equals_untiled(depth):
     with torch.no_grad():
         ref = net.predict(torch.from_numpy(x)[None, None])[0, 0, :301, :517].numpy()
     assert np.abs(whole - ref).max() < 1e-5
+    # the mean of 8 symmetric views, tiled, is the network's 8 views of the whole frame
+    tiled8 = mask_probability(img, path, tile=128, batch_size=3, views=8)
+    with torch.no_grad():
+        ref8 = net.predict(torch.from_numpy(x)[None, None], views=8)[0, 0, :301, :517].numpy()
+    assert np.abs(tiled8 - ref8).max() < 1e-5 and np.abs(ref8 - ref).max() > 1e-2
     # without overlap the seams do show: the test can see them
     seams = np.abs(mask_probability(img, path, tile=128, overlap=0) - whole).max()
     assert seams > 1e-3 and seams > 100 * np.abs(tiled - whole).max()
@@ -448,6 +461,56 @@ def test_unet_forward_at_equals_the_whole_network_at_those_pixels(depth):
             assert unet.forward_at(x, torch.zeros_like(at)).shape == (0, 3)
     with pytest.raises(RuntimeError, match="eval mode"):
         net.unet.train().forward_at(x, at)
+
+
+def test_mask_predict_averages_the_symmetric_views():
+    """The mean of 8 views turns exactly with the image; one view does not; 1, 2, 4, 8 only."""
+    torch.manual_seed(3)
+    net = build_model("mask", 2, 4).eval()
+    with torch.no_grad():
+        x = torch.randn(2, 1, 32, 32)
+        net.unet.outc.weight.mul_(20.0)  # probabilities spread over (0, 1), not all near the prior
+        net.unet.outc.bias.sub_(net(x).median())
+        turn = [torch.rot90(net.predict(torch.rot90(x, k, (-2, -1)), views=8), -k, (-2, -1))
+                for k in range(4)]
+        mirror = net.predict(x.flip(-1), views=8).flip(-1)
+        eight = net.predict(x, views=8)
+        for other in turn + [mirror]:
+            assert torch.allclose(other, eight, atol=1e-6)
+        one = net.predict(x)
+        assert torch.equal(one, torch.sigmoid(net(x)))
+        assert (torch.rot90(net.predict(torch.rot90(x, 1, (-2, -1))), -1, (-2, -1)) - one).abs().max() > 1e-2
+        half = (one + torch.rot90(net.predict(torch.rot90(x, 2, (-2, -1))), -2, (-2, -1))) / 2
+        assert torch.allclose(net.predict(x, views=2), half, atol=1e-6)
+    for bad in (0, 3, 16, 2.0, True, "8"):
+        with pytest.raises(InputError, match="views="):
+            net.predict(x, views=bad)
+
+
+def test_the_records_views_are_cleans_default_each_with_its_threshold(zoo, caplog):
+    img, _ = _image((96, 128), np.random.default_rng(8), sky=40.0, n_cr=10)
+    two = mask_probability(img, "tiny", zoo=zoo)
+    assert np.array_equal(two, mask_probability(img, "tiny", zoo=zoo, views=2))
+    one = mask_probability(img, "tiny", zoo=zoo, views=1)
+    assert np.abs(one - two).max() > 1e-4
+    with caplog.at_level(logging.WARNING, logger="crforge"):
+        m2, _ = deepcr_models.clean(img, "tiny", zoo=zoo)
+        m1, _ = deepcr_models.clean(img, "tiny", zoo=zoo, views=1)  # the record's threshold for one view
+        m4, _ = deepcr_models.clean(img, "tiny", zoo=zoo, views=4, threshold=0.4)  # a threshold of its own
+        assert "symmetric views" not in caplog.text
+        mask, _ = deepcr_models.clean(img, "tiny", zoo=zoo, views=4)  # none chosen for 4
+    assert np.array_equal(m2, two > THRESHOLD) and np.array_equal(m1, one > ONE_VIEW_THRESHOLD)
+    four = mask_probability(img, "tiny", zoo=zoo, views=4)
+    assert np.array_equal(m4, four > 0.4) and np.array_equal(mask, four > THRESHOLD)
+    assert "chosen for the mean of 2 symmetric views, not 4" in caplog.text
+    with pytest.raises(InputError, match="views=3"):
+        deepcr_models.clean(img, "tiny", zoo=zoo, views=3)
+    rec = next(r for r in deepcr_models.list_models(zoo) if r.kind == "mask").to_dict()
+    assert registry.ModelRecord.from_dict({k: v for k, v in rec.items() if k != "views"}).views == 1
+    with pytest.raises(InputError, match="views=5"):
+        registry.ModelRecord.from_dict({**rec, "views": 5})
+    with pytest.raises(InputError, match=r"view_thresholds\['3'\]"):
+        registry.ModelRecord.from_dict({**rec, "view_thresholds": {"3": 0.2}})
 
 
 def test_clean_api_units_inpaint_and_errors(zoo):
@@ -590,7 +653,9 @@ def test_export_round_trip_through_deepcr(trained, zoo, tmp_path, capsys):
     assert "hidden=8" in capsys.readouterr().out
     assert json.loads(Path(str(out) + ".json").read_text())["threshold"] == THRESHOLD
     theirs = _deepcr(mask=str(out), hidden=8).clean(img, threshold=THRESHOLD, binary=False, segment=False)
-    assert np.abs(theirs - mask_probability(img, "tiny", zoo=zoo, sky=sky)).max() < 2e-6
+    # (deepCR computes one view of the image: the record's threshold was chosen for 2)
+    assert np.abs(theirs - mask_probability(img, "tiny", zoo=zoo, sky=sky, views=1)).max() < 2e-6
+    assert "mean of 2 symmetric views" in json.loads(Path(str(out) + ".json").read_text())["note"]
     # ... and has no sky to fold: --sky is refused, naming it
     assert cli.main(["export", "tiny", "--to", "deepcr", "--output", str(out), "--zoo", str(zoo),
                      "--sky", str(sky), "--overwrite"]) == 2
@@ -608,7 +673,7 @@ def test_export_round_trip_through_deepcr(trained, zoo, tmp_path, capsys):
     assert cli.main(["export", "raw", "--to", "deepcr", "--output", str(out), "--zoo", str(zoo2),
                      "--sky", str(sky), "--overwrite"]) == 0
     theirs = _deepcr(mask=str(out), hidden=8).clean(img, threshold=THRESHOLD, binary=False, segment=False)
-    ours = mask_probability(img, "raw", zoo=zoo2, sky=sky)
+    ours = mask_probability(img, "raw", zoo=zoo2, sky=sky, views=1)
     r = receptive_radius(2)
     inner = (slice(r, -r), slice(r, -r))
     # exact (to float rounding) away from the border, where deepCR's zero padding is of
@@ -620,7 +685,7 @@ def test_export_round_trip_through_deepcr(trained, zoo, tmp_path, capsys):
     assert cli.main(["export", "raw", "--to", "deepcr", "--output", str(out), "--zoo", str(zoo2),
                      "--overwrite"]) == 0
     theirs0 = _deepcr(mask=str(out), hidden=8).clean(img - sky, binary=False, segment=False)
-    assert np.abs(theirs0 - mask_probability(img - sky, "raw", zoo=zoo2, sky=0.0)).max() < 2e-6
+    assert np.abs(theirs0 - mask_probability(img - sky, "raw", zoo=zoo2, sky=0.0, views=1)).max() < 2e-6
     # what deepCR cannot load is refused
     with pytest.raises(ValueError, match="depth-3"):
         interop.to_deepcr_state_dict(build_model("mask", 3, 4), scale=100.0)

@@ -11,11 +11,15 @@ from typing import Literal
 from crforge.errors import InputError
 
 __all__ = ["TrainConfig", "ModelConfig", "AugmentConfig", "KINDS", "INPAINT_FILLS", "INPAINT_HEADS",
-           "STAR_FIT_INPUTS", "EVAL_N_MASKS", "MAX_CONTEXT"]
+           "STAR_FIT_INPUTS", "EVAL_N_MASKS", "MAX_CONTEXT", "VIEWS"]
 
 
 #: The two kinds of model.
 KINDS = ("mask", "inpaint")
+
+#: How many symmetric views a mask network's probabilities may be averaged over
+#: (:meth:`crforge.training.models.MaskNet.predict`).
+VIEWS = (1, 2, 4, 8)
 
 #: What the mask network may learn a CR to be (``train.target``).
 TARGETS = ("labels", "truth", "labels-known")

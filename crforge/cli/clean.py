@@ -27,6 +27,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "instrument's: 16384 ACS/WFC, 8 WFC3/UVIS)")
     parser.add_argument("--threshold", type=float, default=None, help="CR probability threshold "
                         "(default: the model's recommended one)")
+    parser.add_argument("--views", type=int, choices=(1, 2, 4, 8), default=None, help="average the CR "
+                        "probability over this many symmetric views of each chip, one pass of the network "
+                        "each (default: the model's, the number its recommended threshold was chosen for)")
     parser.add_argument("--tile", type=int, default=DEFAULT_TILE, help=f"largest tile side (default {DEFAULT_TILE})")
     parser.add_argument("--overlap", type=int, default=None, help="tile overlap (default: the "
                         "network's receptive radius)")
@@ -51,9 +54,10 @@ def run(args: argparse.Namespace, cfg: None = None) -> int:
                      in_place=args.in_place, overwrite=args.overwrite, dq_bit=args.dq_bit,
                      threshold=args.threshold, tile=args.tile, overlap=args.overlap,
                      batch_size=args.batch_size, threads=args.threads, precision=args.precision,
-                     device=args.device, zoo=args.zoo, allow_mismatch=args.force)
+                     device=args.device, zoo=args.zoo, allow_mismatch=args.force, views=args.views)
     for c in res["chips"]:
         sys.stdout.write(f"SCI,{c['extver']}: {c['cr_pixels']} CR pixels ({100 * c['fraction']:.3f}%)\n")
-    sys.stdout.write(f"wrote {res['output']} (DQ bit {res['dq_bit']}, threshold {res['threshold']:.6g}"
+    sys.stdout.write(f"wrote {res['output']} (DQ bit {res['dq_bit']}, threshold {res['threshold']:.6g}, "
+                     f"{res['views']} view{'s' if res['views'] > 1 else ''}"
                      f"{', inpainted' if res['inpainted'] else ''})\n")
     return 0

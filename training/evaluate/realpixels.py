@@ -36,6 +36,7 @@ from crforge.training import metrics as M
 logger = logging.getLogger(__name__)
 
 __all__ = ["RealImage", "load_real_images", "find_stars", "network_scores", "score_method", "markdown_table",
+           "found_by_peak",
            "real_pixel_figures", "FPRS", "STAR_SNR", "LACOSMIC_SWEEP"]
 
 FPRS = (0.0005, 0.005)
@@ -166,14 +167,18 @@ def find_stars(img: RealImage, snr: float = STAR_SNR) -> np.ndarray:
     return np.stack([y[keep], x[keep]], 1)
 
 
-def network_scores(model, ckpt, img: RealImage) -> np.ndarray:
-    """CR probabilities of a crforge mask network on a whole real image (sky: sigma-clipped median)."""
+def network_scores(model, ckpt, img: RealImage, *, views: int = 1) -> np.ndarray:
+    """CR probabilities of a crforge mask network on a whole real image (sky: sigma-clipped median).
+
+    ``views``: the mean over this many symmetric views (:meth:`MaskNet.predict
+    <crforge.training.models.MaskNet.predict>`).
+    """
     from crforge.training.data import estimate_sky, network_input
     from crforge.training.evaluate.detection import mask_scores
 
     x = network_input(img.image, estimate_sky(img.image, img.ignore), ckpt.normalisation, img.ignore)
     pad = [(0, (-n) % 8) for n in x.shape]  # any depth up to 4 divides the padded shape
-    scores = mask_scores(model, np.pad(x, pad)[None], batch_size=1)[0]
+    scores = mask_scores(model, np.pad(x, pad)[None], batch_size=1, views=views)[0]
     return scores[:x.shape[0], :x.shape[1]]
 
 
@@ -206,14 +211,15 @@ def score_method(img: RealImage, stars: np.ndarray, *, scores: np.ndarray | None
     return out
 
 
-def _baselines(img: RealImage, stars: np.ndarray, baselines: tuple[str, ...], masks: dict) -> dict:
+def _baselines(img: RealImage, stars: np.ndarray, baselines: tuple[str, ...], masks: dict,
+               scores_out: dict) -> dict:
     from crforge.training.baselines import DeepCRPeer, lacosmic_mask
 
     out = {}
     if "deepcr" in baselines:
         scores = DeepCRPeer("ACS/WFC").scores(img.image)  # electrons, sky included, as deepCR expects
         out["deepcr"] = score_method(img, stars, scores=scores, threshold=0.5)
-        masks["deepcr"] = scores > 0.5
+        masks["deepcr"], scores_out["deepcr"] = scores > 0.5, scores
     if "astroscrappy" in baselines:
         sweep = {s: lacosmic_mask(img.image, readnoise=img.readnoise, ignore=img.ignore, sigclip=s) & ~img.ignore
                  for s in (LACOSMIC_SWEEP if img.positives is not None else (4.5,))}
@@ -224,13 +230,15 @@ def _baselines(img: RealImage, stars: np.ndarray, baselines: tuple[str, ...], ma
 
 def real_pixel_figures(networks: dict, images: list[RealImage], *,
                        baselines: tuple[str, ...] = ("deepcr", "astroscrappy"),
-                       masks: dict | None = None) -> dict:
+                       masks: dict | None = None, scores: dict | None = None) -> dict:
     """Every method's figures on every real image.
 
     Parameters
     ----------
     networks : dict
-        Method name -> ``(model, checkpoint, threshold)`` of crforge mask networks.
+        Method name -> ``(model, checkpoint, threshold)`` or ``(model, checkpoint,
+        threshold, views)`` of crforge mask networks (``views``: symmetric views
+        averaged, 1 if not given; the threshold must be the one chosen for them).
     images : list of RealImage
         :func:`load_real_images`.
     baselines : tuple of str
@@ -239,6 +247,9 @@ def real_pixel_figures(networks: dict, images: list[RealImage], *,
     masks : dict, optional
         Filled with image name -> method -> the boolean mask at the method's
         recommended threshold (for pictures).
+    scores : dict, optional
+        Filled with image name -> method -> the probability map of each network and
+        of deepCR (:func:`found_by_peak`).
 
     Returns
     -------
@@ -249,16 +260,52 @@ def real_pixel_figures(networks: dict, images: list[RealImage], *,
     for img in images:
         stars = find_stars(img)
         img_masks: dict = {}
+        img_scores: dict = {}
         methods = {}
-        for name, (model, ckpt, th) in networks.items():
-            scores = network_scores(model, ckpt, img)
-            methods[name] = score_method(img, stars, scores=scores, threshold=th)
-            img_masks[name] = scores > th
-        methods.update(_baselines(img, stars, baselines, img_masks))
+        for name, (model, ckpt, th, *views) in networks.items():
+            p = network_scores(model, ckpt, img, views=views[0] if views else 1)
+            methods[name] = score_method(img, stars, scores=p, threshold=th)
+            img_masks[name], img_scores[name] = p > th, p
+        methods.update(_baselines(img, stars, baselines, img_masks, img_scores))
         if masks is not None:
             masks[img.name] = img_masks
+        if scores is not None:
+            scores[img.name] = img_scores
         out[img.name] = {"instrument": img.instrument, "stars": int(len(stars)), "methods": methods}
         logger.info("real pixels %s: %s", img.name, {m: r.get("tpr_at_fpr") for m, r in methods.items()})
+    return out
+
+
+def found_by_peak(img: RealImage, scores: np.ndarray, *, fpr: float = FPRS[0],
+                  edges: tuple[float, ...] = (1000.0, 2000.0, 4000.0, 8000.0)) -> list[dict]:
+    """Which reference CRs a score map finds at ``fpr``, binned by the CR's peak.
+
+    A reference blob (a positive) is found when any of its pixels scores above the
+    threshold that gives ``fpr`` on the negatives. Its peak is its brightest pixel above
+    the local background (electrons), so the bins show whether a method misses faint
+    hits or bright ones.
+
+    Returns
+    -------
+    list of dict
+        Per bin, below ``edges[0]``, between the edges and above the last: ``low``,
+        ``high`` (``-inf`` and ``inf`` at the ends), ``crs``, ``found`` (fraction) and
+        ``median_score`` (at each CR's peak).
+    """
+    thr = M.threshold_at_fpr(scores[img.negatives], np.zeros(int(img.negatives.sum()), bool), fpr)
+    lab, n = ndimage.label(img.positives, _EIGHT)
+    above = img.image - _background(img.image, img.reference | img.ignore)
+    idx = np.arange(1, n + 1)
+    peak = np.asarray(ndimage.maximum(above, lab, idx))
+    at = ndimage.maximum_position(above, lab, idx)
+    found = np.asarray(ndimage.maximum(scores > thr, lab, idx), bool)
+    at_peak = np.array([scores[p] for p in at])
+    out = []
+    for lo, hi in zip([-np.inf, *edges], [*edges, np.inf]):
+        sel = (peak >= lo) & (peak < hi)
+        out.append({"low": lo, "high": hi, "crs": int(sel.sum()),
+                    "found": float(found[sel].mean()) if sel.any() else None,
+                    "median_score": float(np.median(at_peak[sel])) if sel.any() else None})
     return out
 
 

@@ -94,7 +94,11 @@ def _header(doc: dict) -> list[str]:
                      f"epoch {m['epoch']})")
     if "threshold" in doc:
         t = doc["threshold"]
-        lines.append(f"- Recommended mask threshold: {t['value']:.4g} (FPR {t['fpr']} on the {t['split']} split).")
+        views = t.get("views", 1)
+        lines.append(f"- Recommended mask threshold: {t['value']:.4g} (FPR {t['fpr']} on the "
+                     f"{t['split']} split"
+                     + (f"; the network's probability is the mean of {views} symmetric views of each image, "
+                        "deepCR's of one)." if views > 1 else ")."))
     lines.append(f"- Machine: {doc['machine']['cpu_count']} CPUs, {doc['machine']['threads']} threads; "
                  f"evaluation took {doc.get('seconds', 0):.0f} s.")
     return lines

@@ -188,8 +188,8 @@ def _real_pixels(model, ckpt, threshold: float, cfg: EvaluateConfig) -> tuple[di
                          "them, or set evaluate.real_frames=false to evaluate without them") from exc
     masks: dict = {}
     baselines = tuple(b for b in ("deepcr", "astroscrappy") if b in cfg.baselines)
-    figures = real_pixel_figures({"crforge": (model, ckpt, threshold)}, images, baselines=baselines,
-                                 masks=masks)
+    figures = real_pixel_figures({"crforge": (model, ckpt, threshold, cfg.views)}, images,
+                                 baselines=baselines, masks=masks)
     return figures, {"images": images, "masks": masks}
 
 
