@@ -7,7 +7,10 @@ to ``--threads`` threads (torch threads and ``OMP_NUM_THREADS``/``MKL_NUM_THREAD
 - ``crforge``: :func:`crforge.deepcr_models.clean` (mask only) with a 2-32 mask model: the
   first 2-32 mask model of the zoo, else deepCR's own ACS-WFC weights converted
   (``deepcr:ACS-WFC``: the very network deepCR runs). float32, default tiling
-  (1024-pixel tiles, receptive-radius overlap).
+  (1024-pixel tiles, receptive-radius overlap), with the record's number of symmetric
+  views (``views``: 8 for ``synthetic-acs-wfc``, a pass of the network each).
+- ``crforge-1view``: the same with ``views=1`` (one pass; the record's threshold for one
+  view), the speed of one view.
 - ``crforge-2-4``: the same call with a deepCR-2-4 network (the paper's fast model; the
   zoo's if it has one, else random weights: the time does not depend on them), for
   the speed a smaller network buys (its masks are not comparable).
@@ -68,7 +71,7 @@ INPAINT_VARIANTS = {"crforge-inpaint": {"zoo": True},
                     "crforge-inpaint-linear": {"head": "linear"}, "crforge-inpaint-d3": {"depth": 3},
                     "crforge-inpaint-starfit": {"star_fit": 0.85}, "crforge-inpaint-legacy": {"fill": "none"},
                     "crforge-inpaint-legacy-dense": {"fill": "none", "dense": True}}
-METHODS = ("crforge", "crforge-bf16", "crforge-2-4", *INPAINT_VARIANTS, "deepcr",
+METHODS = ("crforge", "crforge-1view", "crforge-bf16", "crforge-2-4", *INPAINT_VARIANTS, "deepcr",
            "astroscrappy")
 
 
@@ -209,9 +212,11 @@ def worker(method: str, image_path: Path, threads: int, repeat: int, out: Path) 
         model = deepcr_models.load(name, device=device)
         res["model"] = name
         precision = "bfloat16" if method == "crforge-bf16" else "float32"
+        views = 1 if method == "crforge-1view" else None
+        res["views"] = model.views if views is None else views
 
         def call():
-            return deepcr_models.clean(img, model, precision=precision, threads=threads)[0]
+            return deepcr_models.clean(img, model, precision=precision, threads=threads, views=views)[0]
     elif method.startswith("deepcr"):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -298,7 +303,7 @@ def main(argv=None) -> int:
         for m in ("deepcr", "astroscrappy"):
             if m in results:
                 print(f"crforge is {results[m]['seconds'] / base:.2f}x faster than {m}")
-        for fast in ("crforge-bf16", "crforge-2-4"):
+        for fast in ("crforge-1view", "crforge-bf16", "crforge-2-4"):
             if fast not in results:
                 continue
             for m in ("deepcr", "astroscrappy"):

@@ -10,9 +10,12 @@ cores touched and of pixels flagged.
     .venv/bin/python benchmarks/real_pixels.py                          # the shipped models
     .venv/bin/python benchmarks/real_pixels.py --model runs/x/mask/best.pt:0.03 --model NAME
     .venv/bin/python benchmarks/real_pixels.py --json out.json --crops crops.png
+    .venv/bin/python benchmarks/real_pixels.py --by-peak     # HRC CRs found at 0.05% FPR by peak
+    .venv/bin/python benchmarks/real_pixels.py --deepcr-views 8  # deepCR's mean of 8 views besides
 
-A ``--model`` is a zoo name (its recommended threshold) or ``PATH[:THRESHOLD]`` of a
-checkpoint or weights file (default threshold 0.5).
+A ``--model`` is a zoo name (its recommended threshold and views) or
+``PATH[:THRESHOLD[:VIEWS]]`` of a checkpoint or weights file (default threshold 0.5, 1
+view: the probability of the image as it is, not the mean over its symmetric views).
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ import json
 import logging
 import sys
 from pathlib import Path
+
+import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -36,22 +41,69 @@ def _networks(specs: list[str]) -> dict:
         if spec in records:
             rec, zdir = records[spec]
             model, ckpt = checkpoint.load_checkpoint(zdir / rec.weights)
-            out[spec] = (model, ckpt, rec.threshold)
+            out[spec] = (model, ckpt, rec.threshold, rec.views)
         else:
-            path, _, th = spec.partition(":")
+            path, _, rest = spec.partition(":")
+            th, _, views = rest.partition(":")
             model, ckpt = checkpoint.load_checkpoint(path, kind="mask")
-            out[Path(path).parent.parent.name or path] = (model, ckpt, float(th or 0.5))
+            out[Path(path).parent.parent.name or path] = (model, ckpt, float(th or 0.5), int(views or 1))
     return out
+
+
+def _deepcr_views(images, views: int, res: dict, scores: dict) -> None:
+    """deepCR's mean probability over ``views`` symmetric views, scored like a network (threshold 0.5)."""
+    import torch
+
+    from crforge.training.baselines import DeepCRPeer
+    from crforge.training.evaluate import realpixels as rp
+    from crforge.training.models import SYMMETRIC_VIEWS
+
+    peer = DeepCRPeer("ACS/WFC")
+    for img in images:
+        total = np.zeros(img.image.shape, np.float64)
+        for quarter, mirror in SYMMETRIC_VIEWS[:views]:
+            x = torch.rot90(torch.from_numpy(img.image[:, ::-1].copy() if mirror else img.image), quarter)
+            p = torch.rot90(torch.from_numpy(peer.scores(x.numpy().copy())), -quarter).numpy()
+            total += p[:, ::-1] if mirror else p
+        mean = (total / views).astype(np.float32)
+        name = f"deepcr ({views} views)"
+        res[img.name]["methods"][name] = rp.score_method(img, rp.find_stars(img), scores=mean, threshold=0.5)
+        scores.setdefault(img.name, {})[name] = mean
+
+
+def _bin_name(b: dict) -> str:
+    if b["low"] == float("-inf"):
+        return f"< {b['high']:.0f} e-"
+    return f"> {b['low']:.0f} e-" if b["high"] == float("inf") else f"{b['low']:.0f}-{b['high']:.0f} e-"
+
+
+def _by_peak(img, scores: dict) -> None:
+    from crforge.training.evaluate import realpixels as rp
+
+    rows = {name: rp.found_by_peak(img, s) for name, s in scores.items()}
+    bins = next(iter(rows.values()))
+    sys.stdout.write("\nACS/HRC reference CRs found at 0.05% FPR (median score at the CR's peak), by peak "
+                     "above the local background:\n\n| method | " + " | ".join(
+                         _bin_name(b) + f" ({b['crs']})" for b in bins)
+                     + " |\n|---|" + "---|" * len(bins) + "\n")
+    for name, r in rows.items():
+        sys.stdout.write(f"| {name} | " + " | ".join(
+            f"{100 * b['found']:.0f}% ({b['median_score']:.2f})" if b["crs"] else "-" for b in r) + " |\n")
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", action="append", default=[], help="zoo name or PATH[:THRESHOLD] (repeatable)")
+    p.add_argument("--model", action="append", default=[],
+                   help="zoo name or PATH[:THRESHOLD[:VIEWS]] (repeatable)")
     p.add_argument("--frames", nargs="+", default=["acs-hrc", "stis-ccd", "wfpc2"])
     p.add_argument("--no-baselines", action="store_true")
     p.add_argument("--json", type=Path, help="write every figure here")
     p.add_argument("--crops", type=Path, help="write a PNG of real crops with each method's mask")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--deepcr-views", type=int, choices=(2, 4, 8), help="also deepCR's probability averaged "
+                   "over this many symmetric views, as crforge's networks can be (TPR only)")
+    p.add_argument("--by-peak", action="store_true", help="on the ACS/HRC frame, the reference CRs each "
+                   "network and deepCR find at 0.05%% FPR, by the CR's peak in electrons")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     import torch
@@ -63,9 +115,14 @@ def main(argv=None) -> int:
     images = rp.load_real_images(realframes.fetch(args.frames))
     nets = _networks(args.model)
     masks: dict = {}
+    scores: dict = {}
     res = rp.real_pixel_figures(nets, images, baselines=() if args.no_baselines else ("deepcr", "astroscrappy"),
-                                masks=masks)
+                                masks=masks, scores=scores)
+    if args.deepcr_views:
+        _deepcr_views(images, args.deepcr_views, res, scores)
     sys.stdout.write("\n".join(rp.markdown_table(res)) + "\n")
+    if args.by_peak:
+        _by_peak(next(img for img in images if img.name == "acs-hrc"), scores["acs-hrc"])
     if args.json:
         args.json.write_text(json.dumps(res, indent=1, default=float))
     if args.crops:

@@ -58,6 +58,23 @@ def test_references_of_the_real_images(images):
     assert not hrc.reference[stars[:, 0], stars[:, 1]].any()
 
 
+def test_found_by_peak_bins_the_reference_crs(images):
+    hrc = images["acs-hrc"]
+    perfect = hrc.positives.astype(np.float32)
+    bins = rp.found_by_peak(hrc, perfect)
+    crs = sum(b["crs"] for b in bins)
+    assert crs == ndimage_label_count(hrc.positives) and [b["found"] for b in bins] == [1.0] * len(bins)
+    assert all(b["crs"] > 10 for b in bins)  # the real hits span the bins: 0 to beyond 8000 e-
+    none = rp.found_by_peak(hrc, 1.0 - perfect)
+    assert [b["found"] for b in none] == [0.0] * len(bins) and none[0]["median_score"] == 0.0
+
+
+def ndimage_label_count(mask: np.ndarray) -> int:
+    from scipy import ndimage
+
+    return int(ndimage.label(mask, np.ones((3, 3), bool))[1])
+
+
 def test_deepcr_figures_on_the_hrc_frame(images):
     """deepCR's published ACS-WFC model on the HRC frame: the anchor of the real-pixel bars."""
     hrc = images["acs-hrc"]
@@ -80,8 +97,14 @@ def test_the_shipped_mask_model_holds_the_real_pixel_bars(images):
                if r.name == "synthetic-acs-wfc" and r.kind == "mask")
     model, ckpt = load_checkpoint(registry.shipped_zoo() / rec.weights)
     hrc = images["acs-hrc"]
-    fig = rp.real_pixel_figures({"shipped": (model, ckpt, rec.threshold)}, [hrc], baselines=())
+    assert rec.views == 8  # the mean of 8 symmetric views, as clean() computes it by default
+    fig = rp.real_pixel_figures({"shipped": (model, ckpt, rec.threshold, rec.views),
+                                 "one view": (model, ckpt, rec.threshold_for(1), 1)}, [hrc], baselines=())
     f = fig["acs-hrc"]["methods"]["shipped"]
     assert f["tpr_at_fpr"]["0.005"] >= 0.794, f
     assert f["star_cores_touched"] <= 0.058, f
     assert f["pixels_flagged"] < 0.005, f  # the recommended threshold flags about what deepCR's does
+    # the views rank the real CRs better than one pass (69.7 against 67.2% at 0.05% FPR)
+    one = fig["acs-hrc"]["methods"]["one view"]
+    assert f["tpr_at_fpr"]["0.0005"] > one["tpr_at_fpr"]["0.0005"] + 0.015, (f, one)
+    assert one["star_cores_touched"] <= 0.058 and one["tpr_at_fpr"]["0.005"] >= 0.794, one
