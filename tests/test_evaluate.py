@@ -387,7 +387,7 @@ def test_mask_scores_use_the_folded_network_and_match_the_plain_one(tiny_run):
         eight = model.predict(torch.from_numpy(x)[:, None], views=8)[:, 0].numpy()
     np.testing.assert_allclose(mask_scores(model, x, batch_size=2, views=8), eight, atol=1e-5)
     assert np.abs(eight - plain).max() > 1e-4
-    for bad in (3, 0, True):
+    for bad in (3, 0, True, 8.0):
         with pytest.raises(InputError, match=f"evaluate.views={bad!r}"):
             EvaluateConfig(views=bad).validate()
 
