@@ -56,16 +56,14 @@ def _deepcr_views(images, views: int, res: dict, scores: dict) -> None:
 
     from crforge.training.baselines import DeepCRPeer
     from crforge.training.evaluate import realpixels as rp
-    from crforge.training.models import SYMMETRIC_VIEWS
+    from crforge.training.models import symmetric_mean
 
     peer = DeepCRPeer("ACS/WFC")
     for img in images:
-        total = np.zeros(img.image.shape, np.float64)
-        for quarter, mirror in SYMMETRIC_VIEWS[:views]:
-            x = torch.rot90(torch.from_numpy(img.image[:, ::-1].copy() if mirror else img.image), quarter)
-            p = torch.rot90(torch.from_numpy(peer.scores(x.numpy().copy())), -quarter).numpy()
-            total += p[:, ::-1] if mirror else p
-        mean = (total / views).astype(np.float32)
+        def peer_scores(t):
+            return torch.from_numpy(peer.scores(np.ascontiguousarray(t.numpy())))
+
+        mean = symmetric_mean(peer_scores, torch.from_numpy(img.image), views).numpy().astype(np.float32)
         name = f"deepcr ({views} views)"
         res[img.name]["methods"][name] = rp.score_method(img, rp.find_stars(img), scores=mean, threshold=0.5)
         scores.setdefault(img.name, {})[name] = mean

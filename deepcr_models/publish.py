@@ -46,7 +46,7 @@ from crforge.deepcr_models import registry as reg
 from crforge.errors import InputError
 from crforge.lock import hold
 from crforge.training import checkpoint
-from crforge.training.config import VIEWS
+from crforge.training.config import check_views
 from crforge.training.evaluate.document import read_evaluation
 
 logger = logging.getLogger(__name__)
@@ -72,9 +72,10 @@ def _threshold(ev: dict, path: Path) -> tuple[float, float, str, int, dict]:
     value = float(th["value"])
     if not 0 < value < 1:
         raise InputError(f"{path}: threshold.value={value!r}: expected a probability in (0, 1)")
-    views = th.get("views", 1)  # evaluations before symmetric views scored one view
-    if isinstance(views, bool) or views not in VIEWS:
-        raise InputError(f"{path}: threshold.views={views!r}: expected one of {VIEWS}")
+    try:  # evaluations before symmetric views scored one view
+        views = check_views(th.get("views", 1), name="threshold.views")
+    except InputError as exc:
+        raise InputError(f"{path}: {exc}") from None
     by_views = {str(k): float(v) for k, v in dict(th.get("by_views") or {}).items()}
     return value, float(th.get("fpr", float("nan"))), str(th.get("split", "val")), int(views), by_views
 

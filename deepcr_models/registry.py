@@ -42,7 +42,7 @@ from typing import Any, Literal, Mapping
 
 from crforge import atomic
 from crforge.errors import InputError
-from crforge.training.config import VIEWS
+from crforge.training.config import VIEWS, check_views
 
 logger = logging.getLogger(__name__)
 
@@ -154,8 +154,7 @@ class ModelRecord:
             raise InputError(f"sha256={self.sha256!r}: expected 64 hex digits")
         if self.threshold is not None and not 0 < self.threshold < 1:
             raise InputError(f"threshold={self.threshold!r}: expected a probability in (0, 1)")
-        if isinstance(self.views, bool) or self.views not in VIEWS:
-            raise InputError(f"views={self.views!r}: expected one of {VIEWS}")
+        check_views(self.views)
         for k, v in dict(self.view_thresholds).items():
             if k not in {str(n) for n in VIEWS} or not 0 < v < 1:
                 raise InputError(f"view_thresholds[{k!r}]={v!r}: expected a number of views in {VIEWS} "

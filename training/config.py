@@ -5,13 +5,14 @@ Standard library only, so that reading a run configuration never imports torch.
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from crforge.errors import InputError
 
 __all__ = ["TrainConfig", "ModelConfig", "AugmentConfig", "KINDS", "INPAINT_FILLS", "INPAINT_HEADS",
-           "STAR_FIT_INPUTS", "EVAL_N_MASKS", "MAX_CONTEXT", "VIEWS"]
+           "STAR_FIT_INPUTS", "EVAL_N_MASKS", "MAX_CONTEXT", "VIEWS", "check_views"]
 
 
 #: The two kinds of model.
@@ -20,6 +21,13 @@ KINDS = ("mask", "inpaint")
 #: How many symmetric views a mask network's probabilities may be averaged over
 #: (:meth:`crforge.training.models.MaskNet.predict`).
 VIEWS = (1, 2, 4, 8)
+
+
+def check_views(views, *, name: str = "views") -> int:
+    """``views`` as an int if it is one of :data:`VIEWS`; else :class:`InputError` naming ``name``."""
+    if isinstance(views, bool) or not isinstance(views, numbers.Integral) or int(views) not in VIEWS:
+        raise InputError(f"{name}={views!r}: expected one of {VIEWS} (symmetric views averaged)")
+    return int(views)
 
 #: What the mask network may learn a CR to be (``train.target``).
 TARGETS = ("labels", "truth", "labels-known")

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import logging
 import math
-import numbers
 from typing import Literal
 
 import torch
@@ -41,12 +40,20 @@ from torch import nn
 from torch.nn import functional as F
 
 from crforge.errors import InputError
-from crforge.training.config import INPAINT_FILLS, INPAINT_HEADS, KINDS, STAR_FIT_INPUTS, VIEWS, ModelConfig
+from crforge.training.config import (
+    INPAINT_FILLS,
+    INPAINT_HEADS,
+    KINDS,
+    STAR_FIT_INPUTS,
+    VIEWS,
+    ModelConfig,
+    check_views,
+)
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["UNet", "MaskNet", "InpaintNet", "VIEWS", "SYMMETRIC_VIEWS", "build_model", "check_views",
-           "fuse_batch_norm"]
+           "fuse_batch_norm", "symmetric_mean"]
 
 
 def _double_conv(in_ch: int, out_ch: int, batch_norm: bool, momentum: float) -> nn.Sequential:
@@ -221,11 +228,21 @@ def _block_at(block: nn.Sequential, parts: list[torch.Tensor], at: torch.Tensor)
 SYMMETRIC_VIEWS = ((0, False), (2, False), (1, False), (3, False), (0, True), (2, True), (1, True), (3, True))
 
 
-def check_views(views) -> int:
-    """``views`` as an int if it is one of :data:`VIEWS`; else :class:`InputError` naming it."""
-    if isinstance(views, bool) or not isinstance(views, numbers.Integral) or int(views) not in VIEWS:
-        raise InputError(f"views={views!r}: expected one of {VIEWS} (symmetric views averaged)")
-    return int(views)
+def symmetric_mean(fn, image: torch.Tensor, views: int) -> torch.Tensor:
+    """The mean of ``fn`` over the first ``views`` of :data:`SYMMETRIC_VIEWS` of ``image``.
+
+    ``fn`` maps a ``[..., H, W]`` tensor to one of the same shape; each view of the image
+    is turned (and mirrored) before ``fn`` and its result turned back, so that the mean
+    is of maps aligned with ``image``.
+    """
+    check_views(views)
+    total = None
+    for quarter, mirror in SYMMETRIC_VIEWS[:views]:
+        p = torch.rot90(fn(torch.rot90(image.flip(-1) if mirror else image, quarter, (-2, -1))),
+                        -quarter, (-2, -1))
+        p = p.flip(-1) if mirror else p
+        total = p if total is None else total + p
+    return total if views == 1 else total / views
 
 
 class MaskNet(nn.Module):
@@ -271,14 +288,7 @@ class MaskNet(nn.Module):
         points). ``H`` and ``W`` must both be multiples of ``2**depth`` (as for one
         view), since a quarter turn swaps them.
         """
-        check_views(views)
-        total = None
-        for quarter, mirror in SYMMETRIC_VIEWS[:views]:
-            x = torch.rot90(image.flip(-1) if mirror else image, quarter, (-2, -1))
-            p = torch.rot90(torch.sigmoid(self.forward(x)), -quarter, (-2, -1))
-            p = p.flip(-1) if mirror else p
-            total = p if total is None else total + p
-        return total if views == 1 else total / views
+        return symmetric_mean(lambda x: torch.sigmoid(self.forward(x)), image, views)
 
 
 class InpaintNet(nn.Module):

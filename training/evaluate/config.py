@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from crforge.errors import InputError
 from crforge.pipeline.names import SPLITS
-from crforge.training.config import VIEWS
+from crforge.training.config import check_views
 
 __all__ = ["EvaluateConfig", "BASELINES"]
 
@@ -108,8 +108,7 @@ class EvaluateConfig:
             raise InputError(f"evaluate.dilation={self.dilation!r}: expected 0 or an odd size")
         if not 0 < self.threshold_fpr < 1:
             raise InputError(f"evaluate.threshold_fpr={self.threshold_fpr!r}: expected (0, 1)")
-        if isinstance(self.views, bool) or not isinstance(self.views, int) or self.views not in VIEWS:
-            raise InputError(f"evaluate.views={self.views!r}: expected one of {VIEWS}")
+        check_views(self.views, name="evaluate.views")
         if self.checkpoint not in ("best", "last"):
             raise InputError(f"evaluate.checkpoint={self.checkpoint!r}: expected 'best' or 'last'")
         unknown = set(self.baselines) - set(BASELINES)
