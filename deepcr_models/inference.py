@@ -490,7 +490,7 @@ def _normalised(image: np.ndarray, model: ZooModel, factor: float, sky_in: float
                 ignore: np.ndarray | None) -> np.ndarray:
     from crforge.training.data import network_input
 
-    # as in training: an ignored pixel reads as the sky
+    # as in training: an ignored pixel reads as the sky where the record says fill_ignored
     x = network_input(image.astype(np.float32) * np.float32(factor), sky_in * factor, model.normalisation,
                       ignore)
     bad = ~np.isfinite(x)

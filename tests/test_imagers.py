@@ -247,7 +247,10 @@ def test_crforge_clean_on_the_real_frames(real, key, chips, bit, tmp_path, capsy
         for h in scis:
             flagged = (b["DQ", h.ver].data & bit) != 0
             assert flagged.sum() == h.header["CRNPIX"]
-            assert 0 < flagged.mean() < 0.05, (key, h.ver, flagged.mean())
+            # WFPC2's WF chips (0.1"/pixel, stars about 1.2 pixels wide) are out of every model's
+            # domain: deepCR 0.3.1 flags 6.9-8.8% of their pixels at 0.5, the shipped model 6.0-6.6%
+            limit = 0.10 if key == "wfpc2" and h.ver > 1 else 0.05
+            assert 0 < flagged.mean() < limit, (key, h.ver, flagged.mean())
     if key == "stis-ccd":  # counts were cleaned in electrons and left in counts
         with fits.open(path) as a, fits.open(out) as b:
             assert np.array_equal(a["SCI", 2].data, b["SCI", 2].data)

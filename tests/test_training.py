@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import h5py
@@ -23,7 +24,7 @@ from crforge.training import checkpoint
 from crforge.training.averaging import WeightAverage
 from crforge.training.checkpoint import load_checkpoint
 from crforge.training.config import AugmentConfig, ModelConfig, TrainConfig
-from crforge.training.data import EpochSampler, StampDataset, bright_peaks, normalise, wing_crs
+from crforge.training.data import EpochSampler, StampDataset, bright_peaks, brightened, normalise, wing_crs
 from crforge.training.metrics import rates_at_threshold, threshold_at_fpr, tpr_at_fpr
 from crforge.training.models import InpaintNet, MaskNet, UNet, build_model
 from crforge.training.train import (
@@ -223,6 +224,25 @@ def test_ignored_pixels_do_not_change_the_gradient(tmp_path, kind):
         model = build_model(kind, 2, 4)
         grads.append(_grads(model, _collate(ds, [0, 1, 2, 3]), kind))
     assert all(torch.equal(x, y) for x, y in zip(*grads))
+
+
+def test_the_mask_network_sees_ignored_pixels_as_they_are_by_default(h5file):
+    from crforge.training.train import _loaders
+
+    with h5py.File(h5file) as f:
+        image, ignore = f["train/image"][0], f["train/ignore"][0] != 0
+    hot = ignore & (image > 2000)  # the ignored hot pixel of every stamp (5000 e- above the sky)
+    assert hot.sum() == 1
+    for kind, filled in (("mask", False), ("inpaint", True)):
+        cfg = replace(tiny_cfg(kind), augment=AugmentConfig(sky_range=(0.0, 0.0), flip=False, rot90=False))
+        assert cfg.for_kind(kind).fills_ignored() is filled
+        ds = _loaders(cfg.for_kind(kind), h5file, torch.device("cpu"))[0].dataset
+        x = ds[0]["image"][0].numpy()
+        assert ds.normalisation["fill_ignored"] is filled
+        if filled:  # the sky: 0 once it is subtracted (the inpaint network's input)
+            assert x[hot][0] == 0.0
+        else:  # the pixel as recorded, over the scale (the mask network keeps the sky)
+            assert x[hot][0] == pytest.approx(image[hot][0] / 100.0)
 
 
 def test_mask_loss_ignores_labels_and_logits_under_weight_zero():
@@ -644,6 +664,49 @@ def test_star_crs_adds_labelled_crs_beside_the_brightest_stars(tmp_path, h5file)
     assert min(near) == 1.0
     with pytest.raises(ValueError, match="star_crs"):
         StampDataset(h5file, "train", "mask", aug)
+
+
+def test_brightened_scales_each_cr_by_one_factor_within_the_range():
+    charge = np.zeros((30, 30), np.float32)
+    charge[3, 3], charge[3, 4], charge[4, 5] = 500.0, 200.0, 100.0  # one 8-connected CR
+    charge[20, 20] = 800.0  # another
+    factors = []
+    for seed in range(200):
+        added = brightened(charge, np.random.default_rng(seed), 30.0)
+        assert (added[charge == 0] == 0).all()
+        f = 1 + added[charge > 0] / charge[charge > 0]
+        assert np.allclose(f[:3], f[0], rtol=1e-5)  # the three pixels of the first CR together
+        factors += [f[0], f[-1]]
+    factors = np.log(factors) / np.log(30.0)
+    assert factors.min() >= 0 and factors.max() <= 1 + 1e-6
+    # log-uniform: as many factors below sqrt(30) as above
+    assert 0.4 < np.mean(factors < 0.5) < 0.6
+
+
+def test_cr_boost_brightens_the_stamps_own_crs_and_labels_what_stands_out(tmp_path, h5file):
+    def edit(split, arrays):
+        arrays["truth"] = arrays["cr"] * 4
+
+    path = write_h5(tmp_path / "sim.h5", noiseless=True, edit=edit)
+    plain = AugmentConfig(sky_range=(0.0, 0.0), flip=False, rot90=False)
+    on = StampDataset(path, "train", "mask", AugmentConfig(**{**vars(plain), "cr_boost": 1.0}), seed=1)
+    off = StampDataset(path, "train", "mask", plain, seed=1)
+    with h5py.File(path) as f:
+        truth, ignore = f["train/truth"][:], f["train/ignore"][:]
+    gains = []
+    for i in range(len(on)):
+        a, b = on[i], off[i]
+        diff = (a["image"][0] - b["image"][0]).numpy() * 100.0  # electrons (norm_scale 100)
+        assert np.abs(diff[(truth[i] == 0) | (ignore[i] > 0)]).max() == 0  # only the stamp's own CRs
+        crs = (truth[i] > 0) & (ignore[i] == 0)
+        assert (diff[crs] >= -1e-3).all()
+        gains.append(diff[crs].sum() / max(float(b["image"][0].numpy()[crs].sum()) * 100.0, 1.0))
+        assert torch.all(a["cr"] >= b["cr"]) and (a["weight"][0] <= b["weight"][0] + 0).all()
+    assert np.median(gains) > 1.0  # log-uniform 1-30: the median CR at least doubles
+    with pytest.raises(ValueError, match="cr_boost"):
+        StampDataset(h5file, "train", "mask", AugmentConfig(cr_boost=0.5))
+    with pytest.raises(ValueError, match="cr_boost_max"):
+        AugmentConfig(cr_boost_max=1.0).validate()
 
 
 def test_an_inpaint_run_warns_that_train_epochs_is_the_mask_networks(capsys):

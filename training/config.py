@@ -229,6 +229,18 @@ class AugmentConfig:
         the simulated visits give rarely and their AstroDrizzle labels often miss; at
         0.5 it did not raise TPR on the real ACS/HRC frame (docs/real-pixels.md, run
         q3), hence off by default.
+    cr_boost : float
+        Mask network, simulated data sets only: the probability that a training
+        stamp's own cosmic rays are brightened, each (8-connected group of injected
+        charge) by a factor drawn log-uniformly between 1 and ``cr_boost_max``; their
+        pixels that then stand 5 sigma above the noise are labelled CRs, their fainter
+        ones weigh nothing. The simulated hits rarely peak above 3,000 e- while real
+        ones often do (docs/real-pixels.md). At 0.3 it raised the network's probability
+        at bright real hits, and at the rims of saturated stars with it; once the
+        network saw ignored pixels as they are it added little (runs b3 and fb3),
+        hence off by default.
+    cr_boost_max : float
+        The largest factor of ``cr_boost`` (> 1).
     """
 
     sky_range: tuple[float, float] = (-0.9, 3.0)
@@ -239,6 +251,8 @@ class AugmentConfig:
     star_masks: float = 0.25
     star_mask_offset: int = 0
     star_crs: float = 0.0
+    cr_boost: float = 0.0
+    cr_boost_max: float = 30.0
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming a bad parameter."""
@@ -257,6 +271,10 @@ class AugmentConfig:
             raise InputError(f"augment.star_mask_offset={self.star_mask_offset!r}: expected 0 to 8 pixels")
         if not 0 <= self.star_crs <= 1:
             raise InputError(f"augment.star_crs={self.star_crs!r}: expected [0, 1]")
+        if not 0 <= self.cr_boost <= 1:
+            raise InputError(f"augment.cr_boost={self.cr_boost!r}: expected [0, 1]")
+        if not self.cr_boost_max > 1:
+            raise InputError(f"augment.cr_boost_max={self.cr_boost_max!r}: expected > 1")
 
 
 @dataclass
@@ -309,7 +327,15 @@ class TrainConfig:
         Input normalisation ``(image - sky) / norm_scale`` (image unit, e.g.
         electrons); stored with the model.
     fill_ignored : bool
-        Set ignored pixels of the input to the sky (see :mod:`crforge.training.data`).
+        Mask network: set ignored pixels of the input to the sky (see
+        :mod:`crforge.training.data`). Off by default: the network sees saturated stars
+        and bad pixels as they are, as deepCR's published models do. Filled with the
+        sky, a saturated star becomes a hole inside a ring of bright star light: with
+        it on, the `make train` model's false positives on the real ACS/HRC frame
+        crowded around saturated stars and its bright real hits scored low
+        (docs/real-pixels.md, run f0).
+    inpaint_fill_ignored : bool
+        The same for the inpaint network (on: an ignored pixel cannot steer the fill).
     keep_sky : bool
         Give the mask network ``image / norm_scale`` with its sky, as deepCR does, instead
         of the sky-subtracted image: it then sees the sky level, and so the noise a pixel
@@ -414,7 +440,8 @@ class TrainConfig:
     bn_freeze_epoch: int = -1
     bn_freeze_lr_factor: float = 0.4
     norm_scale: float = 100.0
-    fill_ignored: bool = True
+    fill_ignored: bool = False
+    inpaint_fill_ignored: bool = True
     keep_sky: bool = True
     inpaint_loss: Literal["relative", "mse"] = "relative"
     inpaint_lr_factor: float = 0.4
@@ -441,6 +468,10 @@ class TrainConfig:
         if kind not in KINDS:
             raise InputError(f"kind={kind!r}: expected one of {KINDS}")
         return replace(self, kind=kind, epochs=self.inpaint_epochs if kind == "inpaint" else self.epochs)
+
+    def fills_ignored(self) -> bool:
+        """Whether this run's network sees its ignored pixels as the sky (``fill_ignored``)."""
+        return self.fill_ignored if self.kind == "mask" else self.inpaint_fill_ignored
 
     def sky_kept(self) -> bool:
         """Whether this run's network sees the image with its sky (``keep_sky``, mask only)."""

@@ -16,8 +16,10 @@ Normalisation (stored with every checkpoint, see :func:`normalisation_info`)
     subtracting the sky keeps the inputs near zero. At inference subtract a sky
     estimate (e.g. a sigma-clipped median) and divide by the stored scale
     (:func:`normalise`). Pixels that are not finite become 0 after normalisation;
-    with ``fill_ignored`` (default) every ignored pixel does, so that a pixel without
+    with ``fill_ignored`` every ignored pixel reads as the sky, so that a pixel without
     a label (bad, saturated, outside the footprint) cannot steer the network either.
+    The inpaint network is trained so; the mask network is not by default
+    (``TrainConfig.fill_ignored``): a filled saturated star is a hole with a sharp rim.
 
 Sky augmentation (deepCR, Zhang & Bloom 2020, section 3.3)
     Training stamps get ``f * sky`` added with ``f`` uniform in ``augment.sky_range``
@@ -57,6 +59,13 @@ Cosmic rays on star wings (mask network, simulated data sets)
     ``image - noiseless`` where ``truth > 0``) added 1-3 pixels from its brightest
     peaks (:func:`wing_crs`); their pixels 5 sigma above the star's noise are labelled
     CRs, their fainter ones weigh nothing.
+
+Brighter cosmic rays (mask network, simulated data sets)
+    With ``augment.cr_boost`` a training stamp's own cosmic rays are, with that
+    probability, each brightened by a factor drawn log-uniformly between 1 and
+    ``augment.cr_boost_max`` (:func:`brightened`), so that hits as bright as stars
+    are seen and labelled; pixels 5 sigma above the noise are labelled CRs, fainter
+    brightened ones weigh nothing.
 
 Determinism
     Every random choice of item ``i`` comes from ``numpy.random.default_rng([seed,
@@ -231,9 +240,11 @@ class StampDataset(Dataset):
         # inpaint targets: the noiseless pixels where the file has them
         self._noiseless = kind == "inpaint" and info.has_noiseless
         self._star_crs = kind == "mask" and augment is not None and augment.star_crs > 0
-        if self._star_crs and not (info.has_noiseless and info.has_truth):
-            raise InputError(f"{info.path}: /{split} has no noiseless pixels and truth (only simulated data "
-                             "sets do), which augment.star_crs needs; set train.augment.star_crs = 0")
+        self._cr_boost = kind == "mask" and augment is not None and augment.cr_boost > 0
+        for name, on in (("star_crs", self._star_crs), ("cr_boost", self._cr_boost)):
+            if on and not (info.has_noiseless and info.has_truth):
+                raise InputError(f"{info.path}: /{split} has no noiseless pixels and truth (only simulated data "
+                                 f"sets do), which augment.{name} needs; set train.augment.{name} = 0")
         self.readnoise = info.column("readnoise", 0.0).astype(np.float64)
         crf = info.column("cr_fraction", 1.0)
         # inpaint masks are borrowed only from stamps with CRs (an empty one adds nothing)
@@ -324,6 +335,21 @@ class StampDataset(Dataset):
         faint |= added > 0
         faint &= ~cr
 
+    def _boost_crs(self, index: int, rng: np.random.Generator, image: np.ndarray, cr: np.ndarray,
+                   faint: np.ndarray, ignore: np.ndarray) -> None:
+        """``augment.cr_boost``: this stamp's own cosmic rays brightened, in place."""
+        clean = self._reader.read("noiseless", index).astype(np.float32)
+        truth = self._reader.read("truth", index)
+        charge = np.where((truth > 0) & ~ignore, np.maximum(image - clean, 0), 0).astype(np.float32)
+        added = brightened(charge, rng, self.augment.cr_boost_max)
+        e = self._electrons(index)
+        sigma = np.sqrt(np.maximum(clean, 0) * e + self.readnoise[index] ** 2) / e
+        image += added
+        cr |= (added > 0) & (charge + added >= STAR_CR_SNR * sigma)
+        # brightened charge still too faint to tell from the noise is no example either way
+        faint |= added > 0
+        faint &= ~cr
+
     def _target(self, index: int, ignore: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The CR pixels of a stamp, and those that count neither way (weight 0)."""
         if self.target == "truth":
@@ -345,6 +371,8 @@ class StampDataset(Dataset):
         # an ignored pixel has no label: a CR flag there must not reach the model in
         # any way (inpaint input mask included), so it is dropped here
         cr, faint = self._target(index, ignore)
+        if self._cr_boost and rng.random() < self.augment.cr_boost:
+            self._boost_crs(index, rng, image, cr, faint, ignore)
         if self._star_crs and rng.random() < self.augment.star_crs:
             self._add_star_crs(index, rng, image, cr, faint, ignore)
         sky = float(max(self.sky[index], 0.0))
@@ -461,6 +489,31 @@ def wing_crs(charge: np.ndarray, strong: np.ndarray, peaks: np.ndarray, rng: np.
         added[ty[inside], tx[inside]] += charge[ys[inside], xs[inside]]
         landed[ty[inside], tx[inside]] |= strong[ys[inside], xs[inside]]
     return added, landed
+
+
+def brightened(charge: np.ndarray, rng: np.random.Generator, largest: float) -> np.ndarray:
+    """The charge that makes each cosmic ray of ``charge`` brighter by its own factor.
+
+    Parameters
+    ----------
+    charge : numpy.ndarray
+        A stamp's injected CR charge (0 where none); its 8-connected groups are the CRs.
+    rng : numpy.random.Generator
+        Draws one factor per CR, log-uniform between 1 and ``largest``.
+    largest : float
+        The largest factor (``augment.cr_boost_max``).
+
+    Returns
+    -------
+    numpy.ndarray
+        float32, ``(factor - 1) * charge`` on each CR's pixels, 0 elsewhere.
+    """
+    from scipy.ndimage import label
+
+    groups, count = label(charge > 0, structure=np.ones((3, 3), bool))
+    factor = np.exp(rng.uniform(0.0, np.log(largest), count + 1)).astype(np.float32)
+    factor[0] = 1.0
+    return ((factor[groups] - 1) * charge).astype(np.float32)
 
 
 def _onto_peak(donor: np.ndarray, peaks: np.ndarray, rng: np.random.Generator, offset: int = 0) -> np.ndarray:

@@ -559,7 +559,7 @@ class _Run:
 
     def __post_init__(self) -> None:
         self.log = _RunLog(self.out / "train.log", enabled=ddp.current().main)
-        self.norm = normalisation_info(self.cfg.norm_scale, self.cfg.fill_ignored,
+        self.norm = normalisation_info(self.cfg.norm_scale, self.cfg.fills_ignored(),
                                        self.train_loader.dataset.bunit, keep_sky=self.cfg.sky_kept())
 
     @property
@@ -610,7 +610,7 @@ def _config_diff(old: dict, new: dict, prefix: str = "") -> list[str]:
 
 
 def _loaders(cfg: TrainConfig, data: Path, device: torch.device) -> tuple[DataLoader, DataLoader | None]:
-    common = {"norm_scale": cfg.norm_scale, "fill_ignored": cfg.fill_ignored, "keep_sky": cfg.sky_kept(),
+    common = {"norm_scale": cfg.norm_scale, "fill_ignored": cfg.fills_ignored(), "keep_sky": cfg.sky_kept(),
               "target": cfg.target if cfg.kind == "mask" else "labels", "truth_min_bin": cfg.truth_min_bin}
     train_ds = StampDataset(data, "train", cfg.kind, cfg.augment, cfg.seed, **common)
     if len(train_ds) == 0:

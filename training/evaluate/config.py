@@ -32,10 +32,12 @@ class EvaluateConfig:
         Kernel size of the dilated variant (deepCR: 3; 0 = no dilated figures).
     threshold_fpr : float
         The recommended threshold of the mask model is the one giving this
-        false-positive rate on the ``val`` split. 0.1%: on the real frames
-        (docs/real-pixels.md) a network's threshold at 0.1% on simulated val stamps flags
-        about as many pixels as deepCR's recommended 0.5 does (0.2-0.3%); at 0.5% it
-        flagged 3-5 times more, and touched the cores of 5-13% of real stars.
+        false-positive rate on the ``val`` split. 0.05%, deepCR's lower operating point:
+        on the real frames (docs/real-pixels.md) a network that sees ignored pixels as
+        they are (``train.fill_ignored = false``) touches at 0.1% the cores of 31% of
+        WFPC2's undersampled PC1 stars (deepCR at its 0.5: 28%), at 0.05% 22%; at 0.5%
+        networks flagged 3-5 times as many pixels as deepCR and touched the cores of
+        5-13% of the ACS/HRC stars.
     views : int
         The mask network's probability of a pixel is the mean over this many symmetric
         views of the image (1, 2, 4 or 8; :meth:`~crforge.training.models.MaskNet.predict`)
@@ -79,7 +81,7 @@ class EvaluateConfig:
     stamps_per_field_type: int = 64
     fprs: tuple[float, ...] = (0.0005, 0.005)
     dilation: int = 3
-    threshold_fpr: float = 0.001
+    threshold_fpr: float = 0.0005
     views: int = 8
     checkpoint: str = "best"
     baselines: tuple[str, ...] = BASELINES
