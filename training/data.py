@@ -310,6 +310,11 @@ class StampDataset(Dataset):
         """Electrons per image unit of a stamp (its exposure time for e-/s data)."""
         return float(self.exptime[index]) if self._per_second else 1.0
 
+    def _noise(self, index: int, clean: np.ndarray) -> np.ndarray:
+        """A stamp's noise per pixel (photon noise of its noiseless pixels and read noise), its unit."""
+        e = self._electrons(index)
+        return np.sqrt(np.maximum(clean, 0) * e + self.readnoise[index] ** 2) / e
+
     def _add_star_crs(self, index: int, rng: np.random.Generator, image: np.ndarray, cr: np.ndarray,
                       faint: np.ndarray, ignore: np.ndarray) -> None:
         """``augment.star_crs``: another stamp's cosmic rays onto this one's star wings, in place."""
@@ -326,10 +331,8 @@ class StampDataset(Dataset):
         charge = self._apply(charge, k, flip) * np.float32(self._electrons(j) / self._electrons(index))
         added, strong = wing_crs(np.where(truth > 0, charge, 0), truth >= self.truth_min_bin, peaks, rng)
         added[ignore] = 0
-        e = self._electrons(index)
-        sigma = np.sqrt(np.maximum(clean, 0) * e + self.readnoise[index] ** 2) / e
         image += added
-        hit = strong & (added >= STAR_CR_SNR * sigma) & ~ignore
+        hit = strong & (added >= STAR_CR_SNR * self._noise(index, clean)) & ~ignore
         cr |= hit
         # injected charge too faint to tell from the star's noise is no example either way
         faint |= added > 0
@@ -342,10 +345,8 @@ class StampDataset(Dataset):
         truth = self._reader.read("truth", index)
         charge = np.where((truth > 0) & ~ignore, np.maximum(image - clean, 0), 0).astype(np.float32)
         added = brightened(charge, rng, self.augment.cr_boost_max)
-        e = self._electrons(index)
-        sigma = np.sqrt(np.maximum(clean, 0) * e + self.readnoise[index] ** 2) / e
         image += added
-        cr |= (added > 0) & (charge + added >= STAR_CR_SNR * sigma)
+        cr |= (added > 0) & (charge + added >= STAR_CR_SNR * self._noise(index, clean))
         # brightened charge still too faint to tell from the noise is no example either way
         faint |= added > 0
         faint &= ~cr
