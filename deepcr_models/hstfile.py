@@ -20,8 +20,8 @@ DQ file when it is there (waivered files converted as AstroDrizzle does); the ou
 then a multi-extension file with SCI and DQ per chip, the DQ all zero but for the
 clean bit when no DQ file was found. Pixels the DQ
 marks bad, saturated (grown by ``label.saturation_grow`` pixels, as in the training
-labels) or without data are shown to the networks as sky, as in training, and never
-masked.
+labels) or without data are shown to each network as in its training (as they are, or as
+the sky where its record says ``fill_ignored``) and never masked.
 """
 
 from __future__ import annotations

@@ -653,9 +653,9 @@ def clean(image: Any, mask_model: str | os.PathLike | ZooModel,
     sky : float, optional
         The sky in the image's unit; default :func:`estimate_sky` (one value per frame).
     ignore : numpy.ndarray of bool, optional
-        Pixels without a usable value (DQ bad, saturated, no data): the networks see
-        them as sky (as in training) and they are never in the mask. Non-finite pixels
-        are always ignored.
+        Pixels without a usable value (DQ bad, saturated, no data): each network sees
+        them as in its training (as the sky where its record says ``fill_ignored``) and
+        they are never in the mask. Non-finite pixels are always ignored.
     bunit, exptime : str, float, optional
         The image's unit (``'ELECTRONS'`` or ``'ELECTRONS/S'``; default ``header``'s
         ``BUNIT``, else the model's) and the seconds that convert it to the model's
