@@ -254,11 +254,10 @@ def _card_provenance(records: list[reg.ModelRecord], ev: dict, inst: str) -> lis
 
 def _ignored_line(records: list[reg.ModelRecord]) -> str:
     """How each network of the card is shown the pixels DQ flags (its record's ``fill_ignored``)."""
-    seen = [f"the {r.kind} network {'sees them ' if i == 0 else ''}"
-            f"as {'the sky' if r.normalisation.get('fill_ignored', True) else 'they are'}"
-            for i, r in enumerate(records)]
+    seen = ", ".join(f"the {r.kind} network as "
+                     + ("the sky" if r.normalisation.get("fill_ignored", True) else "they are") for r in records)
     return ("- Pixels flagged bad, saturated or without data in DQ are never masked; "
-            f"{', '.join(seen)}, as in training.")
+            f"they reach {seen}, as in training.")
 
 
 def model_card(name: str, records: list[reg.ModelRecord], ev: dict, roc: str | None = None,
