@@ -24,7 +24,15 @@ from crforge.training import checkpoint
 from crforge.training.averaging import WeightAverage
 from crforge.training.checkpoint import load_checkpoint
 from crforge.training.config import AugmentConfig, ModelConfig, TrainConfig
-from crforge.training.data import EpochSampler, StampDataset, bright_peaks, brightened, normalise, wing_crs
+from crforge.training.data import (
+    EpochSampler,
+    StampDataset,
+    bright_peaks,
+    brightened,
+    cr_fringe,
+    normalise,
+    wing_crs,
+)
 from crforge.training.metrics import rates_at_threshold, threshold_at_fpr, tpr_at_fpr
 from crforge.training.models import InpaintNet, MaskNet, UNet, build_model
 from crforge.training.train import (
@@ -620,6 +628,60 @@ def test_mask_target_truth_uses_the_injected_crs(tmp_path, h5file):
     assert (item["weight"][0][(labels > 0) & (torch.from_numpy(splits["train"]["ignore"][0]) == 0)] == 1).all()
     with pytest.raises(ValueError, match="no truth"):
         StampDataset(h5file, "train", "mask", None, target="truth")
+
+
+def test_cr_fringe_teaches_the_charge_next_to_a_labelled_cr_at_its_own_probability(tmp_path, h5file):
+    """``train.cr_fringe``: the injected charge touching a labelled CR becomes a soft target of weight 1."""
+    cr = np.zeros((8, 8), bool)
+    cr[3, 3] = cr[3, 4] = True
+    charge = cr.copy()
+    charge[2, 5] = charge[4, 2] = True    # touching the labelled hit (diagonally too)
+    charge[3, 6] = True                   # two pixels out: not its fringe
+    charge[7, 7] = True                   # a hit the labels missed: no fringe of any label
+    fringe = cr_fringe(cr, charge)
+    assert np.argwhere(fringe).tolist() == [[2, 5], [4, 2]]
+    assert not cr_fringe(np.zeros_like(cr), charge).any()
+
+    rng = np.random.default_rng(7)
+    splits = {}
+    for split, n in (("train", 2), ("val", 2)):
+        arrays = _stamps(n, rng)
+        arrays["cr"][:] = 0
+        arrays["ignore"][:] = 0
+        arrays["cr"][:, 10, 10] = 1
+        truth = np.zeros_like(arrays["cr"])
+        truth[:, 9:12, 9:12] = 1            # the hit's faint wings, left out by the labels
+        truth[:, 10, 10] = 4
+        truth[:, 30, 30] = 1                # faint charge away from any label
+        arrays["ignore"][:, 11, 11] = 1     # an ignored wing pixel: no target, weight 0
+        meta = np.zeros(n, META_DTYPE)
+        meta["field_type"] = FIELD_TYPES[0]
+        splits[split] = {**arrays, "truth": truth, "meta": meta}
+    path = write_arrays(tmp_path / "f.h5", splits)
+    plain = StampDataset(path, "train", "mask", None)[0]
+    item = StampDataset(path, "train", "mask", None, cr_fringe=0.3)[0]
+    t, w = item["cr"][0], item["weight"][0]
+    assert t[10, 10] == 1 and t[9, 9] == pytest.approx(0.3) and t[9, 11] == pytest.approx(0.3)
+    assert t[11, 11] == 0 and w[11, 11] == 0 and t[30, 30] == 0
+    assert float(t.sum()) == pytest.approx(1 + 7 * 0.3)
+    assert torch.equal(plain["image"], item["image"]) and plain["cr"].sum() == 1
+    # with labels-known the wings weigh 1 (they are taught), charge elsewhere still 0
+    known = StampDataset(path, "train", "mask", None, target="labels-known", cr_fringe=0.3)[0]
+    assert torch.equal(known["cr"], item["cr"]) and known["weight"][0][9, 9] == 1 and known["weight"][0][30, 30] == 0
+    # the inpaint network's items never carry it
+    assert StampDataset(path, "train", "inpaint", None, cr_fringe=0.3)[0]["cr"].sum() == 1
+    # a file without truth (real data) has no fringe: its labels as they are
+    real = StampDataset(h5file, "train", "mask", None, cr_fringe=0.3)
+    assert real.cr_fringe == 0 and torch.equal(real[0]["cr"], StampDataset(h5file, "train", "mask", None)[0]["cr"])
+    with pytest.raises(ValueError, match="cr_fringe"):
+        StampDataset(path, "train", "mask", None, cr_fringe=1.5)
+    # the run validates against the labels: the fringe is not counted as a positive
+    res = main(tiny_cfg(epochs=1, cr_fringe=0.3), path, tmp_path / "run")
+    ck = checkpoint.read(res["best"])
+    assert ck.training.config["cr_fringe"] == 0.3
+    assert ck.training.metrics["by_field_type"][FIELD_TYPES[0]]["cr_pixels"] == 2  # one labelled pixel per val stamp
+    with pytest.raises(ValueError, match="train.cr_fringe"):
+        TrainConfig(cr_fringe=2.0).validate()
 
 
 def test_wing_crs_moves_whole_crs_next_to_the_peaks():

@@ -376,6 +376,15 @@ class TrainConfig:
         (docs/real-pixels.md, runs p6 and q4).
     truth_min_bin : int
         See ``target``: 2 (3-5 sigma), 3 (5-10) or 4 (> 10).
+    cr_fringe : float
+        Mask network, simulated data sets only (a data set without truth, real data, is
+        taught its labels as they are, with a log line): the target probability of each taught
+        CR's fringe, the pixels next to it that hold injected charge of the same stamp's
+        cosmic rays which the target leaves out (:func:`crforge.training.data.cr_fringe`);
+        0 = none, 1 = the CRs grown by a pixel. The labels stop where a hit falls below
+        about 3 sigma; the STIS pair difference and deepCR's masks reach a pixel further.
+        A fringe taught as certain costs ACS/HRC TPR, taught as uncertain it keeps it
+        (docs/real-pixels.md, runs g1, s1, s3 and f15).
     val_fpr : float
         False-positive rate of the mask model's validation TPR (deepCR: 0.005).
     val_stamps : int
@@ -449,6 +458,7 @@ class TrainConfig:
     inpaint_ema: float = 0.9
     target: Literal["labels", "truth", "labels-known"] = "labels"
     truth_min_bin: int = 2
+    cr_fringe: float = 0.15
     val_fpr: float = 0.005
     val_stamps: int = 96
     seed: int = 0
@@ -539,3 +549,6 @@ class TrainConfig:
             raise InputError(f"train.target={self.target!r}: expected one of {TARGETS}")
         if self.truth_min_bin not in (1, 2, 3, 4):
             raise InputError(f"train.truth_min_bin={self.truth_min_bin!r}: expected 1, 2, 3 or 4")
+        if isinstance(self.cr_fringe, bool) or not (isinstance(self.cr_fringe, (int, float))
+                                                    and 0 <= self.cr_fringe <= 1):
+            raise InputError(f"train.cr_fringe={self.cr_fringe!r}: expected a number in [0, 1]")

@@ -82,6 +82,7 @@ from typing import Iterator, Literal
 
 import numpy as np
 import torch
+from scipy import ndimage
 from torch.utils.data import Dataset, Sampler
 
 from crforge.errors import InputError
@@ -100,6 +101,7 @@ NORM_SCHEME = "(image - sky) / scale"
 # salts of the independent random streams of one item
 _SALT_ITEM = 0
 _SALT_ORDER = 1
+_EIGHT = np.ones((3, 3), bool)
 
 
 
@@ -193,11 +195,17 @@ class StampDataset(Dataset):
         (``labels-known``).
     truth_min_bin : int
         With ``target='truth'``: the faintest truth bin that is a CR (2: 3-5 sigma).
+    cr_fringe : float
+        Mask network, simulated data only: the target probability of a CR's fringe, the
+        pixels next to a CR pixel of the target that hold injected charge of the stamp's
+        own cosmic rays which the target leaves out (:func:`cr_fringe`); 0 = none. A file
+        without truth (real data) has no fringe: its labels are taught as they are.
 
     Notes
     -----
     An item is a dict of tensors: ``image`` ``[1,S,S]`` float32 normalised, ``cr``
-    ``[1,S,S]`` float32 (1 = CR; never on an ignored pixel), ``weight`` ``[1,S,S]`` float32 (0 where ignored,
+    ``[1,S,S]`` float32 (1 = CR, ``cr_fringe`` on a fringe pixel, else 0; never on an
+    ignored pixel), ``weight`` ``[1,S,S]`` float32 (0 where ignored,
     else 1), ``index`` (int) and, for inpaint, ``mask`` (the borrowed CR masks) and
     ``loss_mask`` (``mask`` and not ignored, and not own CR unless the target is
     noiseless), both float32, and ``target`` (the normalised noiseless pixels) where
@@ -208,7 +216,7 @@ class StampDataset(Dataset):
     def __init__(self, path: str | os.PathLike, split: str, kind: Literal["mask", "inpaint"] = "mask",
                  augment: AugmentConfig | None = None, seed: int = 0, *, norm_scale: float = 100.0,
                  fill_ignored: bool = True, keep_sky: bool = False, target: str = "labels",
-                 truth_min_bin: int = 2) -> None:
+                 truth_min_bin: int = 2, cr_fringe: float = 0.0) -> None:
         if split not in SPLITS:
             raise InputError(f"split={split!r}: expected one of {SPLITS}")
         if kind not in ("mask", "inpaint"):
@@ -232,6 +240,13 @@ class StampDataset(Dataset):
             raise InputError(f"{info.path}: /{split} has no truth (only simulated data sets do); "
                              "train on the labels (train.target='labels')")
         self.target, self.truth_min_bin = target, int(truth_min_bin)
+        if not 0.0 <= cr_fringe <= 1.0:
+            raise InputError(f"cr_fringe={cr_fringe!r}: expected a number in [0, 1]")
+        # the fringe is read from the injected truth: a real data set's labels are all it has
+        self.cr_fringe = float(cr_fringe) if kind == "mask" and info.has_truth else 0.0
+        if cr_fringe and kind == "mask" and not info.has_truth:
+            logger.info("%s: /%s has no truth (real data): train.cr_fringe = %g does not apply, the labels "
+                        "are taught as they are", info.path, split, cr_fringe)
         self.epoch = 0
         self._n = info.n
         self.sky = np.nan_to_num(info.column("sky", 0.0).astype(np.float64))
@@ -361,6 +376,12 @@ class StampDataset(Dataset):
             return labels, np.zeros_like(ignore)
         return labels, (self._reader.read("truth", index) > 0) & ~labels  # labels-known
 
+    def _fringed(self, index: int, cr: np.ndarray, faint: np.ndarray, ignore: np.ndarray) -> np.ndarray:
+        """``cr`` as float32 with its fringe at ``cr_fringe``; a fringe pixel weighs 1 (``faint`` updated)."""
+        fringe = cr_fringe(cr, self._reader.read("truth", index) > 0) & ~ignore
+        faint &= ~fringe
+        return np.where(cr, np.float32(1), np.where(fringe, np.float32(self.cr_fringe), np.float32(0)))
+
     def __getitem__(self, index: int) -> dict:
         if not 0 <= index < self._n:
             raise IndexError(f"index {index} out of range for {self._n} stamps")
@@ -376,6 +397,7 @@ class StampDataset(Dataset):
             self._boost_crs(index, rng, image, cr, faint, ignore)
         if self._star_crs and rng.random() < self.augment.star_crs:
             self._add_star_crs(index, rng, image, cr, faint, ignore)
+        target = self._fringed(index, cr, faint, ignore) if self.cr_fringe else cr
         sky = float(max(self.sky[index], 0.0))
         level = sky  # the background of the (augmented) stamp
         aug = self.augment
@@ -390,7 +412,7 @@ class StampDataset(Dataset):
         # the recorded sky is subtracted: the network sees the augmented offsets too
         x = network_input(image, ref, self.normalisation, ignore)
         k, flip = self._geometry(rng)
-        arrays = {"image": x, "cr": cr, "weight": ~ignore & ~faint}
+        arrays = {"image": x, "cr": target, "weight": ~ignore & ~faint}
         if self._noiseless:
             clean = self._reader.read("noiseless", index).astype(np.float32) + np.float32(level - sky)
             arrays["target"] = network_input(clean, ref, self.normalisation)
@@ -411,6 +433,26 @@ class StampDataset(Dataset):
                 for name, a in arrays.items()}
         item["index"] = index
         return item
+
+
+def cr_fringe(cr: np.ndarray, charge: np.ndarray) -> np.ndarray:
+    """The fringe of the cosmic rays ``cr``: pixels next to one (8-connected) that hold CR charge.
+
+    Parameters
+    ----------
+    cr : ndarray of bool
+        The CR pixels a network is taught (the labels).
+    charge : ndarray of bool
+        Pixels holding injected CR charge, however faint (a simulated stamp's ``truth > 0``).
+
+    Returns
+    -------
+    ndarray of bool
+        ``charge`` pixels outside ``cr`` that touch it. AstroDrizzle's labels stop where
+        a hit's charge falls below about 3 sigma; a pair difference (the STIS reference,
+        docs/real-pixels.md) and deepCR's masks reach one pixel further.
+    """
+    return ndimage.binary_dilation(cr, structure=_EIGHT) & charge & ~cr
 
 
 #: How many of a stamp's brightest peaks ``augment.star_masks`` aims CR masks at.

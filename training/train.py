@@ -426,7 +426,8 @@ class _Figures:
                 keep = batch["weight"][j, 0] > 0
                 # float16 scores would tie many pixels at the threshold
                 self.scores.setdefault(ft, []).append(torch.sigmoid(out[j, 0].float())[keep].cpu().numpy())
-                self.labels.setdefault(ft, []).append((batch["cr"][j, 0][keep] > 0).cpu().numpy())
+                # a CR's fringe (``train.cr_fringe``, a target below 1) is no positive here
+                self.labels.setdefault(ft, []).append((batch["cr"][j, 0][keep] >= 1).cpu().numpy())
             else:
                 lm = batch["loss_mask"][j, 0] > 0
                 target = batch.get("target", batch["image"])[j, 0]
@@ -611,7 +612,8 @@ def _config_diff(old: dict, new: dict, prefix: str = "") -> list[str]:
 
 def _loaders(cfg: TrainConfig, data: Path, device: torch.device) -> tuple[DataLoader, DataLoader | None]:
     common = {"norm_scale": cfg.norm_scale, "fill_ignored": cfg.fills_ignored(), "keep_sky": cfg.sky_kept(),
-              "target": cfg.target if cfg.kind == "mask" else "labels", "truth_min_bin": cfg.truth_min_bin}
+              "target": cfg.target if cfg.kind == "mask" else "labels", "truth_min_bin": cfg.truth_min_bin,
+              "cr_fringe": cfg.cr_fringe}
     train_ds = StampDataset(data, "train", cfg.kind, cfg.augment, cfg.seed, **common)
     if len(train_ds) == 0:
         raise InputError(f"{data}: the train split has no stamps")
