@@ -196,12 +196,17 @@ def _card_mask(ev: dict, roc: str | None) -> list[str]:
 def _card_real(ev: dict, real_png: str | None) -> list[str]:
     from crforge.training.evaluate.realpixels import STAR_SNR, markdown_table
 
+    scored = {method for image in ev["real"].values() for method in image["methods"]}
+    peers = [label for key, label in (("deepcr", "deepCR 0.3.1 `ACS-WFC`"),
+                                      ("astroscrappy", "LACosmic (astroscrappy, swept)")) if key in scored]
+    # a run evaluated with --no-baselines has no peer rows: the card must not promise them
+    peer_line = (f"{' and '.join(peers)} on the same pixels, in the same run." if peers else
+                 "No other method was scored in this run (`--no-baselines`).")
     lines = ["", "## Real pixels (real HST frames; none of them used in training)", "",
              "ACS/HRC j8bt06nyq (47 Tuc, F606W 60 s) against AstroDrizzle's CR flags (blobs of at most 30 "
              "pixels); STIS/CCD o4k19a010 (M33, a 2 x 150 s pair) against the pair difference; WFPC2 "
              f"u40x010hm PC1 (omega Cen), no CR reference. Stars: peaks > {STAR_SNR:g} sigma; 'star cores "
-             "touched': the mask at the recommended threshold covers a pixel of the 3x3 core. deepCR 0.3.1 "
-             "`ACS-WFC` and LACosmic (astroscrappy, swept) on the same pixels, in the same run.", ""]
+             f"touched': the mask at the recommended threshold covers a pixel of the 3x3 core. {peer_line}", ""]
     lines += markdown_table(ev["real"]) + [""]
     if real_png:
         lines += [f"![Real crops, each method's mask in red, reference CRs in cyan]({real_png})", ""]

@@ -246,6 +246,23 @@ def test_publish_refuses_a_run_without_evaluation(trained, tmp_path, capsys):
         publish(run, "../evil", zoo=tmp_path / "z")
 
 
+def test_the_card_names_only_the_real_pixel_peers_the_run_scored():
+    """A run evaluated with ``--no-baselines`` has no deepCR or LACosmic rows: the card says so."""
+    from crforge.deepcr_models.publish import _card_real
+
+    def fig(tpr):
+        return {"tpr_at_fpr": {"0.0005": tpr, "0.005": tpr}, "star_cores_touched": 0.01, "pixels_flagged": 0.001}
+
+    ev = {"real": {"acs-hrc": {"stars": 10, "methods": {"crforge": fig(0.7), "deepcr": fig(0.73)}}}}
+    text = "\n".join(_card_real(ev, None))
+    assert "deepCR 0.3.1 `ACS-WFC` on the same pixels, in the same run." in text and "LACosmic" not in text
+    ev["real"]["acs-hrc"]["methods"]["astroscrappy"] = fig(0.3)
+    assert "deepCR 0.3.1 `ACS-WFC` and LACosmic (astroscrappy, swept) on the same" in "\n".join(_card_real(ev, None))
+    alone = "\n".join(_card_real({"real": {"acs-hrc": {"stars": 10, "methods": {"crforge": fig(0.7)}}}}, None))
+    assert "No other method was scored in this run" in alone and "deepCR" not in alone
+    assert "| acs-hrc (10 stars) | crforge | 70.0 | 70.0 | 1.0% | 0.10% |" in alone
+
+
 def test_altered_or_missing_weights_are_refused(zoo, tmp_path):
     z = tmp_path / "zoo"
     shutil.copytree(zoo, z)
