@@ -354,6 +354,22 @@ def test_cli_evaluate_and_errors(tiny_run, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "TPR at 0.5% FPR" in out and "evaluation.json" in out
     assert json.loads((tmp_path / "evaluation.json").read_text())["data"]["n_stamps"] == 3
+    # a second evaluation into the same directory is refused before any work, and the
+    # first one's files are left as they were; --overwrite replaces them
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
+    assert {"evaluation.json", "report.md", "roc.png"} <= set(before)
+    again = ["evaluate", "--run", str(run_dir), "--data", str(data), "--out", str(tmp_path), "--no-baselines",
+             "--set", "evaluate.photometry=false", "--set", "evaluate.real_frames=false",
+             "--set", "evaluate.stamps_per_field_type=2"]
+    assert cli.main(again) == 2
+    err = capsys.readouterr().err
+    assert str(tmp_path / "evaluation.json") in err and "--overwrite" in err
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()} == before
+    (tmp_path / "real.png").write_bytes(b"an older evaluation's plot")
+    assert cli.main([*again, "--overwrite"]) == 0
+    assert json.loads((tmp_path / "evaluation.json").read_text())["data"]["n_stamps"] == 6
+    assert not (tmp_path / "real.png").exists()
+    capsys.readouterr()
     assert cli.main(["evaluate", "--run", str(tmp_path / "nope"), "--data", str(data)]) == 2
     assert "nope" in capsys.readouterr().err
     assert cli.main(["evaluate", "--run", str(run_dir), "--data", str(data),

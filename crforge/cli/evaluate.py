@@ -23,6 +23,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--split", choices=SPLITS, help="split to evaluate (default: evaluate.split, test)")
     parser.add_argument("--out", type=Path, help="output directory (default: the run directory)")
     parser.add_argument("--no-baselines", action="store_true", help="evaluate crforge's models only")
+    parser.add_argument("--overwrite", action="store_true", help="replace an evaluation already in the "
+                        "output directory (evaluation.json, report.md, roc.png, real.png)")
     parser.add_argument("--wait", action="store_true", help="wait for another run writing the output "
                         "directory instead of refusing (exit 2)")
 
@@ -39,7 +41,7 @@ def run(args: argparse.Namespace, cfg: RunConfig) -> int:
         flags["baselines"] = ()
     check_writable_dir(args.out or args.run, what="output directory")
     doc = evaluate_run(args.run, args.data, dataclasses.replace(cfg.evaluate, **flags), args.out,
-                       progress=None, wait=args.wait)
+                       progress=None, wait=args.wait, overwrite=args.overwrite)
     out = Path(args.out or args.run)
     sys.stdout.write(summary_text(doc))
     sys.stdout.write(f"wrote {out / 'evaluation.json'}, {out / 'report.md'}"

@@ -61,7 +61,7 @@ from crforge.pipeline.datafile.validate import require_valid
 from crforge.training.evaluate.config import EvaluateConfig
 from crforge.training.evaluate.data import as_str, load_network, load_stamps, normalised
 from crforge.training.evaluate.detection import evaluate_mask
-from crforge.training.evaluate.document import EVALUATION_FORMAT, write_evaluation
+from crforge.training.evaluate.document import EVALUATION_FILE, EVALUATION_FORMAT, write_evaluation
 from crforge.training.evaluate.inpainting import evaluate_inpaint, inpaint_methods
 from crforge.training.evaluate.photometry import photometric_fidelity
 from crforge.training.evaluate.report import plot_roc, write_report
@@ -69,8 +69,11 @@ from crforge.training.evaluate.runtime import machine, thread_count
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["EVALUATION_FORMAT", "evaluate_run"]
+__all__ = ["EVALUATION_FORMAT", "OUTPUT_FILES", "evaluate_run"]
 
+
+#: What an evaluation writes into its output directory.
+OUTPUT_FILES = (EVALUATION_FILE, "report.md", "roc.png", "real.png")
 
 #: The networks a run may hold, in the document's order.
 _KINDS = ("mask", "inpaint")
@@ -78,7 +81,7 @@ _KINDS = ("mask", "inpaint")
 
 def evaluate_run(run_dir: str | os.PathLike, data_path: str | os.PathLike, cfg: EvaluateConfig,
                  out_dir: str | os.PathLike | None = None, *, progress: bool | None = False,
-                 wait: bool = False) -> dict:
+                 wait: bool = False, overwrite: bool = False) -> dict:
     """Evaluate a run's models and the baselines; write JSON, report and ROC plot.
 
     Parameters
@@ -96,6 +99,9 @@ def evaluate_run(run_dir: str | os.PathLike, data_path: str | os.PathLike, cfg: 
     wait : bool
         Wait for another run writing the output directory instead of refusing; the
         call holds its lock (:mod:`crforge.lock`) while it evaluates and writes.
+    overwrite : bool
+        Replace an evaluation already in the output directory; without it such a
+        directory is refused before any work is done.
 
     Returns
     -------
@@ -108,7 +114,8 @@ def evaluate_run(run_dir: str | os.PathLike, data_path: str | os.PathLike, cfg: 
         No run directory or data file at the path.
     InputError
         A bad setting in ``cfg``, a run directory without networks, a checkpoint or
-        data file not as expected.
+        data file not as expected; an evaluation already in the output directory (and
+        not ``overwrite``).
     crforge.lock.LockedError
         Another process is writing the output directory (and not ``wait``).
     """
@@ -120,6 +127,8 @@ def evaluate_run(run_dir: str | os.PathLike, data_path: str | os.PathLike, cfg: 
     run_dir, data_path = _check_paths(Path(run_dir), Path(data_path))
     out = Path(out_dir) if out_dir is not None else run_dir
     with hold(out, what="crforge evaluate", wait=wait):
+        if not overwrite:
+            _refuse_earlier_outputs(out)
         nets = _networks(run_dir, cfg.checkpoint)
         threads_before = torch.get_num_threads()
         torch.set_num_threads(thread_count(cfg.threads))
@@ -129,6 +138,14 @@ def evaluate_run(run_dir: str | os.PathLike, data_path: str | os.PathLike, cfg: 
             torch.set_num_threads(threads_before)
         _write_outputs(doc, out)
     return doc
+
+
+def _refuse_earlier_outputs(out: Path) -> None:
+    """Raise if ``out`` already holds what an evaluation writes (checked under its lock)."""
+    there = [name for name in OUTPUT_FILES if (out / name).exists()]
+    if there:
+        raise InputError(f"{out / there[0]}: an evaluation is already there ({', '.join(there)}); "
+                         "pass --overwrite (evaluate_run(overwrite=True)) to replace it, or --out DIR")
 
 
 def _check_paths(run_dir: Path, data_path: Path) -> tuple[Path, Path]:
@@ -243,7 +260,6 @@ def _write_outputs(doc: dict, out: Path) -> None:
     """``evaluation.json``, ``report.md`` and (with detection figures) ``roc.png`` in ``out``."""
     out.mkdir(parents=True, exist_ok=True)
     real = doc.pop("_real_masks", None)
-    write_evaluation(out, doc)
     write_report(doc, out / "report.md")
     if real is not None:
         from crforge.training.evaluate.realplots import pick_crops, plot_crops
@@ -253,3 +269,10 @@ def _write_outputs(doc: dict, out: Path) -> None:
         plot_crops(crops, real["masks"], out / "real.png")
     if doc["mask"]:
         plot_roc(doc, out / "roc.png")
+    # an evaluation replaced with --overwrite must not leave the old one's plots beside it
+    written = {EVALUATION_FILE, "report.md"} | ({"real.png"} if real is not None else set()) \
+        | ({"roc.png"} if doc["mask"] else set())
+    for name in set(OUTPUT_FILES) - written:
+        (out / name).unlink(missing_ok=True)
+    # last: crforge publish reads evaluation.json, so it appears only beside its own plots
+    write_evaluation(out, doc)
