@@ -365,7 +365,7 @@ def test_train_one_epoch_and_evaluate(h5file):
     assert ev["val_stamps"] == 4 and np.isfinite(ev["val_loss"])
 
 
-def _constant_teacher(path: Path, p: float, keep_sky: bool = True) -> Path:
+def _constant_teacher(path: Path, p: float, keep_sky: bool = True, fill_ignored: bool = False) -> Path:
     """A mask model that gives every pixel the probability ``p``."""
     net = build_model("mask", 2, 4)
     with torch.no_grad():
@@ -374,7 +374,8 @@ def _constant_teacher(path: Path, p: float, keep_sky: bool = True) -> Path:
     return checkpoint.write_weights(path, checkpoint.Checkpoint(
         kind="mask", model_config={"depth": 2, "width": 4, "batch_norm": True, "bn_momentum": 0.1},
         state_dict=net.state_dict(),
-        normalisation={"scale": 100.0, "bunit": "ELECTRONS", "fill_ignored": True, "keep_sky": keep_sky}))
+        normalisation={"scale": 100.0, "bunit": "ELECTRONS", "fill_ignored": fill_ignored,
+                       "keep_sky": keep_sky}))
 
 
 def test_a_teacher_pulls_the_mask_network_towards_its_probabilities(h5file, tmp_path):
@@ -402,6 +403,11 @@ def test_a_teacher_pulls_the_mask_network_towards_its_probabilities(h5file, tmp_
     other = _constant_teacher(tmp_path / "sky.pt", 0.7, keep_sky=False)
     with pytest.raises(ValueError, match="train.teacher_mask"):
         main(tiny_cfg(teacher_mask=str(other)), h5file, tmp_path / "bad")
+    # and one that saw ignored pixels as the sky, where this run sees them as they are
+    filled = _constant_teacher(tmp_path / "filled.pt", 0.7, fill_ignored=True)
+    with pytest.raises(ValueError, match="train.fill_ignored"):
+        main(tiny_cfg(teacher_mask=str(filled)), h5file, tmp_path / "bad2")
+    assert _teacher(tiny_cfg(teacher_mask=str(filled), fill_ignored=True), torch.device("cpu")) is not None
     with pytest.raises(ValueError, match="teacher_weight"):
         tiny_cfg(teacher_weight=1.5).validate()
 

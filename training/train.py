@@ -753,11 +753,13 @@ def _teacher(cfg: TrainConfig, device: torch.device) -> nn.Module | None:
     else:
         net, ckpt = checkpoint.load_checkpoint(spec, kind="mask")
         norm = ckpt.normalisation
-        theirs = (float(norm["scale"]), bool(norm.get("keep_sky", False)))
-        if theirs != (cfg.norm_scale, cfg.sky_kept()):
-            raise InputError(f"train.teacher_mask={spec!r}: its input normalisation (scale, keep_sky) is "
-                             f"{theirs}, this run's {(cfg.norm_scale, cfg.sky_kept())} "
-                             "(train.norm_scale, train.keep_sky)")
+        # the teacher reads the student's input as it is: it must have learnt that input
+        theirs = (float(norm["scale"]), bool(norm.get("keep_sky", False)), bool(norm.get("fill_ignored", True)))
+        ours = (cfg.norm_scale, cfg.sky_kept(), cfg.fills_ignored())
+        if theirs != ours:
+            raise InputError(f"train.teacher_mask={spec!r}: its input normalisation (scale, keep_sky, "
+                             f"fill_ignored) is {theirs}, this run's {ours} "
+                             "(train.norm_scale, train.keep_sky, train.fill_ignored)")
     net = net.to(device).eval()
     for p in net.parameters():
         p.requires_grad_(False)
