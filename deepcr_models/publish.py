@@ -194,11 +194,10 @@ def _card_mask(ev: dict, roc: str | None) -> list[str]:
 
 
 def _card_real(ev: dict, real_png: str | None) -> list[str]:
-    from crforge.training.evaluate.realpixels import STAR_SNR, markdown_table
+    from crforge.training.evaluate.realpixels import PEER_LABELS, STAR_SNR, markdown_table
 
     scored = {method for image in ev["real"].values() for method in image["methods"]}
-    peers = [label for key, label in (("deepcr", "deepCR 0.3.1 `ACS-WFC`"),
-                                      ("astroscrappy", "LACosmic (astroscrappy, swept)")) if key in scored]
+    peers = [label for key, label in PEER_LABELS.items() if key in scored]
     # a run evaluated with --no-baselines has no peer rows: the card must not promise them
     peer_line = (f"{' and '.join(peers)} on the same pixels, in the same run." if peers else
                  "No other method was scored in this run (`--no-baselines`).")

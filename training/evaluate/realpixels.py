@@ -32,6 +32,7 @@ import numpy as np
 from scipy import ndimage
 
 from crforge.training import metrics as M
+from crforge.training.evaluate.names import METHOD_LABELS
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +44,12 @@ FPRS = (0.0005, 0.005)
 STAR_SNR = 20.0
 MAX_CR_BLOB = 30
 LACOSMIC_SWEEP = (3.0, 4.5, 6.0, 8.0, 10.0, 15.0, 20.0, 30.0, 50.0)
+#: deepCR's model that the real frames are scored with (its ACS/WFC one: none of the
+#: real frames' imagers has its own).
+DEEPCR_REAL_MODEL = "ACS-WFC"
+#: How a model card names the peers scored on the real frames.
+PEER_LABELS = {"deepcr": f"{METHOD_LABELS['deepcr']} `{DEEPCR_REAL_MODEL}`",
+               "astroscrappy": METHOD_LABELS["astroscrappy"].replace(")", ", swept)")}
 _EIGHT = np.ones((3, 3), bool)
 # ACS and STIS DQ: bad (1 lost, 2 fill, 4 bad, 8 masked, 16 hot, 32 unstable, 128 bad column,
 # 512 bad reference, 1024 trap), saturated (256, 2048), CR (4096, 8192)
@@ -217,7 +224,7 @@ def _baselines(img: RealImage, stars: np.ndarray, baselines: tuple[str, ...], ma
 
     out = {}
     if "deepcr" in baselines:
-        scores = DeepCRPeer("ACS/WFC").scores(img.image)  # electrons, sky included, as deepCR expects
+        scores = DeepCRPeer(DEEPCR_REAL_MODEL).scores(img.image)  # electrons, sky included, as deepCR expects
         out["deepcr"] = score_method(img, stars, scores=scores, threshold=0.5)
         masks["deepcr"], scores_out["deepcr"] = scores > 0.5, scores
     if "astroscrappy" in baselines:
