@@ -261,6 +261,9 @@ def main(argv=None) -> int:
     p.add_argument("--image", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.worker == "make-image":
+        make_image(args.image.parent)
+        return 0
     if args.worker:
         worker(args.worker, args.image, args.threads, args.repeat, args.out)
         return 0
@@ -268,6 +271,11 @@ def main(argv=None) -> int:
     import torch
 
     args.work.mkdir(parents=True, exist_ok=True)
+    if not (args.work / "chip.npy").exists():
+        # simulated in a child of its own: Linux carries a process's peak memory across
+        # fork and exec, so a parent grown by the simulation would inflate every method's
+        subprocess.run([sys.executable, __file__, "--worker", "make-image", "--image", str(args.work / "chip.npy")],
+                       check=True)
     image = make_image(args.work)
     methods = list(args.methods or METHODS)
     if args.methods is None and torch.cuda.is_available():
