@@ -77,7 +77,7 @@ def train_crforge(data: Path, n: int, device) -> dict:
     from crforge.training.train import train_one_epoch
 
     cfg = TrainConfig(kind="mask", epochs=2, batch_size=16, device=device.type, init_mask="")
-    ds = StampDataset(data, "train", "mask", cfg.augment, seed=0, norm_scale=cfg.norm_scale)
+    ds = StampDataset(data, "train", "mask", cfg.augment, seed=0, **cfg.data_options())
     model = build_model("mask", 2, 32).to(device).to(memory_format=torch.channels_last)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     scaler = torch.amp.GradScaler(device.type, enabled=device.type == "cuda" and cfg.amp)

@@ -40,7 +40,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     cfg = TrainConfig(kind="inpaint")
-    ds = StampDataset(args.data, "train", "inpaint", cfg.augment, 0)
+    ds = StampDataset(args.data, "train", "inpaint", cfg.augment, 0, **cfg.data_options())
     loader = DataLoader(ds, batch_size=cfg.batch_size, sampler=EpochSampler(len(ds), 0, limit=args.steps * 16))
     nets = {}
     for fill in ("median5", "none"):

@@ -52,8 +52,7 @@ def loader_rate(data: Path, workers: int, stamps: int, epoch: int = 0) -> dict:
     from crforge.training.data import EpochSampler, StampDataset
 
     cfg = TrainConfig()
-    ds = StampDataset(data, "train", "mask", cfg.augment, seed=0, norm_scale=cfg.norm_scale,
-                      keep_sky=cfg.keep_sky)
+    ds = StampDataset(data, "train", "mask", cfg.augment, seed=0, **cfg.data_options())
     sampler = EpochSampler(len(ds), 0, True, stamps)
     sampler.set_epoch(epoch)
     loader = DataLoader(ds, batch_size=16, num_workers=workers, sampler=sampler)

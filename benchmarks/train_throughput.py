@@ -138,7 +138,7 @@ def worker_ours(args) -> dict:
     cfg = TrainConfig(kind="mask", epochs=1, batch_size=args.batch_size, lr=args.lr, device="cpu",
                       stamps_per_epoch=args.stamps, num_workers=args.workers,
                       cpu_bf16="on" if args.worker == "ours-bf16" else "off")
-    ds = StampDataset(args.data, "train", "mask", cfg.augment, seed=0, norm_scale=cfg.norm_scale)
+    ds = StampDataset(args.data, "train", "mask", cfg.augment, seed=0, **cfg.data_options())
     if len(ds) < args.stamps:
         raise SystemExit(f"{args.data}: {len(ds)} train stamps, fewer than --stamps {args.stamps}")
     loader = DataLoader(ds, batch_size=cfg.batch_size, num_workers=cfg.num_workers,
@@ -152,7 +152,7 @@ def worker_ours(args) -> dict:
     tr = train_one_epoch(model, loader, opt, scaler, "cpu", 0, cfg)
     seconds = time.perf_counter() - t0
     # score: the same val stamps, our normalisation, eval mode
-    val_ds = StampDataset(args.data, args.val_split, "mask", None, seed=0, norm_scale=cfg.norm_scale)
+    val_ds = StampDataset(args.data, args.val_split, "mask", None, seed=0, **cfg.data_options())
     val = _read(args.data, args.val_split, args.val_stamps)
     model.eval()
     probs = []

@@ -370,7 +370,7 @@ def test_flux_loss_weighs_each_object_by_its_fractional_flux_error():
 
 
 def test_inpaint_items_target_the_noiseless_pixels(simulated, tmp_path):
-    ds = StampDataset(simulated, "train", "inpaint", None, seed=0)
+    ds = StampDataset(simulated, "train", "inpaint", None, seed=0, **TrainConfig(kind="inpaint").data_options())
     item = ds[1]
     own, lm = item["cr"][0] > 0, item["loss_mask"][0] > 0
     # the target is the noiseless stamp normalised like the input, known under the own CRs too
@@ -388,7 +388,7 @@ def test_training_masks_are_denser_and_can_be_aimed_at_stars(simulated):
             "stars": AugmentConfig(sky_range=(0.0, 0.0), flip=False, rot90=False, star_masks=1.0)}
     frac, on_peak = {}, {}
     for name, aug in sets.items():
-        ds = StampDataset(simulated, "train", "inpaint", aug, seed=0)
+        ds = StampDataset(simulated, "train", "inpaint", aug, seed=0, **TrainConfig(kind="inpaint").data_options())
         fr, hits = [], []
         for i in range(1, 60, 3):  # the crowded-star stamps
             item = ds[i]

@@ -116,6 +116,14 @@ def h5file(tmp_path) -> Path:
     return write_h5(tmp_path / "tiny.h5")
 
 
+#: The stamps as stored: no default of the data set's own (TrainConfig.data_options gives a run's)
+AS_STORED = {"norm_scale": 100.0, "fill_ignored": True, "keep_sky": False}
+
+
+def _dataset(path, split, kind="mask", augment=None, seed=0, **kw) -> StampDataset:
+    return StampDataset(path, split, kind, augment, seed, **{**AS_STORED, **kw})
+
+
 def tiny_cfg(kind: str = "mask", **kw) -> TrainConfig:
     cfg = TrainConfig(kind=kind, model=ModelConfig(depth=2, width=4), epochs=2, batch_size=4,
                       lr=0.01, device="cpu", seed=3, bn_freeze_epoch=1, init_mask="")
@@ -138,7 +146,7 @@ def test_the_test_file_is_a_valid_training_set(h5file):
 
 
 def test_dataset_items_shapes_and_lazy_open(h5file):
-    ds = StampDataset(h5file, "train", "inpaint", AugmentConfig(), seed=1)
+    ds = _dataset(h5file, "train", "inpaint", AugmentConfig(), seed=1)
     assert ds._reader._h5 is None  # nothing open after construction (safe to fork)
     assert len(ds) == 12 and ds.stamp_size == S
     item = ds[0]
@@ -150,8 +158,8 @@ def test_dataset_items_shapes_and_lazy_open(h5file):
 
 
 def test_items_depend_only_on_seed_epoch_index(h5file):
-    a = StampDataset(h5file, "train", "inpaint", AugmentConfig(), seed=5)
-    b = StampDataset(h5file, "train", "inpaint", AugmentConfig(), seed=5)
+    a = _dataset(h5file, "train", "inpaint", AugmentConfig(), seed=5)
+    b = _dataset(h5file, "train", "inpaint", AugmentConfig(), seed=5)
     _ = b[3], b[7]  # other reads first must not matter
     for k in ("image", "mask", "loss_mask"):
         assert torch.equal(a[5][k], b[5][k])
@@ -164,7 +172,7 @@ def test_items_depend_only_on_seed_epoch_index(h5file):
 
 
 def test_workers_give_the_same_batches(h5file):
-    ds = StampDataset(h5file, "train", "mask", AugmentConfig(), seed=2)
+    ds = _dataset(h5file, "train", "mask", AugmentConfig(), seed=2)
     kw = {"batch_size": 4, "sampler": EpochSampler(len(ds), 2)}
     b0 = list(DataLoader(ds, num_workers=0, **kw))
     b2 = list(DataLoader(ds, num_workers=2, **kw))
@@ -172,9 +180,9 @@ def test_workers_give_the_same_batches(h5file):
 
 
 def test_sky_augmentation_and_normalisation(h5file):
-    plain = StampDataset(h5file, "val", "mask", None, seed=0, norm_scale=100.0)
+    plain = _dataset(h5file, "val", "mask", None, seed=0, norm_scale=100.0)
     aug = AugmentConfig(sky_range=(2.0, 2.0), flip=False, rot90=False)
-    bright = StampDataset(h5file, "val", "mask", aug, seed=0, norm_scale=100.0)
+    bright = _dataset(h5file, "val", "mask", aug, seed=0, norm_scale=100.0)
     x0, x1 = plain[0]["image"][0].numpy(), bright[0]["image"][0].numpy()
     with h5py.File(h5file) as h5:
         raw = h5["val/image"][0]
@@ -192,7 +200,7 @@ def test_sky_augmentation_and_normalisation(h5file):
 
 def test_mask_loss_falls_over_a_few_steps(h5file):
     torch.manual_seed(0)
-    ds = StampDataset(h5file, "train", "mask", None, seed=0)
+    ds = _dataset(h5file, "train", "mask", None, seed=0)
     batch = _collate(ds, list(range(8)))
     model = build_model("mask", 2, 8)
     opt = torch.optim.Adam(model.parameters(), lr=0.01)
@@ -227,7 +235,7 @@ def test_ignored_pixels_do_not_change_the_gradient(tmp_path, kind):
         assert not np.array_equal(fa["train/cr"][()], fb["train/cr"][()])
     grads = []
     for path in (a, b):
-        ds = StampDataset(path, "train", kind, AugmentConfig(), seed=4)
+        ds = _dataset(path, "train", kind, AugmentConfig(), seed=4)
         torch.manual_seed(0)
         model = build_model(kind, 2, 4)
         grads.append(_grads(model, _collate(ds, [0, 1, 2, 3]), kind))
@@ -272,7 +280,7 @@ def test_mask_loss_ignores_labels_and_logits_under_weight_zero():
 
 
 def test_inpaint_loss_excludes_the_stamps_own_crs(h5file):
-    ds = StampDataset(h5file, "train", "inpaint", AugmentConfig(), seed=1)
+    ds = _dataset(h5file, "train", "inpaint", AugmentConfig(), seed=1)
     batch = _collate(ds, [0, 1, 2, 3])
     own, lm, mask = batch["cr"] > 0, batch["loss_mask"] > 0, batch["mask"] > 0
     assert own.any() and lm.any()
@@ -352,14 +360,14 @@ def test_tpr_at_fpr_hand_built_cases():
 def test_train_one_epoch_and_evaluate(h5file):
     torch.manual_seed(0)
     cfg = tiny_cfg(epochs=1)
-    ds = StampDataset(h5file, "train", "mask", cfg.augment, seed=0)
+    ds = _dataset(h5file, "train", "mask", cfg.augment, seed=0)
     loader = DataLoader(ds, batch_size=4, sampler=EpochSampler(len(ds), 0))
     model = build_model("mask", 2, 4)
     opt = torch.optim.Adam(model.parameters(), lr=0.01)
     scaler = torch.amp.GradScaler("cpu", enabled=False)
     tr = train_one_epoch(model, loader, opt, scaler, "cpu", 0, cfg)
     assert tr["steps"] == 3 and tr["stamps"] == 12 and np.isfinite(tr["train_loss"])
-    val = StampDataset(h5file, "val", "mask", None, seed=0)
+    val = _dataset(h5file, "val", "mask", None, seed=0)
     ev = evaluate(model, DataLoader(val, batch_size=4), "cpu", "mask", fpr=0.005)
     assert set(ev["by_field_type"]) == set(FIELD_TYPES) and 0 <= ev["tpr_at_fpr"] <= 1
     assert ev["val_stamps"] == 4 and np.isfinite(ev["val_loss"])
@@ -384,7 +392,7 @@ def test_a_teacher_pulls_the_mask_network_towards_its_probabilities(h5file, tmp_
     from crforge.training.train import _distilled, _teacher
 
     teacher = _constant_teacher(tmp_path / "teacher.pt", 0.7)
-    val = _collate(StampDataset(h5file, "val", "mask", None, seed=0), range(4))
+    val = _collate(_dataset(h5file, "val", "mask", None, seed=0), range(4))
     net = _teacher(tiny_cfg(teacher_mask=str(teacher)), torch.device("cpu"))
     blended = _distilled(val, net, 0.25)["cr"]
     assert torch.allclose(blended, 0.75 * val["cr"].float() + 0.25 * 0.7)
@@ -487,7 +495,7 @@ def test_inpaint_best_epoch_is_chosen_on_the_error_relative_to_the_base_fill(h5f
     assert run["best_epoch"] == 1 + int(np.argmin(scores))
     # the untrained network is its base fill: the ratios start near 1
     net = build_model("inpaint", 2, 4)
-    val = StampDataset(h5file, "val", "inpaint", None, seed=0)
+    val = _dataset(h5file, "val", "inpaint", None, seed=0)
     ev = evaluate(net.eval(), DataLoader(val, batch_size=4), "cpu", "inpaint", fpr=0.005)
     assert ev["val_score"] == pytest.approx(1.0, abs=1e-6)
 
@@ -599,8 +607,8 @@ def test_network_input_subtracts_or_keeps_the_sky():
 
 def test_keep_sky_items_and_runs(h5file, tmp_path):
     """``train.keep_sky``: the mask network's items carry the sky, and the checkpoint says so."""
-    plain = StampDataset(h5file, "val", "mask", None, seed=0)
-    kept = StampDataset(h5file, "val", "mask", None, seed=0, keep_sky=True)
+    plain = _dataset(h5file, "val", "mask", None, seed=0)
+    kept = _dataset(h5file, "val", "mask", None, seed=0, keep_sky=True)
     a, b = plain[0]["image"], kept[0]["image"]
     assert torch.allclose(b - a, torch.full_like(a, 40.0 / 100.0), atol=1e-5)  # meta sky 40 e-
     res = main(tiny_cfg(keep_sky=True, epochs=1), h5file, tmp_path / "k")
@@ -621,19 +629,19 @@ def test_mask_target_truth_uses_the_injected_crs(tmp_path, h5file):
         meta["field_type"] = FIELD_TYPES[0]
         splits[split] = {**arrays, "truth": truth, "meta": meta}
     path = write_arrays(tmp_path / "t.h5", splits)
-    item = StampDataset(path, "train", "mask", None, target="truth", truth_min_bin=2)[0]
+    item = _dataset(path, "train", "mask", None, target="truth", truth_min_bin=2)[0]
     cr, weight = item["cr"][0], item["weight"][0]
     assert cr[6, 6] == 1 and cr[7, 7] == 1 and cr[5, 5] == 0 and cr.sum() == 2
     assert weight[5, 5] == 0 and weight[6, 6] == 1  # < 3 sigma charge: no label either way
     # labels-known: the labels are the CRs, the injected charge they leave out counts neither way
     labels = torch.from_numpy(splits["train"]["cr"][0].astype(np.float32))
-    item = StampDataset(path, "train", "mask", None, target="labels-known")[0]
+    item = _dataset(path, "train", "mask", None, target="labels-known")[0]
     assert torch.equal(item["cr"][0], labels * (1 - torch.from_numpy(splits["train"]["ignore"][0].astype(np.float32))))
     missed = (torch.from_numpy(truth[0]) > 0) & (labels == 0)
     assert missed.sum() >= 2 and (item["weight"][0][missed] == 0).all()
     assert (item["weight"][0][(labels > 0) & (torch.from_numpy(splits["train"]["ignore"][0]) == 0)] == 1).all()
     with pytest.raises(ValueError, match="no truth"):
-        StampDataset(h5file, "train", "mask", None, target="truth")
+        _dataset(h5file, "train", "mask", None, target="truth")
 
 
 def test_cr_fringe_teaches_the_charge_next_to_a_labelled_cr_at_its_own_probability(tmp_path, h5file):
@@ -664,23 +672,23 @@ def test_cr_fringe_teaches_the_charge_next_to_a_labelled_cr_at_its_own_probabili
         meta["field_type"] = FIELD_TYPES[0]
         splits[split] = {**arrays, "truth": truth, "meta": meta}
     path = write_arrays(tmp_path / "f.h5", splits)
-    plain = StampDataset(path, "train", "mask", None)[0]
-    item = StampDataset(path, "train", "mask", None, cr_fringe=0.3)[0]
+    plain = _dataset(path, "train", "mask", None)[0]
+    item = _dataset(path, "train", "mask", None, cr_fringe=0.3)[0]
     t, w = item["cr"][0], item["weight"][0]
     assert t[10, 10] == 1 and t[9, 9] == pytest.approx(0.3) and t[9, 11] == pytest.approx(0.3)
     assert t[11, 11] == 0 and w[11, 11] == 0 and t[30, 30] == 0
     assert float(t.sum()) == pytest.approx(1 + 7 * 0.3)
     assert torch.equal(plain["image"], item["image"]) and plain["cr"].sum() == 1
     # with labels-known the wings weigh 1 (they are taught), charge elsewhere still 0
-    known = StampDataset(path, "train", "mask", None, target="labels-known", cr_fringe=0.3)[0]
+    known = _dataset(path, "train", "mask", None, target="labels-known", cr_fringe=0.3)[0]
     assert torch.equal(known["cr"], item["cr"]) and known["weight"][0][9, 9] == 1 and known["weight"][0][30, 30] == 0
     # the inpaint network's items never carry it
-    assert StampDataset(path, "train", "inpaint", None, cr_fringe=0.3)[0]["cr"].sum() == 1
+    assert _dataset(path, "train", "inpaint", None, cr_fringe=0.3)[0]["cr"].sum() == 1
     # a file without truth (real data) has no fringe: its labels as they are
-    real = StampDataset(h5file, "train", "mask", None, cr_fringe=0.3)
-    assert real.cr_fringe == 0 and torch.equal(real[0]["cr"], StampDataset(h5file, "train", "mask", None)[0]["cr"])
+    real = _dataset(h5file, "train", "mask", None, cr_fringe=0.3)
+    assert real.cr_fringe == 0 and torch.equal(real[0]["cr"], _dataset(h5file, "train", "mask", None)[0]["cr"])
     with pytest.raises(ValueError, match="cr_fringe"):
-        StampDataset(path, "train", "mask", None, cr_fringe=1.5)
+        _dataset(path, "train", "mask", None, cr_fringe=1.5)
     # the run validates against the labels: the fringe is not counted as a positive
     res = main(tiny_cfg(epochs=1, cr_fringe=0.3), path, tmp_path / "run")
     ck = checkpoint.read(res["best"])
@@ -712,8 +720,8 @@ def test_star_crs_adds_labelled_crs_beside_the_brightest_stars(tmp_path, h5file)
 
     path = write_h5(tmp_path / "sim.h5", noiseless=True, edit=edit)
     aug = AugmentConfig(sky_range=(0.0, 0.0), flip=False, rot90=False, star_crs=1.0)
-    on = StampDataset(path, "train", "mask", aug, seed=2)
-    off = StampDataset(path, "train", "mask", AugmentConfig(sky_range=(0.0, 0.0), flip=False, rot90=False),
+    on = _dataset(path, "train", "mask", aug, seed=2)
+    off = _dataset(path, "train", "mask", AugmentConfig(sky_range=(0.0, 0.0), flip=False, rot90=False),
                        seed=2)
     with h5py.File(path) as f:
         clean, ignore = f["train/noiseless"][:], f["train/ignore"][:]
@@ -731,7 +739,7 @@ def test_star_crs_adds_labelled_crs_beside_the_brightest_stars(tmp_path, h5file)
         assert torch.all(a["cr"] >= b["cr"])
     assert min(near) == 1.0
     with pytest.raises(ValueError, match="star_crs"):
-        StampDataset(h5file, "train", "mask", aug)
+        _dataset(h5file, "train", "mask", aug)
 
 
 def test_brightened_scales_each_cr_by_one_factor_within_the_range():
@@ -757,8 +765,8 @@ def test_cr_boost_brightens_the_stamps_own_crs_and_labels_what_stands_out(tmp_pa
 
     path = write_h5(tmp_path / "sim.h5", noiseless=True, edit=edit)
     plain = AugmentConfig(sky_range=(0.0, 0.0), flip=False, rot90=False)
-    on = StampDataset(path, "train", "mask", AugmentConfig(**{**vars(plain), "cr_boost": 1.0}), seed=1)
-    off = StampDataset(path, "train", "mask", plain, seed=1)
+    on = _dataset(path, "train", "mask", AugmentConfig(**{**vars(plain), "cr_boost": 1.0}), seed=1)
+    off = _dataset(path, "train", "mask", plain, seed=1)
     with h5py.File(path) as f:
         truth, ignore = f["train/truth"][:], f["train/ignore"][:]
     gains = []
@@ -772,7 +780,7 @@ def test_cr_boost_brightens_the_stamps_own_crs_and_labels_what_stands_out(tmp_pa
         assert torch.all(a["cr"] >= b["cr"]) and (a["weight"][0] <= b["weight"][0] + 0).all()
     assert np.median(gains) > 1.0  # log-uniform 1-30: the median CR at least doubles
     with pytest.raises(ValueError, match="cr_boost"):
-        StampDataset(h5file, "train", "mask", AugmentConfig(cr_boost=0.5))
+        _dataset(h5file, "train", "mask", AugmentConfig(cr_boost=0.5))
     with pytest.raises(ValueError, match="cr_boost_max"):
         AugmentConfig(cr_boost_max=1.0).validate()
 

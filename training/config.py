@@ -487,6 +487,14 @@ class TrainConfig:
         """Whether this run's network sees the image with its sky (``keep_sky``, mask only)."""
         return self.keep_sky and self.kind == "mask"
 
+    def data_options(self) -> dict:
+        """What :class:`~crforge.training.data.StampDataset` needs to give this run's network
+        its input and targets (keyword arguments), so that the data set keeps no defaults
+        of its own beside these."""
+        return {"norm_scale": self.norm_scale, "fill_ignored": self.fills_ignored(), "keep_sky": self.sky_kept(),
+                "target": self.target if self.kind == "mask" else "labels", "truth_min_bin": self.truth_min_bin,
+                "cr_fringe": self.cr_fringe}
+
     def init(self) -> str | None:
         """The starting weights of this run's kind (None: a seeded random start)."""
         return (self.init_mask if self.kind == "mask" else self.init_inpaint) or None

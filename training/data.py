@@ -181,7 +181,11 @@ class StampDataset(Dataset):
     seed : int
         Seed of every random choice.
     norm_scale : float
-        Normalisation scale, see :func:`normalise`.
+        Normalisation scale, see :func:`normalise`. This and the next two have no
+        default: they are the training run's (:meth:`TrainConfig.data_options
+        <crforge.training.config.TrainConfig.data_options>` gives all of a run's), and
+        the data set must not hold a second copy. ``target``, ``truth_min_bin`` and
+        ``cr_fringe`` default to off (the labels as they are).
     fill_ignored : bool
         Set ignored pixels of the input to the (normalised) sky.
     keep_sky : bool
@@ -214,8 +218,8 @@ class StampDataset(Dataset):
     """
 
     def __init__(self, path: str | os.PathLike, split: str, kind: Literal["mask", "inpaint"] = "mask",
-                 augment: AugmentConfig | None = None, seed: int = 0, *, norm_scale: float = 100.0,
-                 fill_ignored: bool = True, keep_sky: bool = False, target: str = "labels",
+                 augment: AugmentConfig | None = None, seed: int = 0, *, norm_scale: float,
+                 fill_ignored: bool, keep_sky: bool, target: str = "labels",
                  truth_min_bin: int = 2, cr_fringe: float = 0.0) -> None:
         if split not in SPLITS:
             raise InputError(f"split={split!r}: expected one of {SPLITS}")

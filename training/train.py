@@ -611,9 +611,7 @@ def _config_diff(old: dict, new: dict, prefix: str = "") -> list[str]:
 
 
 def _loaders(cfg: TrainConfig, data: Path, device: torch.device) -> tuple[DataLoader, DataLoader | None]:
-    common = {"norm_scale": cfg.norm_scale, "fill_ignored": cfg.fills_ignored(), "keep_sky": cfg.sky_kept(),
-              "target": cfg.target if cfg.kind == "mask" else "labels", "truth_min_bin": cfg.truth_min_bin,
-              "cr_fringe": cfg.cr_fringe}
+    common = cfg.data_options()
     train_ds = StampDataset(data, "train", cfg.kind, cfg.augment, cfg.seed, **common)
     if len(train_ds) == 0:
         raise InputError(f"{data}: the train split has no stamps")

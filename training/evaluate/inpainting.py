@@ -92,7 +92,7 @@ def _eval_masks(data: dict, seed: int, norm_scale: float, fill_ignored: bool) ->
     from crforge.training.data import StampDataset
 
     ds = StampDataset(data["path"], data["split"], kind="inpaint", augment=None, seed=seed,
-                      norm_scale=norm_scale, fill_ignored=fill_ignored)
+                      norm_scale=norm_scale, fill_ignored=fill_ignored, keep_sky=False)  # inpaint: never
     try:
         masks, loss = [], []
         for i in data["index"]:
