@@ -273,7 +273,8 @@ def main(argv=None) -> int:
     args.work.mkdir(parents=True, exist_ok=True)
     if not (args.work / "chip.npy").exists():
         # simulated in a child of its own: Linux carries a process's peak memory across
-        # fork and exec, so a parent grown by the simulation would inflate every method's
+        # fork and exec, so a parent grown by the simulation would inflate the peak
+        # memory reported for every method
         subprocess.run([sys.executable, __file__, "--worker", "make-image", "--image", str(args.work / "chip.npy")],
                        check=True)
     image = make_image(args.work)
