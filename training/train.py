@@ -750,14 +750,15 @@ def _teacher(cfg: TrainConfig, device: torch.device) -> nn.Module | None:
         net = deepcr.load_mask_model(name, scale=cfg.norm_scale)[0]
     else:
         net, ckpt = checkpoint.load_checkpoint(spec, kind="mask")
-        norm = ckpt.normalisation
-        # the teacher reads the student's input as it is: it must have learnt that input
-        theirs = (float(norm["scale"]), bool(norm.get("keep_sky", False)), bool(norm.get("fill_ignored", True)))
-        ours = (cfg.norm_scale, cfg.sky_kept(), cfg.fills_ignored())
-        if theirs != ours:
-            raise InputError(f"train.teacher_mask={spec!r}: its input normalisation (scale, keep_sky, "
-                             f"fill_ignored) is {theirs}, this run's {ours} "
-                             "(train.norm_scale, train.keep_sky, train.fill_ignored)")
+        # the teacher reads the student's input as it is: it must have learnt that input.
+        # Keys an older record lacks read as network_input reads them.
+        ours = normalisation_info(cfg.norm_scale, cfg.fills_ignored(), keep_sky=cfg.sky_kept())
+        theirs = {"keep_sky": False, "fill_ignored": True, **ckpt.normalisation}
+        differ = [k for k in ("scale", "keep_sky", "fill_ignored") if theirs[k] != ours[k]]
+        if differ:
+            raise InputError(f"train.teacher_mask={spec!r}: its input normalisation differs from this run's in "
+                             + ", ".join(f"{k} ({theirs[k]!r} against {ours[k]!r}: train."
+                                         f"{'norm_scale' if k == 'scale' else k})" for k in differ))
     net = net.to(device).eval()
     for p in net.parameters():
         p.requires_grad_(False)
