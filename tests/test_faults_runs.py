@@ -355,6 +355,36 @@ def test_two_trainings_into_one_run_directory_then_sigint(data_sets, tmp_path):
     assert _epochs(run) == done + 1 and f"resumed mask from {run / 'last.pt'}" in (run / "train.log").read_text()
 
 
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_a_ctrl_c_that_python_drops_still_stops_the_training_loop():
+    """A SIGINT whose KeyboardInterrupt is raised inside a weakref callback is dropped by
+    Python ("Exception ignored"); the interrupt is remembered and the loop stops anyway."""
+    import weakref
+
+    import torch
+    from torch.utils.data import DataLoader
+
+    from crforge import interrupts
+    from crforge.training.models import build_model
+    from crforge.training.train import evaluate
+
+    class Obj:
+        pass
+
+    loader = DataLoader([{"image": torch.zeros(1, 16, 16), "cr": torch.zeros(1, 16, 16),
+                          "weight": torch.ones(1, 16, 16), "index": 0}], batch_size=1)
+    with interrupts.catching():
+        interrupts.check()  # nothing pending
+        obj = Obj()
+        ref = weakref.ref(obj, lambda _: interrupts._handler(signal.SIGINT, None))
+        del obj  # the handler's exception is raised in the callback and dropped
+        assert ref() is None
+        with pytest.raises(KeyboardInterrupt):
+            evaluate(build_model("mask", 2, 4), loader, "cpu", "mask", fpr=0.005)
+    interrupts.check()  # forgotten outside: a later command is not interrupted by it
+    assert signal.getsignal(signal.SIGINT) is not interrupts._handler
+
+
 def test_a_killed_training_resumes(data_sets, tmp_path):
     args, run, a = _endless_training(data_sets[0], tmp_path / "runs", "k", 2)
     os.killpg(a.pid, signal.SIGKILL)

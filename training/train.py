@@ -78,7 +78,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
-from crforge import atomic
+from crforge import atomic, interrupts
 from crforge.errors import InputError
 from crforge.lock import hold
 from crforge.pipeline.datafile.validate import require_valid
@@ -390,6 +390,7 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim
     bar = tqdm(loader, desc=f"{cfg.kind} epoch {epoch + 1}/{cfg.epochs}", unit="batch",
                disable=None if world.main else True, leave=False)
     for batch in bar:
+        interrupts.check()  # a Ctrl-C whose exception Python dropped still stops the run
         batch = _to(batch, device)
         if teacher is not None:
             batch = _distilled(batch, teacher, cfg.teacher_weight)
@@ -502,6 +503,7 @@ def evaluate(model: nn.Module, loader: DataLoader, device: torch.device | str, k
     model.eval()
     total, count, stamps = 0.0, 0.0, 0
     for batch in loader:
+        interrupts.check()
         batch = _to(batch, device)
         s, c, out = batch_loss(model, batch, kind, reduction="sum")
         total += float(s)

@@ -36,7 +36,7 @@ from collections.abc import Mapping, Sequence
 from types import ModuleType
 from typing import Any
 
-from crforge import __version__
+from crforge import __version__, interrupts
 from crforge.errors import InputError
 
 logger = logging.getLogger(__name__)
@@ -242,7 +242,8 @@ def _run(cmd: str, args: argparse.Namespace) -> int:
     """Call the command under the exit-status contract."""
     mod = args._command
     try:
-        status = mod.run(args, _resolve_config(mod, args))
+        with interrupts.catching():
+            status = mod.run(args, _resolve_config(mod, args))
     except KeyboardInterrupt:
         sys.stderr.write(f"crforge {cmd}: interrupted\n")
         return EXIT_INTERRUPTED
