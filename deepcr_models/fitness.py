@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from crforge.errors import InputError
+from crforge.training.deepcr import DEEPCR_MODELS
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +42,7 @@ __all__ = ["DataDescription", "FitnessError", "describe_header", "check_fitness"
 #: Header keywords that name a filter, in the order they are read.
 FILTER_KEYWORDS = ("FILTER", "FILTER1", "FILTER2", "FILTNAM1", "FILTNAM2")
 #: deepCR 0.3.1's published mask models (``deepcr:<name>``) and the imager each learnt.
-DEEPCR_INSTRUMENTS = {"ACS-WFC": "ACS/WFC", "WFC3-UVIS": "WFC3/UVIS"}
+DEEPCR_INSTRUMENTS = {name.upper(): m.instrument for name, m in DEEPCR_MODELS.items()}
 #: Spellings of the units a model can take, normalised.
 _ELECTRONS = {"ELECTRONS": "ELECTRONS", "ELECTRON": "ELECTRONS", "E-": "ELECTRONS",
               "ELECTRONS/S": "ELECTRONS/S", "ELECTRONS/SEC": "ELECTRONS/S", "ELECTRON/S": "ELECTRONS/S",

@@ -199,7 +199,8 @@ def _card_real(ev: dict, real_png: str | None) -> list[str]:
     scored = {method for image in ev["real"].values() for method in image["methods"]}
     peers = [label for key, label in PEER_LABELS.items() if key in scored]
     # a run evaluated with --no-baselines has no peer rows: the card must not promise them
-    peer_line = (f"{' and '.join(peers)} on the same pixels, in the same run." if peers else
+    listed = " and ".join(filter(None, [", ".join(peers[:-1]), peers[-1]])) if peers else ""
+    peer_line = (f"{listed} on the same pixels, in the same run." if peers else
                  "No other method was scored in this run (`--no-baselines`).")
     lines = ["", "## Real pixels (real HST frames; none of them used in training)", "",
              "ACS/HRC j8bt06nyq (47 Tuc, F606W 60 s) against AstroDrizzle's CR flags (blobs of at most 30 "

@@ -78,10 +78,16 @@ def ndimage_label_count(mask: np.ndarray) -> int:
 def test_deepcr_figures_on_the_hrc_frame(images):
     """deepCR's published ACS-WFC model on the HRC frame: the anchor of the real-pixel bars."""
     hrc = images["acs-hrc"]
-    res = rp.real_pixel_figures({}, [hrc], baselines=("deepcr",))["acs-hrc"]["methods"]["deepcr"]
+    both = rp.real_pixel_figures({}, [hrc], baselines=("deepcr", "deepcr-2-4"))["acs-hrc"]["methods"]
+    res = both["deepcr"]
     assert res["tpr_at_fpr"]["0.0005"] == pytest.approx(0.734, abs=0.01)
     assert res["tpr_at_fpr"]["0.005"] == pytest.approx(0.794, abs=0.01)
     assert res["star_cores_touched"] == pytest.approx(0.058, abs=0.01)
+    # deepCR's fast file (the paper's 2-4, real F606W training data): the fast model's peer
+    fast = both["deepcr-2-4"]
+    assert fast["tpr_at_fpr"]["0.0005"] == pytest.approx(0.413, abs=0.01)
+    assert fast["tpr_at_fpr"]["0.005"] == pytest.approx(0.746, abs=0.01)
+    assert fast["star_cores_touched"] == pytest.approx(0.200, abs=0.01)
 
 
 def test_the_shipped_mask_model_holds_the_real_pixel_bars(images):

@@ -258,6 +258,10 @@ def test_the_card_names_only_the_real_pixel_peers_the_run_scored():
     assert "deepCR 0.3.1 `ACS-WFC` on the same pixels, in the same run." in text and "LACosmic" not in text
     ev["real"]["acs-hrc"]["methods"]["astroscrappy"] = fig(0.3)
     assert "deepCR 0.3.1 `ACS-WFC` and LACosmic (astroscrappy, swept) on the same" in "\n".join(_card_real(ev, None))
+    ev["real"]["acs-hrc"]["methods"]["deepcr-2-4"] = fig(0.4)
+    three = "\n".join(_card_real(ev, None))
+    assert ("deepCR 0.3.1 `ACS-WFC`, deepCR 0.3.1 `ACS-WFC-F606W-2-4` and LACosmic (astroscrappy, swept) on "
+            "the same pixels") in three and "| acs-hrc (10 stars) | deepcr-2-4 | 40.0 |" in three
     alone = "\n".join(_card_real({"real": {"acs-hrc": {"stars": 10, "methods": {"crforge": fig(0.7)}}}}, None))
     assert "No other method was scored in this run" in alone and "deepCR" not in alone
     assert "| acs-hrc (10 stars) | crforge | 70.0 | 70.0 | 1.0% | 0.10% |" in alone
@@ -745,6 +749,26 @@ def test_deepcr_init_with_the_sky_kept_is_deepcr_itself():
     assert np.abs(theirs - ours).max() < 1e-5
 
 
+def test_deepcrs_fast_file_converted_is_deepcr_running_it():
+    """deepCR's ACS-WFC-F606W-2-4 file (not in deepCR 0.3.1's table; it takes electrons / 100):
+    converted, on the raw image, it gives what deepCR's own clean() gives with that network."""
+    from crforge.training.baselines import DeepCRPeer
+
+    img, cr = _image((128, 128), np.random.default_rng(5), sky=40.0)
+    state, bn, width = deepcr.deepcr_init_state("ACS-WFC-F606W-2-4", scale=100.0)
+    net = build_model("mask", 2, width, bn).eval()
+    net.load_state_dict(state)
+    with torch.no_grad():
+        ours = net.predict(torch.from_numpy(img / np.float32(100.0))[None, None])[0, 0].numpy()
+    theirs = DeepCRPeer("ACS-WFC-F606W-2-4").scores(img)
+    assert (bn, width) == (True, 4)
+    assert np.abs(theirs - ours).max() < 1e-5
+    # and it is a CR model at that divisor: the hits score above the sky
+    assert np.median(theirs[cr]) > 0.5 > np.percentile(theirs[~cr], 99)
+    with pytest.raises(InputError, match="ACS-WFC-F606W-2-4"):
+        DeepCRPeer("ACS/HRC")
+
+
 def test_train_init_from_deepcr(trained, tmp_path, capsys):
     common = ["train", "--data", str(trained["h5"]), "--runs", str(tmp_path / "runs"), "--kind", "mask",
               "--set", "train.epochs=1", "--set", "train.stamps_per_epoch=4", "--set", "train.batch_size=4",
@@ -768,6 +792,14 @@ def test_train_init_from_deepcr(trained, tmp_path, capsys):
                               "--set", "train.model.batch_norm=false"]) == 0
     assert cli.main(common + ["--name", "ft4", "--init", "deepcr:DECAM"]) == 2
     assert "deepcr:ACS-WFC" in capsys.readouterr().err
+    # deepCR's fast file starts a 2-4 network, and only that
+    assert cli.main(common + ["--name", "ft5", "--init", "deepcr:ACS-WFC-F606W-2-4"]) == 2
+    assert "train.model.width=4" in capsys.readouterr().err
+    assert cli.main(common + ["--name", "ft6", "--init", "deepcr:ACS-WFC-F606W-2-4",
+                              "--set", "train.model.width=4"]) == 0
+    got = checkpoint.read(tmp_path / "runs" / "ft6" / "mask" / "last.pt").state_dict
+    want, _, _ = deepcr.deepcr_init_state("ACS-WFC-F606W-2-4", scale=100.0)
+    assert torch.allclose(got["unet.inc.0.weight"], want["unet.inc.0.weight"], atol=1e-6)
 
 
 def test_ship_publishes_into_a_source_checkouts_zoo_only(trained, tmp_path, monkeypatch, capsys):

@@ -165,8 +165,10 @@ class DeepCRPeer:
     Parameters
     ----------
     instrument : str
-        ``ACS/WFC`` or ``WFC3/UVIS``: deepCR's model of the same name
-        (:data:`crforge.training.deepcr.DEEPCR_MODELS`, the one table of them).
+        ``ACS/WFC`` or ``WFC3/UVIS``: deepCR's model of the same name; or another of
+        deepCR's files by name (``ACS-WFC-F606W-2-4``, the paper's fast model, which
+        deepCR 0.3.1 ships but does not load by name); see
+        :data:`crforge.training.deepcr.DEEPCR_MODELS`, the one table of them.
     threads : int
         ``torch.set_num_threads`` while scoring (0 = leave as is).
 
@@ -184,8 +186,10 @@ class DeepCRPeer:
 
         name = str(instrument).replace("/", "-")
         if name not in DEEPCR_MODELS:
-            raise InputError(f"instrument={instrument!r}: deepCR 0.3.1 publishes mask models for "
-                             f"{sorted(k.replace('-', '/') for k in DEEPCR_MODELS)} only")
+            named = sorted(m.instrument for m in DEEPCR_MODELS.values() if m.in_deepcr_table)
+            files = sorted(k for k, m in DEEPCR_MODELS.items() if not m.in_deepcr_table)
+            raise InputError(f"instrument={instrument!r}: deepCR 0.3.1 publishes mask models for {named} "
+                             f"only (and the files {files})")
         import warnings
 
         with warnings.catch_warnings():
@@ -194,8 +198,25 @@ class DeepCRPeer:
             from deepCR import deepCR
 
             self.name = name
-            self._model = deepCR(mask=self.name, device="CPU")
+            spec = DEEPCR_MODELS[name]
+            self._model = deepCR(mask=name if spec.in_deepcr_table else "ACS-WFC", device="CPU")
+            if not spec.in_deepcr_table:
+                self._own_network(spec)
         self.threads = int(threads)
+
+    def _own_network(self, spec) -> None:
+        """Put a file deepCR's table does not name into deepCR's own object (its own clean())."""
+        import torch
+        from deepCR.model import WrappedModel
+        from deepCR.unet import UNet2Sigmoid
+        from deepCR.unet_batchnorm import UNet2SigmoidBatchNorm
+
+        from crforge.training.deepcr import deepcr_file
+
+        net = WrappedModel((UNet2SigmoidBatchNorm if spec.batch_norm else UNet2Sigmoid)(1, 1, spec.width))
+        net.load_state_dict(torch.load(deepcr_file(self.name), map_location="cpu", weights_only=True))
+        self._model.maskNet = net.eval()
+        self._model.scale = spec.divisor
 
     def scores(self, image) -> np.ndarray:
         """CR probability of every pixel of a 2-D image in electrons (sky included)."""

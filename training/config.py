@@ -414,7 +414,8 @@ class TrainConfig:
     init_mask, init_inpaint : str
         Weights the network of that kind starts from (``crforge train --init`` wins):
         ``deepcr:ACS-WFC`` (deepCR 0.3.1's published mask model, trained by Zhang & Bloom
-        on real ACS/WFC exposures; a 2-32 network with batch norm), a crforge checkpoint
+        on real ACS/WFC exposures; a 2-32 network with batch norm; its fast 2-4 file is
+        ``deepcr:ACS-WFC-F606W-2-4``), a crforge checkpoint
         or zoo weights file of the same kind and architecture, or empty for a seeded
         random start. The mask default starts from deepCR's real-data weights: measured
         on real HST frames (docs/real-pixels.md), fine-tuning them on simulated visits

@@ -12,6 +12,12 @@ input where it saw its standardised one: deepCR's per-image standardisation has 
 fixed equivalent). The converted ACS-WFC model applied to ``(image - sky) / scale``
 gives deepCR's probabilities on ``image - sky`` exactly.
 
+deepCR 0.3.1 also ships ``ACS-WFC-F606W-2-4.pth``, the paper's fast model (batch norm,
+width 4), without an entry in its own model table: it takes electrons divided by 100
+(deepCR 0.2's table said so, and only that divisor gives sensible masks on the real
+HRC frame: docs/real-pixels.md). :data:`DEEPCR_MODELS` is the one table of what
+crforge reads.
+
 The key table (:data:`KEY_PREFIXES`) is shared with the export to deepCR's format
 (:mod:`crforge.deepcr_models.interop`).
 """
@@ -20,7 +26,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -31,12 +37,42 @@ from crforge.training.config import ModelConfig, TrainConfig
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["DEEPCR_MODELS", "KEY_PREFIXES", "FIRST_CONV", "our_key", "deepcr_key",
+__all__ = ["DeepCRModel", "DEEPCR_MODELS", "KEY_PREFIXES", "FIRST_CONV", "our_key", "deepcr_key",
            "from_deepcr_state_dict", "deepcr_file", "deepcr_init_state", "init_state_for",
            "load_mask_model"]
 
-#: deepCR's published mask models we can import: name -> (batch norm, input standardised per image)
-DEEPCR_MODELS = {"ACS-WFC": (True, False), "WFC3-UVIS": (False, True)}
+@dataclass(frozen=True)
+class DeepCRModel:
+    """One of deepCR 0.3.1's published mask files, as crforge reads it.
+
+    Parameters
+    ----------
+    instrument : str
+        The imager its training data came from.
+    width : int
+        Channels of its first layer (depth 2 throughout).
+    batch_norm : bool
+        Batch norm (``UNet2SigmoidBatchNorm``) or weight norm (``UNet2Sigmoid``).
+    divisor : float
+        deepCR divides the image in electrons by this before its network.
+    standardised : bool
+        deepCR standardises each image by its own mean and standard deviation instead.
+    in_deepcr_table : bool
+        Whether deepCR 0.3.1's own ``mask_dict`` names it (``deepCR(mask=name)`` loads it).
+    """
+
+    instrument: str
+    width: int
+    batch_norm: bool
+    divisor: float = 1.0
+    standardised: bool = False
+    in_deepcr_table: bool = True
+
+
+#: deepCR 0.3.1's published mask models crforge can import, by deepCR's name
+DEEPCR_MODELS = {"ACS-WFC": DeepCRModel("ACS/WFC", 32, True),
+                 "WFC3-UVIS": DeepCRModel("WFC3/UVIS", 32, False, standardised=True),
+                 "ACS-WFC-F606W-2-4": DeepCRModel("ACS/WFC", 4, True, divisor=100.0, in_deepcr_table=False)}
 
 #: deepCR UNet2Sigmoid module prefix -> our UNet module prefix (depth 2); the indices
 #: inside the Sequential blocks agree (conv 0, [bn 1,] relu, conv, [bn,] relu)
@@ -147,27 +183,28 @@ def deepcr_init_state(name: str, *, scale: float, std: float | None = None) -> t
 
     Parameters
     ----------
-    name : {'ACS-WFC', 'WFC3-UVIS'}
-        deepCR 0.3.1's model.
+    name : str
+        deepCR 0.3.1's model (a key of :data:`DEEPCR_MODELS`).
     scale : float
         Our normalisation scale.
     std : float, optional
-        WFC3-UVIS only: the standard deviation deepCR's per-image standardisation is
-        taken to have (default ``scale``: the network then sees our normalised input
-        where it saw its standardised one).
+        Standardised models only (WFC3-UVIS): the standard deviation deepCR's per-image
+        standardisation is taken to have (default ``scale``: the network then sees our
+        normalised input where it saw its standardised one).
 
     Returns
     -------
     (state_dict, batch_norm, width)
     """
     path = deepcr_file(name)
-    has_bn, standardised = DEEPCR_MODELS[name]
+    spec = DEEPCR_MODELS[name]
     # deepCR's own file (a plain state dict), not one of crforge's formats
     sd = torch.load(path, map_location="cpu", weights_only=True)
-    ref_std = (scale if std is None else float(std)) if standardised else 1.0
+    ref_std = (scale if std is None else float(std)) if spec.standardised else spec.divisor
     ours, batch_norm, width = from_deepcr_state_dict(sd, scale=scale, std=ref_std)
-    if batch_norm != has_bn:
-        raise InputError(f"{path}: batch_norm={batch_norm}, but deepCR's {name} has batch_norm={has_bn}")
+    if (batch_norm, width) != (spec.batch_norm, spec.width):
+        raise InputError(f"{path}: batch_norm={batch_norm}, width {width}, but deepCR's {name} has "
+                         f"batch_norm={spec.batch_norm}, width {spec.width}")
     return ours, batch_norm, width
 
 
@@ -181,19 +218,20 @@ def init_state_for(init: str, cfg: TrainConfig) -> dict:
     ------
     InputError
         An unknown model, or a run that is not a mask model of deepCR's architecture
-        (depth 2, width 32, its batch norm setting).
+        (depth 2, its width and batch norm setting).
     """
     name = init.split(":", 1)[1]
     if name not in DEEPCR_MODELS:
         raise InputError(f"init={init!r}: deepCR models crforge can start from are "
                          f"{', '.join('deepcr:' + k for k in DEEPCR_MODELS)}")
     mc = cfg.model
-    has_bn = DEEPCR_MODELS[name][0]
-    if cfg.kind != "mask" or mc.depth != 2 or mc.width != 32 or mc.batch_norm != has_bn:
-        raise InputError(f"init={init!r}: deepCR's {name} is a mask model, depth 2, width 32, "
-                         f"batch_norm={has_bn}; this run is a {cfg.kind} model {asdict(mc)} (set "
-                         f"--kind mask and train.model.batch_norm={str(has_bn).lower()}, or start "
-                         "elsewhere: --init CHECKPOINT, or --set train.init_mask='' for a random start)")
+    spec = DEEPCR_MODELS[name]
+    if cfg.kind != "mask" or mc.depth != 2 or mc.width != spec.width or mc.batch_norm != spec.batch_norm:
+        raise InputError(f"init={init!r}: deepCR's {name} is a mask model, depth 2, width {spec.width}, "
+                         f"batch_norm={spec.batch_norm}; this run is a {cfg.kind} model {asdict(mc)} (set "
+                         f"--kind mask, train.model.width={spec.width} and "
+                         f"train.model.batch_norm={str(spec.batch_norm).lower()}, or start elsewhere: "
+                         "--init CHECKPOINT, or --set train.init_mask='' for a random start)")
     return deepcr_init_state(name, scale=cfg.norm_scale)[0]
 
 

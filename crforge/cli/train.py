@@ -27,7 +27,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resume", action="store_true", help="continue the run(s) from last.pt")
     parser.add_argument("--init", type=Path, help="start from the weights of this checkpoint or zoo "
                         "weights file (one --kind), or from deepCR 0.3.1's published mask model: "
-                        "deepcr:ACS-WFC or deepcr:WFC3-UVIS (default: train.init_mask, "
+                        "deepcr:ACS-WFC, deepcr:WFC3-UVIS or (a 2-4 network) deepcr:ACS-WFC-F606W-2-4 "
+                        "(default: train.init_mask, "
                         "train.init_inpaint)")
     parser.add_argument("--wait", action="store_true", help="wait for another run training into the "
                         "same run directory instead of refusing (exit 2)")

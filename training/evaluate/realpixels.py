@@ -37,8 +37,8 @@ from crforge.training.evaluate.names import METHOD_LABELS
 logger = logging.getLogger(__name__)
 
 __all__ = ["RealImage", "load_real_images", "find_stars", "network_scores", "score_method", "markdown_table",
-           "found_by_peak",
-           "real_pixel_figures", "FPRS", "STAR_SNR", "LACOSMIC_SWEEP"]
+           "found_by_peak", "real_pixel_figures", "DEEPCR_REAL_MODEL", "DEEPCR_FAST_MODEL", "PEER_LABELS",
+           "FPRS", "STAR_SNR", "LACOSMIC_SWEEP"]
 
 FPRS = (0.0005, 0.005)
 STAR_SNR = 20.0
@@ -47,8 +47,12 @@ LACOSMIC_SWEEP = (3.0, 4.5, 6.0, 8.0, 10.0, 15.0, 20.0, 30.0, 50.0)
 #: deepCR's model that the real frames are scored with (its ACS/WFC one: none of the
 #: real frames' imagers has its own).
 DEEPCR_REAL_MODEL = "ACS-WFC"
+#: deepCR's fast model (the paper's 2-4, trained on real ACS/WFC F606W), the peer of a
+#: fast crforge model: baseline ``deepcr-2-4``, scored by deepCR's own code at 0.5.
+DEEPCR_FAST_MODEL = "ACS-WFC-F606W-2-4"
 #: How a model card names the peers scored on the real frames.
 PEER_LABELS = {"deepcr": f"{METHOD_LABELS['deepcr']} `{DEEPCR_REAL_MODEL}`",
+               "deepcr-2-4": f"{METHOD_LABELS['deepcr']} `{DEEPCR_FAST_MODEL}`",
                "astroscrappy": METHOD_LABELS["astroscrappy"].replace(")", ", swept)")}
 _EIGHT = np.ones((3, 3), bool)
 # ACS and STIS DQ: bad (1 lost, 2 fill, 4 bad, 8 masked, 16 hot, 32 unstable, 128 bad column,
@@ -223,10 +227,11 @@ def _baselines(img: RealImage, stars: np.ndarray, baselines: tuple[str, ...], ma
     from crforge.training.baselines import DeepCRPeer, lacosmic_mask
 
     out = {}
-    if "deepcr" in baselines:
-        scores = DeepCRPeer(DEEPCR_REAL_MODEL).scores(img.image)  # electrons, sky included, as deepCR expects
-        out["deepcr"] = score_method(img, stars, scores=scores, threshold=0.5)
-        masks["deepcr"], scores_out["deepcr"] = scores > 0.5, scores
+    for key, model in (("deepcr", DEEPCR_REAL_MODEL), ("deepcr-2-4", DEEPCR_FAST_MODEL)):
+        if key in baselines:
+            scores = DeepCRPeer(model).scores(img.image)  # electrons, sky included, as deepCR expects
+            out[key] = score_method(img, stars, scores=scores, threshold=0.5)
+            masks[key], scores_out[key] = scores > 0.5, scores
     if "astroscrappy" in baselines:
         sweep = {s: lacosmic_mask(img.image, readnoise=img.readnoise, ignore=img.ignore, sigclip=s) & ~img.ignore
                  for s in (LACOSMIC_SWEEP if img.positives is not None else (4.5,))}
@@ -249,8 +254,9 @@ def real_pixel_figures(networks: dict, images: list[RealImage], *,
     images : list of RealImage
         :func:`load_real_images`.
     baselines : tuple of str
-        ``deepcr`` (deepCR 0.3.1's ACS-WFC model at 0.5) and ``astroscrappy`` (swept
-        over sigclip; star cores at its default 4.5).
+        ``deepcr`` (deepCR 0.3.1's ACS-WFC model at 0.5), ``deepcr-2-4`` (its fast
+        ACS-WFC-F606W-2-4 file at 0.5) and ``astroscrappy`` (swept over sigclip; star
+        cores at its default 4.5).
     masks : dict, optional
         Filled with image name -> method -> the boolean mask at the method's
         recommended threshold (for pictures).
