@@ -41,6 +41,7 @@ __all__ = ["DeepCRModel", "DEEPCR_MODELS", "KEY_PREFIXES", "FIRST_CONV", "our_ke
            "from_deepcr_state_dict", "deepcr_file", "deepcr_init_state", "init_state_for",
            "load_mask_model"]
 
+
 @dataclass(frozen=True)
 class DeepCRModel:
     """One of deepCR 0.3.1's published mask files, as crforge reads it.
