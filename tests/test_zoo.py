@@ -718,12 +718,21 @@ def test_export_round_trip_through_deepcr(trained, zoo, tmp_path, capsys):
 
 def test_import_deepcr_models_gives_deepcr_probabilities():
     img, _ = _image((128, 128), np.random.default_rng(3), sky=120.0)
-    # ACS-WFC (batch norm, electrons unscaled): on a sky-subtracted image exactly deepCR's
+    # ACS-WFC (batch norm, electrons unscaled): loaded, it takes the image as deepCR does
+    # (sky and all, ignored pixels as they are) and gives deepCR's probabilities exactly
     zm = deepcr_models.load("deepcr:ACS-WFC")
     assert zm.model_config["batch_norm"] and zm.model_config["width"] == 32
-    theirs = _deepcr(mask="ACS-WFC").clean(img - 120.0, binary=False, segment=False)
-    ours = mask_probability(img, zm, sky=120.0)
-    assert np.abs(theirs - ours).max() < 1e-5
+    assert zm.normalisation["keep_sky"] and not zm.normalisation["fill_ignored"]
+    theirs = _deepcr(mask="ACS-WFC").clean(img, binary=False, segment=False)
+    ignore = np.zeros(img.shape, bool)
+    ignore[40:44, 60:70] = True  # a DQ-flagged block reaches the network as it is, as in deepCR
+    ours = mask_probability(img, zm, sky=120.0, ignore=ignore)
+    assert np.abs(theirs - ours)[~ignore].max() < 1e-5 and not ours[ignore].any()  # never masked
+    # the fast 2-4 file (electrons / 100) likewise, against deepCR's own clean() with it
+    from crforge.training.baselines import DeepCRPeer
+
+    fast = mask_probability(img, deepcr_models.load("deepcr:ACS-WFC-F606W-2-4"), sky=120.0, ignore=ignore)
+    assert np.abs(DeepCRPeer("ACS-WFC-F606W-2-4").scores(img) - fast)[~ignore].max() < 1e-5
     # WFC3-UVIS (weight norm, per-image standardisation): exact for a known mean and std
     sd = torch.load(deepcr.deepcr_file("WFC3-UVIS"), map_location="cpu", weights_only=True)
     mean, std = float(img.mean()), float(img.std())

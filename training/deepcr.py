@@ -242,8 +242,10 @@ def load_mask_model(name: str, *, scale: float) -> tuple[nn.Module, dict, dict]:
     Returns
     -------
     (net, model_config, normalisation)
-        The network for inputs ``(image - sky) / scale`` in electrons, its
-        architecture and its normalisation record.
+        The network, its architecture and its normalisation record: deepCR's input as
+        deepCR takes it, the image in electrons with its sky (``image / scale``; a
+        standardised model: ``(image - sky) / scale``) and its ignored pixels as they
+        are, so that ``clean()`` with it is deepCR's own mask.
     """
     from crforge.training.data import normalisation_info
     from crforge.training.models import build_model
@@ -253,4 +255,5 @@ def load_mask_model(name: str, *, scale: float) -> tuple[nn.Module, dict, dict]:
     mc = {"depth": 2, "width": width, "batch_norm": bn, "bn_momentum": ModelConfig().bn_momentum}
     net = build_model("mask", mc["depth"], width, bn, mc["bn_momentum"])
     net.load_state_dict(state)
-    return net.eval(), mc, normalisation_info(scale, True, "ELECTRONS")
+    keep_sky = not DEEPCR_MODELS[name].standardised
+    return net.eval(), mc, normalisation_info(scale, False, "ELECTRONS", keep_sky=keep_sky)
