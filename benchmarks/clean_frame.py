@@ -12,8 +12,9 @@ to ``--threads`` threads (torch threads and ``OMP_NUM_THREADS``/``MKL_NUM_THREAD
 - ``crforge-1view``: the same with ``views=1`` (one pass; the record's threshold for one
   view), the speed of one view.
 - ``crforge-2-4``: the same call with a deepCR-2-4 network (the paper's fast model; the
-  zoo's if it has one, else random weights: the time does not depend on them), for
-  the speed a smaller network buys (its masks are not comparable).
+  zoo's if it has one, else deepCR's own 2-4 file converted,
+  ``deepcr:ACS-WFC-F606W-2-4``), for the speed a smaller network buys (its masks are
+  not comparable).
 - ``crforge-bf16``: the 2-32 model with ``precision='bfloat16'`` (CPU autocast), with the
   fraction of pixels whose mask differs from float32.
 - ``crforge-inpaint``: ``clean(image, mask_model, inpaint_model)``, the 2-32 mask model
@@ -99,25 +100,19 @@ def make_image(work: Path) -> Path:
     return path
 
 
-def _zoo_mask_model(depth: int = 2, width: int = 32, work: Path | None = None):
+def _zoo_mask_model(depth: int = 2, width: int = 32) -> str:
+    """The zoo's first mask model of this shape, else deepCR's own weights of it."""
     from crforge import deepcr_models
+    from crforge.training.deepcr import DEEPCR_MODELS
+
     for r in deepcr_models.list_models(kind="mask"):
         if (r.depth, r.width) == (depth, width):
             return r.name
-    if (depth, width) == (2, 32):
-        return "deepcr:ACS-WFC"
-    import torch
-
-    from crforge.training import checkpoint
-    from crforge.training.data import normalisation_info
-    from crforge.training.models import build_model
-
-    torch.manual_seed(0)
-    path = work / f"random-{depth}-{width}.pt"
-    checkpoint.write_weights(path, checkpoint.Checkpoint(
-        kind="mask", model_config={"depth": depth, "width": width, "batch_norm": True, "bn_momentum": 0.1},
-        state_dict=build_model("mask", depth, width).state_dict(), normalisation=normalisation_info(100.0, True)))
-    return str(path)
+    # deepCR's ACS-WFC 2-32, its fast 2-4 file
+    for name, m in DEEPCR_MODELS.items():
+        if depth == 2 and m.width == width and m.batch_norm:
+            return f"deepcr:{name}"
+    raise ValueError(f"no mask model of depth {depth}, width {width} in the zoo or deepCR's files")
 
 
 def _inpaint_weights(work: Path, fill: str = "median5", head: str = "asinh", depth: int = 2,
@@ -208,7 +203,7 @@ def worker(method: str, image_path: Path, threads: int, repeat: int, out: Path) 
     if method.startswith("crforge"):
         from crforge import deepcr_models
         device = "cuda" if method == "crforge-cuda" else "cpu"
-        name = _zoo_mask_model(2, 4, image_path.parent) if method == "crforge-2-4" else _zoo_mask_model()
+        name = _zoo_mask_model(2, 4) if method == "crforge-2-4" else _zoo_mask_model()
         model = deepcr_models.load(name, device=device)
         res["model"] = name
         precision = "bfloat16" if method == "crforge-bf16" else "float32"
