@@ -416,6 +416,11 @@ def test_a_teacher_pulls_the_mask_network_towards_its_probabilities(h5file, tmp_
     with pytest.raises(ValueError, match="train.fill_ignored"):
         main(tiny_cfg(teacher_mask=str(filled)), h5file, tmp_path / "bad2")
     assert _teacher(tiny_cfg(teacher_mask=str(filled), fill_ignored=True), torch.device("cpu")) is not None
+    # deepCR's published model is held to the same rule: it takes the image with its sky,
+    # flagged pixels as they are (the default run's input), and nothing else
+    assert _teacher(tiny_cfg(teacher_mask="deepcr:ACS-WFC"), torch.device("cpu")) is not None
+    with pytest.raises(ValueError, match="keep_sky"):
+        _teacher(tiny_cfg(teacher_mask="deepcr:ACS-WFC", keep_sky=False), torch.device("cpu"))
     with pytest.raises(ValueError, match="teacher_weight"):
         tiny_cfg(teacher_weight=1.5).validate()
 

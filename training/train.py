@@ -749,18 +749,20 @@ def _teacher(cfg: TrainConfig, device: torch.device) -> nn.Module | None:
         if name not in deepcr.DEEPCR_MODELS:
             raise InputError(f"train.teacher_mask={spec!r}: deepCR models are "
                              f"{', '.join('deepcr:' + k for k in deepcr.DEEPCR_MODELS)}")
-        net = deepcr.load_mask_model(name, scale=cfg.norm_scale)[0]
+        net, _, norm = deepcr.load_mask_model(name, scale=cfg.norm_scale)
     else:
         net, ckpt = checkpoint.load_checkpoint(spec, kind="mask")
-        # the teacher reads the student's input as it is: it must have learnt that input.
-        # Keys an older record lacks read as network_input reads them.
-        ours = normalisation_info(cfg.norm_scale, cfg.fills_ignored(), keep_sky=cfg.sky_kept())
-        theirs = {"keep_sky": False, "fill_ignored": True, **ckpt.normalisation}
-        differ = [k for k in ("scale", "keep_sky", "fill_ignored") if theirs[k] != ours[k]]
-        if differ:
-            raise InputError(f"train.teacher_mask={spec!r}: its input normalisation differs from this run's in "
-                             + ", ".join(f"{k} ({theirs[k]!r} against {ours[k]!r}: train."
-                                         f"{'norm_scale' if k == 'scale' else k})" for k in differ))
+        norm = ckpt.normalisation
+    # the teacher (deepCR's too: its record says what deepCR takes) reads the student's
+    # input as it is: it must have learnt that input. Keys an older record lacks read as
+    # network_input reads them.
+    ours = normalisation_info(cfg.norm_scale, cfg.fills_ignored(), keep_sky=cfg.sky_kept())
+    theirs = {"keep_sky": False, "fill_ignored": True, **norm}
+    differ = [k for k in ("scale", "keep_sky", "fill_ignored") if theirs[k] != ours[k]]
+    if differ:
+        raise InputError(f"train.teacher_mask={spec!r}: its input normalisation differs from this run's in "
+                         + ", ".join(f"{k} ({theirs[k]!r} against {ours[k]!r}: train."
+                                     f"{'norm_scale' if k == 'scale' else k})" for k in differ))
     net = net.to(device).eval()
     for p in net.parameters():
         p.requires_grad_(False)
