@@ -356,7 +356,7 @@ def test_two_trainings_into_one_run_directory_then_sigint(data_sets, tmp_path):
 
 
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
-def test_a_ctrl_c_that_python_drops_still_stops_the_training_loop():
+def test_a_ctrl_c_that_python_drops_still_stops_the_training_and_dataset_loops():
     """A SIGINT whose KeyboardInterrupt is raised inside a weakref callback is dropped by
     Python ("Exception ignored"); the interrupt is remembered and the loop stops anyway."""
     import weakref
@@ -365,6 +365,7 @@ def test_a_ctrl_c_that_python_drops_still_stops_the_training_loop():
     from torch.utils.data import DataLoader
 
     from crforge import interrupts
+    from crforge.pipeline.dataset.stage import _Progress, _run_serial
     from crforge.training.models import build_model
     from crforge.training.train import evaluate
 
@@ -381,6 +382,13 @@ def test_a_ctrl_c_that_python_drops_still_stops_the_training_loop():
         assert ref() is None
         with pytest.raises(KeyboardInterrupt):
             evaluate(build_model("mask", 2, 4), loader, "cpu", "mask", fpr=0.005)
+        # the data set build's visit loop too: it stops before the next visit (never
+        # reached here, so it needs no spec) and records nothing as done or failed
+        progress = _Progress(1)
+        with pytest.raises(KeyboardInterrupt):
+            _run_serial([None], Path("."), None, progress)
+        progress.bar.close()
+        assert not progress.results and not progress.failures
     interrupts.check()  # forgotten outside: a later command is not interrupted by it
     assert signal.getsignal(signal.SIGINT) is not interrupts._handler
 

@@ -53,7 +53,7 @@ import numpy as np
 from astropy.io import fits
 from astropy.wcs import WCS
 
-from crforge import atomic
+from crforge import atomic, interrupts
 from crforge.errors import InputError
 from crforge.lock import hold
 from crforge.pipeline.archive.config import ArchiveConfig
@@ -339,6 +339,7 @@ class _Progress:
 
 def _run_serial(visits: list[VisitSpec], work: Path, cfg: _Sections, progress: _Progress) -> None:
     for spec in visits:
+        interrupts.check()  # a Ctrl-C whose exception Python dropped still stops the build
         try:
             progress.done(spec.name, process_visit(spec, work, cfg.label, cfg.stamps,
                                                    keep_intermediate=cfg.dataset.keep_intermediate))
@@ -402,6 +403,7 @@ def _run_dask(visits: list[VisitSpec], work: Path, cfg: _Sections, progress: _Pr
                                  keep_intermediate=cfg.dataset.keep_intermediate, key=f"crforge-visit-{spec.name}", pure=False, priority=-i): spec.name
                    for i, spec in enumerate(sorted(visits, key=_cost, reverse=True))}
         for fut in as_completed(futures):
+            interrupts.check()
             try:
                 progress.done(futures[fut], fut.result())
             except Exception as exc:
