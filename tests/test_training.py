@@ -425,6 +425,38 @@ def test_a_teacher_pulls_the_mask_network_towards_its_probabilities(h5file, tmp_
         tiny_cfg(teacher_weight=1.5).validate()
 
 
+def test_a_teacher_of_several_views_teaches_their_mean(h5file, tmp_path):
+    """train.teacher_views: the teacher's probability is the mean over its symmetric
+    views, so the targets of a turned stamp are the turned targets, which one view of a
+    trained (not exactly symmetric) network does not give."""
+    from crforge.training.train import _distilled, _teacher
+
+    torch.manual_seed(3)
+    net = MaskNet(depth=2, width=4, batch_norm=True)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(0.3 * torch.randn_like(p))  # a network far from any symmetry
+    teacher = checkpoint.write_weights(tmp_path / "teacher.pt", checkpoint.Checkpoint(
+        kind="mask", model_config={"depth": 2, "width": 4, "batch_norm": True, "bn_momentum": 0.1},
+        state_dict=net.state_dict(),
+        normalisation={"scale": 100.0, "bunit": "ELECTRONS", "fill_ignored": False, "keep_sky": True}))
+    val = _collate(_dataset(h5file, "val", "mask", None, seed=0), range(2))
+    turned = {**val, "image": torch.rot90(val["image"], 1, (-2, -1)), "cr": torch.rot90(val["cr"], 1, (-2, -1))}
+    t = _teacher(tiny_cfg(teacher_mask=str(teacher)), torch.device("cpu"))
+    gap = {}
+    for views in (1, 8):
+        a = torch.rot90(_distilled(val, t, 1.0, views)["cr"], 1, (-2, -1))
+        b = _distilled(turned, t, 1.0, views)["cr"]
+        gap[views] = float((a - b).abs().max())
+    assert gap[8] < 1e-5 and gap[1] > 1e-3, gap
+    # the blend is the same with the mean of the views as p
+    with torch.no_grad():
+        p8 = t.predict(val["image"], views=8)
+    assert torch.allclose(_distilled(val, t, 0.25, 8)["cr"], 0.75 * val["cr"].float() + 0.25 * p8, atol=1e-6)
+    with pytest.raises(ValueError, match="train.teacher_views"):
+        tiny_cfg(teacher_views=3).validate()
+
+
 def test_lr_schedule():
     cfg = tiny_cfg(epochs=5, schedule="step", step_epochs=2, gamma=0.5, bn_freeze_epoch=4,
                    bn_freeze_lr_factor=0.4)

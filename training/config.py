@@ -429,6 +429,12 @@ class TrainConfig:
     teacher_weight : float
         With ``teacher_mask``: the target of a pixel is ``(1 - w) * label + w * p``, with
         ``p`` the teacher's probability.
+    teacher_views : int
+        With ``teacher_mask``: ``p`` is the mean of the teacher's probabilities over this
+        many symmetric views of the stamp (1, 2, 4 or 8;
+        :meth:`~crforge.training.models.MaskNet.predict`), each costing one teacher pass.
+        Views ask a single pass of the student for what the view average of the teacher
+        does: the average ranks the pixels a network is least sure of better.
     """
 
     kind: Literal["mask", "inpaint"] = "mask"
@@ -473,6 +479,7 @@ class TrainConfig:
     init_inpaint: str = ""
     teacher_mask: str = ""
     teacher_weight: float = 0.5
+    teacher_views: int = 1
 
     def for_kind(self, kind: Literal["mask", "inpaint"]) -> "TrainConfig":
         """The settings of the run of one network: ``kind`` set, ``epochs`` its own."""
@@ -540,6 +547,7 @@ class TrainConfig:
                 raise InputError(f"train.{name}={getattr(self, name)!r}: expected >= 0")
         if not 0 <= self.teacher_weight <= 1:
             raise InputError(f"train.teacher_weight={self.teacher_weight!r}: expected [0, 1]")
+        check_views(self.teacher_views, name="train.teacher_views")
         for name in ("lr", "norm_scale", "gamma", "bn_freeze_lr_factor", "inpaint_lr_factor"):
             if not getattr(self, name) > 0:
                 raise InputError(f"train.{name}={getattr(self, name)!r}: expected > 0")

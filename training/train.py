@@ -330,9 +330,9 @@ def _train_step(model: nn.Module, batch: dict, optimizer: torch.optim.Optimizer,
 
 
 @torch.no_grad()
-def _distilled(batch: dict, teacher: nn.Module, weight: float) -> dict:
-    """The batch with its mask targets blended with the teacher's probabilities."""
-    p = torch.sigmoid(teacher(batch["image"]).float())
+def _distilled(batch: dict, teacher: nn.Module, weight: float, views: int = 1) -> dict:
+    """The batch with its mask targets blended with the teacher's probabilities (mean of ``views``)."""
+    p = teacher.predict(batch["image"], views=views).float()
     return {**batch, "cr": (1 - weight) * batch["cr"].float() + weight * p}
 
 
@@ -364,7 +364,8 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim
     teacher : nn.Module, optional
         Mask network only: a frozen mask network; each pixel's target becomes
         ``(1 - cfg.teacher_weight) * label + cfg.teacher_weight * p`` with ``p`` its
-        probability (knowledge distillation).
+        probability, the mean over ``cfg.teacher_views`` symmetric views (knowledge
+        distillation).
 
     Returns
     -------
@@ -393,7 +394,7 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim
         interrupts.check()  # a Ctrl-C whose exception Python dropped still stops the run
         batch = _to(batch, device)
         if teacher is not None:
-            batch = _distilled(batch, teacher, cfg.teacher_weight)
+            batch = _distilled(batch, teacher, cfg.teacher_weight, cfg.teacher_views)
         value = _train_step(model, batch, optimizer, scaler, device, autocast, cfg)
         if average is not None:
             average.update(ddp.unwrap(model))
