@@ -1,4 +1,4 @@
-# crforge: make install | test | realdata | dataset | train | train-fast | evaluate | publish | clean | distclean
+# crforge: make install | test | realdata | dataset | train | train-fast | evaluate | evaluate-fast | publish | clean | distclean
 #
 # Variables (override on the command line, e.g. `make dataset MANIFEST=data_manifests/x.toml`):
 #   PYTHON       interpreter for the venv (default: python3.11, else python3; needs >= 3.11)
@@ -34,7 +34,7 @@ CRFORGE     := $(VENV)/bin/crforge
 REAL_FRAMES ?= $(CURDIR)/.cache/real-frames
 export CRFORGE_REAL_FRAMES := $(REAL_FRAMES)
 
-.PHONY: all install test realdata dataset train train-fast evaluate publish clean distclean
+.PHONY: all install test realdata dataset train train-fast evaluate evaluate-fast publish clean distclean
 
 all: test
 
@@ -71,6 +71,12 @@ train-fast: $(STAMP)
 
 evaluate: realdata
 	$(CRFORGE) evaluate --run $(RUN) --data $(DATA) $(CRFORGE_ARGS)
+
+# the fast run as synthetic-acs-wfc-2-4's card was made: one view (its point is speed),
+# deepCR and LACosmic beside it (deepCR's 2-4 comes with deepCR) -> runs/<name>-2-4/report.md
+evaluate-fast: realdata
+	$(CRFORGE) evaluate --run $(RUNS)/$(NAME)-2-4 --data $(DATA) --set evaluate.views=1 \
+	  --set 'evaluate.baselines=["deepcr", "astroscrappy"]' $(CRFORGE_ARGS)
 
 publish: $(STAMP)
 	$(CRFORGE) publish $(RUN) --name $(MODEL) $(CRFORGE_ARGS)

@@ -49,7 +49,10 @@ def _networks(specs: list[str]) -> dict:
             path, _, rest = spec.partition(":")
             th, _, views = rest.partition(":")
             model, ckpt = checkpoint.load_checkpoint(path, kind="mask")
-            out[Path(path).parent.parent.name or path] = (model, ckpt, float(th or 0.5), int(views or 1))
+            views = int(views or 1)
+            label = (Path(path).parent.parent.name or path) + (f", {views} views" if views > 1 else "")
+            # two files of one run (best.pt, last.pt) would share a row: the spec tells them apart
+            out[spec if label in out else label] = (model, ckpt, float(th or 0.5), views)
     return out
 
 
