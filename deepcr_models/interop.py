@@ -73,6 +73,9 @@ def to_deepcr_state_dict(net: nn.Module, *, scale: float, sky: float = 0.0) -> "
     if net.unet.depth != 2:
         raise InputError(f"a depth-{net.unet.depth} model cannot be exported: deepCR 0.3.1 builds only "
                          "depth-2 networks (UNet2Sigmoid) for a custom model file")
+    if getattr(net, "stretch", "linear") != "linear":
+        raise InputError(f"a model with stretch={net.stretch!r} cannot be exported: deepCR's network "
+                         "sees the normalised image itself, with no stretch before its first convolution")
     if not scale > 0:
         raise InputError(f"scale={scale!r}: expected > 0")
     fused = fuse_batch_norm(net)

@@ -129,7 +129,8 @@ def _card_intro(name: str, records: list[reg.ModelRecord], data: dict, inst: str
     lines += ["| model | kind | architecture | weights | sha256 |", "|---|---|---|---|---|"]
     for r in records:
         lines.append(f"| `{r.name}` | {r.kind} | deepCR-{r.kind}-{r.depth}-{r.width}"
-                     f"{' (batch norm)' if r.batch_norm else ''} | `{r.weights}` | `{r.sha256}` |")
+                     f"{' (batch norm)' if r.batch_norm else ''}"
+                     f"{f', {r.stretch} input' if r.stretch != 'linear' else ''} | `{r.weights}` | `{r.sha256}` |")
     return lines
 
 
@@ -148,6 +149,9 @@ def _card_use(name: str, records: list[reg.ModelRecord], inst: str) -> list[str]
              "estimated per chip (sigma-clipped median). Images in electrons/s are multiplied by "
              "EXPTIME first (`crforge clean` does it from BUNIT)."]
     mask_rec = next((r for r in records if r.kind == "mask"), None)
+    if mask_rec is not None and mask_rec.stretch == "asinh":
+        lines.append("- The mask network takes `asinh` of that input (linear up to the scale, "
+                     "logarithmic above) before its first convolution; it is part of the network.")
     if mask_rec is not None:
         lines.append(f"- Recommended threshold: {mask_rec.threshold:.6g} (CR probability), chosen at a "
                      f"false-positive rate of {_num(mask_rec.threshold_fpr)} on the "
@@ -155,7 +159,7 @@ def _card_use(name: str, records: list[reg.ModelRecord], inst: str) -> list[str]
                      + (f", for the mean of {mask_rec.views} symmetric views of the image (the default of "
                         "`clean`, one pass of the network each)" + _one_view(mask_rec) if mask_rec.views > 1
                         else "."))
-        if mask_rec.depth == 2:
+        if mask_rec.depth == 2 and mask_rec.stretch == "linear":  # deepCR's network has no stretch
             lines.append(f"- deepCR: `crforge export {name} --to deepcr --output {name}.pth` writes a file "
                          f"that `deepCR(mask='{name}.pth', hidden={mask_rec.width})` loads (see the README "
                          "for the sky caveat).")
@@ -420,7 +424,8 @@ def _record(pub: _Publication, path: Path, ckpt: checkpoint.Checkpoint, evaluati
         software=_software(pub.ev, ckpt, earlier),
         created_utc=pub.created_utc, weights=weights[0], sha256=weights[1], card=f"{pub.name}.md",
         description=desc,
-        source=_source(pub, path, ckpt, earlier), views=threshold[3], view_thresholds=threshold[4])
+        source=_source(pub, path, ckpt, earlier), views=threshold[3], view_thresholds=threshold[4],
+        stretch=str(mc.get("stretch", "linear")))
 
 
 def _stage(pub: _Publication) -> list[reg.ModelRecord]:

@@ -42,7 +42,7 @@ from typing import Any, Literal, Mapping
 
 from crforge import atomic
 from crforge.errors import InputError
-from crforge.training.config import VIEWS, check_views
+from crforge.training.config import MASK_STRETCHES, VIEWS, check_views
 
 logger = logging.getLogger(__name__)
 
@@ -119,6 +119,10 @@ class ModelRecord:
         Mask models: the recommended threshold for each number of views it was chosen
         for (``{"1": ..., "8": ...}``, chosen the same way), so that ``clean(views=1)``
         has its own; empty for records written before it existed.
+    stretch : {'linear', 'asinh'}
+        Mask models: what the network's first convolution sees of the normalised image
+        (:class:`crforge.training.config.ModelConfig`); ``linear`` for records written
+        before it existed.
     """
 
     name: str
@@ -143,6 +147,7 @@ class ModelRecord:
     source: Mapping[str, Any] = field(default_factory=dict)
     views: int = 1
     view_thresholds: Mapping[str, float] = field(default_factory=dict)
+    stretch: str = "linear"
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not NAME_PATTERN.match(self.name):
@@ -155,6 +160,8 @@ class ModelRecord:
         if self.threshold is not None and not 0 < self.threshold < 1:
             raise InputError(f"threshold={self.threshold!r}: expected a probability in (0, 1)")
         check_views(self.views)
+        if self.stretch not in MASK_STRETCHES:
+            raise InputError(f"stretch={self.stretch!r}: expected one of {MASK_STRETCHES}")
         for k, v in dict(self.view_thresholds).items():
             if k not in {str(n) for n in VIEWS} or not 0 < v < 1:
                 raise InputError(f"view_thresholds[{k!r}]={v!r}: expected a number of views in {VIEWS} "

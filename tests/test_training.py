@@ -556,6 +556,28 @@ def test_load_checkpoint_rebuilds_the_model_alone(h5file, tmp_path):
         load_checkpoint(tmp_path / "junk.pt")
 
 
+def test_an_asinh_stretched_mask_network_is_rebuilt_with_its_stretch(h5file, tmp_path, capsys):
+    cfg = tiny_cfg("mask", epochs=1, model=ModelConfig(depth=2, width=4, stretch="asinh"))
+    main(cfg, h5file, tmp_path / "run")
+    model, ckpt = load_checkpoint(tmp_path / "run" / "best.pt")
+    assert model.stretch == "asinh" and ckpt.model_config["stretch"] == "asinh"
+    # the stretched network is the linear one with the same weights, given asinh of the image
+    linear = build_model("mask", 2, 4)
+    linear.load_state_dict(ckpt.state_dict)
+    linear.eval()
+    x = 30 * torch.randn(2, 1, S, S, generator=torch.Generator().manual_seed(2))
+    assert torch.equal(model(x), linear(torch.asinh(x)))
+    assert (model(x) - linear(x)).abs().max() > 1e-3
+    # a checkpoint written before the stretch existed is linear
+    obj = torch.load(tmp_path / "run" / "best.pt", weights_only=False)
+    del obj["model_config"]["stretch"]
+    torch.save(obj, tmp_path / "old.pt")
+    assert load_checkpoint(tmp_path / "old.pt")[0].stretch == "linear"
+    rc = cli.main(["train", "--data", str(h5file), "--runs", str(tmp_path / "r"),
+                   "--set", "train.model.stretch='log'"])
+    assert rc == 2 and "model.stretch='log'" in capsys.readouterr().err
+
+
 def test_unknown_config_key_is_refused(tmp_path, h5file, capsys):
     with pytest.raises(ValueError, match="train.lrr"):
         cfgmod.load(RunConfig, overrides=["train.lrr=0.1"])

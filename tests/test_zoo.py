@@ -710,10 +710,44 @@ def test_export_round_trip_through_deepcr(trained, zoo, tmp_path, capsys):
     # what deepCR cannot load is refused
     with pytest.raises(ValueError, match="depth-3"):
         interop.to_deepcr_state_dict(build_model("mask", 3, 4), scale=100.0)
+    with pytest.raises(ValueError, match="stretch='asinh'"):
+        interop.to_deepcr_state_dict(build_model("mask", 2, 4, stretch="asinh"), scale=100.0)
     with pytest.raises(ValueError, match="inpaint"):
         interop.export_deepcr(zoo / next(r.weights for r in deepcr_models.list_models(zoo)
                                          if r.kind == "inpaint"), tmp_path / "x.pth")
     assert cli.main(["export", "tiny", "--to", "deepcr", "--output", str(out), "--zoo", str(zoo)]) == 2
+
+
+def test_an_asinh_stretched_model_is_published_and_cleans_with_its_stretch(trained, tmp_path, capsys):
+    cfg = TrainConfig(kind="mask", model=ModelConfig(depth=2, width=8, stretch="asinh"), epochs=1,
+                      batch_size=4, stamps_per_epoch=12, lr=0.01, device="cpu", seed=1, val_stamps=4,
+                      init_mask="")
+    run = tmp_path / "runs" / "st"
+    main(cfg, trained["h5"], run / "mask")
+    ev = {**_evaluation(run), "models": {"mask": {"checkpoint": str(run / "mask/best.pt"), "depth": 2,
+                                                  "width": 8}}}
+    ev.pop("inpaint")
+    (run / "evaluation.json").write_text(json.dumps(ev))
+    z = tmp_path / "zoo"
+    assert cli.main(["publish", str(run), "--name", "st", "--zoo", str(z)]) == 0
+    rec = deepcr_models.list_models(z)[0]
+    assert rec.stretch == "asinh"
+    card = (z / rec.card).read_text()
+    assert "asinh input" in card and "crforge export" not in card  # deepCR cannot run it
+    # clean() applies the stretch: the probabilities are the network's on asinh of the input
+    img, _ = _image((64, 64), np.random.default_rng(5), sky=40.0)
+    net, ckpt = load_checkpoint(z / rec.weights)
+    x = torch.from_numpy((img / ckpt.normalisation["scale"]).astype(np.float32))[None, None]
+    want = torch.sigmoid(net.unet(torch.asinh(x)))[0, 0].detach().numpy()
+    got = mask_probability(img, "st", zoo=z, sky=40.0, views=1)
+    assert np.abs(got - want).max() < 1e-5
+    assert cli.main(["export", "st", "--to", "deepcr", "--output", str(tmp_path / "st.pth"), "--zoo", str(z)]) == 2
+    assert "stretch='asinh'" in capsys.readouterr().err
+    # a record from before the field existed reads as linear; an unknown stretch is refused
+    old = {k: v for k, v in rec.to_dict().items() if k != "stretch"}
+    assert registry.ModelRecord.from_dict(old).stretch == "linear"
+    with pytest.raises(ValueError, match="stretch='log'"):
+        registry.ModelRecord.from_dict({**rec.to_dict(), "stretch": "log"})
 
 
 def test_import_deepcr_models_gives_deepcr_probabilities():

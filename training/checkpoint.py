@@ -254,7 +254,9 @@ def build_model(checkpoint: Checkpoint, *, device: str | torch.device = "cpu") -
     """
     mc = checkpoint.model_config
     net = models.build_model(checkpoint.kind, int(mc["depth"]), int(mc["width"]), bool(mc["batch_norm"]),
-                             float(mc["bn_momentum"]), **inpaint_design(mc))
+                             float(mc["bn_momentum"]), **inpaint_design(mc),
+                             # files written before the mask's stretch existed are linear
+                             stretch=str(mc.get("stretch", "linear")))
     try:
         net.load_state_dict(checkpoint.state_dict)
     except RuntimeError as exc:

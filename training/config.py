@@ -44,6 +44,8 @@ INPAINT_HEADS = ("asinh", "linear", "both")
 #: point-source and pedestal amplitudes (two channels), or the pedestal's fraction of
 #: the fitted light alone (one channel, no amplitude to copy into a core).
 STAR_FIT_INPUTS = ("amplitudes", "fraction")
+#: how a mask network stretches its normalised input before its first convolution
+MASK_STRETCHES = ("linear", "asinh")
 
 #: The largest ``model.context`` (pixels): it adds to how far a tile must overlap.
 MAX_CONTEXT = 128
@@ -141,6 +143,15 @@ class ModelConfig:
         back, set 0. Fitted only where the network takes a positive step.
     core_guard_sigma : float
         The sigma (pixels) of the point source ``core_guard`` fits: ACS/WFC's core.
+    stretch : {'linear', 'asinh'}
+        Mask network only: what its first convolution sees of the normalised image
+        (:data:`MASK_STRETCHES`). ``linear``: the image itself (deepCR); ``asinh``:
+        ``asinh(x)``, linear within 1 (the normalisation's ``scale``, 100 electrons) and
+        logarithmic above, so that a 3x3 filter's difference of neighbours measures how
+        sharp a peak is (a ratio of pixels) whatever its brightness: a cosmic ray is
+        sharper than any star of any brightness, and a narrow network cannot divide.
+        A model with ``asinh`` cannot be exported to deepCR, whose network has no such
+        step.
     """
 
     depth: int = 2
@@ -155,6 +166,7 @@ class ModelConfig:
     star_fit_input: str = "amplitudes"
     core_guard: float = 0.03
     core_guard_sigma: float = 0.85
+    stretch: str = "linear"
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming a bad parameter."""
@@ -182,6 +194,8 @@ class ModelConfig:
         if not (isinstance(self.core_guard_sigma, (int, float)) and 0 < self.core_guard_sigma <= 3):
             raise InputError(f"model.core_guard_sigma={self.core_guard_sigma!r}: expected a PSF sigma "
                              "in (0, 3] pixels")
+        if self.stretch not in MASK_STRETCHES:
+            raise InputError(f"model.stretch={self.stretch!r}: expected one of {MASK_STRETCHES}")
         if self.star_fit_input not in STAR_FIT_INPUTS:
             raise InputError(f"model.star_fit_input={self.star_fit_input!r}: expected one of "
                              f"{STAR_FIT_INPUTS}")

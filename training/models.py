@@ -44,6 +44,7 @@ from crforge.training.config import (
     INPAINT_FILLS,
     INPAINT_HEADS,
     KINDS,
+    MASK_STRETCHES,
     STAR_FIT_INPUTS,
     VIEWS,
     ModelConfig,
@@ -252,6 +253,9 @@ class MaskNet(nn.Module):
     ----------
     depth, width, batch_norm, bn_momentum
         As :class:`UNet`.
+    stretch : {'linear', 'asinh'}
+        What the first convolution sees of the normalised image: the image
+        (``linear``, deepCR's network) or ``asinh`` of it (:class:`ModelConfig`).
     """
 
     kind = "mask"
@@ -261,8 +265,11 @@ class MaskNet(nn.Module):
     prior = 0.01
 
     def __init__(self, depth: int = 2, width: int = 32, batch_norm: bool = True,
-                 bn_momentum: float = 0.1) -> None:
+                 bn_momentum: float = 0.1, *, stretch: str = ModelConfig.stretch) -> None:
         super().__init__()
+        if stretch not in MASK_STRETCHES:
+            raise InputError(f"stretch={stretch!r}: expected one of {MASK_STRETCHES}")
+        self.stretch = stretch
         self.unet = UNet(1, 1, depth, width, batch_norm, bn_momentum)
         with torch.no_grad():
             self.unet.outc.bias.fill_(math.log(self.prior / (1 - self.prior)))
@@ -273,7 +280,7 @@ class MaskNet(nn.Module):
         Logits (not probabilities) so that the loss can use the numerically stable
         ``binary_cross_entropy_with_logits`` (and stay safe under float16 autocast).
         """
-        return self.unet(image)
+        return self.unet(torch.asinh(image) if self.stretch == "asinh" else image)
 
     @torch.no_grad()
     def predict(self, image: torch.Tensor, *, views: int = 1) -> torch.Tensor:
@@ -679,7 +686,8 @@ def build_model(kind: Literal["mask", "inpaint"], depth: int = 2, width: int = 3
                 star_fit: float = ModelConfig.star_fit,
                 star_fit_input: str = ModelConfig.star_fit_input,
                 core_guard: float = ModelConfig.core_guard,
-                core_guard_sigma: float = ModelConfig.core_guard_sigma) -> MaskNet | InpaintNet:
+                core_guard_sigma: float = ModelConfig.core_guard_sigma,
+                stretch: str = ModelConfig.stretch) -> MaskNet | InpaintNet:
     """Build a mask or inpaint network.
 
     Parameters
@@ -706,6 +714,8 @@ def build_model(kind: Literal["mask", "inpaint"], depth: int = 2, width: int = 3
     core_guard, core_guard_sigma : float
         The residual inpaint network's core guard (eval mode only; 0: off); ignored for
         ``mask``.
+    stretch : {'linear', 'asinh'}
+        The mask network's input stretch (:class:`MaskNet`); ignored for ``inpaint``.
 
     Returns
     -------
@@ -714,7 +724,7 @@ def build_model(kind: Literal["mask", "inpaint"], depth: int = 2, width: int = 3
         the global torch RNG: seed it first for reproducible weights).
     """
     if kind == "mask":
-        return MaskNet(depth, width, batch_norm, bn_momentum)
+        return MaskNet(depth, width, batch_norm, bn_momentum, stretch=stretch)
     if kind == "inpaint":
         return InpaintNet(depth, width, batch_norm, bn_momentum, fill=fill, head=head, context=context,
                           step_floor=step_floor, star_fit=star_fit, star_fit_input=star_fit_input,

@@ -779,7 +779,8 @@ def _new_model(cfg: TrainConfig, device: torch.device, init: str | os.PathLike |
     model = build_model(cfg.kind, mc.depth, mc.width, mc.batch_norm, mc.bn_momentum, fill=mc.fill,
                         head=mc.head, context=mc.context, step_floor=mc.step_floor,
                         star_fit=mc.star_fit, star_fit_input=mc.star_fit_input,
-                        core_guard=mc.core_guard, core_guard_sigma=mc.core_guard_sigma)
+                        core_guard=mc.core_guard, core_guard_sigma=mc.core_guard_sigma,
+                        stretch=mc.stretch)
     if init is not None:
         _initial_weights(model, init, cfg)
     model.to(device)
