@@ -63,11 +63,12 @@ dataset: $(STAMP)
 train: $(STAMP)
 	$(CRFORGE) train --data $(DATA) --runs $(RUNS) $(CRFORGE_ARGS)
 
-# the fast 2-4 mask network of the zoo's synthetic-acs-wfc-2-4: deepCR's own 2-4 weights
-# fine-tuned for 192 epochs (about 20 min on 2 CPU cores) -> runs/<name>-2-4/mask/
+# the fast 2-4 mask network of the zoo's synthetic-acs-wfc-2-4: deepCR's own 2-4 weights, given asinh
+# of the image, fine-tuned for 192 epochs (about 17 min on 2 CPU cores) -> runs/<name>-2-4/mask/
 train-fast: $(STAMP)
 	$(CRFORGE) train --data $(DATA) --runs $(RUNS) --name $(NAME)-2-4 --kind mask --set train.epochs=192 \
-	  --set train.model.width=4 --set train.init_mask=deepcr:ACS-WFC-F606W-2-4 $(CRFORGE_ARGS)
+	  --set train.model.width=4 --set train.init_mask=deepcr:ACS-WFC-F606W-2-4 --set train.model.stretch=asinh \
+	  $(CRFORGE_ARGS)
 
 evaluate: realdata
 	$(CRFORGE) evaluate --run $(RUN) --data $(DATA) $(CRFORGE_ARGS)

@@ -129,11 +129,12 @@ def test_the_shipped_mask_model_holds_the_real_pixel_bars(images):
 
 
 def test_the_fast_mask_model_gives_the_real_pixel_figures_its_card_states(images):
-    """``synthetic-acs-wfc-2-4`` is below deepCR's 2-32 TPR (docs/real-pixels.md); what it
-    does reach is held here: its record's real-pixel figures (the card's table) are what
-    its weights give on the same frames now; it touches fewer HRC and PC1 star cores than
-    deepCR's 2-32 (5.8% and 27.8%); and it is at or above deepCR's own fast 2-4 model on
-    every frame, TPR at both rates and star cores, scored in the same test."""
+    """``synthetic-acs-wfc-2-4`` is below deepCR's 2-32 TPR at 0.05% FPR on HRC
+    (docs/real-pixels.md); what it does reach is held here: its record's real-pixel
+    figures (the card's table) are what its weights give on the same frames now; the bars
+    of the shipped model's test on HRC, deepCR's 2-32 TPR at 0.5% FPR (79.4%) and star
+    cores (5.8%), and on PC1 (27.8%); and it is at or above deepCR's own fast 2-4 model
+    on every frame, TPR at both rates and star cores, scored in the same test."""
     from crforge.deepcr_models import registry
     from crforge.training.checkpoint import load_checkpoint
 
@@ -153,7 +154,8 @@ def test_the_fast_mask_model_gives_the_real_pixel_figures_its_card_states(images
         for rate in (peer.get("tpr_at_fpr") or {}):
             assert now["tpr_at_fpr"][rate] >= peer["tpr_at_fpr"][rate], (name, now, peer)
         assert now["star_cores_touched"] <= peer["star_cores_touched"], (name, now, peer)
-    # the random start of 192 epochs gave 0.744
-    assert stated["acs-hrc"]["methods"]["crforge"]["tpr_at_fpr"]["0.005"] > 0.77
+    # the linear input gave 0.780, and from a random start 0.744
+    assert stated["acs-hrc"]["methods"]["crforge"]["tpr_at_fpr"]["0.005"] >= 0.794
+    assert fig["acs-hrc"]["methods"]["2-4"]["tpr_at_fpr"]["0.005"] >= 0.794
     assert fig["acs-hrc"]["methods"]["2-4"]["star_cores_touched"] <= 0.058
     assert fig["wfpc2-pc1"]["methods"]["2-4"]["star_cores_touched"] <= 0.278
