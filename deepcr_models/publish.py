@@ -425,7 +425,7 @@ def _record(pub: _Publication, path: Path, ckpt: checkpoint.Checkpoint, evaluati
         created_utc=pub.created_utc, weights=weights[0], sha256=weights[1], card=f"{pub.name}.md",
         description=desc,
         source=_source(pub, path, ckpt, earlier), views=threshold[3], view_thresholds=threshold[4],
-        stretch=str(mc.get("stretch", "linear")))
+        stretch=checkpoint.mask_stretch(mc))
 
 
 def _stage(pub: _Publication) -> list[reg.ModelRecord]:

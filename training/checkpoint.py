@@ -244,6 +244,12 @@ def inpaint_design(model_config: dict) -> dict:
             "core_guard_sigma": float(model_config.get("core_guard_sigma", 0.85))}
 
 
+def mask_stretch(model_config: dict) -> str:
+    """The mask network's input ``stretch`` of a recorded architecture (``linear`` for
+    files written before it existed, and for inpaint models, which have none)."""
+    return str(model_config.get("stretch", "linear"))
+
+
 def build_model(checkpoint: Checkpoint, *, device: str | torch.device = "cpu") -> nn.Module:
     """The network of ``checkpoint`` with its weights, on ``device``, in eval mode.
 
@@ -254,9 +260,7 @@ def build_model(checkpoint: Checkpoint, *, device: str | torch.device = "cpu") -
     """
     mc = checkpoint.model_config
     net = models.build_model(checkpoint.kind, int(mc["depth"]), int(mc["width"]), bool(mc["batch_norm"]),
-                             float(mc["bn_momentum"]), **inpaint_design(mc),
-                             # files written before the mask's stretch existed are linear
-                             stretch=str(mc.get("stretch", "linear")))
+                             float(mc["bn_momentum"]), **inpaint_design(mc), stretch=mask_stretch(mc))
     try:
         net.load_state_dict(checkpoint.state_dict)
     except RuntimeError as exc:
