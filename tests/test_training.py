@@ -394,7 +394,7 @@ def test_a_teacher_pulls_the_mask_network_towards_its_probabilities(h5file, tmp_
     teacher = _constant_teacher(tmp_path / "teacher.pt", 0.7)
     val = _collate(_dataset(h5file, "val", "mask", None, seed=0), range(4))
     net = _teacher(tiny_cfg(teacher_mask=str(teacher)), torch.device("cpu"))
-    blended = _distilled(val, net, 0.25)["cr"]
+    blended = _distilled(val, net, 0.25, 1)["cr"]
     assert torch.allclose(blended, 0.75 * val["cr"].float() + 0.25 * 0.7)
     mean_p, losses = {}, {}
     for w in (0.0, 1.0):

@@ -330,7 +330,7 @@ def _train_step(model: nn.Module, batch: dict, optimizer: torch.optim.Optimizer,
 
 
 @torch.no_grad()
-def _distilled(batch: dict, teacher: nn.Module, weight: float, views: int = 1) -> dict:
+def _distilled(batch: dict, teacher: nn.Module, weight: float, views: int) -> dict:
     """The batch with its mask targets blended with the teacher's probabilities (mean of ``views``)."""
     p = teacher.predict(batch["image"], views=views).float()
     return {**batch, "cr": (1 - weight) * batch["cr"].float() + weight * p}
