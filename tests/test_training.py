@@ -31,6 +31,7 @@ from crforge.training.data import (
     brightened,
     cr_fringe,
     normalise,
+    star_cores,
     wing_crs,
 )
 from crforge.training.metrics import rates_at_threshold, threshold_at_fpr, tpr_at_fpr
@@ -842,6 +843,46 @@ def test_cr_boost_brightens_the_stamps_own_crs_and_labels_what_stands_out(tmp_pa
         _dataset(h5file, "train", "mask", AugmentConfig(cr_boost=0.5))
     with pytest.raises(ValueError, match="cr_boost_max"):
         AugmentConfig(cr_boost_max=1.0).validate()
+
+
+def test_star_cores_are_the_3x3_around_each_significant_peak():
+    signal = np.zeros((20, 20), np.float32)
+    signal[5, 5], signal[5, 6] = 100.0, 40.0    # a star: its peak 10 sigma up and more
+    signal[14, 14] = 9.0                         # a peak under 10 sigma: no core
+    valid = np.ones_like(signal, bool)
+    valid[4, 4] = False                          # an ignored pixel is no core pixel
+    cores = star_cores(signal, np.ones_like(signal), valid)
+    assert np.argwhere(cores).tolist() == [[y, x] for y in (4, 5, 6) for x in (4, 5, 6) if (y, x) != (4, 4)]
+    assert star_cores(signal, np.ones_like(signal), valid, snr=5.0)[14, 14]
+
+
+def test_star_weight_raises_the_loss_weight_of_star_cores_but_not_of_crs(tmp_path, h5file):
+    """``train.star_weight``: a simulated star's 3x3 core weighs 1 + star_weight, its CR pixels 1."""
+    def edit(split, arrays):
+        arrays["truth"] = arrays["cr"].copy()
+        arrays["noiseless"][:] = 40.0
+        arrays["noiseless"][:, 10, 10] = 40.0 + 500.0   # one star of the noiseless pixels, 75 sigma
+        arrays["noiseless"][:, 10, 11] = 40.0 + 200.0
+        arrays["cr"][:] = 0
+        arrays["cr"][:, 11, 11] = 1                      # a CR on its core
+        arrays["ignore"][:] = 0
+        arrays["ignore"][:, 9, 9] = 1
+
+    path = write_h5(tmp_path / "sim.h5", noiseless=True, edit=edit)
+    plain = _dataset(path, "train", "mask", None)[0]["weight"][0].numpy()
+    w = _dataset(path, "train", "mask", None, star_weight=4.0)[0]["weight"][0].numpy()
+    core = np.zeros_like(w, bool)
+    core[9:12, 9:12] = True
+    assert (w[core & (plain > 0)] != 1).sum() == 7                 # 9 less the ignored and the CR
+    assert w[10, 10] == 5.0 and w[11, 11] == 1.0 and w[9, 9] == 0.0
+    assert np.array_equal(w[~core], plain[~core]) and plain[core].max() == 1.0
+    # the inpaint network's items do not carry it; a file without noiseless pixels is refused
+    assert _dataset(path, "train", "inpaint", None, star_weight=4.0)[0]["weight"].max() == 1
+    with pytest.raises(ValueError, match="train.star_weight"):
+        _dataset(h5file, "train", "mask", None, star_weight=4.0)
+    with pytest.raises(ValueError, match="train.star_weight"):
+        TrainConfig(star_weight=-1.0).validate()
+    assert TrainConfig(kind="inpaint", star_weight=4.0).data_options()["star_weight"] == 0.0
 
 
 def test_an_inpaint_run_warns_that_train_epochs_is_the_mask_networks(capsys):

@@ -399,6 +399,12 @@ class TrainConfig:
         about 3 sigma; the STIS pair difference and deepCR's masks reach a pixel further.
         A fringe taught as certain costs ACS/HRC TPR, taught as uncertain it keeps it
         (docs/real-pixels.md, runs g1, s1, s3 and f15).
+    star_weight : float
+        Mask network, simulated data sets only: the extra loss weight of the pixels of
+        star cores that are not CRs, the 3x3 around each peak of the stamp's noiseless
+        pixels more than 10 sigma above its sky's noise
+        (:func:`crforge.training.data.star_cores`); a core pixel weighs
+        ``1 + star_weight``. 0 (default) = none.
     val_fpr : float
         False-positive rate of the mask model's validation TPR (deepCR: 0.005).
     val_stamps : int
@@ -480,6 +486,7 @@ class TrainConfig:
     target: Literal["labels", "truth", "labels-known"] = "labels"
     truth_min_bin: int = 2
     cr_fringe: float = 0.15
+    star_weight: float = 0.0
     val_fpr: float = 0.005
     val_stamps: int = 96
     seed: int = 0
@@ -515,7 +522,7 @@ class TrainConfig:
         of its own beside these."""
         return {"norm_scale": self.norm_scale, "fill_ignored": self.fills_ignored(), "keep_sky": self.sky_kept(),
                 "target": self.target if self.kind == "mask" else "labels", "truth_min_bin": self.truth_min_bin,
-                "cr_fringe": self.cr_fringe}
+                "cr_fringe": self.cr_fringe, "star_weight": self.star_weight if self.kind == "mask" else 0.0}
 
     def init(self) -> str | None:
         """The starting weights of this run's kind (None: a seeded random start)."""
@@ -556,7 +563,7 @@ class TrainConfig:
         if self.num_workers < -1:
             raise InputError(f"train.num_workers={self.num_workers!r}: expected >= 0, or -1 (auto)")
         for name in ("stamps_per_epoch", "val_stamps", "threads",
-                     "weight_decay", "clip_grad_norm"):
+                     "weight_decay", "clip_grad_norm", "star_weight"):
             if getattr(self, name) < 0:
                 raise InputError(f"train.{name}={getattr(self, name)!r}: expected >= 0")
         if not 0 <= self.teacher_weight <= 1:

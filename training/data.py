@@ -204,13 +204,17 @@ class StampDataset(Dataset):
         pixels next to a CR pixel of the target that hold injected charge of the stamp's
         own cosmic rays which the target leaves out (:func:`cr_fringe`); 0 = none. A file
         without truth (real data) has no fringe: its labels are taught as they are.
+    star_weight : float
+        Mask network, simulated data only: the extra loss weight of a star core's pixels
+        that are not CRs (:func:`star_cores` of the stamp's noiseless pixels); a core
+        pixel weighs ``1 + star_weight``; 0 = none.
 
     Notes
     -----
     An item is a dict of tensors: ``image`` ``[1,S,S]`` float32 normalised, ``cr``
     ``[1,S,S]`` float32 (1 = CR, ``cr_fringe`` on a fringe pixel, else 0; never on an
-    ignored pixel), ``weight`` ``[1,S,S]`` float32 (0 where ignored,
-    else 1), ``index`` (int) and, for inpaint, ``mask`` (the borrowed CR masks) and
+    ignored pixel), ``weight`` ``[1,S,S]`` float32 (0 where ignored, ``1 +
+    star_weight`` on a star core's non-CR pixels, else 1), ``index`` (int) and, for inpaint, ``mask`` (the borrowed CR masks) and
     ``loss_mask`` (``mask`` and not ignored, and not own CR unless the target is
     noiseless), both float32, and ``target`` (the normalised noiseless pixels) where
     the file has them. ``S`` is
@@ -220,7 +224,7 @@ class StampDataset(Dataset):
     def __init__(self, path: str | os.PathLike, split: str, kind: Literal["mask", "inpaint"] = "mask",
                  augment: AugmentConfig | None = None, seed: int = 0, *, norm_scale: float,
                  fill_ignored: bool, keep_sky: bool, target: str = "labels",
-                 truth_min_bin: int = 2, cr_fringe: float = 0.0) -> None:
+                 truth_min_bin: int = 2, cr_fringe: float = 0.0, star_weight: float = 0.0) -> None:
         if split not in SPLITS:
             raise InputError(f"split={split!r}: expected one of {SPLITS}")
         if kind not in ("mask", "inpaint"):
@@ -251,6 +255,12 @@ class StampDataset(Dataset):
         if cr_fringe and kind == "mask" and not info.has_truth:
             logger.info("%s: /%s has no truth (real data): train.cr_fringe = %g does not apply, the labels "
                         "are taught as they are", info.path, split, cr_fringe)
+        if not star_weight >= 0:
+            raise InputError(f"star_weight={star_weight!r}: expected >= 0")
+        self.star_weight = float(star_weight) if kind == "mask" else 0.0
+        if self.star_weight and not info.has_noiseless:
+            raise InputError(f"{info.path}: /{split} has no noiseless pixels (only simulated data sets do), "
+                             "which train.star_weight needs to find star cores; set train.star_weight = 0")
         self.epoch = 0
         self._n = info.n
         self.sky = np.nan_to_num(info.column("sky", 0.0).astype(np.float64))
@@ -380,6 +390,17 @@ class StampDataset(Dataset):
             return labels, np.zeros_like(ignore)
         return labels, (self._reader.read("truth", index) > 0) & ~labels  # labels-known
 
+    def _weight(self, index: int, weight: np.ndarray, target: np.ndarray) -> np.ndarray:
+        """Loss weight of a stamp's pixels: ``weight`` (bool), star cores' non-CR pixels raised."""
+        if not self.star_weight:
+            return weight
+        clean = self._reader.read("noiseless", index).astype(np.float32)
+        sky = float(max(self.sky[index], 0.0))
+        # a star's significance against its background's noise, as the real-pixel figures find stars
+        noise = self._noise(index, np.full_like(clean, sky))
+        cores = star_cores(clean - np.float32(sky), noise, weight) & (target == 0)
+        return np.where(cores, np.float32(1 + self.star_weight), weight.astype(np.float32))
+
     def _fringed(self, index: int, cr: np.ndarray, faint: np.ndarray, ignore: np.ndarray) -> np.ndarray:
         """``cr`` as float32 with its fringe at ``cr_fringe``; a fringe pixel weighs 1 (``faint`` updated)."""
         fringe = cr_fringe(cr, self._reader.read("truth", index) > 0) & ~ignore
@@ -416,7 +437,7 @@ class StampDataset(Dataset):
         # the recorded sky is subtracted: the network sees the augmented offsets too
         x = network_input(image, ref, self.normalisation, ignore)
         k, flip = self._geometry(rng)
-        arrays = {"image": x, "cr": target, "weight": ~ignore & ~faint}
+        arrays = {"image": x, "cr": target, "weight": self._weight(index, ~ignore & ~faint, target)}
         if self._noiseless:
             clean = self._reader.read("noiseless", index).astype(np.float32) + np.float32(level - sky)
             arrays["target"] = network_input(clean, ref, self.normalisation)
@@ -463,6 +484,11 @@ def cr_fringe(cr: np.ndarray, charge: np.ndarray) -> np.ndarray:
 STAR_PEAKS = 16
 
 
+#: :func:`star_cores`: a star's peak is this many sigma of its background's noise up
+#: (half the real-pixel figures' ``STAR_SNR``: the faint stars are where a network errs).
+STAR_CORE_SNR = 10.0
+
+
 def bright_peaks(image: np.ndarray, valid: np.ndarray, n: int = STAR_PEAKS) -> np.ndarray:
     """Flat indices of the ``n`` brightest local maxima (5x5) of ``image`` among ``valid`` pixels.
 
@@ -482,6 +508,33 @@ def bright_peaks(image: np.ndarray, valid: np.ndarray, n: int = STAR_PEAKS) -> n
     idx = np.flatnonzero((ref == maximum_filter(ref, size=5, mode="nearest")) & ok)
     order = np.argsort(ref.ravel()[idx])[::-1]
     return idx[order[:n]]
+
+
+def star_cores(signal: np.ndarray, noise: np.ndarray, valid: np.ndarray, *,
+               snr: float = STAR_CORE_SNR) -> np.ndarray:
+    """The 3x3 cores of a stamp's stars: around each local maximum (5x5) more than ``snr`` sigma up.
+
+    Parameters
+    ----------
+    signal : numpy.ndarray
+        The stamp's noiseless pixels minus its sky.
+    noise : numpy.ndarray
+        The noise per pixel ``signal`` is compared with (same shape and unit).
+    valid : numpy.ndarray
+        Pixels that may be peaks and cores (not ignored).
+    snr : float
+        How significant a peak must be.
+
+    Returns
+    -------
+    numpy.ndarray
+        Boolean, True on the core pixels among ``valid``.
+    """
+    from scipy.ndimage import binary_dilation, maximum_filter
+
+    ref = np.where(valid, signal, -np.inf)
+    peaks = (ref == maximum_filter(ref, size=5, mode="nearest")) & valid & (signal > snr * noise)
+    return binary_dilation(peaks, np.ones((3, 3), bool)) & valid
 
 
 #: At most how many cosmic rays ``augment.star_crs`` adds to a stamp's star wings.
