@@ -68,15 +68,16 @@ train: $(STAMP)
 train-fast: $(STAMP)
 	$(CRFORGE) train --data $(DATA) --runs $(RUNS) --name $(NAME)-2-4 --kind mask --set train.epochs=192 \
 	  --set train.model.width=4 --set train.init_mask=deepcr:ACS-WFC-F606W-2-4 --set train.model.stretch=asinh \
+	  --set train.star_weight=3 \
 	  $(CRFORGE_ARGS)
 
 evaluate: realdata
 	$(CRFORGE) evaluate --run $(RUN) --data $(DATA) $(CRFORGE_ARGS)
 
-# the fast run as synthetic-acs-wfc-2-4's card was made: one view (its point is speed),
+# the fast run as synthetic-acs-wfc-2-4's card was made: 2 views (one pass is below deepCR on HRC),
 # deepCR and LACosmic beside it (deepCR's 2-4 comes with deepCR) -> runs/<name>-2-4/report.md
 evaluate-fast: realdata
-	$(CRFORGE) evaluate --run $(RUNS)/$(NAME)-2-4 --data $(DATA) --set evaluate.views=1 \
+	$(CRFORGE) evaluate --run $(RUNS)/$(NAME)-2-4 --data $(DATA) --set evaluate.views=2 \
 	  --set 'evaluate.baselines=["deepcr", "astroscrappy"]' $(CRFORGE_ARGS)
 
 publish: $(STAMP)

@@ -128,34 +128,30 @@ def test_the_shipped_mask_model_holds_the_real_pixel_bars(images):
             assert m[method]["star_cores_touched"] <= m["deepcr"]["star_cores_touched"], (name, method, m)
 
 
-def test_the_fast_mask_model_gives_the_real_pixel_figures_its_card_states(images):
-    """``synthetic-acs-wfc-2-4`` is below deepCR's 2-32 TPR at 0.05% FPR on HRC
-    (docs/real-pixels.md); what it does reach is held here: its record's real-pixel
-    figures (the card's table) are what its weights give on the same frames now; the bars
-    of the shipped model's test on HRC, deepCR's 2-32 TPR at 0.5% FPR (79.4%) and star
-    cores (5.8%), and on PC1 (27.8%); and it is at or above deepCR's own fast 2-4 model
-    on every frame, TPR at both rates and star cores, scored in the same test."""
+def test_the_fast_mask_model_holds_the_real_pixel_bars_and_its_card(images):
+    """``synthetic-acs-wfc-2-4`` at its record's views (2) on the real frames: deepCR's
+    2-32 TPR at both rates and its star cores, or better, on every frame (deepCR scored
+    in the same test; its HRC figures are held by :func:`test_deepcr_figures_on_the_hrc_frame`);
+    its record's real-pixel figures (the card's table) are what its weights give now; and
+    it is at or above deepCR's own fast 2-4 model on every frame."""
     from crforge.deepcr_models import registry
     from crforge.training.checkpoint import load_checkpoint
 
     rec = next(r for r in registry.read_registry(registry.shipped_zoo())
                if r.name == "synthetic-acs-wfc-2-4" and r.kind == "mask")
-    assert rec.width == 4 and rec.views == 1  # one pass: its point is speed
+    # two passes: one pass of the 2-4 stays below deepCR's 2-32 at 0.05% FPR on HRC
+    assert rec.width == 4 and rec.views == 2 and rec.stretch == "asinh"
     model, ckpt = load_checkpoint(registry.shipped_zoo() / rec.weights)
     stated = rec.evaluation["real"]
     fig = rp.real_pixel_figures({"2-4": (model, ckpt, rec.threshold, rec.views)},
-                                [images[n] for n in stated], baselines=("deepcr-2-4",))
+                                [images[n] for n in stated], baselines=("deepcr", "deepcr-2-4"))
     for name, card in stated.items():
         now, was = fig[name]["methods"]["2-4"], card["methods"]["crforge"]
         for rate in (was.get("tpr_at_fpr") or {}):  # within 2 pixels of the ~800 HRC positives
             assert now["tpr_at_fpr"][rate] == pytest.approx(was["tpr_at_fpr"][rate], abs=0.0025), (name, now, was)
         assert now["star_cores_touched"] == pytest.approx(was["star_cores_touched"], abs=0.002), (name, now, was)
-        peer = fig[name]["methods"]["deepcr-2-4"]
-        for rate in (peer.get("tpr_at_fpr") or {}):
-            assert now["tpr_at_fpr"][rate] >= peer["tpr_at_fpr"][rate], (name, now, peer)
-        assert now["star_cores_touched"] <= peer["star_cores_touched"], (name, now, peer)
-    # the linear input gave 0.780, and from a random start 0.744
-    assert stated["acs-hrc"]["methods"]["crforge"]["tpr_at_fpr"]["0.005"] >= 0.794
-    assert fig["acs-hrc"]["methods"]["2-4"]["tpr_at_fpr"]["0.005"] >= 0.794
-    assert fig["acs-hrc"]["methods"]["2-4"]["star_cores_touched"] <= 0.058
-    assert fig["wfpc2-pc1"]["methods"]["2-4"]["star_cores_touched"] <= 0.278
+        for peer in ("deepcr", "deepcr-2-4"):
+            other = fig[name]["methods"][peer]
+            for rate in (other.get("tpr_at_fpr") or {}):
+                assert now["tpr_at_fpr"][rate] >= other["tpr_at_fpr"][rate], (name, peer, now, other)
+            assert now["star_cores_touched"] <= other["star_cores_touched"], (name, peer, now, other)
