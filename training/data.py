@@ -214,8 +214,8 @@ class StampDataset(Dataset):
     An item is a dict of tensors: ``image`` ``[1,S,S]`` float32 normalised, ``cr``
     ``[1,S,S]`` float32 (1 = CR, ``cr_fringe`` on a fringe pixel, else 0; never on an
     ignored pixel), ``weight`` ``[1,S,S]`` float32 (0 where ignored, ``1 +
-    star_weight`` on a star core's non-CR pixels, else 1), ``index`` (int) and, for inpaint, ``mask`` (the borrowed CR masks) and
-    ``loss_mask`` (``mask`` and not ignored, and not own CR unless the target is
+    star_weight`` on a star core's non-CR pixels, else 1), ``index`` (int) and, for
+    inpaint, ``mask`` (the borrowed CR masks) and ``loss_mask`` (``mask`` and not ignored, and not own CR unless the target is
     noiseless), both float32, and ``target`` (the normalised noiseless pixels) where
     the file has them. ``S`` is
     the file's ``stamp_size``.
@@ -519,7 +519,8 @@ def star_cores(signal: np.ndarray, noise: np.ndarray, valid: np.ndarray, *,
     signal : numpy.ndarray
         The stamp's noiseless pixels minus its sky.
     noise : numpy.ndarray
-        The noise per pixel ``signal`` is compared with (same shape and unit).
+        The noise per pixel ``signal`` is compared with (same shape and unit): the
+        sky's, so that a peak's brighter neighbour is as significant as it.
     valid : numpy.ndarray
         Pixels that may be peaks and cores (not ignored).
     snr : float
@@ -530,10 +531,12 @@ def star_cores(signal: np.ndarray, noise: np.ndarray, valid: np.ndarray, *,
     numpy.ndarray
         Boolean, True on the core pixels among ``valid``.
     """
-    from scipy.ndimage import binary_dilation, maximum_filter
+    from scipy.ndimage import binary_dilation
 
-    ref = np.where(valid, signal, -np.inf)
-    peaks = (ref == maximum_filter(ref, size=5, mode="nearest")) & valid & (signal > snr * noise)
+    peaks = np.zeros(signal.shape, bool)
+    # a significant pixel's brighter neighbour is significant too (noise of the sky, not
+    # of the star): the peaks among significant pixels are the stamp's significant peaks
+    peaks.flat[bright_peaks(signal, valid & (signal > snr * noise), n=signal.size)] = True
     return binary_dilation(peaks, np.ones((3, 3), bool)) & valid
 
 
