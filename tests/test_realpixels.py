@@ -155,3 +155,8 @@ def test_the_fast_mask_model_holds_the_real_pixel_bars_and_its_card(images):
             for rate in (other.get("tpr_at_fpr") or {}):
                 assert now["tpr_at_fpr"][rate] >= other["tpr_at_fpr"][rate], (name, peer, now, other)
             assert now["star_cores_touched"] <= other["star_cores_touched"], (name, peer, now, other)
+    # deepCR's HRC and PC1 figures as numbers too (the bars of the shipped model's test)
+    hrc = fig["acs-hrc"]["methods"]["2-4"]
+    assert hrc["tpr_at_fpr"]["0.0005"] >= 0.734 and hrc["tpr_at_fpr"]["0.005"] >= 0.794, hrc
+    assert stated["acs-hrc"]["methods"]["crforge"]["tpr_at_fpr"]["0.005"] >= 0.794
+    assert hrc["star_cores_touched"] <= 0.058 and fig["wfpc2-pc1"]["methods"]["2-4"]["star_cores_touched"] <= 0.278

@@ -215,10 +215,10 @@ class StampDataset(Dataset):
     ``[1,S,S]`` float32 (1 = CR, ``cr_fringe`` on a fringe pixel, else 0; never on an
     ignored pixel), ``weight`` ``[1,S,S]`` float32 (0 where ignored, ``1 +
     star_weight`` on a star core's non-CR pixels, else 1), ``index`` (int) and, for
-    inpaint, ``mask`` (the borrowed CR masks) and ``loss_mask`` (``mask`` and not ignored, and not own CR unless the target is
-    noiseless), both float32, and ``target`` (the normalised noiseless pixels) where
-    the file has them. ``S`` is
-    the file's ``stamp_size``.
+    inpaint, ``mask`` (the borrowed CR masks) and ``loss_mask`` (``mask`` and not
+    ignored, and not own CR unless the target is noiseless), both float32, and
+    ``target`` (the normalised noiseless pixels) where the file has them. ``S`` is the
+    file's ``stamp_size``.
     """
 
     def __init__(self, path: str | os.PathLike, split: str, kind: Literal["mask", "inpaint"] = "mask",
